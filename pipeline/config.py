@@ -1,0 +1,253 @@
+"""The configuration schema: one dataclass per config group.
+
+Hydra composes `conf/` on top of these dataclasses, so an unknown key or a value of the
+wrong type fails at composition time with a message naming the key. `validate` adds the
+checks a type cannot express (ranges, choices, files that must exist) and runs in the
+driver before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+# conf/ sits beside the package (an editable install, a source checkout, a Ray working_dir).
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+class ConfigError(ValueError):
+    """A config key holds a value the pipeline cannot run with; the message names the key."""
+
+
+@dataclass
+class SyntheticConfig:
+    """Parameters of the synthetic benchmark corpus (see `pipeline.data.synthetic`)."""
+
+    videos_per_class: int = 24  # per class, all splits together
+    num_frames: int = 16
+    size: int = 112  # frames are size x size pixels
+    fps: int = 8
+    num_distractors: int = 3
+    seed: int = 0
+
+
+@dataclass
+class DatasetConfig:
+    """Where the videos come from.
+
+    kind: `synthetic` (generated on first use under `root`), `folder`
+    (`root/<class>/<video>.<ext>`) or `csv` (Kinetics-style annotations: `csv` file with
+    columns label,youtube_id,time_start,time_end,split; each row's file is
+    `root/<path_template>`).
+    """
+
+    name: str = MISSING
+    kind: str = MISSING
+    root: Optional[str] = None
+    csv: Optional[str] = None
+    path_template: str = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
+    extensions: list[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    classes: Optional[list[str]] = None  # restrict to these classes (None: all)
+    splits: Optional[list[str]] = None  # restrict to these splits (csv only; None: all)
+    max_videos_per_class: Optional[int] = None
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ClipConfig:
+    """How a clip is sampled from a video and resized (method step 1).
+
+    num_frames: frames in the clip (may exceed the model window).
+    frame_stride: take every `frame_stride`-th decoded frame (ignored when `fps` is set).
+    fps: resample to this frame rate (None: use `frame_stride`).
+    start: `centre` | `start` | a time in seconds where the clip begins (as a string or
+        number); for csv corpora `start` is taken relative to `time_start`.
+    height, width: every frame is resized to this size (pixels).
+    """
+
+    num_frames: int = 16
+    frame_stride: int = 1
+    fps: Optional[float] = None
+    start: str = "centre"
+    height: int = 112
+    width: int = 112
+
+
+@dataclass
+class ModelConfig:
+    """Which model to explain (see `pipeline.models.registry`).
+
+    name: a registry name (`demo`, `x3d_m`, `r3d_18`, ...) or `checkpoint`, `torchscript`,
+        `factory`.
+    path: the checkpoint / TorchScript file (for `checkpoint`, `torchscript`).
+    factory: `module:function` returning an `nn.Module` (for `factory`).
+    pretrained: load the registry's published weights through the framework's cache.
+    layers: layers to explain (module names); empty: the registry's recommended layers.
+    class_names: overrides the class names the model carries.
+    window: model input frames T; height/width its input size (0: the registry's).
+    mean/std: input normalisation on the 0-1 scale (empty: the registry's).
+    """
+
+    name: str = "demo"
+    path: Optional[str] = None
+    factory: Optional[str] = None
+    pretrained: bool = False
+    layers: list[str] = field(default_factory=list)
+    class_names: Optional[list[str]] = None
+    window: int = 0
+    height: int = 0
+    width: int = 0
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    device: str = "auto"  # auto | cpu | cuda
+
+
+@dataclass
+class RayConfig:
+    """How to reach Ray. address None starts an embedded local cluster."""
+
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None
+    object_store_memory: Optional[int] = None
+    include_dashboard: bool = False
+
+
+@dataclass
+class RunConfig:
+    """Where the outputs go and what the job does.
+
+    output_dir: the run folder (relative paths are taken from the current directory).
+    stages: the stages to run, in order.
+    """
+
+    output_dir: str = "outputs/${dataset.name}-${model.name}"
+    seed: int = 0
+    stages: list[str] = field(default_factory=lambda: ["ingest"])
+    log_level: str = "INFO"
+
+
+@dataclass
+class TrainConfig:
+    """`python -m pipeline.train`: fit a model on a corpus, print held-out accuracy."""
+
+    output: Optional[str] = None  # where the checkpoint goes (None: nothing is written)
+    epochs: int = 12
+    batch_size: int = 8
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    holdout_fraction: float = 0.25
+    seed: int = 0
+    num_threads: int = 0  # torch threads (0: torch's default)
+
+
+@dataclass
+class Config:
+    dataset: DatasetConfig = MISSING
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class TrainJobConfig(Config):
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+STAGES = ("ingest",)
+DATASET_KINDS = ("synthetic", "folder", "csv")
+
+
+def register_configs() -> None:
+    """Register the schemas so `conf/*.yaml` are checked against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(name="train_schema", node=TrainJobConfig)
+    cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="ray", name="ray_schema", node=RayConfig)
+
+
+def _fail(key: str, value: Any, why: str) -> None:
+    raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+
+
+def validate(cfg: DictConfig | Config) -> None:
+    """Check what the schema's types cannot: ranges, choices, files that must exist.
+
+    Raises ConfigError naming the first bad key.
+    """
+    c = cfg
+    ds = c.dataset
+    if ds.kind not in DATASET_KINDS:
+        _fail("dataset.kind", ds.kind, f"must be one of {list(DATASET_KINDS)}")
+    if ds.kind in ("folder", "csv"):
+        if not ds.root:
+            _fail("dataset.root", ds.root, f"a {ds.kind} corpus needs its root folder (dataset.root=/abs/path)")
+        if not os.path.isdir(ds.root):
+            _fail("dataset.root", ds.root, "no such folder")
+    if ds.kind == "csv":
+        if not ds.csv:
+            _fail("dataset.csv", ds.csv, "a csv corpus needs its annotation file")
+        if not os.path.isfile(ds.csv):
+            _fail("dataset.csv", ds.csv, "no such file")
+    if ds.max_videos_per_class is not None and ds.max_videos_per_class < 1:
+        _fail("dataset.max_videos_per_class", ds.max_videos_per_class, "must be >= 1")
+    syn = ds.synthetic
+    if syn.videos_per_class < 2:
+        _fail("dataset.synthetic.videos_per_class", syn.videos_per_class, "must be >= 2")
+    if syn.num_frames < 4:
+        _fail("dataset.synthetic.num_frames", syn.num_frames, "must be >= 4")
+    if syn.size < 32:
+        _fail("dataset.synthetic.size", syn.size, "must be >= 32")
+
+    clip = c.clip
+    for key in ("num_frames", "frame_stride", "height", "width"):
+        if getattr(clip, key) < 1:
+            _fail(f"clip.{key}", getattr(clip, key), "must be >= 1")
+    if clip.fps is not None and clip.fps <= 0:
+        _fail("clip.fps", clip.fps, "must be > 0")
+    if str(clip.start) not in ("centre", "center", "start"):
+        try:
+            if float(clip.start) < 0:
+                raise ValueError
+        except ValueError:
+            _fail("clip.start", clip.start, "must be 'centre', 'start' or a time in seconds >= 0")
+
+    m = c.model
+    from pipeline.models.registry import MODEL_NAMES  # late: the registry imports torch
+
+    if m.name not in MODEL_NAMES:
+        import difflib
+
+        close = difflib.get_close_matches(m.name, MODEL_NAMES, n=3)
+        _fail("model.name", m.name, f"unknown model; close matches: {close or 'none'}; known: {sorted(MODEL_NAMES)}")
+    if m.name in ("checkpoint", "torchscript"):
+        if not m.path:
+            _fail("model.path", m.path, f"model={m.name} needs model.path=/path/to/file")
+        if not os.path.isfile(m.path):
+            _fail("model.path", m.path, "no such file")
+    if m.name == "factory" and (not m.factory or ":" not in m.factory):
+        _fail("model.factory", m.factory, "model=factory needs model.factory=package.module:function")
+    if m.device not in ("auto", "cpu", "cuda"):
+        _fail("model.device", m.device, "must be auto, cpu or cuda")
+    if m.mean and len(m.mean) != 3:
+        _fail("model.mean", list(m.mean), "must have 3 values (RGB) or be empty")
+    if m.std and (len(m.std) != 3 or min(m.std) <= 0):
+        _fail("model.std", list(m.std), "must have 3 positive values (RGB) or be empty")
+
+    for i, stage in enumerate(c.run.stages):
+        if stage not in STAGES:
+            _fail(f"run.stages[{i}]", stage, f"unknown stage; known: {list(STAGES)}")
+    if c.run.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        _fail("run.log_level", c.run.log_level, "must be DEBUG, INFO, WARNING or ERROR")
+
+
+def to_plain(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain dicts (what tasks and actors receive)."""
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # type: ignore[return-value]

@@ -1,0 +1,141 @@
+"""Resolve a corpus into a manifest: one row per input video, never dropped.
+
+Three layouts:
+- class folders `root/<class>/<video>.<ext>` (Kinetics, UCF-101 and the synthetic corpus);
+- a Kinetics-style CSV (`label,youtube_id,time_start,time_end,split`) plus a path template
+  that names each row's file under `root`;
+- `synthetic`: generated under `root` on first use, then read as class folders.
+
+Every file in a class folder is an input, whatever its extension: one that is not a video
+becomes a failed row later, so nothing disappears silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+@dataclass
+class Corpus:
+    rows: list[dict[str, Any]]  # video_id, path, label, split, error (None or why it fails already)
+    classes: list[str] = field(default_factory=list)  # sorted class names
+
+
+def resolve_corpus(dataset: dict[str, Any]) -> Corpus:
+    """The manifest of the corpus a `dataset` config section describes."""
+    kind = dataset["kind"]
+    if kind == "synthetic":
+        from pipeline.data.synthetic import ensure_corpus, params_from_config
+
+        ensure_corpus(dataset["root"], params_from_config(dataset["synthetic"]))
+        corpus = _folder_corpus(dataset["root"])
+    elif kind == "folder":
+        corpus = _folder_corpus(dataset["root"])
+    elif kind == "csv":
+        corpus = _csv_corpus(dataset["csv"], dataset["root"], dataset["path_template"])
+    else:
+        raise ValueError(f"config key 'dataset.kind' = {kind!r}: unknown corpus kind")
+    return _restrict(corpus, dataset)
+
+
+def _folder_corpus(root: str) -> Corpus:
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+    if not classes:
+        raise ValueError(f"config key 'dataset.root' = {root!r}: no class folders (expected root/<class>/<video>)")
+    rows = []
+    for label in classes:
+        folder = os.path.join(root, label)
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for name in sorted(filenames):
+                if name.startswith(".") or name.endswith(".part"):
+                    continue
+                path = os.path.join(dirpath, name)
+                rel = os.path.relpath(path, root)
+                rows.append({
+                    "video_id": os.path.splitext(rel)[0].replace(os.sep, "/"),
+                    "path": os.path.abspath(path),
+                    "label": label,
+                    "split": None,
+                    "error": None,
+                })
+    _dedupe_ids(rows)
+    return Corpus(rows=rows, classes=classes)
+
+
+def _csv_corpus(csv_path: str, root: str, template: str) -> Corpus:
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in CSV_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"config key 'dataset.csv' = {csv_path!r}: missing columns {missing} "
+                             f"(expected {list(CSV_COLUMNS)}, found {header})")
+        records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    rows = []
+    for line, r in enumerate(records, start=2):
+        error = None
+        try:
+            ts, te = int(float(r["time_start"])), int(float(r["time_end"]))
+        except ValueError:
+            ts = te = 0
+            error = f"bad time_start/time_end in {csv_path} line {line}: {r['time_start']!r}, {r['time_end']!r}"
+        fields = {**r, "time_start": ts, "time_end": te, "label_": r["label"].replace(" ", "_")}
+        try:
+            rel = template.format(**fields)
+        except (KeyError, ValueError, IndexError) as e:
+            raise ValueError(f"config key 'dataset.path_template' = {template!r}: cannot fill it from "
+                             f"{csv_path} line {line}: {e}") from None
+        path = os.path.abspath(os.path.join(root, rel))
+        if error is None and not os.path.exists(path):
+            error = f"no such file: {path}"
+        rows.append({
+            "video_id": f"{r['youtube_id']}_{ts:06d}_{te:06d}",
+            "path": path,
+            "label": r["label"],
+            "split": r["split"] or None,
+            "error": error,
+        })
+    _dedupe_ids(rows)
+    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows}))
+
+
+def _dedupe_ids(rows: list[dict[str, Any]]) -> None:
+    seen: dict[str, int] = {}
+    for r in rows:
+        n = seen.get(r["video_id"], 0)
+        seen[r["video_id"]] = n + 1
+        if n:
+            r["video_id"] = f"{r['video_id']}#{n + 1}"
+
+
+def _restrict(corpus: Corpus, dataset: dict[str, Any]) -> Corpus:
+    rows, classes = corpus.rows, corpus.classes
+    if dataset.get("classes"):
+        wanted = list(dataset["classes"])
+        unknown = [c for c in wanted if c not in set(classes)]
+        if unknown:
+            raise ValueError(f"config key 'dataset.classes': unknown classes {unknown}; the corpus has {classes[:20]}"
+                             f"{' ...' if len(classes) > 20 else ''}")
+        rows = [r for r in rows if r["label"] in set(wanted)]
+        classes = sorted(wanted)
+    if dataset.get("splits"):
+        rows = [r for r in rows if r["split"] in set(dataset["splits"])]
+    cap = dataset.get("max_videos_per_class")
+    if cap:
+        counts: dict[str, int] = {}
+        kept = []
+        for r in rows:
+            counts[r["label"]] = counts.get(r["label"], 0) + 1
+            if counts[r["label"]] <= cap:
+                kept.append(r)
+        rows = kept
+    return Corpus(rows=rows, classes=classes)

@@ -1,0 +1,189 @@
+"""Decode a video with PyAV and sample one clip from it (method step 1).
+
+`read_clip` is the one place a video file becomes pixels: ingestion, segmentation and
+training all call it, so a clip is sampled the same way everywhere and its source frame
+indices are known (they go into `videos.parquet`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import av
+import numpy as np
+
+
+class VideoError(Exception):
+    """A video that cannot give the requested clip; the message is the reason recorded
+    in the `failed` row."""
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    """How to sample a clip; mirrors `ClipConfig` (see there for the units)."""
+
+    num_frames: int = 16
+    frame_stride: int = 1
+    fps: Optional[float] = None
+    start: Union[str, float] = "centre"
+    height: int = 112
+    width: int = 112
+
+    @classmethod
+    def from_config(cls, clip: dict) -> "ClipSpec":
+        return cls(
+            num_frames=int(clip["num_frames"]),
+            frame_stride=int(clip["frame_stride"]),
+            fps=None if clip.get("fps") is None else float(clip["fps"]),
+            start=clip.get("start", "centre"),
+            height=int(clip["height"]),
+            width=int(clip["width"]),
+        )
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the video stream."""
+
+    num_frames: int  # frames in the stream
+    fps: float
+    height: int
+    width: int
+
+
+@dataclass
+class Clip:
+    frames: np.ndarray  # uint8 [L, H, W, 3], RGB, resized to the spec's H x W
+    frame_indices: np.ndarray  # int64 [L], index of each clip frame in the source stream
+    info: VideoInfo
+
+
+def _probe(container: "av.container.InputContainer", path: str) -> tuple["av.video.stream.VideoStream", VideoInfo]:
+    if not container.streams.video:
+        raise VideoError("no video stream")
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
+    n = int(stream.frames or 0)
+    if n <= 0 and stream.duration is not None and stream.time_base is not None and fps > 0:
+        n = int(round(float(stream.duration * stream.time_base) * fps))
+    if n <= 0 and container.duration and fps > 0:
+        n = int(round(container.duration / av.time_base * fps))
+    cc = stream.codec_context
+    return stream, VideoInfo(num_frames=n, fps=fps, height=int(cc.height or 0), width=int(cc.width or 0))
+
+
+def sample_indices(num_source_frames: int, source_fps: float, spec: ClipSpec) -> np.ndarray:
+    """Source frame indices of the clip.
+
+    With `spec.fps` set, the step between clip frames is `source_fps / spec.fps` source
+    frames (rounded per frame); otherwise it is `spec.frame_stride`. The clip starts at
+    frame 0 (`start="start"`), is centred in the video (`"centre"`), or starts at a time in
+    seconds. Raises VideoError when the video is too short.
+    """
+    if spec.fps is not None:
+        if source_fps <= 0:
+            raise VideoError("the video has no frame rate, cannot resample to clip.fps")
+        step = source_fps / spec.fps
+    else:
+        step = float(spec.frame_stride)
+    span = int(math.floor((spec.num_frames - 1) * step)) + 1
+    if num_source_frames < span:
+        raise VideoError(
+            f"shorter than needed: the clip needs {span} frames ({spec.num_frames} at a step of "
+            f"{step:g}), the video has {num_source_frames}"
+        )
+    start = spec.start
+    if start in ("centre", "center"):
+        first = (num_source_frames - span) // 2
+    elif start == "start":
+        first = 0
+    else:
+        if source_fps <= 0:
+            raise VideoError("the video has no frame rate, cannot start at a time")
+        first = int(round(float(start) * source_fps))
+        if first + span > num_source_frames:
+            raise VideoError(
+                f"shorter than needed: a clip of {span} frames starting at {float(start):g} s "
+                f"(frame {first}) runs past the video's {num_source_frames} frames"
+            )
+    return first + np.floor(np.arange(spec.num_frames) * step + 1e-9).astype(np.int64)
+
+
+def read_clip(path: str, spec: ClipSpec) -> Clip:
+    """Decode the clip `spec` describes from the video at `path`.
+
+    Frames are converted to RGB and resized to `spec.height x spec.width` (bilinear, by
+    FFmpeg's swscale), with no crop, as the reference does. Raises VideoError with a
+    readable reason for an empty, truncated or non-video file, a file without a video
+    stream, or a video shorter than the clip.
+    """
+    if not os.path.exists(path):
+        raise VideoError(f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(path)
+    except av.error.FFmpegError as e:  # not a video / unreadable header
+        raise VideoError(f"cannot open as a video: {e}") from None
+    with container:
+        stream, info = _probe(container, path)
+        if info.num_frames <= 0:
+            info = VideoInfo(_count_frames(container, stream), info.fps, info.height, info.width)
+            container.seek(0)
+        indices = sample_indices(info.num_frames, info.fps, spec)
+        wanted: dict[int, list[int]] = {}
+        for pos, idx in enumerate(indices.tolist()):
+            wanted.setdefault(idx, []).append(pos)
+        frames = np.empty((spec.num_frames, spec.height, spec.width, 3), dtype=np.uint8)
+        last = int(indices[-1])
+        got = 0
+        decoded = -1
+        try:
+            stream.thread_type = "AUTO"
+            for decoded, frame in enumerate(container.decode(stream)):
+                if decoded in wanted:
+                    rgb = frame.to_ndarray(format="rgb24", width=spec.width, height=spec.height,
+                                           interpolation="BILINEAR")
+                    for pos in wanted[decoded]:
+                        frames[pos] = rgb
+                        got += 1
+                if decoded >= last:
+                    break
+        except av.error.FFmpegError as e:
+            raise VideoError(f"decoding failed after {decoded + 1} frames: {e}") from None
+    if got < spec.num_frames:
+        raise VideoError(
+            f"truncated: decoded {decoded + 1} frames, the clip needs frame {last} "
+            f"(the container claims {info.num_frames})"
+        )
+    return Clip(frames=frames, frame_indices=indices, info=info)
+
+
+def _count_frames(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> int:
+    n = 0
+    for _ in container.demux(stream):
+        n += 1
+    return n
+
+
+def write_video(path: str, frames: np.ndarray, fps: int = 8, crf: int = 12) -> None:
+    """Write uint8 RGB frames [T, H, W, 3] as an H.264 mp4 (used by the synthetic corpus
+    and the tests). Near-lossless by default so the ground truth stays accurate."""
+    t, h, w, _ = frames.shape
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".part"
+    with av.open(tmp, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    os.replace(tmp, path)

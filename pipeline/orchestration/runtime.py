@@ -1,0 +1,89 @@
+"""Ray plumbing shared by the stages: starting or joining a cluster, fanning a pure
+function out over tasks with bounded memory, and progress the user can follow."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+
+import ray
+
+log = logging.getLogger("pipeline")
+
+
+def init_ray(ray_cfg: dict[str, Any]) -> None:
+    """Join the cluster `ray.address` (or RAY_ADDRESS, set by `ray job submit`), or start an
+    embedded one. Safe to call when Ray is already up (tests share one instance)."""
+    if ray.is_initialized():
+        return
+    address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+        return
+    ray.init(
+        num_cpus=ray_cfg.get("num_cpus"),
+        object_store_memory=ray_cfg.get("object_store_memory"),
+        include_dashboard=bool(ray_cfg.get("include_dashboard")),
+        **kwargs,
+    )
+
+
+class Progress:
+    """Logs `stage: done/total units, rate, eta` at most every `every` seconds and at the end."""
+
+    def __init__(self, stage: str, total: int, unit: str = "videos", every: float = 5.0) -> None:
+        self.stage, self.total, self.unit, self.every = stage, total, unit, every
+        self.done = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.every or self.done == self.total:
+            self.last = now
+            self.report()
+
+    def report(self) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        log.info("%s: %d/%d %s (%.1f %s/s, %.0f s elapsed, eta %.0f s)", self.stage, self.done, self.total,
+                 self.unit, rate, self.unit, elapsed, eta)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+
+def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: str, num_cpus: float = 1,
+              max_in_flight: Optional[int] = None, progress: Optional[Progress] = None) -> Iterator[Any]:
+    """Run `fn(item, *args)` as one Ray task per item; yield results as they finish.
+
+    At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs),
+    so memory stays bounded however long the list is. `args` are put in the object store
+    once and shared by every task.
+    """
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    shared = [ray.put(a) for a in args]
+    if max_in_flight is None:
+        max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    progress = progress or Progress(stage, len(items))
+    pending: list[ray.ObjectRef] = []
+    it: Iterable[Any] = iter(items)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < max_in_flight:
+            try:
+                pending.append(remote.remote(next(it), *shared))  # type: ignore[call-overload]
+            except StopIteration:
+                exhausted = True
+        if not pending:
+            return
+        ready, pending = ray.wait(pending, num_returns=1)
+        for ref in ready:
+            result = ray.get(ref)
+            progress.update()
+            yield result
