@@ -22,8 +22,8 @@ test: $(STAMP)
 
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)
-	$(BIN)/python -m pipeline.train dataset.synthetic.seed=1000 dataset.synthetic.videos_per_class=300 \
-	    train.epochs=40 train.output=pipeline/models/weights/demo.pt
+	$(BIN)/python -m pipeline.train dataset.synthetic.seed=1000 dataset.synthetic.videos_per_class=200 \
+	    train.epochs=20 train.output=pipeline/models/weights/demo.pt
 
 clean-outputs:
 	rm -rf outputs data

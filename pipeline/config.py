@@ -79,6 +79,31 @@ class ClipConfig:
 
 
 @dataclass
+class SegmentConfig:
+    """Supervoxels (method step 2; see `pipeline.segmentation.supervoxels.segment_clip`).
+
+    n_segments: SLIC's approximate supervoxel count per resolution, coarsest first (the
+        dedupe order). The reference uses [15, 50, 80].
+    compactness: SLIC's colour/space balance. sigma: Gaussian smoothing in voxels.
+    spacing: voxel spacing (t, y, x) for SLIC's distances; a larger t gives shorter supervoxels.
+    min_volume_fraction: candidates below this fraction of the clip volume are dropped.
+    iou_threshold: a candidate with voxel IoU above this with a kept supervoxel is dropped.
+    drop_short: mark supervoxels spanning fewer frames than the model window as dropped.
+    videos_per_part: videos per Parquet part file (a part is the unit of resume).
+    """
+
+    n_segments: list[int] = field(default_factory=lambda: [15, 50, 80])
+    compactness: float = 20.0
+    sigma: float = 1.0
+    spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    min_volume_fraction: float = 0.001
+    iou_threshold: float = 0.5
+    max_num_iter: int = 10
+    drop_short: bool = True
+    videos_per_part: int = 64
+
+
+@dataclass
 class ModelConfig:
     """Which model to explain (see `pipeline.models.registry`).
 
@@ -127,7 +152,7 @@ class RunConfig:
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["ingest"])
+    stages: list[str] = field(default_factory=lambda: ["ingest", "segment"])
     log_level: str = "INFO"
 
 
@@ -136,7 +161,7 @@ class TrainConfig:
     """`python -m pipeline.train`: fit a model on a corpus, print held-out accuracy."""
 
     output: Optional[str] = None  # where the checkpoint goes (None: nothing is written)
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -149,6 +174,7 @@ class TrainConfig:
 class Config:
     dataset: DatasetConfig = MISSING
     clip: ClipConfig = field(default_factory=ClipConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -159,7 +185,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-STAGES = ("ingest",)
+STAGES = ("ingest", "segment")
 DATASET_KINDS = ("synthetic", "folder", "csv")
 
 
@@ -218,6 +244,24 @@ def validate(cfg: DictConfig | Config) -> None:
                 raise ValueError
         except ValueError:
             _fail("clip.start", clip.start, "must be 'centre', 'start' or a time in seconds >= 0")
+
+    seg = c.segment
+    if not seg.n_segments or min(seg.n_segments) < 1:
+        _fail("segment.n_segments", list(seg.n_segments), "must be a non-empty list of positive integers")
+    if seg.compactness <= 0:
+        _fail("segment.compactness", seg.compactness, "must be > 0")
+    if seg.sigma < 0:
+        _fail("segment.sigma", seg.sigma, "must be >= 0")
+    if len(seg.spacing) != 3 or min(seg.spacing) <= 0:
+        _fail("segment.spacing", list(seg.spacing), "must be 3 positive numbers (t, y, x)")
+    if not 0 <= seg.min_volume_fraction < 1:
+        _fail("segment.min_volume_fraction", seg.min_volume_fraction, "must be in [0, 1)")
+    if not 0 <= seg.iou_threshold <= 1:
+        _fail("segment.iou_threshold", seg.iou_threshold, "must be in [0, 1]")
+    if seg.max_num_iter < 1:
+        _fail("segment.max_num_iter", seg.max_num_iter, "must be >= 1")
+    if seg.videos_per_part < 1:
+        _fail("segment.videos_per_part", seg.videos_per_part, "must be >= 1")
 
     m = c.model
     from pipeline.models.registry import MODEL_NAMES  # late: the registry imports torch

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,3 +43,69 @@ def read_run(run_dir: str) -> dict[str, Any]:
     """`run.json` of a run."""
     with open(os.path.join(run_dir, "run.json")) as f:
         return json.load(f)
+
+
+# --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------
+
+def part_files(folder: str) -> list[str]:
+    """The complete part files of a dataset folder, in order (`*.part` leftovers excluded)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if f.startswith("part-") and f.endswith(".parquet"))
+
+
+def part_path(folder: str, index: int) -> str:
+    return os.path.join(folder, f"part-{index:05d}.parquet")
+
+
+def write_part(table: pa.Table, folder: str, index: int, metadata: dict[str, str] | None = None) -> str:
+    """Write one part of a dataset atomically, with key/value metadata (e.g. the settings)."""
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
+    path = part_path(folder, index)
+    write_table(table, path)
+    return path
+
+
+def part_metadata(path: str) -> dict[str, str]:
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
+
+
+def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+    """All complete parts of a dataset folder as one table (optionally filtered)."""
+    import pyarrow.dataset as ds
+
+    files = part_files(folder)
+    if not files:
+        raise FileNotFoundError(f"no dataset at {folder} (no part-*.parquet files)")
+    return ds.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
+
+
+# --- public readers ----------------------------------------------------------------------
+
+def load_label_volume(run_dir: str, video_id: str, resolution: int) -> np.ndarray:
+    """The SLIC label volume uint16 [L, H, W] of one video at one resolution."""
+    import pyarrow.dataset as ds
+
+    t = read_parts(os.path.join(run_dir, "label_volumes"), columns=["shape", "labels"],
+                   filter=(ds.field("video_id") == video_id) & (ds.field("resolution") == resolution))
+    if t.num_rows == 0:
+        raise KeyError(f"no label volume for video {video_id!r} at resolution {resolution} in {run_dir}")
+    shape = tuple(t.column("shape")[0].as_py())
+    return np.frombuffer(t.column("labels")[0].as_py(), dtype=np.uint16).reshape(shape)
+
+
+def load_supervoxel_mask(run_dir: str, video_id: str, supervoxel_id: int) -> np.ndarray:
+    """The voxels of one supervoxel: bool [T, H, W] in clip coordinates (the clip's frames are
+    source frames `clip_frame_indices` of videos.parquet, resized to clip_height x clip_width)."""
+    import pyarrow.dataset as ds
+
+    t = read_parts(os.path.join(run_dir, "supervoxels"), columns=["resolution", "label"],
+                   filter=(ds.field("video_id") == video_id) & (ds.field("supervoxel_id") == int(supervoxel_id)))
+    if t.num_rows == 0:
+        raise KeyError(f"no supervoxel {supervoxel_id} of video {video_id!r} in {run_dir}")
+    resolution, label = t.column("resolution")[0].as_py(), t.column("label")[0].as_py()
+    return load_label_volume(run_dir, video_id, resolution) == label

@@ -1,6 +1,7 @@
 """The main job, `python -m pipeline`: the method's steps as Ray stages, top to bottom.
 
-    ingest   resolve the corpus, decode every video's clip once -> videos.parquet
+    ingest   resolve the corpus, decode every video's clip once    -> videos.parquet
+    segment  3D SLIC at several resolutions, dedupe (CPU tasks)     -> supervoxels/, label_volumes/
 
 Every stage writes its output under `run.output_dir` and its wall time, throughput and
 counts into `run.json`.
@@ -8,6 +9,7 @@ counts into `run.json`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -18,7 +20,10 @@ from importlib import metadata
 from typing import Any
 
 import hydra
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import schemas
@@ -26,7 +31,10 @@ from pipeline.config import CONF_DIR, ConfigError, register_configs, to_plain, v
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video
 from pipeline.data.video import ClipSpec
-from pipeline.io import write_json, write_table
+from pipeline.io import part_files, part_metadata, read_parts, write_json, write_part, write_table
+from pipeline.models.registry import model_window
+from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT
+from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_video
 from pipeline.orchestration.runtime import Progress, init_ray, map_tasks
 
 log = logging.getLogger("pipeline")
@@ -59,28 +67,156 @@ def stage_ingest(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> pa.
     t0 = time.monotonic()
     corpus = resolve_corpus(c["dataset"])
     spec = ClipSpec.from_config(c["clip"])
+    settings = json.dumps({"clip": c["clip"]}, sort_keys=True)
+    path = os.path.join(run_dir, "videos.parquet")
+    if os.path.exists(path):
+        previous = pq.read_table(path)
+        same_inputs = [(r["video_id"], r["path"]) for r in corpus.rows] == list(
+            zip(previous.column("video_id").to_pylist(), previous.column("path").to_pylist()))
+        if same_inputs and (previous.schema.metadata or {}).get(b"settings", b"").decode() == settings:
+            log.info("ingest: videos.parquet already covers these %d videos with these clip settings; reused",
+                     len(corpus.rows))
+            _count_videos(previous.to_pylist(), record, time.monotonic() - t0, reused=True)
+            return previous
     log.info("ingest: %d videos in %d classes from %s", len(corpus.rows), len(corpus.classes),
              c["dataset"]["root"] or c["dataset"]["csv"])
     progress = Progress("ingest", len(corpus.rows))
     by_id = {r["video_id"]: r for r in map_tasks(ingest_video, corpus.rows, spec, stage="ingest", progress=progress)}
     rows = [by_id[r["video_id"]] for r in corpus.rows]  # manifest order, whatever finished first
-    table = pa.Table.from_pylist(rows, schema=schemas.VIDEOS)
-    write_table(table, os.path.join(run_dir, "videos.parquet"))
-    failed = [r for r in rows if r["status"] == schemas.FAILED]
-    for r in failed:
-        log.warning("ingest: %s failed: %s", r["video_id"], r["error"])
-    wall = time.monotonic() - t0
-    record["stages"]["ingest"] = {
-        "wall_s": round(wall, 3),
-        "videos_per_s": round(len(rows) / wall, 3) if wall > 0 else None,
-        "videos_in": len(rows), "videos_ok": len(rows) - len(failed), "videos_failed": len(failed),
-    }
-    record["counts"].update(videos_in=len(rows), videos_ok=len(rows) - len(failed), videos_failed=len(failed),
-                            classes=len(corpus.classes))
+    for r in rows:
+        r["failed_stage"] = "ingest" if r["status"] == schemas.FAILED else None
+        if r["status"] == schemas.FAILED:
+            log.warning("ingest: %s failed: %s", r["video_id"], r["error"])
+    table = write_videos(rows, run_dir, settings)
+    _count_videos(rows, record, time.monotonic() - t0, reused=False)
     return table
 
 
-STAGE_FUNCTIONS = {"ingest": stage_ingest}
+def write_videos(rows: list[dict[str, Any]], run_dir: str, settings: str) -> pa.Table:
+    table = pa.Table.from_pylist(rows, schema=schemas.VIDEOS.with_metadata({"settings": settings}))
+    write_table(table, os.path.join(run_dir, "videos.parquet"))
+    return table
+
+
+def _count_videos(rows: list[dict[str, Any]], record: dict[str, Any], wall: float, reused: bool) -> None:
+    failed = sum(r["status"] == schemas.FAILED for r in rows)
+    record["stages"]["ingest"] = {
+        "wall_s": round(wall, 3), "reused": reused,
+        "videos_per_s": round(len(rows) / wall, 3) if wall > 0 and not reused else None,
+        "videos_in": len(rows), "videos_ok": len(rows) - failed, "videos_failed": failed,
+    }
+    record["counts"].update(videos_in=len(rows), videos_ok=len(rows) - failed, videos_failed=failed,
+                            classes=len({r["label"] for r in rows}))
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds outputs made with other settings; the message says what to do."""
+
+
+def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
+    """Step 2: supervoxels of every ok video, in Parquet parts; a rerun skips what is done."""
+    t0 = time.monotonic()
+    videos_path = os.path.join(run_dir, "videos.parquet")
+    videos = pq.read_table(videos_path)
+    settings_meta = (videos.schema.metadata or {}).get(b"settings", b"{}").decode()
+    rows = videos.to_pylist()
+    spec = ClipSpec.from_config(c["clip"])
+    params = SegmentParams.from_config(c["segment"], model_window(c["model"]))
+    settings = json.dumps({"clip": c["clip"], "segment": params.as_dict()}, sort_keys=True)
+    sv_dir, lv_dir = os.path.join(run_dir, "supervoxels"), os.path.join(run_dir, "label_volumes")
+
+    done: set[str] = set()
+    sv_parts = part_files(sv_dir)
+    for path in sv_parts:
+        if part_metadata(path).get("settings") != settings:
+            raise RunFolderError(
+                f"{path} was made with other clip/segment settings; use a new run.output_dir "
+                f"(or delete {sv_dir} and {lv_dir} to segment again)")
+        done.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
+    # A label-volume part without its supervoxel part is a leftover of a crash: the supervoxel
+    # part is written last, so those videos are not done and are segmented again.
+    complete = {os.path.basename(p) for p in sv_parts}
+    for path in part_files(lv_dir):
+        if os.path.basename(path) not in complete:
+            os.remove(path)
+    next_index = max((int(os.path.basename(p)[5:10]) for p in sv_parts), default=-1) + 1
+
+    todo = [r for r in rows if r["status"] == schemas.OK and r["video_id"] not in done]
+    log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done),
+             list(params.n_segments))
+    per_part = int(c["segment"]["videos_per_part"])
+    buffer: list[SegmentedVideo] = []
+    failures: dict[str, str] = {}
+    stats = {"candidates": 0, KEPT: 0, DROPPED_SMALL: 0, DROPPED_DUPLICATE: 0, DROPPED_SHORT: 0}
+    seconds: list[float] = []
+    progress = Progress("segment", len(todo))
+    for result in map_tasks(segment_video, todo, spec, params, stage="segment", progress=progress):
+        if result.error:
+            failures[result.video_id] = result.error
+            log.warning("segment: %s failed: %s", result.video_id, result.error)
+            continue
+        seconds.append(result.seconds)
+        status = result.table["status"]
+        stats["candidates"] += len(status)
+        for key in (KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT):
+            stats[key] += int((status == key).sum())
+        buffer.append(result)
+        if len(buffer) >= per_part:
+            _write_segment_part(buffer, params, sv_dir, lv_dir, next_index, settings)
+            next_index, buffer = next_index + 1, []
+    if buffer:
+        _write_segment_part(buffer, params, sv_dir, lv_dir, next_index, settings)
+    if failures:
+        for r in rows:
+            if r["video_id"] in failures:
+                r.update(status=schemas.FAILED, error=failures[r["video_id"]], failed_stage="segment")
+        write_videos(rows, run_dir, settings_meta)
+        record["counts"].update(videos_ok=record["counts"].get("videos_ok", 0) - len(failures),
+                                videos_failed=record["counts"].get("videos_failed", 0) + len(failures))
+    wall = time.monotonic() - t0
+    segmented = len(todo) - len(failures)
+    record["stages"]["segment"] = {
+        "wall_s": round(wall, 3),
+        "videos_segmented": segmented, "videos_skipped_done": len(done), "videos_failed": len(failures),
+        "videos_per_s": round(segmented / wall, 3) if wall > 0 else None,
+        "seconds_per_clip_in_task": round(float(np.mean(seconds)), 4) if seconds else None,
+        "n_segments": list(params.n_segments),
+        "supervoxels": stats,
+        "kept_per_video": round(stats[KEPT] / segmented, 2) if segmented else None,
+    }
+    if segmented or done:
+        status = read_parts(sv_dir, columns=["status"]).column("status")
+        record["counts"]["supervoxels_kept"] = int(pc.sum(pc.equal(status, KEPT)).as_py() or 0)
+
+
+def _write_segment_part(results: list[SegmentedVideo], params: SegmentParams, sv_dir: str, lv_dir: str,
+                        index: int, settings: str) -> None:
+    """One part = the label volumes and the supervoxel table of a batch of videos. The
+    supervoxel part is written last: its presence marks the batch as done."""
+    lv_rows: dict[str, list] = {name: [] for name in schemas.LABEL_VOLUMES.names}
+    sv_cols: dict[str, list] = {name: [] for name in schemas.SUPERVOXELS.names}
+    for res in results:
+        assert res.labels is not None
+        for r in range(res.labels.shape[0]):
+            lv_rows["video_id"].append(res.video_id)
+            lv_rows["resolution"].append(r)
+            lv_rows["n_segments"].append(params.n_segments[r])
+            lv_rows["shape"].append(list(res.labels.shape[1:]))
+            lv_rows["labels"].append(np.ascontiguousarray(res.labels[r], dtype=np.uint16).tobytes())
+        n = len(res.table["supervoxel_id"])
+        sv_cols["video_id"].append(np.full(n, res.video_id, dtype=object))
+        sv_cols["n_segments"].append(np.asarray(params.n_segments, dtype=np.int32)[res.table["resolution"]])
+        for name in schemas.SUPERVOXELS.names:
+            if name not in ("video_id", "n_segments"):
+                sv_cols[name].append(res.table[name])
+    meta = {"settings": settings}
+    write_part(pa.table(lv_rows, schema=schemas.LABEL_VOLUMES), lv_dir, index, meta)
+    sv_table = pa.table({k: pa.array(np.concatenate(v), type=schemas.SUPERVOXELS.field(k).type)
+                         for k, v in sv_cols.items()}, schema=schemas.SUPERVOXELS)
+    write_part(sv_table, sv_dir, index, meta)
+
+
+STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -118,6 +254,8 @@ def print_summary(record: dict[str, Any]) -> None:
     print(f"\nrun folder: {record['run_dir']}")
     print(f"videos: {counts.get('videos_in', 0)} in, {counts.get('videos_ok', 0)} ok, "
           f"{counts.get('videos_failed', 0)} failed  (videos.parquet)")
+    if "supervoxels_kept" in counts:
+        print(f"supervoxels kept: {counts['supervoxels_kept']}  (supervoxels/, label_volumes/)")
     for name, s in record["stages"].items():
         print(f"  {name:<8} {s['wall_s']:8.1f} s")
     print(f"run record: {os.path.join(record['run_dir'], 'run.json')}", flush=True)
@@ -130,6 +268,6 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     try:
         run_job(cfg)
-    except ConfigError as e:
+    except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

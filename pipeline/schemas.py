@@ -24,5 +24,40 @@ VIDEOS = pa.schema(
         pa.field("clip_frame_indices", pa.list_(pa.int64())),
         pa.field("clip_height", pa.int32()),  # the clip's frames are resized to this size
         pa.field("clip_width", pa.int32()),
+        pa.field("failed_stage", pa.string()),  # the stage that failed it (null when ok)
+    ]
+)
+
+# supervoxels/: one row per candidate supervoxel of every segmented video. Those with
+# status "kept" are explained; the others say why not. The mask of a supervoxel is
+# `label_volumes[(video_id, resolution)] == label` (see pipeline.io.load_supervoxel_mask).
+SUPERVOXELS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("supervoxel_id", pa.int64(), nullable=False),  # resolution << 16 | label
+        pa.field("resolution", pa.int32()),  # index into segment.n_segments
+        pa.field("n_segments", pa.int32()),
+        pa.field("label", pa.int32()),  # value in that resolution's label volume
+        pa.field("t0", pa.int32()),  # half-open bounding box in clip coordinates
+        pa.field("t1", pa.int32()),
+        pa.field("y0", pa.int32()),
+        pa.field("y1", pa.int32()),
+        pa.field("x0", pa.int32()),
+        pa.field("x1", pa.int32()),
+        pa.field("volume", pa.int64()),  # voxels
+        pa.field("status", pa.string()),  # kept | dropped_small | dropped_duplicate | dropped_short
+        pa.field("reason", pa.string()),
+        pa.field("max_iou", pa.float32()),  # best IoU with a supervoxel kept before it
+    ]
+)
+
+# label_volumes/: one row per (video, resolution): the SLIC label volume, uint16 C-order bytes.
+LABEL_VOLUMES = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("resolution", pa.int32()),
+        pa.field("n_segments", pa.int32()),
+        pa.field("shape", pa.list_(pa.int32(), 3)),  # L, H, W
+        pa.field("labels", pa.binary()),
     ]
 )

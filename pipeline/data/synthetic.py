@@ -1,7 +1,7 @@
 """The synthetic benchmark corpus: the class is decided only by how one actor moves.
 
 Every video shows a textured background, a few distractor shapes that move in ways
-unrelated to the class, and one actor: an arrow. The arrow follows a straight track
+unrelated to the class, and one actor: an arrow (yellow head, white tail). The arrow follows a straight track
 along the direction it points. The class is the order in which it visits the track:
 
 - `advance`: it moves the way it points (frame k at track position k);
@@ -35,8 +35,9 @@ from pipeline.data.video import write_video
 log = logging.getLogger(__name__)
 
 CLASSES = ("advance", "retreat", "jitter")
-GENERATOR_VERSION = 1
-ACTOR_COLOUR = np.array([255, 214, 0], dtype=np.float32)  # the arrow is always this yellow
+GENERATOR_VERSION = 2
+ACTOR_COLOUR = np.array([255, 214, 0], dtype=np.float32)  # the arrow's head is always this yellow
+ACTOR_TAIL_COLOUR = np.array([250, 250, 250], dtype=np.float32)  # and its tail this white
 HEADINGS = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, -1.0], [-1.0, 0.0]])  # (dy, dx) unit vectors
 
 GROUND_TRUTH_SCHEMA = pa.schema(
@@ -86,13 +87,14 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _arrow_mask(yy: np.ndarray, xx: np.ndarray, centre: np.ndarray, heading: np.ndarray) -> np.ndarray:
-    """Pixels of an arrow 16 px long, 12 px wide at the head, pointing along `heading`."""
+    """Pixels (head, tail) of an arrow 22 px long, 16 px wide at the head, pointing along
+    `heading`."""
     dy, dx = yy - centre[0], xx - centre[1]
     u = dy * heading[0] + dx * heading[1]  # along the heading
     v = -dy * heading[1] + dx * heading[0]  # across it
-    head = (u >= 0) & (u <= 8) & (np.abs(v) <= 6.0 * (1.0 - u / 8.0))
-    tail = (u >= -8) & (u < 0) & (np.abs(v) <= 2.5)
-    return head | tail
+    head = (u >= 0) & (u <= 11) & (np.abs(v) <= 8.0 * (1.0 - u / 11.0))
+    tail = (u >= -11) & (u < 0) & (np.abs(v) <= 3.5)
+    return head, tail
 
 
 def _distractor_mask(yy: np.ndarray, xx: np.ndarray, centre: np.ndarray, kind: int, radius: float) -> np.ndarray:
@@ -142,9 +144,9 @@ def render_video(params: SyntheticParams, label: str, rng: np.random.Generator) 
 
     background = _background(rng, size)
     heading = HEADINGS[rng.integers(0, len(HEADINGS))]
-    speed = float(rng.uniform(2.0, 3.5))
+    speed = float(rng.uniform(2.5, 4.0))
     length = speed * (t - 1)
-    margin = 11.0
+    margin = 12.0
     # The track runs from `start` along the heading; it must stay inside the frame.
     along_lo = margin + (length if heading.sum() < 0 else 0.0)
     along_hi = size - margin - (length if heading.sum() > 0 else 0.0)
@@ -169,9 +171,10 @@ def render_video(params: SyntheticParams, label: str, rng: np.random.Generator) 
         img = background.copy()
         for kind, radius, colour, centres in distractors:
             img[_distractor_mask(yy, xx, centres[k], kind, radius)] = colour
-        mask = _arrow_mask(yy, xx, track[order[k]], heading)
-        img[mask] = ACTOR_COLOUR
-        actor[k] = mask
+        head, tail = _arrow_mask(yy, xx, track[order[k]], heading)
+        img[head] = ACTOR_COLOUR
+        img[tail] = ACTOR_TAIL_COLOUR
+        actor[k] = head | tail
         frames[k] = np.clip(img, 0, 255).astype(np.uint8)
     return SyntheticVideo(frames=frames, actor_mask=actor, heading=heading, speed=speed)
 

@@ -170,9 +170,9 @@ def _count_frames(container: "av.container.InputContainer", stream: "av.video.st
     return n
 
 
-def write_video(path: str, frames: np.ndarray, fps: int = 8, crf: int = 12) -> None:
-    """Write uint8 RGB frames [T, H, W, 3] as an H.264 mp4 (used by the synthetic corpus
-    and the tests). Near-lossless by default so the ground truth stays accurate."""
+def write_video(path: str, frames: np.ndarray, fps: int = 8) -> None:
+    """Write uint8 RGB frames [T, H, W, 3] as a lossless H.264 mp4 (4:4:4, qp 0), byte for
+    byte the same for the same frames (used by the synthetic corpus and the tests)."""
     t, h, w, _ = frames.shape
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".part"
@@ -180,10 +180,34 @@ def write_video(path: str, frames: np.ndarray, fps: int = 8, crf: int = 12) -> N
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height = w, h
         stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+        stream.options = {"qp": "0", "preset": "ultrafast", "threads": "1"}
+        for planes in rgb_to_yuv444(frames):
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv444p")
+            _zero_padding(frame)
+            for packet in stream.encode(frame):
                 out.mux(packet)
         for packet in stream.encode():
             out.mux(packet)
     os.replace(tmp, path)
+
+
+def _zero_padding(frame: "av.VideoFrame") -> None:
+    """Zero the bytes past each row's end in every plane. x264's SIMD code reads them, and
+    left uninitialised they made the same frames encode to different files."""
+    for plane in frame.planes:
+        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(plane.height, plane.line_size).copy()
+        rows[:, plane.width:] = 0
+        plane.update(rows.tobytes())
+
+
+def rgb_to_yuv444(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB [T, H, W, 3] -> uint8 planar Y'CbCr [T, 3, H, W], BT.601 limited range: the
+    matrix FFmpeg assumes when it decodes an untagged stream, so decoding gives back the RGB
+    values to within 2 levels. (Numpy does it for the whole video at once, far faster than
+    swscale's per-frame rgb24 -> yuv444p path.)"""
+    x = frames.astype(np.float32) * (1.0 / 255.0)
+    r, g, b = x[..., 0], x[..., 1], x[..., 2]
+    y = 16.0 + 65.481 * r + 128.553 * g + 24.966 * b
+    cb = 128.0 - 37.797 * r - 74.203 * g + 112.0 * b
+    cr = 128.0 + 112.0 * r - 93.786 * g - 18.214 * b
+    return np.clip(np.rint(np.stack([y, cb, cr], axis=1)), 0, 255).astype(np.uint8)

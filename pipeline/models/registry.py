@@ -209,6 +209,22 @@ def _load_project_checkpoint(path: str) -> tuple[nn.Module, ModelSpec, list[str]
     return module, spec, class_names, dict(ckpt.get("extra", {}))
 
 
+def model_window(model_cfg: dict[str, Any]) -> int:
+    """The model's input frames T, without building the model (the driver needs it to plan)."""
+    if model_cfg.get("window"):
+        return int(model_cfg["window"])
+    name = model_cfg["name"]
+    if name in ("demo", "checkpoint"):
+        path = model_cfg.get("path") or DEMO_CHECKPOINT
+        try:
+            return int(torch.load(path, map_location="cpu", weights_only=True)["window"])
+        except Exception as e:
+            raise ModelConfigError(f"config key 'model.path': cannot read checkpoint {path}: {e}") from None
+    if name in REGISTRY:
+        return REGISTRY[name].window
+    return 16
+
+
 def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
     """Build the model a `model` config section describes, weights loaded, in eval mode.
 

@@ -1,0 +1,122 @@
+"""Benchmark of the segmentation stage, all paths side by side in one process.
+
+    .venv/bin/python bench/segment.py [--clips 8] [--ray-videos 24]
+
+(a) SLIC alone at the configured resolutions (the limit for this stage),
+(b) the project's `segment_clip` (SLIC + contingency-table dedupe + table),
+(c) the reference-style path (SLIC + float mask per supervoxel, mask-by-mask IoU),
+(d) the Ray segment stage (decode + segment + Parquet) with 1 and 2 worker CPUs.
+
+Clips are the demo's: synthetic 16x112x112. It also times SLIC on a 64x112x112 clip (for the
+scale model in the README). The last line is
+`segment_vs_slic=<b/a> speedup_vs_reference=<c/b> scaling_2_workers=<t1/t2>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from skimage.segmentation import slic  # noqa: E402
+
+from pipeline.data.synthetic import SyntheticParams, ensure_corpus, render_video  # noqa: E402
+from pipeline.reference.segmentation import segment_clip_reference  # noqa: E402
+from pipeline.segmentation.supervoxels import segment_clip  # noqa: E402
+
+SETTINGS = dict(n_segments=(15, 50, 80), compactness=20.0, sigma=1.0, spacing=(1.0, 1.0, 1.0))
+
+
+def slic_only(clip: np.ndarray) -> None:
+    for n in SETTINGS["n_segments"]:
+        slic(clip, n_segments=n, compactness=SETTINGS["compactness"], sigma=SETTINGS["sigma"],
+             spacing=np.asarray(SETTINGS["spacing"]), start_label=0, channel_axis=-1)
+
+
+def timed(fn, clips, repeat: int = 1) -> float:
+    """Best of `repeat` passes over the clips: seconds per clip."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for clip in clips:
+            fn(clip)
+        best = min(best, (time.perf_counter() - t0) / len(clips))
+    return best
+
+
+def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str) -> float:
+    """Wall time of the real segment stage on the corpus with `num_cpus` worker CPUs."""
+    import ray
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register_configs, to_plain
+    from pipeline.run import stage_ingest, stage_segment
+
+    register_configs()
+    out = os.path.join(workdir, f"run-{num_cpus}")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=folder", f"dataset.root={corpus_root}",
+                                           f"run.output_dir={out}"])
+    c = to_plain(cfg)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        # Warm the workers (process start, imports) so both runs time the steady state.
+        @ray.remote(num_cpus=1)
+        def warm() -> None:
+            import skimage.segmentation  # noqa: F401
+
+            import pipeline.segmentation.video  # noqa: F401
+            time.sleep(0.5)
+
+        ray.get([warm.remote() for _ in range(num_cpus)])
+        record: dict = {"stages": {}, "counts": {}}
+        stage_ingest(c, out, record)
+        t0 = time.perf_counter()
+        stage_segment(c, out, record)
+        return time.perf_counter() - t0
+    finally:
+        ray.shutdown()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", type=int, default=8, help="clips for (a), (b), (c)")
+    ap.add_argument("--ray-videos", type=int, default=8, help="videos per class for (d)")
+    args = ap.parse_args()
+
+    params = SyntheticParams()
+    clips = [render_video(params, ("advance", "retreat", "jitter")[i % 3], np.random.default_rng([99, i])).frames
+             for i in range(args.clips)]
+    print(f"clips: {len(clips)} synthetic, {clips[0].shape[0]}x{clips[0].shape[1]}x{clips[0].shape[2]}, "
+          f"n_segments={list(SETTINGS['n_segments'])}", flush=True)
+    segment_clip(clips[0], **SETTINGS)  # warm-up (imports, caches)
+    a = timed(slic_only, clips, repeat=2)
+    b = timed(lambda c: segment_clip(c, **SETTINGS), clips, repeat=2)
+    c = timed(lambda c: segment_clip_reference(c, **SETTINGS), clips)
+    print(f"(a) SLIC alone        {a:.3f} s/clip")
+    print(f"(b) segment_clip      {b:.3f} s/clip")
+    print(f"(c) reference-style   {c:.3f} s/clip", flush=True)
+
+    long_clip = render_video(SyntheticParams(num_frames=64), "advance", np.random.default_rng(5)).frames
+    slic64 = timed(slic_only, [long_clip])
+    print(f"SLIC at 3 resolutions: {a:.3f} s per 16x112x112 clip, {slic64:.3f} s per 64x112x112 clip", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "corpus")
+        ensure_corpus(root, SyntheticParams(videos_per_class=args.ray_videos, seed=5))
+        n_videos = 3 * args.ray_videos
+        t1 = ray_stage_seconds(root, 1, tmp)
+        t2 = ray_stage_seconds(root, 2, tmp)
+    print(f"(d) Ray segment stage, {n_videos} videos: 1 worker {t1:.2f} s ({n_videos / t1:.2f} videos/s), "
+          f"2 workers {t2:.2f} s ({n_videos / t2:.2f} videos/s)")
+    print(f"segment_vs_slic={b / a:.3f} speedup_vs_reference={c / b:.2f} scaling_2_workers={t1 / t2:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The main job as a user runs it: `python -m pipeline ...` on real files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import make_video, run_cli
+
+
+@pytest.fixture(scope="module")
+def broken_folder(tmp_path_factory) -> str:
+    """A class-folder corpus with good videos and every kind of broken file."""
+    root = tmp_path_factory.mktemp("corpus")
+    for cls in ("walk", "run"):
+        (root / cls).mkdir()
+        for i in range(2):
+            make_video(str(root / cls / f"good{i}.mp4"), frames=20, size=(40, 56), seed=i)
+    (root / "walk" / "empty.mp4").write_bytes(b"")
+    (root / "walk" / "notes.txt").write_text("not a video")
+    (root / "run" / "fake.mp4").write_text("definitely not an mp4 " * 20)
+    make_video(str(root / "run" / "short.mp4"), frames=3, size=(40, 56))
+    data = (root / "walk" / "good0.mp4").read_bytes()
+    (root / "walk" / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    return str(root)
+
+
+def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, tmp_path):
+    out = tmp_path / "run"
+    res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}",
+                  "clip.num_frames=8", "clip.frame_stride=2", "clip.height=32", "clip.width=32")
+    assert res.returncode == 0, res.stderr[-3000:]
+    videos = pq.read_table(out / "videos.parquet").to_pylist()
+    by_id = {v["video_id"]: v for v in videos}
+    assert len(videos) == 9 and len(by_id) == 9
+    ok = {k for k, v in by_id.items() if v["status"] == "ok"}
+    assert ok == {"walk/good0", "walk/good1", "run/good0", "run/good1"}
+    reasons = {k: v["error"] for k, v in by_id.items() if v["status"] == "failed"}
+    assert "empty file" in reasons["walk/empty"]
+    assert "cannot open as a video" in reasons["walk/notes"]
+    assert "cannot open as a video" in reasons["run/fake"]
+    assert "shorter than needed" in reasons["run/short"]
+    assert reasons["walk/truncated"]
+    good = by_id["walk/good1"]
+    assert good["clip_frame_indices"] == [2, 4, 6, 8, 10, 12, 14, 16]  # centred, stride 2
+    assert (good["num_frames"], good["height"], good["width"]) == (20, 40, 56)
+    assert (good["clip_height"], good["clip_width"]) == (32, 32)
+    assert good["label"] == "walk" and good["path"].endswith("walk/good1.mp4")
+    record = json.loads((out / "run.json").read_text())
+    assert record["counts"]["videos_in"] == 9 and record["counts"]["videos_failed"] == 5
+    assert record["stages"]["ingest"]["wall_s"] > 0
+    assert record["config"]["dataset"]["root"] == broken_folder
+    assert record["versions"]["ray"]
+    assert "ingest: 9/9 videos" in res.stdout + res.stderr  # progress is shown
+
+
+def test_csv_corpus(tmp_path):
+    root = tmp_path / "k400"
+    make_video(str(root / "train" / "abseiling" / "abc_000010_000020.mp4"), frames=12, size=(32, 32))
+    csv = tmp_path / "train.csv"
+    csv.write_text("label,youtube_id,time_start,time_end,split\n"
+                   "abseiling,abc,10,20,train\n"
+                   "air drumming,xyz,0,10,train\n")
+    out = tmp_path / "run"
+    res = run_cli(f"run.output_dir={out}", "dataset=csv", f"dataset.root={root}", f"dataset.csv={csv}",
+                  "clip.num_frames=4", "clip.height=16", "clip.width=16")
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["video_id"]: r for r in pq.read_table(out / "videos.parquet").to_pylist()}
+    assert rows["abc_000010_000020"]["status"] == "ok" and rows["abc_000010_000020"]["split"] == "train"
+    assert rows["xyz_000000_000010"]["status"] == "failed"
+    assert "no such file" in rows["xyz_000000_000010"]["error"]
+    assert rows["xyz_000000_000010"]["label"] == "air drumming"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("run.ouput_dir=/tmp/x", "ouput_dir"),
+    ("clip.num_frames=many", "clip.num_frames"),
+    ("clip.num_frames=0", "clip.num_frames"),
+    ("model=nope", "model"),
+    ("model.name=x3d_mm", "model.name"),
+    ("dataset=folder", "dataset.root"),
+    ("run.stages=[ingest,explain]", "run.stages[1]"),
+])
+def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, expected):
+    out = tmp_path / "never"
+    res = run_cli(f"run.output_dir={out}", override)
+    assert res.returncode != 0
+    assert expected in res.stderr + res.stdout
+    assert not (out / "videos.parquet").exists()
+    assert "ingest:" not in res.stdout + res.stderr

@@ -1,0 +1,77 @@
+"""The segment stage as a user runs it: supervoxels on disk, masks read back, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io import load_supervoxel_mask, read_parts
+from tests.conftest import make_video, run_cli
+
+
+@pytest.fixture(scope="module")
+def segmented_run(tmp_path_factory):
+    """The default job on a small synthetic corpus plus one broken file, segmented once."""
+    base = tmp_path_factory.mktemp("seg")
+    from pipeline.data.synthetic import SyntheticParams, ensure_corpus
+
+    corpus = str(base / "corpus")
+    ensure_corpus(corpus, SyntheticParams(videos_per_class=3, seed=21))
+    folder = base / "folder"
+    shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
+    (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
+    out = base / "run"
+    args = [f"run.output_dir={out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    return {"out": str(out), "args": args, "first": first}
+
+
+def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_run):
+    out = segmented_run["out"]
+    videos = pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()
+    assert len(videos) == 10
+    assert {v["video_id"]: v["status"] for v in videos}["advance/broken"] == "failed"
+    sv = read_parts(os.path.join(out, "supervoxels")).to_pylist()
+    ok_ids = {v["video_id"] for v in videos if v["status"] == "ok"}
+    assert {r["video_id"] for r in sv} == ok_ids  # every ok video segmented, the failed one not
+    assert len(os.listdir(os.path.join(out, "supervoxels"))) == 3  # 9 videos, 4 per part
+    kept = [r for r in sv if r["status"] == "kept"]
+    assert len(kept) >= 9 * 10
+    for r in kept:
+        mask = load_supervoxel_mask(out, r["video_id"], r["supervoxel_id"])
+        assert mask.shape == (16, 112, 112) and mask.dtype == bool
+        assert mask.sum() == r["volume"] > 0
+        ts, ys, xs = np.nonzero(mask)
+        assert (ts.min(), ts.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1) == (
+            r["t0"], r["t1"], r["y0"], r["y1"], r["x0"], r["x1"])
+    record = json.load(open(os.path.join(out, "run.json")))
+    seg = record["stages"]["segment"]
+    assert seg["videos_segmented"] == 9 and seg["supervoxels"]["kept"] == len(kept)
+    assert record["counts"]["supervoxels_kept"] == len(kept)
+    assert "segment: 9/9 videos" in segmented_run["first"].stdout + segmented_run["first"].stderr
+
+
+def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
+    out, args = segmented_run["out"], segmented_run["args"]
+    before = read_parts(os.path.join(out, "supervoxels")).to_pandas()
+    os.remove(os.path.join(out, "supervoxels", "part-00002.parquet"))  # as if the run had crashed there
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    seg = json.load(open(os.path.join(out, "run.json")))["stages"]["segment"]
+    assert seg["videos_skipped_done"] == 8 and seg["videos_segmented"] == 1
+    after = read_parts(os.path.join(out, "supervoxels")).to_pandas()
+    key = ["video_id", "supervoxel_id"]
+    assert after.sort_values(key).reset_index(drop=True).equals(before.sort_values(key).reset_index(drop=True))
+    assert "reused" in again.stdout + again.stderr  # ingest was not redone either
+
+
+def test_changed_settings_do_not_mix_with_old_outputs(segmented_run):
+    res = run_cli(*segmented_run["args"], "segment.compactness=10")
+    assert res.returncode != 0
+    assert "other clip/segment settings" in res.stderr
