@@ -25,7 +25,7 @@ def _texture_clip(rng: np.random.Generator, t: int, h: int, w: int) -> np.ndarra
 def _clips() -> list[tuple[str, np.ndarray]]:
     clips = []
     for j, label in enumerate(CLASSES * 3):  # 9 synthetic clips, two geometries
-        size, frames = (112, 16) if j % 2 == 0 else (64, 24)
+        size, frames = (112, 16) if j % 2 == 0 else (80, 24)
         p = SyntheticParams(size=size, num_frames=frames)
         clips.append((f"synthetic-{label}-{j}", render_video(p, label, np.random.default_rng([42, j])).frames))
     rng = np.random.default_rng(7)
@@ -65,12 +65,12 @@ def test_all_settings_agree_with_the_reference_on_one_clip():
 
 
 def test_table_describes_every_candidate():
-    clip = CLIPS[1][1]  # 24 x 64 x 64
+    clip = CLIPS[1][1]  # 24 x 80 x 80
     seg = segment_clip(clip, n_segments=(15, 50, 80), min_frames=20, spacing=(3.0, 1.0, 1.0))
     t = seg.table
     n_labels = sum(int(seg.labels[r].max()) + 1 for r in range(3))
     assert len(t["supervoxel_id"]) == n_labels
-    assert seg.labels.dtype == np.uint16 and seg.labels.shape == (3, 24, 64, 64)
+    assert seg.labels.dtype == np.uint16 and seg.labels.shape == (3, 24, 80, 80)
     statuses = set(t["status"])
     assert statuses <= {KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT}
     assert DROPPED_SHORT in statuses  # spacing 3 in time makes some supervoxels short

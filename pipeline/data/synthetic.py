@@ -144,9 +144,13 @@ def render_video(params: SyntheticParams, label: str, rng: np.random.Generator) 
 
     background = _background(rng, size)
     heading = HEADINGS[rng.integers(0, len(HEADINGS))]
-    speed = float(rng.uniform(2.5, 4.0))
-    length = speed * (t - 1)
     margin = 12.0
+    # 2.5-4 px per frame, slower where a long clip's track would not fit in the frame.
+    max_speed = min(4.0, (size - 2 * margin) / (t - 1))
+    if max_speed < 0.5:
+        raise ValueError(f"a {size}x{size} frame is too small for a {t}-frame track; use a larger size")
+    speed = float(rng.uniform(0.625 * max_speed, max_speed))
+    length = speed * (t - 1)
     # The track runs from `start` along the heading; it must stay inside the frame.
     along_lo = margin + (length if heading.sum() < 0 else 0.0)
     along_hi = size - margin - (length if heading.sum() > 0 else 0.0)
