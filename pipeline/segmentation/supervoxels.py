@@ -65,11 +65,14 @@ def slic_labels(clip: np.ndarray, n_segments: int, compactness: float, sigma: fl
     labels = slic(clip, n_segments=n_segments, compactness=compactness, sigma=sigma,
                   spacing=np.asarray(spacing, dtype=np.float64), max_num_iter=max_num_iter,
                   start_label=0, channel_axis=-1)
-    # SLIC may leave gaps in the numbering; compact it so bincounts stay small.
-    uniq, inverse = np.unique(labels, return_inverse=True)
-    if len(uniq) >= 1 << LABEL_BITS:
-        raise ValueError(f"n_segments={n_segments} gave {len(uniq)} labels; at most {1 << LABEL_BITS} are supported")
-    return inverse.reshape(labels.shape).astype(np.uint16)
+    counts = np.bincount(labels.ravel())
+    if not counts.all():  # gaps in the numbering: compact it so the bincounts stay small
+        remap = np.cumsum(counts > 0) - 1
+        labels = remap[labels]
+        counts = counts[counts > 0]
+    if len(counts) > 1 << LABEL_BITS:
+        raise ValueError(f"n_segments={n_segments} gave {len(counts)} labels; at most {1 << LABEL_BITS} are supported")
+    return labels.astype(np.uint16)
 
 
 def label_boxes(labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
