@@ -1,5 +1,5 @@
-"""Shared fixtures: real video files made with PyAV, a small synthetic corpus, one local
-Ray instance per test module."""
+"""Shared helpers: real video files made with PyAV, the CLI as a user runs it, a small
+synthetic corpus."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,23 +28,3 @@ def run_cli(*args: str, module: str = "pipeline", timeout: int = 600, env: dict 
     """Run `python -m <module> <args>` as a user would, from the project root."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def small_synthetic(tmp_path_factory) -> str:
-    """A small synthetic corpus (4 videos per class, seed 11)."""
-    from pipeline.data.synthetic import SyntheticParams, ensure_corpus
-
-    root = str(tmp_path_factory.mktemp("synthetic") / "corpus")
-    ensure_corpus(root, SyntheticParams(videos_per_class=4, seed=11))
-    return root

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import load_supervoxel_mask, read_parts
-from tests.conftest import make_video, run_cli
+from tests.conftest import run_cli
 
 
 @pytest.fixture(scope="module")

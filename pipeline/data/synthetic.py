@@ -265,7 +265,3 @@ def load_ground_truth_mask(dataset_root: str, video_id: str) -> np.ndarray:
 
 def params_from_config(syn: dict) -> SyntheticParams:
     return SyntheticParams(**{k: int(syn[k]) for k in SyntheticParams.__dataclass_fields__})
-
-
-def class_names() -> list[str]:
-    return list(CLASSES)

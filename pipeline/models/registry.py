@@ -242,11 +242,11 @@ def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
             module = torch.jit.load(model_cfg["path"], map_location="cpu")
         except Exception as e:
             raise ModelConfigError(f"config key 'model.path': cannot load TorchScript {model_cfg['path']}: {e}") from None
-        spec = _custom_spec("torchscript", model_cfg)
+        spec = _custom_spec("torchscript")
         class_names = []
     elif name == "factory":
         module = _from_factory(model_cfg["factory"])
-        spec = _custom_spec("factory", model_cfg)
+        spec = _custom_spec("factory")
         class_names = []
     elif name in REGISTRY:
         spec = REGISTRY[name]
@@ -273,7 +273,7 @@ def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
     return LoadedModel(module=module, spec=spec, class_names=class_names, layers=layers, meta=meta)
 
 
-def _custom_spec(kind: str, cfg: dict[str, Any]) -> ModelSpec:
+def _custom_spec(kind: str) -> ModelSpec:
     return ModelSpec(kind, None, None, window=16, height=112, width=112, mean=KINETICS_MEAN,
                      std=KINETICS_STD, layers=(), source=kind)
 
