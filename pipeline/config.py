@@ -264,7 +264,7 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("segment.videos_per_part", seg.videos_per_part, "must be >= 1")
 
     m = c.model
-    from pipeline.models.registry import MODEL_NAMES  # late: the registry imports torch
+    from pipeline.models.registry import MODEL_NAMES, ModelConfigError, check_model_config  # imports torch
 
     if m.name not in MODEL_NAMES:
         import difflib
@@ -284,6 +284,10 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("model.mean", list(m.mean), "must have 3 values (RGB) or be empty")
     if m.std and (len(m.std) != 3 or min(m.std) <= 0):
         _fail("model.std", list(m.std), "must have 3 positive values (RGB) or be empty")
+    try:
+        check_model_config(OmegaConf.to_container(m, resolve=True) if isinstance(m, DictConfig) else vars(m))
+    except ModelConfigError as e:
+        raise ConfigError(str(e)) from None
 
     for i, stage in enumerate(c.run.stages):
         if stage not in STAGES:

@@ -82,6 +82,8 @@ def test_csv_corpus(tmp_path):
     ("model.name=x3d_mm", "model.name"),
     ("dataset=folder", "dataset.root"),
     ("run.stages=[ingest,explain]", "run.stages[1]"),
+    ("model.layers=[layer9]", "model.layers"),
+    ("segment.iou_threshold=1.5", "segment.iou_threshold"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, expected):
     out = tmp_path / "never"

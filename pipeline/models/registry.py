@@ -209,6 +209,45 @@ def _load_project_checkpoint(path: str) -> tuple[nn.Module, ModelSpec, list[str]
     return module, spec, class_names, dict(ckpt.get("extra", {}))
 
 
+def check_model_config(model_cfg: dict[str, Any]) -> None:
+    """Fail before any work when `model.layers` names a module the model does not have.
+
+    The model is built on torch's meta device (no memory, no weights, no download); only its
+    module names are looked at.
+    """
+    layers = list(model_cfg.get("layers") or [])
+    name = model_cfg["name"]
+    if name in ("torchscript", "factory"):
+        if not layers:
+            raise ModelConfigError(f"config key 'model.layers': model={name} has no recommended layers; "
+                                   "name the layers to explain, e.g. model.layers=[layer3]")
+        module = load_model({**model_cfg, "pretrained": False}).module
+    else:
+        if name in ("demo", "checkpoint"):
+            path = model_cfg.get("path") or DEMO_CHECKPOINT
+            try:
+                ckpt = torch.load(path, map_location="meta", weights_only=True)
+            except Exception as e:
+                raise ModelConfigError(f"config key 'model.path': cannot read checkpoint {path}: {e}") from None
+            if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+                raise ModelConfigError(f"config key 'model.path': {path} is not a project checkpoint "
+                                       f"(format {CHECKPOINT_FORMAT})")
+            spec = REGISTRY.get(ckpt.get("arch", ""))
+            if spec is None or spec.builder is None:
+                raise ModelConfigError(f"config key 'model.path': checkpoint {path} has unknown architecture "
+                                       f"{ckpt.get('arch')!r}")
+            layers = layers or list(ckpt["layers"])
+            kwargs = {"num_classes": len(ckpt["class_names"]), **ckpt.get("arch_kwargs", {})}
+        else:
+            spec = REGISTRY[name]
+            layers = layers or list(spec.layers)
+            kwargs = {"num_classes": spec.num_classes}
+        assert spec.builder is not None
+        with torch.device("meta"):
+            module = spec.builder(**kwargs)
+    check_layers(module, layers, name)
+
+
 def model_window(model_cfg: dict[str, Any]) -> int:
     """The model's input frames T, without building the model (the driver needs it to plan)."""
     if model_cfg.get("window"):
