@@ -1,0 +1,135 @@
+"""Activations (method step 4): run windows through the model, capture named layers with
+forward hooks in one pass, average each layer output over time and space, average a patch's
+windows. Whole clips also give logits and, for a target class, the gradient of that class's
+logit with respect to each layer (averaged over time and space, method step 7).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.activations.patches import PatchRequest, PatchSpec, iter_window_batches, whole_clip_request
+
+
+def pool(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, ...] -> [B, C]: the mean over every axis after the channels (time and space)."""
+    return t.float().mean(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t.float()
+
+
+class LayerTap:
+    """Forward hooks on named modules; `outputs[name]` holds the last output of each."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+        modules = dict(model.named_modules())
+        self.layers = list(layers)
+        self.outputs: dict[str, torch.Tensor] = {}
+        self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
+
+    def _hook(self, name: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            self.outputs[name] = output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "LayerTap":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ClipResult:
+    vectors: dict[str, np.ndarray]  # layer -> float32 [C]
+    logits: np.ndarray  # float32 [K], averaged over windows
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> float32 [C]
+    gradient_class: Optional[int] = None
+    windows: int = 0
+
+
+@dataclass
+class SupervoxelResult:
+    owners: list[int]  # the request owners, in output order
+    vectors: dict[str, np.ndarray]  # layer -> float32 [len(owners), C]
+    windows: np.ndarray  # int32 [len(owners)]
+
+
+def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
+                       spec: PatchSpec, layers: Sequence[str], batch_size: int, autocast: bool = True) -> SupervoxelResult:
+    """Pooled layer vectors of every requested patch (windows averaged), built and run in batches."""
+    sums: dict[str, dict[int, torch.Tensor]] = {name: {} for name in layers}
+    counts: dict[int, int] = {}
+    with LayerTap(model, layers) as tap, torch.inference_mode(), _autocast(clip.device, autocast):
+        for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size):
+            model(_memory_format(batch))
+            for name in layers:
+                pooled = pool(tap.outputs[name])
+                acc = sums[name]
+                for i, owner in enumerate(owners):
+                    acc[owner] = acc[owner] + pooled[i] if owner in acc else pooled[i].clone()
+            for owner in owners:
+                counts[owner] = counts.get(owner, 0) + 1
+    order = [r.owner for r in requests if r.owner in counts]
+    vectors = {name: torch.stack([sums[name][o] / counts[o] for o in order]).cpu().numpy().astype(np.float32)
+               if order else np.zeros((0, 0), np.float32) for name in layers}
+    return SupervoxelResult(owners=order, vectors=vectors, windows=np.array([counts[o] for o in order], np.int32))
+
+
+def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: Sequence[str],
+                 gradient_class: Optional[int], batch_size: int, autocast: bool = True) -> ClipResult:
+    """Whole-clip vectors and logits (averaged over the clip's windows) and, when
+    `gradient_class` is given, d logit[gradient_class] / d layer output, averaged over time and
+    space and over windows."""
+    request = [whole_clip_request(0, clip.shape)]
+    vec_sum: dict[str, torch.Tensor] = {}
+    grad_sum: dict[str, torch.Tensor] = {}
+    logit_sum: Optional[torch.Tensor] = None
+    windows = 0
+    want_grad = gradient_class is not None
+    grad_mode = torch.enable_grad() if want_grad else torch.inference_mode()
+    with LayerTap(model, layers) as tap, grad_mode, _autocast(clip.device, autocast):
+        for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size):
+            logits = model(_memory_format(batch)).float()
+            outs = [tap.outputs[name] for name in layers]
+            if want_grad:
+                grads = torch.autograd.grad(logits[:, gradient_class].sum(), outs)
+                for name, g in zip(layers, grads):
+                    grad_sum[name] = grad_sum.get(name, 0) + pool(g).sum(0).detach()
+            for name, out in zip(layers, outs):
+                vec_sum[name] = vec_sum.get(name, 0) + pool(out).sum(0).detach()
+            logit_sum = (logit_sum if logit_sum is not None else 0) + logits.sum(0).detach()
+            windows += len(owners)
+    if windows == 0:
+        raise ValueError(f"the clip has {int(clip.shape[0])} frames, fewer than the model window {spec.window}")
+    return ClipResult(
+        vectors={n: (v / windows).cpu().numpy().astype(np.float32) for n, v in vec_sum.items()},
+        logits=(logit_sum / windows).cpu().numpy().astype(np.float32),
+        gradients={n: (g / windows).cpu().numpy().astype(np.float32) for n, g in grad_sum.items()},
+        gradient_class=gradient_class, windows=windows)
+
+
+def _memory_format(batch: torch.Tensor) -> torch.Tensor:
+    """channels_last_3d on the GPU, where cuDNN's 3D convolutions prefer it."""
+    return batch.contiguous(memory_format=torch.channels_last_3d) if batch.is_cuda else batch
+
+
+def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

@@ -1,0 +1,190 @@
+"""Supervoxel patches built where the model runs (method step 3), in torch, in batches.
+
+A patch of a supervoxel with temporal extent [t0, t1) and spatial box B keeps the clip's pixels
+inside the supervoxel, fills the rest with the mean pixel, crops every frame to B and resizes it
+back to the model's H x W (bicubic, as the reference does with PIL), then is cut into T-frame
+windows.
+
+The cheap exact formulation: a resize is linear, so it is two small matrix products with the
+crop, `Ry @ X @ Rx^T`, where `Ry` (H x h) and `Rx` (W x w) hold PIL's interpolation weights for
+that crop size; and because every row of `Ry`, `Rx` sums to one, the fill commutes with the
+resize: `resize(M*F + (1-M)*mu) = mu + resize(M*(F - mu))`. So only the crop (h x w, usually
+far smaller than the frame) is touched, never a full-frame mask per supervoxel, and nothing
+but the clip and its label volumes has to reach the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+RESAMPLING = ("bicubic", "bilinear")
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    """PIL's bicubic kernel (a = -0.5)."""
+    a = -0.5
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2.0) * x - (a + 3.0)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+
+
+def _bilinear(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1, 1.0 - x, 0.0)
+
+
+@lru_cache(maxsize=4096)
+def resample_matrix(in_size: int, out_size: int, mode: str = "bicubic") -> np.ndarray:
+    """float32 [out_size, in_size]: row i holds the weights PIL's `Image.resize` gives the input
+    pixels for output pixel i (support widened when downsampling, as PIL's antialiasing does)."""
+    if mode not in RESAMPLING:
+        raise ValueError(f"resampling must be one of {RESAMPLING}, got {mode!r}")
+    kernel, support = (_bicubic, 2.0) if mode == "bicubic" else (_bilinear, 1.0)
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support *= filterscale
+    out = np.zeros((out_size, in_size), dtype=np.float64)
+    for i in range(out_size):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), in_size)
+        xs = np.arange(lo, hi)
+        w = kernel((xs - centre + 0.5) / filterscale)
+        total = w.sum()
+        out[i, lo:hi] = w / total if total != 0 else w
+    return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """What the model wants: window T, input H x W, normalisation (0-1 scale), the fill."""
+
+    window: int
+    height: int
+    width: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fill: float = 117.0  # the mean pixel on the 0-255 scale, put where the supervoxel is not
+    resampling: str = "bicubic"
+
+
+def num_windows(t0: int, t1: int, window: int) -> int:
+    """Non-overlapping T-frame windows from t0; a remainder shorter than T is left out."""
+    return max(0, (int(t1) - int(t0)) // window)
+
+
+def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequence[int], spec: PatchSpec,
+                 start: int, frames: int, out: Optional[torch.Tensor] = None, normalised: bool = True) -> torch.Tensor:
+    """Frames `start .. start + frames` of one supervoxel's patch: float [3, frames, H, W],
+    normalised as the model expects (or on 0-255 with `normalised=False`).
+
+    clip: uint8 [L, H0, W0, 3] on the device; labels: [L, H0, W0] label volume of the
+    supervoxel's resolution; box: (t0, t1, y0, y1, x0, x1), the supervoxel's bounding box.
+    `out`, if given, receives the result (a slot of a batch: no copy).
+    """
+    _, _, y0, y1, x0, x1 = (int(v) for v in box)
+    crop = clip[start:start + frames, y0:y1, x0:x1].permute(3, 0, 1, 2).float()  # [3, F, h, w]
+    inside = labels[start:start + frames, y0:y1, x0:x1] == label  # [F, h, w]
+    x = (crop - spec.fill) * inside
+    h, w = y1 - y0, x1 - x0
+    ry = _matrix(h, spec.height, spec.resampling, clip.device)
+    rx = _matrix(w, spec.width, spec.resampling, clip.device)
+    # PIL's order: the horizontal pass, rounded and clipped to 8 bits, then the vertical one.
+    x = (x @ rx.T).clamp_(-spec.fill, 255.0 - spec.fill).round_()  # [3, F, h, W]
+    if not normalised:
+        out = torch.matmul(ry, x, out=out)
+        return out.add_(spec.fill).clamp_(0.0, 255.0).round_()
+    # Normalisation folded into the small intermediate: every row of `ry` sums to one, so the
+    # per-channel scale and offset pass through the vertical product, which is then the only
+    # pass over the full-size output. (PIL also clips the vertical pass's overshoot at hard
+    # edges and rounds to 8 bits; the fast path does neither: see tests/test_patches.py.)
+    scale, bias = _normalisation(spec, clip.device)
+    return torch.matmul(ry, x.mul_(scale).add_(bias), out=out)
+
+
+_NORMALISATION: dict[tuple[PatchSpec, str], tuple[torch.Tensor, ...]] = {}
+
+
+def _normalisation(spec: PatchSpec, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Per-channel [3, 1, 1, 1] scale and bias mapping fill-offset pixels to the model's input."""
+    key = (spec, str(device))
+    if key not in _NORMALISATION:
+        mean = torch.tensor(spec.mean, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+        std = torch.tensor(spec.std, dtype=torch.float32).view(3, 1, 1, 1) * 255.0
+        _NORMALISATION[key] = (1.0 / std).to(device), ((spec.fill - mean) / std).to(device)
+    return _NORMALISATION[key]
+
+
+_DEVICE_MATRICES: dict[tuple[int, int, str, str], torch.Tensor] = {}
+
+
+def _matrix(in_size: int, out_size: int, mode: str, device: torch.device) -> torch.Tensor:
+    key = (in_size, out_size, mode, str(device))
+    m = _DEVICE_MATRICES.get(key)
+    if m is None:
+        m = _DEVICE_MATRICES[key] = torch.from_numpy(resample_matrix(in_size, out_size, mode)).to(device)
+    return m
+
+
+def normalise_(batch: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
+    """In place: [N, 3, T, H, W] on 0-255 -> the model's normalised input."""
+    mean = torch.tensor(spec.mean, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1, 1) * 255.0
+    std = torch.tensor(spec.std, device=batch.device, dtype=batch.dtype).view(1, 3, 1, 1, 1) * 255.0
+    return batch.sub_(mean).div_(std)
+
+
+@dataclass(frozen=True)
+class PatchRequest:
+    """One patch to build: `owner` is returned with its windows (e.g. a table row index)."""
+
+    owner: int
+    resolution: int  # which label volume; -1: the whole clip (no mask, full frame)
+    label: int
+    box: tuple[int, int, int, int, int, int]  # t0, t1, y0, y1, x0, x1
+
+
+def whole_clip_request(owner: int, shape: Sequence[int]) -> PatchRequest:
+    length, height, width = (int(s) for s in shape[:3])
+    return PatchRequest(owner, -1, 0, (0, length, 0, height, 0, width))
+
+
+def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
+                        spec: PatchSpec, batch_size: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Batches of model-ready windows: (float [B, 3, T, H, W] normalised, owner of each window).
+
+    Patches are built just before they are needed, so at most one batch (plus one patch) is in
+    memory whatever the number of supervoxels. A whole-clip request (resolution -1) keeps every
+    pixel: it is the clip resized to the model's input.
+    """
+    full = torch.zeros(clip.shape[:3], dtype=torch.uint8, device=clip.device)  # label 0 everywhere
+    t = spec.window
+
+    def new_batch() -> torch.Tensor:
+        return torch.empty((batch_size, 3, t, spec.height, spec.width), dtype=torch.float32, device=clip.device)
+
+    batch, owners = new_batch(), []
+    for req in requests:
+        n = num_windows(req.box[0], req.box[1], t)
+        for i in range(n):
+            start, slot = req.box[0] + i * t, batch[len(owners)]
+            if req.resolution < 0 and not _needs_resize(clip, spec):
+                normalise_(slot.unsqueeze(0).copy_(clip[start:start + t].permute(3, 0, 1, 2)), spec)
+            else:
+                volume = full if req.resolution < 0 else labels[req.resolution]
+                label = 0 if req.resolution < 0 else req.label
+                patch_frames(clip, volume, label, req.box, spec, start, t, out=slot)
+            owners.append(req.owner)
+            if len(owners) == batch_size:
+                yield batch, owners
+                batch, owners = new_batch(), []
+    if owners:
+        yield batch[:len(owners)], owners
+
+
+def _needs_resize(clip: torch.Tensor, spec: PatchSpec) -> bool:
+    return (int(clip.shape[1]), int(clip.shape[2])) != (spec.height, spec.width)
