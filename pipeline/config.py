@@ -104,6 +104,30 @@ class SegmentConfig:
 
 
 @dataclass
+class ActivateConfig:
+    """Activations (method steps 3-4) in actors that hold the model.
+
+    batch_size: windows per forward call (0: 4 on a CPU, where it was fastest for the demo
+        model, 32 on a GPU).
+    num_actors: model actors (null: one per GPU, or one CPU actor where there is no GPU).
+    cpus_per_actor: CPUs a CPU actor reserves; torch_threads: its torch threads (0: the node's
+        cores, since the stages run one after the other).
+    fill: the mean pixel (0-255) put outside a supervoxel. resampling: bicubic | bilinear.
+    autocast: bf16 autocast on a GPU. gradients: class-logit gradients for whole clips.
+    """
+
+    batch_size: int = 0
+    num_actors: Optional[int] = None
+    cpus_per_actor: int = 1
+    torch_threads: int = 0
+    fill: float = 117.0
+    resampling: str = "bicubic"
+    autocast: bool = True
+    gradients: bool = True
+    videos_per_part: int = 64
+
+
+@dataclass
 class ModelConfig:
     """Which model to explain (see `pipeline.models.registry`).
 
@@ -152,7 +176,7 @@ class RunConfig:
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["ingest", "segment"])
+    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate"])
     log_level: str = "INFO"
 
 
@@ -175,6 +199,7 @@ class Config:
     dataset: DatasetConfig = MISSING
     clip: ClipConfig = field(default_factory=ClipConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
+    activate: ActivateConfig = field(default_factory=ActivateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -185,7 +210,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-STAGES = ("ingest", "segment")
+STAGES = ("ingest", "segment", "activate")
 DATASET_KINDS = ("synthetic", "folder", "csv")
 
 
@@ -262,6 +287,20 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("segment.max_num_iter", seg.max_num_iter, "must be >= 1")
     if seg.videos_per_part < 1:
         _fail("segment.videos_per_part", seg.videos_per_part, "must be >= 1")
+
+    act = c.activate
+    if act.batch_size < 0:
+        _fail("activate.batch_size", act.batch_size, "must be >= 1, or 0 for automatic")
+    if act.num_actors is not None and act.num_actors < 1:
+        _fail("activate.num_actors", act.num_actors, "must be >= 1 (or null: one per GPU)")
+    if act.cpus_per_actor < 1:
+        _fail("activate.cpus_per_actor", act.cpus_per_actor, "must be >= 1")
+    if act.resampling not in ("bicubic", "bilinear"):
+        _fail("activate.resampling", act.resampling, "must be bicubic or bilinear")
+    if not 0 <= act.fill <= 255:
+        _fail("activate.fill", act.fill, "must be a pixel value in [0, 255]")
+    if act.videos_per_part < 1:
+        _fail("activate.videos_per_part", act.videos_per_part, "must be >= 1")
 
     m = c.model
     from pipeline.models.registry import MODEL_NAMES, ModelConfigError, check_model_config  # imports torch

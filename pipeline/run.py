@@ -2,6 +2,7 @@
 
     ingest   resolve the corpus, decode every video's clip once    -> videos.parquet
     segment  3D SLIC at several resolutions, dedupe (CPU tasks)     -> supervoxels/, label_volumes/
+    activate patches built on the device, model layers (actor pool) -> activations/, predictions/
 
 Every stage writes its output under `run.output_dir` and its wall time, throughput and
 counts into `run.json`.
@@ -21,6 +22,7 @@ from typing import Any
 
 import hydra
 import numpy as np
+import ray
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -35,6 +37,8 @@ from pipeline.io import part_files, part_metadata, read_parts, write_json, write
 from pipeline.models.registry import model_window
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT
 from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_video
+from pipeline.activations.video import ActivateParams, VideoActivations
+from pipeline.orchestration.actors import run_on_actors, start_actors
 from pipeline.orchestration.runtime import Progress, init_ray, map_tasks
 
 log = logging.getLogger("pipeline")
@@ -116,30 +120,15 @@ class RunFolderError(RuntimeError):
 def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
     """Step 2: supervoxels of every ok video, in Parquet parts; a rerun skips what is done."""
     t0 = time.monotonic()
-    videos_path = os.path.join(run_dir, "videos.parquet")
-    videos = pq.read_table(videos_path)
-    settings_meta = (videos.schema.metadata or {}).get(b"settings", b"{}").decode()
-    rows = videos.to_pylist()
+    rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
     spec = ClipSpec.from_config(c["clip"])
     params = SegmentParams.from_config(c["segment"], model_window(c["model"]))
     settings = json.dumps({"clip": c["clip"], "segment": params.as_dict()}, sort_keys=True)
     sv_dir, lv_dir = os.path.join(run_dir, "supervoxels"), os.path.join(run_dir, "label_volumes")
 
-    done: set[str] = set()
-    sv_parts = part_files(sv_dir)
-    for path in sv_parts:
-        if part_metadata(path).get("settings") != settings:
-            raise RunFolderError(
-                f"{path} was made with other clip/segment settings; use a new run.output_dir "
-                f"(or delete {sv_dir} and {lv_dir} to segment again)")
-        done.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
-    # A label-volume part without its supervoxel part is a leftover of a crash: the supervoxel
-    # part is written last, so those videos are not done and are segmented again.
-    complete = {os.path.basename(p) for p in sv_parts}
-    for path in part_files(lv_dir):
-        if os.path.basename(path) not in complete:
-            os.remove(path)
-    next_index = max((int(os.path.basename(p)[5:10]) for p in sv_parts), default=-1) + 1
+    # The supervoxel part of a batch is written after its label-volume part: it marks the batch done.
+    done = _done_videos(sv_dir, lv_dir, settings, "clip/segment")
+    next_index = _next_part_index(sv_dir)
 
     todo = [r for r in rows if r["status"] == schemas.OK and r["video_id"] not in done]
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done),
@@ -166,13 +155,7 @@ def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> No
             next_index, buffer = next_index + 1, []
     if buffer:
         _write_segment_part(buffer, params, sv_dir, lv_dir, next_index, settings)
-    if failures:
-        for r in rows:
-            if r["video_id"] in failures:
-                r.update(status=schemas.FAILED, error=failures[r["video_id"]], failed_stage="segment")
-        write_videos(rows, run_dir, settings_meta)
-        record["counts"].update(videos_ok=record["counts"].get("videos_ok", 0) - len(failures),
-                                videos_failed=record["counts"].get("videos_failed", 0) + len(failures))
+    _record_failures(rows, failures, "segment", run_dir, record)
     wall = time.monotonic() - t0
     segmented = len(todo) - len(failures)
     record["stages"]["segment"] = {
@@ -216,7 +199,184 @@ def _write_segment_part(results: list[SegmentedVideo], params: SegmentParams, sv
     write_part(sv_table, sv_dir, index, meta)
 
 
-STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment}
+def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
+    """Steps 3-4: vectors of every kept supervoxel and every whole clip, logits, and class-logit
+    gradients, from model actors; a rerun skips what is done."""
+    import pyarrow.dataset as ds
+
+    t0 = time.monotonic()
+    rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
+    ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
+    a = c["activate"]
+    params = ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]),
+                            bool(a["gradients"]))
+    sv_dir, lv_dir = os.path.join(run_dir, "supervoxels"), os.path.join(run_dir, "label_volumes")
+    act_dir, pred_dir = os.path.join(run_dir, "activations"), os.path.join(run_dir, "predictions")
+    settings = json.dumps({"clip": c["clip"], "segment": c["segment"], "activate": {k: v for k, v in a.items()
+                           if k != "videos_per_part"}, "model": c["model"]}, sort_keys=True)
+    done = _done_videos(pred_dir, act_dir, settings, "clip/segment/activate/model")
+    next_index = _next_part_index(pred_dir)
+
+    kept = read_parts(sv_dir, filter=ds.field("status") == KEPT).to_pandas()
+    tables = {vid: {k: g[k].to_numpy() for k in ("supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1",
+                                                  "x0", "x1")} for vid, g in kept.groupby("video_id", sort=False)}
+    lv_parts = part_files(lv_dir)
+    segmented = set()
+    for path in lv_parts:
+        segmented.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
+    todo = [vid for vid in ok if vid in segmented and vid not in done]
+    log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done),
+             c["model"]["name"])
+    if not todo:
+        record["stages"]["activate"] = {"wall_s": round(time.monotonic() - t0, 3), "videos_activated": 0,
+                                        "videos_skipped_done": len(done)}
+        return
+    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
+                          int(a["torch_threads"]))
+    described = ray.get([actor.describe.remote() for actor in actors])
+    log.info("activate: %d model actor(s) on %s, batch size %d", len(actors),
+             ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"])
+    todo_set = set(todo)
+
+    def work():
+        for path in lv_parts:  # one label-volume part at a time: memory stays bounded
+            part = pq.read_table(path).to_pylist()
+            volumes: dict[str, list[tuple[int, np.ndarray]]] = {}
+            for r in part:
+                if r["video_id"] in todo_set:
+                    vol = np.frombuffer(r["labels"], dtype=np.uint16).reshape(r["shape"])
+                    volumes.setdefault(r["video_id"], []).append((r["resolution"], vol))
+            for vid, vols in volumes.items():
+                labels = np.stack([v for _, v in sorted(vols, key=lambda x: x[0])])
+                yield ok[vid], labels, tables.get(vid, {})
+
+    per_part = int(a["videos_per_part"])
+    buffer: list[VideoActivations] = []
+    failures: dict[str, str] = {}
+    stats = {"supervoxel_vectors": 0, "supervoxel_windows": 0, "clip_windows": 0, "actor_seconds": 0.0}
+    progress = Progress("activate", len(todo))
+    class_names = described[0]["class_names"]
+    for result in run_on_actors(actors, work()):
+        progress.update()
+        if result.error:
+            failures[result.video_id] = result.error
+            log.warning("activate: %s failed: %s", result.video_id, result.error)
+            continue
+        stats["supervoxel_vectors"] += len(result.supervoxel_ids)
+        stats["supervoxel_windows"] += int(result.supervoxel_windows.sum())
+        stats["clip_windows"] += result.clip_windows
+        stats["actor_seconds"] += result.seconds
+        buffer.append(result)
+        if len(buffer) >= per_part:
+            _write_activation_part(buffer, ok, class_names, act_dir, pred_dir, next_index, settings)
+            next_index, buffer = next_index + 1, []
+    if buffer:
+        _write_activation_part(buffer, ok, class_names, act_dir, pred_dir, next_index, settings)
+    for actor in actors:
+        ray.kill(actor)
+    _record_failures(rows, failures, "activate", run_dir, record)
+    wall = time.monotonic() - t0
+    activated = len(todo) - len(failures)
+    windows = stats["supervoxel_windows"] + stats["clip_windows"]
+    record["stages"]["activate"] = {
+        "wall_s": round(wall, 3), "videos_activated": activated, "videos_skipped_done": len(done),
+        "videos_failed": len(failures), "actors": len(actors), "devices": sorted({d["device"] for d in described}),
+        "batch_size": described[0]["batch_size"], "layers": described[0]["layers"],
+        "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
+        "windows_per_s": round(windows / wall, 2) if wall > 0 else None,
+        "actor_seconds_per_video": round(stats["actor_seconds"] / activated, 4) if activated else None,
+    }
+
+
+def _done_videos(marker_dir: str, data_dir: str, settings: str, what: str) -> set[str]:
+    """Videos whose results are complete: listed in a part of `marker_dir` (written last) made
+    with the same settings. Parts of `data_dir` without their marker part are crash leftovers
+    and are removed, so their videos are done again."""
+    done: set[str] = set()
+    markers = part_files(marker_dir)
+    for path in markers:
+        if part_metadata(path).get("settings") != settings:
+            raise RunFolderError(f"{path} was made with other {what} settings; use a new run.output_dir "
+                                 f"(or delete {marker_dir} and {data_dir})")
+        done.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
+    complete = {os.path.basename(p) for p in markers}
+    for path in part_files(data_dir):
+        if os.path.basename(path) not in complete:
+            os.remove(path)
+    return done
+
+
+def _next_part_index(folder: str) -> int:
+    return max((int(os.path.basename(p)[5:10]) for p in part_files(folder)), default=-1) + 1
+
+
+def _record_failures(rows: list[dict[str, Any]], failures: dict[str, str], stage: str, run_dir: str,
+                     record: dict[str, Any]) -> None:
+    """Mark videos that failed in `stage` in videos.parquet (they stay rows, with the reason)."""
+    if not failures:
+        return
+    path = os.path.join(run_dir, "videos.parquet")
+    settings = (pq.read_schema(path).metadata or {}).get(b"settings", b"{}").decode()
+    for r in rows:
+        if r["video_id"] in failures:
+            r.update(status=schemas.FAILED, error=failures[r["video_id"]], failed_stage=stage)
+    write_videos(rows, run_dir, settings)
+    record["counts"].update(videos_ok=sum(r["status"] == schemas.OK for r in rows),
+                            videos_failed=sum(r["status"] == schemas.FAILED for r in rows))
+
+
+def _write_activation_part(results: list[VideoActivations], videos: dict[str, dict[str, Any]],
+                           class_names: list[str], act_dir: str, pred_dir: str, index: int, settings: str) -> None:
+    act: dict[str, list] = {name: [] for name in schemas.ACTIVATIONS.names}
+    pred: dict[str, list] = {name: [] for name in schemas.PREDICTIONS.names}
+    for res in results:
+        for layer, vec in res.clip_vectors.items():
+            grad = res.gradients.get(layer)
+            act["video_id"].append(res.video_id)
+            act["supervoxel_id"].append(-1)
+            act["layer"].append(layer)
+            act["vector"].append(vec)
+            act["n_windows"].append(res.clip_windows)
+            act["gradient"].append(grad)
+            act["gradient_class"].append(res.gradient_class if grad is not None else None)
+        for layer, vecs in res.supervoxel_vectors.items():
+            n = len(res.supervoxel_ids)
+            act["video_id"].extend([res.video_id] * n)
+            act["supervoxel_id"].extend(res.supervoxel_ids.tolist())
+            act["layer"].extend([layer] * n)
+            act["vector"].extend(list(vecs))
+            act["n_windows"].extend(res.supervoxel_windows.tolist())
+            act["gradient"].extend([None] * n)
+            act["gradient_class"].extend([None] * n)
+        label = videos[res.video_id]["label"]
+        label_index = class_names.index(label) if label in class_names else -1
+        predicted = int(np.argmax(res.logits))
+        pred["video_id"].append(res.video_id)
+        pred["label"].append(label)
+        pred["label_index"].append(label_index)
+        pred["logits"].append(res.logits)
+        pred["predicted_index"].append(predicted)
+        pred["predicted_class"].append(class_names[predicted] if predicted < len(class_names) else None)
+        pred["correct"].append(predicted == label_index if label_index >= 0 else None)
+        pred["supervoxels"].append(len(res.supervoxel_ids))
+        pred["seconds"].append(res.seconds)
+        pred["device"].append(res.device)
+    meta = {"settings": settings}
+    act_table = pa.table({k: _arrow_column(v, schemas.ACTIVATIONS.field(k).type) for k, v in act.items()},
+                         schema=schemas.ACTIVATIONS)
+    write_part(act_table, act_dir, index, meta)
+    pred_table = pa.table({k: _arrow_column(v, schemas.PREDICTIONS.field(k).type) for k, v in pred.items()},
+                          schema=schemas.PREDICTIONS)
+    write_part(pred_table, pred_dir, index, meta)  # last: marks these videos done
+
+
+def _arrow_column(values: list, type_: pa.DataType) -> pa.Array:
+    if pa.types.is_list(type_):
+        return pa.array([None if v is None else np.asarray(v, dtype=np.float32) for v in values], type=type_)
+    return pa.array(values, type=type_)
+
+
+STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment, "activate": stage_activate}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:

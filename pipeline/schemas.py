@@ -61,3 +61,34 @@ LABEL_VOLUMES = pa.schema(
         pa.field("labels", pa.binary()),
     ]
 )
+
+# activations/: one row per (video or supervoxel, layer).
+ACTIVATIONS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("supervoxel_id", pa.int64(), nullable=False),  # -1: the whole clip
+        pa.field("layer", pa.string(), nullable=False),
+        pa.field("vector", pa.list_(pa.float32())),  # layer output averaged over time, space, windows
+        pa.field("n_windows", pa.int32()),
+        # Whole clips of videos whose label is a model class: d logit[gradient_class] / d layer
+        # output, averaged over time and space (and windows). Null elsewhere.
+        pa.field("gradient", pa.list_(pa.float32())),
+        pa.field("gradient_class", pa.int32()),
+    ]
+)
+
+# predictions/: one row per activated video: what the model says about the whole clip.
+PREDICTIONS = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("label_index", pa.int32()),  # -1: the label is not one of the model's classes
+        pa.field("logits", pa.list_(pa.float32())),
+        pa.field("predicted_index", pa.int32()),
+        pa.field("predicted_class", pa.string()),
+        pa.field("correct", pa.bool_()),
+        pa.field("supervoxels", pa.int32()),  # supervoxels with vectors
+        pa.field("seconds", pa.float32()),  # time in the actor, clip decode excluded
+        pa.field("device", pa.string()),
+    ]
+)

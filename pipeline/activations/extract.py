@@ -106,7 +106,10 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
     grad_mode = torch.enable_grad() if want_grad else torch.inference_mode()
     with LayerTap(model, layers) as tap, grad_mode, _autocast(clip.device, autocast):
         for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size):
-            logits = model(_memory_format(batch)).float()
+            x = _memory_format(batch)
+            if want_grad:
+                x.requires_grad_(True)  # the weights may be frozen: the graph starts here
+            logits = model(x).float()
             outs = [tap.outputs[name] for name in layers]
             if want_grad:
                 grads = torch.autograd.grad(logits[:, gradient_class].sum(), outs)

@@ -1,0 +1,117 @@
+"""Activations of one video: from (clip, label volumes, kept supervoxels) to vectors.
+
+A pure function of its inputs and a loaded model; the Ray actor only holds the model and
+calls it. Only the clip and its label volumes reach the device: every patch is built there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipeline.activations.extract import clip_outputs, supervoxel_vectors
+from pipeline.activations.patches import PatchRequest, PatchSpec
+from pipeline.models.registry import LoadedModel
+
+
+@dataclass(frozen=True)
+class ActivateParams:
+    """Mirrors `ActivateConfig` (see there)."""
+
+    batch_size: int
+    fill: float = 117.0
+    resampling: str = "bicubic"
+    autocast: bool = True
+    gradients: bool = True
+
+    def patch_spec(self, model: LoadedModel) -> PatchSpec:
+        s = model.spec
+        return PatchSpec(window=s.window, height=s.height, width=s.width, mean=tuple(s.mean), std=tuple(s.std),
+                         fill=self.fill, resampling=self.resampling)
+
+
+@dataclass
+class VideoActivations:
+    video_id: str
+    error: Optional[str] = None
+    supervoxel_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    supervoxel_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [n, C]
+    supervoxel_windows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    clip_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [C]
+    clip_windows: int = 0
+    logits: Optional[np.ndarray] = None
+    gradients: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [C]
+    gradient_class: Optional[int] = None
+    seconds: float = 0.0
+    device: str = ""
+
+
+def requests_from_table(table: dict[str, np.ndarray]) -> list[PatchRequest]:
+    """Patch requests for the supervoxels of a table (arrays as in `supervoxels/`); the owner
+    is the row index."""
+    return [PatchRequest(i, int(table["resolution"][i]), int(table["label"][i]),
+                         tuple(int(table[k][i]) for k in ("t0", "t1", "y0", "y1", "x0", "x1")))  # type: ignore[misc]
+            for i in range(len(table["supervoxel_id"]))]
+
+
+def activate_video(model: LoadedModel, video_id: str, clip: np.ndarray, labels: Optional[np.ndarray],
+                   table: dict[str, np.ndarray], label: Optional[str], params: ActivateParams,
+                   device: torch.device) -> VideoActivations:
+    """Vectors of every supervoxel in `table` and of the whole clip, the clip's logits and, when
+    the video's label is one of the model's classes, the gradient of that class's logit.
+
+    clip: uint8 [L, H, W, 3]; labels: uint16 [R, L, H, W] (None when there are no supervoxels).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    spec = params.patch_spec(model)
+    t_clip = _to_device(clip, device)
+    out = VideoActivations(video_id=video_id, device=str(device))
+    if labels is not None and len(table.get("supervoxel_id", ())):
+        t_labels = _to_device(labels.astype(np.int32), device)
+        res = supervoxel_vectors(model.module, t_clip, t_labels, requests_from_table(table), spec, model.layers,
+                                 params.batch_size, params.autocast)
+        out.supervoxel_ids = np.asarray(table["supervoxel_id"], dtype=np.int64)[res.owners]
+        out.supervoxel_vectors = res.vectors
+        out.supervoxel_windows = res.windows
+    gradient_class = None
+    if params.gradients and label is not None and label in model.class_names:
+        gradient_class = model.class_names.index(label)
+    clip_res = clip_outputs(model.module, t_clip, spec, model.layers, gradient_class, params.batch_size,
+                            params.autocast)
+    out.clip_vectors, out.logits, out.clip_windows = clip_res.vectors, clip_res.logits, clip_res.windows
+    out.gradients, out.gradient_class = clip_res.gradients, clip_res.gradient_class
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Host -> device through pinned memory on a GPU (asynchronous copy)."""
+    t = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def prepare_model(model: LoadedModel, device: torch.device) -> LoadedModel:
+    """Move the model to the device (channels_last_3d on a GPU), eval mode, no weight grads."""
+    module = model.module.to(device)
+    if device.type == "cuda":
+        module = module.to(memory_format=torch.channels_last_3d)
+    for p in module.parameters():
+        p.requires_grad_(False)
+    module.eval()
+    model.module = module
+    return model

@@ -1,0 +1,97 @@
+"""Ray actors that hold the model: one per GPU (or CPU actors where there is none), fed one
+video at a time. Only the video's path, its label volumes and its supervoxel table travel to
+an actor; the clip is decoded there and every patch is built on the actor's device."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable, Iterator, Optional
+
+import ray
+
+from pipeline.activations.video import ActivateParams, VideoActivations, activate_video, pick_device, prepare_model
+from pipeline.data.video import ClipSpec, read_clip
+from pipeline.models.registry import load_model
+
+log = logging.getLogger("pipeline")
+
+
+class ModelActor:
+    """Loads the model once (`__init__`), then `activate` maps a video to its vectors."""
+
+    def __init__(self, model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
+                 torch_threads: int) -> None:
+        import torch
+
+        # Ray sets OMP_NUM_THREADS to the actor's CPUs; the stages run one after the other, so
+        # a CPU actor may use the node's cores.
+        torch.set_num_threads(torch_threads or len(os.sched_getaffinity(0)))
+        self.device = pick_device(model_cfg.get("device", "auto"))
+        self.model = prepare_model(load_model(model_cfg), self.device)
+        self.clip_spec = ClipSpec.from_config(clip_cfg)
+        batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
+        self.params = ActivateParams(batch, params.fill, params.resampling, params.autocast, params.gradients)
+
+    def describe(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
+        return {"device": str(self.device), "node_id": ctx.get_node_id(), "batch_size": self.params.batch_size,
+                "class_names": list(self.model.class_names), "layers": list(self.model.layers)}
+
+    def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
+        try:
+            clip = read_clip(row["path"], self.clip_spec)
+            if row.get("clip_frame_indices") is not None and list(clip.frame_indices) != list(row["clip_frame_indices"]):
+                raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
+            return activate_video(self.model, row["video_id"], clip.frames, labels, table, row.get("label"),
+                                  self.params, self.device)
+        except Exception as e:  # recorded as a failed video, the run goes on
+            return VideoActivations(row["video_id"], error=f"activation failed: {type(e).__name__}: {e}")
+
+
+def start_actors(model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
+                 num_actors: Optional[int], cpus_per_actor: int, torch_threads: int) -> list[Any]:
+    """A fixed-size pool: one actor per GPU (num_gpus=1) when the cluster has GPUs, else
+    `num_actors` (default 1) CPU actors."""
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    remote = ray.remote(max_restarts=1, max_task_retries=1)(ModelActor)
+    if gpus:
+        n = num_actors or gpus
+        options = {"num_gpus": 1, "num_cpus": 1}
+    else:
+        n = num_actors or 1
+        options = {"num_cpus": cpus_per_actor}
+    actors = [remote.options(**options).remote(model_cfg, clip_cfg, params, torch_threads) for _ in range(n)]
+    return actors
+
+
+def run_on_actors(actors: list[Any], work: Iterable[tuple[dict[str, Any], Any, dict[str, Any]]],
+                  per_actor: int = 2) -> Iterator[VideoActivations]:
+    """Feed (row, labels, table) items to the actors, at most `per_actor` in flight on each (so
+    the next video is already queued while one runs); yield results as they finish. An actor
+    that dies fails its videos with the reason; the others go on."""
+    load = {i: 0 for i in range(len(actors))}
+    pending: dict[ray.ObjectRef, tuple[int, str]] = {}
+    items = iter(work)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < per_actor * len(actors):
+            try:
+                row, labels, table = next(items)
+            except StopIteration:
+                exhausted = True
+                break
+            i = min(load, key=load.get)  # type: ignore[arg-type]
+            ref = actors[i].activate.remote(row, labels, table)
+            pending[ref] = (i, row["video_id"])
+            load[i] += 1
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            i, video_id = pending.pop(ref)
+            load[i] -= 1
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayError as e:
+                yield VideoActivations(video_id, error=f"activation failed: the model actor died: {type(e).__name__}")
