@@ -1,4 +1,5 @@
-"""The segment stage as a user runs it: supervoxels on disk, masks read back, resume."""
+"""The segment and activate stages as a user runs them: supervoxels on disk, masks read back,
+vectors for every kept supervoxel and clip, resume, failures."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def segmented_run(tmp_path_factory):
     shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
     (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
     out = base / "run"
-    args = [f"run.output_dir={out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4"]
+    args = [f"run.output_dir={out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4",
+            "activate.videos_per_part=4"]
     first = run_cli(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     return {"out": str(out), "args": args, "first": first}
@@ -57,6 +59,24 @@ def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_ru
     assert "segment: 9/9 videos" in segmented_run["first"].stdout + segmented_run["first"].stderr
 
 
+def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
+    out = segmented_run["out"]
+    sv = read_parts(os.path.join(out, "supervoxels")).to_pandas()
+    kept = sv[sv.status == "kept"]
+    act = read_parts(os.path.join(out, "activations")).to_pandas()
+    for layer in ("layer2", "layer3"):  # the demo model's recommended layers
+        rows = act[act.layer == layer]
+        got = set(zip(rows.video_id, rows.supervoxel_id))
+        assert got == set(zip(kept.video_id, kept.supervoxel_id)) | {(v, -1) for v in kept.video_id.unique()}
+        assert all(len(v) == 64 for v in rows.vector)
+        clips = rows[rows.supervoxel_id == -1]
+        assert clips.gradient.notna().all() and (clips.n_windows == 1).all()
+    pred = read_parts(os.path.join(out, "predictions")).to_pandas()
+    assert len(pred) == 9 and pred.correct.mean() >= 0.8  # the demo model on unseen synthetic clips
+    stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
+    assert stage["videos_activated"] == 9 and stage["supervoxel_vectors"] == len(kept)
+
+
 def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     out, args = segmented_run["out"], segmented_run["args"]
     before = read_parts(os.path.join(out, "supervoxels")).to_pandas()
@@ -75,3 +95,21 @@ def test_changed_settings_do_not_mix_with_old_outputs(segmented_run):
     res = run_cli(*segmented_run["args"], "segment.compactness=10")
     assert res.returncode != 0
     assert "other clip/segment settings" in res.stderr
+
+
+def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
+    out, args = segmented_run["out"], segmented_run["args"]
+    pred_dir = os.path.join(out, "predictions")
+    victim = pq.read_table(os.path.join(pred_dir, "part-00000.parquet")).column("video_id")[0].as_py()
+    folder = [a for a in args if a.startswith("dataset.root=")][0].split("=", 1)[1]
+    with open(os.path.join(folder, victim + ".mp4"), "r+b") as f:  # corrupt it after segmentation
+        f.seek(0)
+        f.write(b"\x00" * 4096)
+    os.remove(os.path.join(pred_dir, "part-00000.parquet"))
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
+    assert stage["videos_failed"] == 1 and stage["videos_activated"] == 3 and stage["videos_skipped_done"] == 5
+    row = {v["video_id"]: v for v in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()}[victim]
+    assert row["status"] == "failed" and row["failed_stage"] == "activate"
+    assert "activation failed" in row["error"]

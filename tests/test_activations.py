@@ -1,0 +1,103 @@
+"""Activations: the batched device path gives the vectors of the plain per-patch path, and
+the clip gradient is the derivative of the class logit."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pipeline.activations.extract import LayerTap, clip_outputs, pool, supervoxel_vectors
+from pipeline.activations.patches import PatchSpec
+from pipeline.activations.video import ActivateParams, activate_video, requests_from_table
+from pipeline.data.synthetic import SyntheticParams, render_video
+from pipeline.models.registry import load_model
+from pipeline.reference.patches import reference_patch
+from pipeline.segmentation.supervoxels import segment_clip
+
+
+def _demo():
+    model = load_model({"name": "demo"})
+    clip = render_video(SyntheticParams(num_frames=36), "retreat", np.random.default_rng(3)).frames
+    seg = segment_clip(clip, min_frames=16)
+    return model, clip, seg
+
+
+def test_supervoxel_vectors_match_the_per_patch_reference_path():
+    """Reference: each patch on the host with numpy/PIL, one forward call per supervoxel's
+    windows, vectors averaged. Batched device path: the same vectors."""
+    model, clip, seg = _demo()
+    spec = PatchSpec(16, 112, 112, model.spec.mean, model.spec.std)
+    kept = seg.kept()
+    table = {k: v[kept] for k, v in seg.table.items()}
+    res = supervoxel_vectors(model.module, torch.from_numpy(clip), torch.from_numpy(seg.labels.astype(np.int64)),
+                             requests_from_table(table), spec, model.layers, batch_size=3)
+    assert res.owners == list(range(len(kept)))  # every kept supervoxel has windows here
+    assert (res.windows == (table["t1"] - table["t0"]) // 16).all()
+    mean = torch.tensor(spec.mean).view(3, 1, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1, 1)
+    with LayerTap(model.module, model.layers) as tap, torch.inference_mode():
+        for j in range(0, len(kept), 7):  # a sample of supervoxels, all resolutions
+            i = kept[j]
+            box = tuple(int(seg.table[k][i]) for k in ("t0", "t1", "y0", "y1", "x0", "x1"))
+            mask = seg.labels[seg.table["resolution"][i]] == seg.table["label"][i]
+            patch = reference_patch(clip, mask, box, 112, 112)
+            n = (box[1] - box[0]) // 16
+            windows = torch.stack([torch.from_numpy(patch[w * 16:(w + 1) * 16]).float() for w in range(n)])
+            x = ((windows.permute(0, 4, 1, 2, 3) / 255.0) - mean) / std
+            model.module(x)
+            for layer in model.layers:
+                expected = pool(tap.outputs[layer]).mean(0).numpy()
+                got = res.vectors[layer][j]
+                assert np.abs(got - expected).max() <= 0.02 * np.abs(expected).max() + 1e-3, (layer, j)
+
+
+def test_clip_gradient_is_the_directional_derivative_of_the_class_logit():
+    """Finite differences: shifting the layer output by eps * v at every position changes the
+    logit by eps * (positions) * (gradient . v)."""
+    model, clip, _ = _demo()
+    spec = PatchSpec(16, 112, 112, model.spec.mean, model.spec.std)
+    clip = clip[:16]
+    res = clip_outputs(model.module, torch.from_numpy(clip), spec, ["layer2"], gradient_class=2, batch_size=1)
+    layer = dict(model.module.named_modules())["layer2"]
+    v = torch.randn(64)
+    from pipeline.models import clip_to_input
+
+    x = clip_to_input(clip[None], spec.mean, spec.std)
+
+    def logit_with_shift(eps: float) -> tuple[float, int]:
+        shape = {}
+
+        def hook(_m, _i, out):
+            shape["n"] = out[0, 0].numel()
+            return out + eps * v.view(1, -1, 1, 1, 1)
+
+        h = layer.register_forward_hook(hook)
+        with torch.no_grad():
+            value = float(model.module(x)[0, 2])
+        h.remove()
+        return value, shape["n"]
+
+    eps = 1e-3
+    up, positions = logit_with_shift(eps)
+    down, _ = logit_with_shift(-eps)
+    numeric = (up - down) / (2 * eps)
+    analytic = positions * float(np.dot(res.gradients["layer2"], v.numpy()))
+    assert abs(numeric - analytic) <= 1e-2 * max(1.0, abs(analytic))
+    assert res.gradient_class == 2 and res.windows == 1
+    assert int(np.argmax(res.logits)) == 2  # the demo model recognises this retreat clip
+
+
+def test_activate_video_covers_every_kept_supervoxel_and_the_clip():
+    model, clip, seg = _demo()
+    kept = seg.kept()
+    table = {k: v[kept] for k, v in seg.table.items()}
+    out = activate_video(model, "v", clip, seg.labels, table, "retreat", ActivateParams(batch_size=4),
+                         torch.device("cpu"))
+    assert list(out.supervoxel_ids) == list(table["supervoxel_id"])
+    for layer in model.layers:
+        assert out.supervoxel_vectors[layer].shape == (len(kept), 64)
+        assert out.clip_vectors[layer].shape == (64,) and out.gradients[layer].shape == (64,)
+    assert out.clip_windows == 2 and out.gradient_class == model.class_names.index("retreat")
+    unlabeled = activate_video(model, "v", clip, seg.labels, table, "not-a-class", ActivateParams(batch_size=4),
+                               torch.device("cpu"))
+    assert unlabeled.gradients == {} and unlabeled.gradient_class is None
