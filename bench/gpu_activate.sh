@@ -13,6 +13,6 @@ PY=python3
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))"
 for model in x3d_m r3d_18; do
   echo "== $model"
-  "$PY" bench/activate.py --model "$model" --device cuda --clips "${CLIPS:-4}" --batch-size "${BATCH:-32}" \
+  "$PY" bench/activate.py --model "$model" --device cuda --clips "${CLIPS:-4}" --batch-size "${BATCH:-0}" \
       --no-reference --flops
 done

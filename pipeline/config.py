@@ -107,8 +107,8 @@ class SegmentConfig:
 class ActivateConfig:
     """Activations (method steps 3-4) in actors that hold the model.
 
-    batch_size: windows per forward call (0: 4 on a CPU, where it was fastest for the demo
-        model, 32 on a GPU).
+    batch_size: windows per forward call (0: each actor measures the candidates 1, 2, 4, ...
+        on its device and takes the fastest per window that fits in memory).
     num_actors: model actors (null: one per GPU, or one CPU actor where there is no GPU).
     cpus_per_actor: CPUs a CPU actor reserves; torch_threads: its torch threads (0: the node's
         cores, since the stages run one after the other).

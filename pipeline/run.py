@@ -282,6 +282,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         "wall_s": round(wall, 3), "videos_activated": activated, "videos_skipped_done": len(done),
         "videos_failed": len(failures), "actors": len(actors), "devices": sorted({d["device"] for d in described}),
         "batch_size": described[0]["batch_size"], "layers": described[0]["layers"],
+        "batch_seconds_per_window": described[0]["batch_seconds_per_window"],
         "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
         "windows_per_s": round(windows / wall, 2) if wall > 0 else None,
         "actor_seconds_per_video": round(stats["actor_seconds"] / activated, 4) if activated else None,

@@ -101,3 +101,14 @@ def test_activate_video_covers_every_kept_supervoxel_and_the_clip():
     unlabeled = activate_video(model, "v", clip, seg.labels, table, "not-a-class", ActivateParams(batch_size=4),
                                torch.device("cpu"))
     assert unlabeled.gradients == {} and unlabeled.gradient_class is None
+
+
+def test_batch_size_is_measured_on_the_device():
+    model = load_model({"name": "demo"})
+    spec = PatchSpec(16, 112, 112, model.spec.mean, model.spec.std)
+    from pipeline.activations.extract import choose_batch_size
+
+    best, timings = choose_batch_size(model.module, spec, model.layers, torch.device("cpu"),
+                                      candidates=(1, 2, 4), max_call_seconds=5.0)
+    assert list(timings) == [1, 2, 4] or len(timings) >= 2
+    assert best in timings and timings[best] == min(timings.values())

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import ray
 
+from pipeline.activations.extract import choose_batch_size
 from pipeline.activations.video import ActivateParams, VideoActivations, activate_video, pick_device, prepare_model
 from pipeline.data.video import ClipSpec, read_clip
 from pipeline.models.registry import load_model
@@ -30,12 +31,18 @@ class ModelActor:
         self.device = pick_device(model_cfg.get("device", "auto"))
         self.model = prepare_model(load_model(model_cfg), self.device)
         self.clip_spec = ClipSpec.from_config(clip_cfg)
-        batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
+        self.batch_timings: dict[int, float] = {}
+        batch = params.batch_size
+        if not batch:  # measured: the fastest per window on this device, within its memory
+            spec = params.patch_spec(self.model)
+            batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
+                                                          params.autocast)
         self.params = ActivateParams(batch, params.fill, params.resampling, params.autocast, params.gradients)
 
     def describe(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"device": str(self.device), "node_id": ctx.get_node_id(), "batch_size": self.params.batch_size,
+                "batch_seconds_per_window": {str(k): round(v, 5) for k, v in self.batch_timings.items()},
                 "class_names": list(self.model.class_names), "layers": list(self.model.layers)}
 
     def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
