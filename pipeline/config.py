@@ -303,7 +303,7 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("activate.videos_per_part", act.videos_per_part, "must be >= 1")
 
     m = c.model
-    from pipeline.models.registry import MODEL_NAMES, ModelConfigError, check_model_config  # imports torch
+    from pipeline.models.registry import MODEL_NAMES, ModelConfigError, check_model_config, model_window
 
     if m.name not in MODEL_NAMES:
         import difflib
@@ -323,10 +323,15 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("model.mean", list(m.mean), "must have 3 values (RGB) or be empty")
     if m.std and (len(m.std) != 3 or min(m.std) <= 0):
         _fail("model.std", list(m.std), "must have 3 positive values (RGB) or be empty")
+    model_dict = OmegaConf.to_container(m, resolve=True) if isinstance(m, DictConfig) else vars(m)
     try:
-        check_model_config(OmegaConf.to_container(m, resolve=True) if isinstance(m, DictConfig) else vars(m))
+        check_model_config(model_dict)
+        window = model_window(model_dict)
     except ModelConfigError as e:
         raise ConfigError(str(e)) from None
+    if "activate" in c.run.stages and c.clip.num_frames < window:
+        _fail("clip.num_frames", c.clip.num_frames,
+              f"shorter than the model's window of {window} frames: no clip or supervoxel could be activated")
 
     for i, stage in enumerate(c.run.stages):
         if stage not in STAGES:

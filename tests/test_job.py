@@ -29,7 +29,7 @@ def broken_folder(tmp_path_factory) -> str:
 
 def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, tmp_path):
     out = tmp_path / "run"
-    res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}",
+    res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}", "run.stages=[ingest]",
                   "clip.num_frames=8", "clip.frame_stride=2", "clip.height=32", "clip.width=32")
     assert res.returncode == 0, res.stderr[-3000:]
     videos = pq.read_table(out / "videos.parquet").to_pylist()
@@ -65,7 +65,7 @@ def test_csv_corpus(tmp_path):
                    "air drumming,xyz,0,10,train\n")
     out = tmp_path / "run"
     res = run_cli(f"run.output_dir={out}", "dataset=csv", f"dataset.root={root}", f"dataset.csv={csv}",
-                  "clip.num_frames=4", "clip.height=16", "clip.width=16")
+                  "run.stages=[ingest]", "clip.num_frames=4", "clip.height=16", "clip.width=16")
     assert res.returncode == 0, res.stderr[-3000:]
     rows = {r["video_id"]: r for r in pq.read_table(out / "videos.parquet").to_pylist()}
     assert rows["abc_000010_000020"]["status"] == "ok" and rows["abc_000010_000020"]["split"] == "train"
@@ -84,6 +84,7 @@ def test_csv_corpus(tmp_path):
     ("run.stages=[ingest,explain]", "run.stages[1]"),
     ("model.layers=[layer9]", "model.layers"),
     ("segment.iou_threshold=1.5", "segment.iou_threshold"),
+    ("clip.num_frames=8", "model's window of 16 frames"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, expected):
     out = tmp_path / "never"

@@ -74,22 +74,26 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
                        spec: PatchSpec, layers: Sequence[str], batch_size: int, autocast: bool = True) -> SupervoxelResult:
     """Pooled layer vectors of every requested patch (windows averaged), built and run in batches."""
-    sums: dict[str, dict[int, torch.Tensor]] = {name: {} for name in layers}
-    counts: dict[int, int] = {}
+    position = {r.owner: i for i, r in enumerate(requests)}
+    sums: dict[str, torch.Tensor] = {}
+    counts = torch.zeros(len(requests), dtype=torch.int64)
     with LayerTap(model, layers) as tap, torch.inference_mode(), _autocast(clip.device, autocast):
         for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size):
             model(_memory_format(batch))
+            index = torch.tensor([position[o] for o in owners])
+            counts.index_add_(0, index, torch.ones(len(owners), dtype=torch.int64))
+            index = index.to(clip.device)
             for name in layers:
                 pooled = pool(tap.outputs[name])
-                acc = sums[name]
-                for i, owner in enumerate(owners):
-                    acc[owner] = acc[owner] + pooled[i] if owner in acc else pooled[i].clone()
-            for owner in owners:
-                counts[owner] = counts.get(owner, 0) + 1
-    order = [r.owner for r in requests if r.owner in counts]
-    vectors = {name: torch.stack([sums[name][o] / counts[o] for o in order]).cpu().numpy().astype(np.float32)
-               if order else np.zeros((0, 0), np.float32) for name in layers}
-    return SupervoxelResult(owners=order, vectors=vectors, windows=np.array([counts[o] for o in order], np.int32))
+                if name not in sums:
+                    sums[name] = torch.zeros((len(requests), pooled.shape[1]), dtype=torch.float32,
+                                             device=pooled.device)
+                sums[name].index_add_(0, index, pooled)
+    have = torch.nonzero(counts).flatten()
+    order = [requests[i].owner for i in have.tolist()]
+    vectors = {name: (sums[name][have.to(sums[name].device)] / counts[have].to(sums[name].device)[:, None])
+               .cpu().numpy().astype(np.float32) for name in sums}
+    return SupervoxelResult(owners=order, vectors=vectors, windows=counts[have].numpy().astype(np.int32))
 
 
 def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: Sequence[str],
