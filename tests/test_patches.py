@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.activations.patches import (PatchRequest, PatchSpec, iter_window_batches, patch_frames,
-                                          resample_matrix)
+from pipeline.activations.patches import (PatchRequest, PatchSpec, iter_window_batches, offset_clip,
+                                          patch_frames, resample_matrix)
 from pipeline.data.synthetic import SyntheticParams, render_video
 from pipeline.reference.patches import reference_patch
 from pipeline.segmentation.supervoxels import segment_clip
@@ -35,7 +35,7 @@ def test_device_patches_match_the_pil_reference(seed, out_size):
     clipping: mean error under 0.3 level, 99% within 1 level, hard edges up to 40."""
     clip, seg = _segmented(seed)
     spec = PatchSpec(16, out_size, out_size, (0.45, 0.4, 0.35), (0.225, 0.25, 0.2))
-    t_clip = torch.from_numpy(clip)
+    t_clip = offset_clip(torch.from_numpy(clip), spec)
     labels = torch.from_numpy(seg.labels.astype(np.int64))
     tb = seg.table
     diffs, diffs_model = [], []

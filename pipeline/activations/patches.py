@@ -78,19 +78,25 @@ def num_windows(t0: int, t1: int, window: int) -> int:
     return max(0, (int(t1) - int(t0)) // window)
 
 
+def offset_clip(clip: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
+    """uint8 [L, H, W, 3] -> float [3, L, H, W] minus the fill: made once per clip, then every
+    patch is a masked crop of it."""
+    return clip.permute(3, 0, 1, 2).float().sub_(spec.fill)
+
+
 def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequence[int], spec: PatchSpec,
                  start: int, frames: int, out: Optional[torch.Tensor] = None, normalised: bool = True) -> torch.Tensor:
     """Frames `start .. start + frames` of one supervoxel's patch: float [3, frames, H, W],
     normalised as the model expects (or on 0-255 with `normalised=False`).
 
-    clip: uint8 [L, H0, W0, 3] on the device; labels: [L, H0, W0] label volume of the
-    supervoxel's resolution; box: (t0, t1, y0, y1, x0, x1), the supervoxel's bounding box.
-    `out`, if given, receives the result (a slot of a batch: no copy).
+    clip: the clip from `offset_clip` ([3, L, H0, W0], pixels minus the fill) on the device;
+    labels: [L, H0, W0] label volume of the supervoxel's resolution; box: (t0, t1, y0, y1, x0,
+    x1), the supervoxel's bounding box. `out`, if given, receives the result (a slot of a
+    batch: no copy).
     """
     _, _, y0, y1, x0, x1 = (int(v) for v in box)
-    crop = clip[start:start + frames, y0:y1, x0:x1].permute(3, 0, 1, 2).float()  # [3, F, h, w]
     inside = labels[start:start + frames, y0:y1, x0:x1] == label  # [F, h, w]
-    x = (crop - spec.fill) * inside
+    x = clip[:, start:start + frames, y0:y1, x0:x1] * inside  # [3, F, h, w], 0 outside = the fill
     h, w = y1 - y0, x1 - x0
     ry = _matrix(h, spec.height, spec.resampling, clip.device)
     rx = _matrix(w, spec.width, spec.resampling, clip.device)
@@ -163,6 +169,7 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
     """
     full = torch.zeros(clip.shape[:3], dtype=torch.uint8, device=clip.device)  # label 0 everywhere
     t = spec.window
+    offset = offset_clip(clip, spec)
 
     def new_batch() -> torch.Tensor:
         return torch.empty((batch_size, 3, t, spec.height, spec.width), dtype=torch.float32, device=clip.device)
@@ -177,7 +184,7 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
             else:
                 volume = full if req.resolution < 0 else labels[req.resolution]
                 label = 0 if req.resolution < 0 else req.label
-                patch_frames(clip, volume, label, req.box, spec, start, t, out=slot)
+                patch_frames(offset, volume, label, req.box, spec, start, t, out=slot)
             owners.append(req.owner)
             if len(owners) == batch_size:
                 yield batch, owners
