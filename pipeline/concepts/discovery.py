@@ -56,19 +56,21 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20,
+def kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20, nredo: int = 5,
            use_gpu: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FAISS k-means: (centroids [k, C], assignment [N], L2 distance to the centre [N]).
 
-    The GPU index is used when FAISS sees a GPU (or as `use_gpu` says).
+    The best of `nredo` seeded runs (lowest objective), as sklearn's `n_init` does for the
+    reference: a single random start can merge two clusters. The GPU index is used when FAISS
+    sees a GPU (or as `use_gpu` says).
     """
     import faiss
 
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if use_gpu is None:
         use_gpu = hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
-    km = faiss.Kmeans(x.shape[1], int(k), niter=int(niter), seed=int(seed), verbose=False, gpu=bool(use_gpu),
-                      min_points_per_centroid=1, max_points_per_centroid=1 << 20)
+    km = faiss.Kmeans(x.shape[1], int(k), niter=int(niter), nredo=int(nredo), seed=int(seed), verbose=False,
+                      gpu=bool(use_gpu), min_points_per_centroid=1, max_points_per_centroid=1 << 20)
     km.train(x)
     sq, idx = km.index.search(x, 1)
     return km.centroids.astype(np.float32), idx[:, 0].astype(np.int64), np.sqrt(np.maximum(sq[:, 0], 0))
@@ -104,7 +106,7 @@ def accept(assignment: np.ndarray, distances: np.ndarray, centroids: np.ndarray,
 
 def discover_concepts(vectors: np.ndarray, video_ids: Sequence[str], num_discovery_videos: int, k: int = 25,
                       rules: str | AcceptanceRules = "3dace", min_videos: int = 5, max_videos: int = 40,
-                      seed: int = 0, niter: int = 20, use_gpu: Optional[bool] = None) -> Discovery:
+                      seed: int = 0, niter: int = 20, nredo: int = 5, use_gpu: Optional[bool] = None) -> Discovery:
     """K-means on the supervoxel vectors of one class and layer, then the acceptance rules.
 
     With fewer vectors than K, K shrinks to the number of vectors (and a note says so).
@@ -122,7 +124,7 @@ def discover_concepts(vectors: np.ndarray, video_ids: Sequence[str], num_discove
         k_used = max(1, len(vectors))
         notes.append(f"only {len(vectors)} supervoxel vectors: K shrinks from {k} to {k_used}")
         log.warning(notes[-1])
-    centroids, assignment, distances = kmeans(vectors, k_used, seed=seed, niter=niter, use_gpu=use_gpu)
+    centroids, assignment, distances = kmeans(vectors, k_used, seed=seed, niter=niter, nredo=nredo, use_gpu=use_gpu)
     concepts = accept(assignment, distances, centroids, video_ids, num_discovery_videos, rules, min_videos,
                       max_videos)
     return Discovery(concepts=concepts, k=k_used, assignment=assignment, distances=distances, notes=notes)
