@@ -13,7 +13,7 @@ def test_cav_points_toward_the_concept_and_is_accurate():
     rng = np.random.default_rng(0)
     axis = np.zeros(32)
     axis[3] = 1.0
-    concept = rng.normal(0, 1, (60, 32)) + 3 * axis
+    concept = rng.normal(0, 1, (60, 32)) + 5 * axis
     random = rng.normal(0, 1, (60, 32))
     for model, least in (("sgd", 0.75), ("logistic", 0.9)):  # SGD's solution is a noisy one
         cav = fit_cav(concept, random, seed=1, model=model)
