@@ -128,6 +128,36 @@ class ActivateConfig:
 
 
 @dataclass
+class ConceptsConfig:
+    """Concept discovery and TCAV scoring (method steps 5-8), per class and layer.
+
+    discovery_fraction: share of a class's videos used for discovery; the rest score it.
+    k, niter, nredo: FAISS k-means (clusters, iterations, best of nredo runs).
+    rules: acceptance rules, `3dace` (0.4 / 0.1,0.1 / 0.08,0.35) or `ace` (0.5 / 0.25,0.25 / 0.1,0.5).
+    min_videos: a cluster needs more members than this; max_videos: members a concept keeps.
+    num_random_exp: random sets (of random_set_size whole clips of other classes' videos),
+        plus one extra set for the random-vs-random baseline.
+    cav_model: sgd (the reference SGDClassifier) | logistic; cav_alpha: its L2 penalty.
+    p_threshold, correction (none | holm): when a concept is significant.
+    """
+
+    discovery_fraction: float = 0.5
+    k: int = 25
+    niter: int = 20
+    nredo: int = 5
+    rules: str = "3dace"
+    min_videos: int = 5
+    max_videos: int = 40
+    num_random_exp: int = 20
+    random_set_size: int = 40
+    cav_model: str = "sgd"
+    cav_alpha: float = 0.01
+    p_threshold: float = 0.01
+    correction: str = "none"
+    seed: int = 0
+
+
+@dataclass
 class ModelConfig:
     """Which model to explain (see `pipeline.models.registry`).
 
@@ -176,7 +206,7 @@ class RunConfig:
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate"])
+    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate", "concepts"])
     log_level: str = "INFO"
 
 
@@ -200,6 +230,7 @@ class Config:
     clip: ClipConfig = field(default_factory=ClipConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     activate: ActivateConfig = field(default_factory=ActivateConfig)
+    concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -210,7 +241,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-STAGES = ("ingest", "segment", "activate")
+STAGES = ("ingest", "segment", "activate", "concepts")
 DATASET_KINDS = ("synthetic", "folder", "csv")
 
 
@@ -301,6 +332,25 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("activate.fill", act.fill, "must be a pixel value in [0, 255]")
     if act.videos_per_part < 1:
         _fail("activate.videos_per_part", act.videos_per_part, "must be >= 1")
+
+    con = c.concepts
+    if not 0 < con.discovery_fraction < 1:
+        _fail("concepts.discovery_fraction", con.discovery_fraction, "must be in (0, 1)")
+    for key in ("k", "niter", "nredo", "num_random_exp", "random_set_size", "max_videos"):
+        if getattr(con, key) < 1:
+            _fail(f"concepts.{key}", getattr(con, key), "must be >= 1")
+    if con.num_random_exp < 2:
+        _fail("concepts.num_random_exp", con.num_random_exp, "must be >= 2 (the t-test pairs the random sets)")
+    if con.min_videos < 0:
+        _fail("concepts.min_videos", con.min_videos, "must be >= 0")
+    if con.rules not in ("3dace", "ace"):
+        _fail("concepts.rules", con.rules, "must be 3dace or ace")
+    if con.cav_model not in ("sgd", "logistic"):
+        _fail("concepts.cav_model", con.cav_model, "must be sgd or logistic")
+    if con.correction not in ("none", "holm"):
+        _fail("concepts.correction", con.correction, "must be none or holm")
+    if not 0 < con.p_threshold < 1:
+        _fail("concepts.p_threshold", con.p_threshold, "must be in (0, 1)")
 
     m = c.model
     from pipeline.models.registry import MODEL_NAMES, ModelConfigError, check_model_config, model_window

@@ -3,6 +3,8 @@
     ingest   resolve the corpus, decode every video's clip once    -> videos.parquet
     segment  3D SLIC at several resolutions, dedupe (CPU tasks)     -> supervoxels/, label_volumes/
     activate patches built on the device, model layers (actor pool) -> activations/, predictions/
+    concepts k-means, acceptance rules, CAVs, TCAV, significance (a task per class and layer)
+                                                         -> concepts.parquet, concept_members.parquet, tcav.parquet
 
 Every stage writes its output under `run.output_dir` and its wall time, throughput and
 counts into `run.json`.
@@ -39,6 +41,7 @@ from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, 
 from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_video
 from pipeline.activations.video import ActivateParams, VideoActivations
 from pipeline.orchestration.actors import run_on_actors, start_actors
+from pipeline.concepts.explain import ExplainParams, draw_random_sets, explain_class_layer, split_videos
 from pipeline.orchestration.runtime import Progress, init_ray, map_tasks
 
 log = logging.getLogger("pipeline")
@@ -377,7 +380,109 @@ def _arrow_column(values: list, type_: pa.DataType) -> pa.Array:
     return pa.array(values, type=type_)
 
 
-STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment, "activate": stage_activate}
+def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
+    """Steps 5-8 for every class the model knows and every explained layer, as Ray tasks; a
+    reduction of the activations, recomputed on every run."""
+    from scipy.stats import binomtest
+
+    t0 = time.monotonic()
+    cc = c["concepts"]
+    params = ExplainParams(k=cc["k"], niter=cc["niter"], nredo=cc["nredo"], rules=cc["rules"],
+                           min_videos=cc["min_videos"], max_videos=cc["max_videos"], cav_model=cc["cav_model"],
+                           cav_alpha=cc["cav_alpha"], p_threshold=cc["p_threshold"], correction=cc["correction"],
+                           seed=cc["seed"])
+    pred = read_parts(os.path.join(run_dir, "predictions")).to_pandas()
+    act = read_parts(os.path.join(run_dir, "activations")).to_pandas()
+    layers = list(dict.fromkeys(act.layer))
+    num_model_classes = int(len(pred.logits.iloc[0]))
+    known = pred[pred.label_index >= 0]
+    classes = sorted(known.label.unique())
+    pool_ids = {k: sorted(pred.video_id[pred.label != k]) for k in classes}
+    clip_rows = act[act.supervoxel_id == -1].set_index(["layer", "video_id"])
+    sv_rows = act[act.supervoxel_id >= 0]
+
+    tasks, meta = [], []
+    explain = ray.remote(num_cpus=1)(explain_class_layer)
+    class_info: dict[str, dict[str, Any]] = {}
+    for k in classes:
+        ids = sorted(known.video_id[known.label == k])
+        discovery, scoring = split_videos(ids, cc["discovery_fraction"], cc["seed"])
+        scored = known.set_index("video_id").loc[scoring]
+        accuracy = float(scored.correct.mean()) if len(scored) else float("nan")
+        chance = 1.0 / num_model_classes
+        recognised = bool(len(scored)) and binomtest(int(scored.correct.sum()), len(scored), chance,
+                                                     alternative="greater").pvalue <= 0.05
+        pool = pool_ids[k]
+        sets = draw_random_sets(np.array(pool), cc["num_random_exp"] + 1, cc["random_set_size"], cc["seed"])
+        class_info[k] = {"discovery_videos": len(discovery), "scoring_videos": len(scoring),
+                         "scoring_accuracy": accuracy, "chance": chance, "recognised": recognised,
+                         "random_pool_videos": len(pool), "random_set_size": int(len(sets[0])) if sets else 0}
+        if not recognised:
+            log.warning("concepts: the model does not recognise class %r (accuracy %.2f on %d scoring videos, chance "
+                        "%.2f): its concepts say little about the model", k, accuracy, len(scoring), chance)
+        for layer in layers:
+            sv = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(discovery)]
+            grads = clip_rows.loc[layer].loc[scoring]
+            grads = np.stack(grads.gradient[grads.gradient_class == known.label_index[known.label == k].iloc[0]])
+            pool_vectors = np.stack(clip_rows.loc[layer].loc[pool].vector)
+            tasks.append(explain.remote(k, layer, np.stack(sv.vector), list(sv.video_id), list(sv.supervoxel_id),
+                                        len(discovery), grads, [pool_vectors[i] for i in sets[:-1]],
+                                        pool_vectors[sets[-1]], params))
+            meta.append((k, layer))
+    progress = Progress("concepts", len(tasks), unit="(class, layer) pairs")
+    results: dict[tuple[str, str], dict[str, Any]] = {}
+    pending = dict(zip(tasks, meta))
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            results[pending.pop(ref)] = ray.get(ref)
+            progress.update()
+
+    concepts, members, tcav = [], [], []
+    for (k, layer) in meta:
+        res = results[(k, layer)]
+        for note in res["notes"]:
+            log.warning("concepts: %s/%s: %s", k, layer, note)
+        for row in res["concepts"]:
+            row.update(class_accuracy=class_info[k]["scoring_accuracy"], class_recognised=class_info[k]["recognised"])
+        concepts += res["concepts"]
+        members += res["members"]
+        tcav += res["tcav"]
+        info = class_info[k].setdefault("layers", {})
+        info[layer] = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
+                       "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
+    write_table(pa.Table.from_pylist(concepts, schema=schemas.CONCEPTS), os.path.join(run_dir, "concepts.parquet"))
+    write_table(pa.Table.from_pylist(members, schema=schemas.CONCEPT_MEMBERS),
+                os.path.join(run_dir, "concept_members.parquet"))
+    write_table(pa.Table.from_pylist(tcav, schema=schemas.TCAV), os.path.join(run_dir, "tcav.parquet"))
+    record["stages"]["concepts"] = {"wall_s": round(time.monotonic() - t0, 3), "pairs": len(tasks),
+                                    "classes": class_info}
+    record["counts"].update(concepts_found=len(concepts),
+                            concepts_significant=sum(r["significant"] for r in concepts))
+    record["concept_table"] = _concept_table(concepts, class_info)
+
+
+def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[str, Any]], top: int = 3) -> list[str]:
+    """The short per-class table the job prints: top concepts by mean TCAV score."""
+    lines = []
+    for k, info in class_info.items():
+        flag = "" if info["recognised"] else "  << the model does not recognise this class"
+        lines.append(f"{k}: model accuracy {info['scoring_accuracy']:.2f} on {info['scoring_videos']} scoring videos"
+                     f"{flag}")
+        for layer, li in info.get("layers", {}).items():
+            rows = sorted((r for r in concepts if r["target_class"] == k and r["layer"] == layer),
+                          key=lambda r: r["rank"])
+            lines.append(f"  {layer}: {li['concepts']} concepts, {li['significant']} significant "
+                         f"(random baseline {li['random_baseline_mean']:.2f})")
+            for r in rows[:top]:
+                lines.append(f"    #{r['rank']} {r['concept'].rsplit('/', 1)[-1]:<10} TCAV {r['tcav_mean']:.2f} "
+                             f"+- {r['tcav_std']:.2f}  p={r['p_value']:.1e}{' *' if r['significant'] else '  '}  "
+                             f"size {r['size']} from {r['num_videos']} videos")
+    return lines
+
+
+STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment, "activate": stage_activate,
+                   "concepts": stage_concepts}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -417,6 +522,11 @@ def print_summary(record: dict[str, Any]) -> None:
           f"{counts.get('videos_failed', 0)} failed  (videos.parquet)")
     if "supervoxels_kept" in counts:
         print(f"supervoxels kept: {counts['supervoxels_kept']}  (supervoxels/, label_volumes/)")
+    if "concepts_found" in counts:
+        print(f"concepts: {counts['concepts_found']} found, {counts['concepts_significant']} significant "
+              "(concepts.parquet, concept_members.parquet, tcav.parquet)")
+        for line in record.get("concept_table", []):
+            print("  " + line)
     for name, s in record["stages"].items():
         print(f"  {name:<8} {s['wall_s']:8.1f} s")
     print(f"run record: {os.path.join(record['run_dir'], 'run.json')}", flush=True)

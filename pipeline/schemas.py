@@ -92,3 +92,39 @@ PREDICTIONS = pa.schema(
         pa.field("device", pa.string()),
     ]
 )
+
+# concepts.parquet: one row per accepted concept of a (class, layer).
+CONCEPTS = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+        pa.field("rank", pa.int32()),  # 1 = highest mean TCAV score in its (class, layer)
+        pa.field("size", pa.int32()),  # members kept (at most concepts.max_videos)
+        pa.field("num_videos", pa.int32()),  # distinct discovery videos among them
+        pa.field("tcav_mean", pa.float64()), pa.field("tcav_std", pa.float64()),
+        pa.field("p_value", pa.float64()), pa.field("significant", pa.bool_()),
+        pa.field("cav_accuracy", pa.float64()),  # mean hold-out accuracy of its CAVs
+        pa.field("radius", pa.float64()),  # largest member distance to the centroid
+        pa.field("rule", pa.string()),  # the acceptance rule that held
+        pa.field("centroid", pa.list_(pa.float32())),
+        pa.field("class_accuracy", pa.float64()),  # the model's accuracy on the class's scoring videos
+        pa.field("class_recognised", pa.bool_()),  # that accuracy is significantly above chance
+    ]
+)
+
+# concept_members.parquet: one row per member supervoxel of a concept.
+CONCEPT_MEMBERS = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+        pa.field("video_id", pa.string()), pa.field("supervoxel_id", pa.int64()), pa.field("distance", pa.float64()),
+    ]
+)
+
+# tcav.parquet: one row per (concept or the random baseline, random set).
+TCAV = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
+        pa.field("concept", pa.string()),  # "random" for the random-vs-random baseline
+        pa.field("random_set", pa.int32()), pa.field("cav_accuracy", pa.float64()),
+        pa.field("tcav_score", pa.float64()),
+    ]
+)

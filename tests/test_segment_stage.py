@@ -22,7 +22,7 @@ def segmented_run(tmp_path_factory):
     from pipeline.data.synthetic import SyntheticParams, ensure_corpus
 
     corpus = str(base / "corpus")
-    ensure_corpus(corpus, SyntheticParams(videos_per_class=3, seed=21))
+    ensure_corpus(corpus, SyntheticParams(videos_per_class=4, seed=21))
     folder = base / "folder"
     shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
     (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
@@ -37,14 +37,14 @@ def segmented_run(tmp_path_factory):
 def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_run):
     out = segmented_run["out"]
     videos = pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()
-    assert len(videos) == 10
+    assert len(videos) == 13
     assert {v["video_id"]: v["status"] for v in videos}["advance/broken"] == "failed"
     sv = read_parts(os.path.join(out, "supervoxels")).to_pylist()
     ok_ids = {v["video_id"] for v in videos if v["status"] == "ok"}
     assert {r["video_id"] for r in sv} == ok_ids  # every ok video segmented, the failed one not
-    assert len(os.listdir(os.path.join(out, "supervoxels"))) == 3  # 9 videos, 4 per part
+    assert len(os.listdir(os.path.join(out, "supervoxels"))) == 3  # 12 videos, 4 per part
     kept = [r for r in sv if r["status"] == "kept"]
-    assert len(kept) >= 9 * 10
+    assert len(kept) >= 12 * 10
     for r in kept:
         mask = load_supervoxel_mask(out, r["video_id"], r["supervoxel_id"])
         assert mask.shape == (16, 112, 112) and mask.dtype == bool
@@ -54,9 +54,9 @@ def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_ru
             r["t0"], r["t1"], r["y0"], r["y1"], r["x0"], r["x1"])
     record = json.load(open(os.path.join(out, "run.json")))
     seg = record["stages"]["segment"]
-    assert seg["videos_segmented"] == 9 and seg["supervoxels"]["kept"] == len(kept)
+    assert seg["videos_segmented"] == 12 and seg["supervoxels"]["kept"] == len(kept)
     assert record["counts"]["supervoxels_kept"] == len(kept)
-    assert "segment: 9/9 videos" in segmented_run["first"].stdout + segmented_run["first"].stderr
+    assert "segment: 12/12 videos" in segmented_run["first"].stdout + segmented_run["first"].stderr
 
 
 def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
@@ -72,9 +72,35 @@ def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
         clips = rows[rows.supervoxel_id == -1]
         assert clips.gradient.notna().all() and (clips.n_windows == 1).all()
     pred = read_parts(os.path.join(out, "predictions")).to_pandas()
-    assert len(pred) == 9 and pred.correct.mean() >= 0.8  # the demo model on unseen synthetic clips
+    assert len(pred) == 12 and pred.correct.mean() >= 0.8  # the demo model on unseen synthetic clips
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
-    assert stage["videos_activated"] == 9 and stage["supervoxel_vectors"] == len(kept)
+    assert stage["videos_activated"] == 12 and stage["supervoxel_vectors"] == len(kept)
+
+
+def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
+    out = segmented_run["out"]
+    concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
+    members = pq.read_table(os.path.join(out, "concept_members.parquet")).to_pandas()
+    tcav = pq.read_table(os.path.join(out, "tcav.parquet")).to_pandas()
+    for col in ("target_class", "layer", "concept", "rank", "size", "num_videos", "tcav_mean", "tcav_std", "p_value",
+                "significant", "cav_accuracy", "centroid"):
+        assert col in concepts.columns
+    assert len(concepts) > 0 and set(concepts.layer) == {"layer2", "layer3"}
+    assert set(concepts.target_class) == {"advance", "jitter", "retreat"}
+    sv = read_parts(os.path.join(out, "supervoxels")).to_pandas()
+    kept = set(zip(sv.video_id[sv.status == "kept"], sv.supervoxel_id[sv.status == "kept"]))
+    assert set(zip(members.video_id, members.supervoxel_id)) <= kept
+    assert members.groupby("concept").size().to_dict() == concepts.set_index("concept")["size"].to_dict()
+    n_sets = 20  # concepts.num_random_exp
+    assert len(tcav) == n_sets * (len(concepts) + 6)  # every concept and the baseline of each (class, layer)
+    record = json.load(open(os.path.join(out, "run.json")))
+    assert record["counts"]["concepts_found"] == len(concepts)
+    layer3 = record["stages"]["concepts"]["classes"]["advance"]["layers"]["layer3"]["notes"]
+    assert any("same for every video" in n for n in layer3)  # layer3 feeds the classifier: flagged
+    again = run_cli(*segmented_run["args"], "run.stages=[concepts]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas().equals(concepts)
+    assert pq.read_table(os.path.join(out, "tcav.parquet")).to_pandas().equals(tcav)
 
 
 def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
@@ -84,7 +110,7 @@ def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     seg = json.load(open(os.path.join(out, "run.json")))["stages"]["segment"]
-    assert seg["videos_skipped_done"] == 8 and seg["videos_segmented"] == 1
+    assert seg["videos_skipped_done"] == 8 and seg["videos_segmented"] == 4
     after = read_parts(os.path.join(out, "supervoxels")).to_pandas()
     key = ["video_id", "supervoxel_id"]
     assert after.sort_values(key).reset_index(drop=True).equals(before.sort_values(key).reset_index(drop=True))
@@ -109,7 +135,7 @@ def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
-    assert stage["videos_failed"] == 1 and stage["videos_activated"] == 3 and stage["videos_skipped_done"] == 5
+    assert stage["videos_failed"] == 1 and stage["videos_activated"] == 3 and stage["videos_skipped_done"] == 8
     row = {v["video_id"]: v for v in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()}[victim]
     assert row["status"] == "failed" and row["failed_stage"] == "activate"
     assert "activation failed" in row["error"]

@@ -1,0 +1,103 @@
+"""One class and one layer, end to end: discover concepts, score them with TCAV against random
+sets, test them against the random baseline, rank them (method steps 5-8).
+
+Pure numpy on the vectors the activation stage wrote; the Ray layer runs one call per
+(class, layer) and writes the rows this returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from pipeline.concepts.discovery import discover_concepts
+from pipeline.scoring.tcav import gradients_are_constant, holm, random_baseline, score_concept
+
+
+@dataclass(frozen=True)
+class ExplainParams:
+    """Mirrors `ConceptsConfig` (see there)."""
+
+    k: int = 25
+    niter: int = 20
+    nredo: int = 5
+    rules: str = "3dace"
+    min_videos: int = 5
+    max_videos: int = 40
+    cav_model: str = "sgd"
+    cav_alpha: float = 0.01
+    p_threshold: float = 0.01
+    correction: str = "none"  # none | holm
+    seed: int = 0
+
+
+def split_videos(video_ids: Sequence[str], discovery_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A class's videos, shuffled (seeded), split into discovery and scoring videos: disjoint."""
+    ids = sorted(video_ids)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    n_discovery = int(round(discovery_fraction * len(ids)))
+    n_discovery = min(max(n_discovery, 1), len(ids) - 1) if len(ids) > 1 else len(ids)
+    return [ids[i] for i in order[:n_discovery]], [ids[i] for i in order[n_discovery:]]
+
+
+def draw_random_sets(pool: np.ndarray, count: int, size: int, seed: int) -> list[np.ndarray]:
+    """`count` random sets of `size` rows (row indices into the pool), each drawn without
+    replacement, independently (seeded)."""
+    rng = np.random.default_rng(seed)
+    size = min(size, len(pool))
+    return [np.sort(rng.choice(len(pool), size=size, replace=False)) for _ in range(count)]
+
+
+def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, sv_video_ids: Sequence[str],
+                        sv_ids: Sequence[int], num_discovery_videos: int, gradients: np.ndarray,
+                        random_sets: Sequence[np.ndarray], extra_random: np.ndarray,
+                        params: ExplainParams) -> dict[str, Any]:
+    """Concepts of one class at one layer with their TCAV scores.
+
+    sv_vectors [N, C]: supervoxel vectors of the discovery videos (with their video and
+    supervoxel ids); gradients [V, C]: class-logit gradients of the scoring videos;
+    random_sets: N arrays of whole-clip vectors of random videos; extra_random: one more, for
+    the random-vs-random baseline. Returns rows for concepts, members and tcav, and notes.
+    """
+    notes: list[str] = []
+    discovery = discover_concepts(sv_vectors, sv_video_ids, num_discovery_videos, k=params.k, rules=params.rules,
+                                  min_videos=params.min_videos, max_videos=params.max_videos, seed=params.seed,
+                                  niter=params.niter, nredo=params.nredo)
+    notes.extend(discovery.notes)
+    if gradients_are_constant(gradients):
+        notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
+                     "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
+    baseline, baseline_acc = random_baseline(random_sets, extra_random, gradients, seed=params.seed,
+                                             model=params.cav_model, alpha=params.cav_alpha)
+    scored = [score_concept(sv_vectors[c.members], random_sets, gradients, baseline, seed=params.seed,
+                            model=params.cav_model, alpha=params.cav_alpha) for c in discovery.concepts]
+    p_values = np.array([s.p_value for s in scored])
+    if params.correction == "holm" and len(p_values):
+        p_values = holm(p_values)
+    means = np.array([s.mean for s in scored])
+    ranks = np.empty(len(scored), dtype=np.int64)
+    ranks[np.lexsort((np.arange(len(scored)), -means))] = np.arange(1, len(scored) + 1)  # by mean TCAV score
+
+    concepts, members, tcav = [], [], []
+    for i, (c, s) in enumerate(zip(discovery.concepts, scored)):
+        name = f"{target_class}/{layer}/concept{i}"
+        concepts.append({
+            "target_class": target_class, "layer": layer, "concept": name, "rank": int(ranks[i]),
+            "size": len(c.members), "num_videos": c.num_videos, "tcav_mean": s.mean, "tcav_std": s.std,
+            "p_value": float(p_values[i]), "significant": bool(p_values[i] <= params.p_threshold),
+            "cav_accuracy": float(s.cav_accuracies.mean()), "radius": c.radius, "rule": c.rule,
+            "centroid": c.centroid.astype(np.float32),
+        })
+        for m, d in zip(c.members, c.distances):
+            members.append({"target_class": target_class, "layer": layer, "concept": name,
+                            "video_id": sv_video_ids[m], "supervoxel_id": int(sv_ids[m]), "distance": float(d)})
+        for r, (score, acc) in enumerate(zip(s.scores, s.cav_accuracies)):
+            tcav.append({"target_class": target_class, "layer": layer, "concept": name, "random_set": r,
+                         "cav_accuracy": float(acc), "tcav_score": float(score)})
+    for r, (score, acc) in enumerate(zip(baseline, baseline_acc)):
+        tcav.append({"target_class": target_class, "layer": layer, "concept": "random", "random_set": r,
+                     "cav_accuracy": float(acc), "tcav_score": float(score)})
+    return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": discovery.k,
+            "random_mean": float(baseline.mean())}
