@@ -109,3 +109,35 @@ def load_supervoxel_mask(run_dir: str, video_id: str, supervoxel_id: int) -> np.
         raise KeyError(f"no supervoxel {supervoxel_id} of video {video_id!r} in {run_dir}")
     resolution, label = t.column("resolution")[0].as_py(), t.column("label")[0].as_py()
     return load_label_volume(run_dir, video_id, resolution) == label
+
+
+def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
+                          target_class: str | None = None) -> np.ndarray:
+    """Voxel importance of a scored video: float32 [T, H, W] in clip coordinates.
+
+    layer: an explained layer (None: the first the run explained); target_class: the class
+    whose concepts score it (None: the video's own class, the one it was scored for).
+    """
+    import pyarrow.dataset as ds
+
+    from pipeline.scoring.voxel_importance import voxel_map
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
+
+    flt = ds.field("video_id") == video_id
+    if target_class is not None:
+        flt = flt & (ds.field("target_class") == target_class)
+    t = read_parts(os.path.join(run_dir, "voxel_importance"), filter=flt).to_pylist()
+    if not t:
+        raise KeyError(f"no voxel importance for video {video_id!r} in {run_dir} (only scoring videos have one)")
+    layers = list(dict.fromkeys(r["layer"] for r in t))
+    chosen = layer if layer is not None else layers[0]
+    rows = [r for r in t if r["layer"] == chosen]
+    if not rows:
+        raise KeyError(f"no voxel importance for video {video_id!r} at layer {chosen!r}; layers: {layers}")
+    row = rows[0]
+    pairs = [split_supervoxel_id(s) for s in row["supervoxel_ids"]]
+    resolutions = sorted({r for r, _ in pairs})
+    labels = np.zeros((max(resolutions) + 1, *row["shape"]), dtype=np.uint16)
+    for r in resolutions:
+        labels[r] = load_label_volume(run_dir, video_id, r)
+    return voxel_map(labels, [r for r, _ in pairs], [lab for _, lab in pairs], row["scores"])

@@ -4,7 +4,7 @@
     segment  3D SLIC at several resolutions, dedupe (CPU tasks)     -> supervoxels/, label_volumes/
     activate patches built on the device, model layers (actor pool) -> activations/, predictions/
     concepts k-means, acceptance rules, CAVs, TCAV, significance (a task per class and layer)
-                                                         -> concepts.parquet, concept_members.parquet, tcav.parquet
+                                   -> concepts.parquet, concept_members.parquet, tcav.parquet, voxel_importance/
 
 Every stage writes its output under `run.output_dir` and its wall time, throughput and
 counts into `run.json`.
@@ -425,9 +425,12 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             grads = clip_rows.loc[layer].loc[scoring]
             grads = np.stack(grads.gradient[grads.gradient_class == known.label_index[known.label == k].iloc[0]])
             pool_vectors = np.stack(clip_rows.loc[layer].loc[pool].vector)
+            sc = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(scoring)]
             tasks.append(explain.remote(k, layer, np.stack(sv.vector), list(sv.video_id), list(sv.supervoxel_id),
                                         len(discovery), grads, [pool_vectors[i] for i in sets[:-1]],
-                                        pool_vectors[sets[-1]], params))
+                                        pool_vectors[sets[-1]], params,
+                                        np.stack(sc.vector) if len(sc) else None, list(sc.video_id),
+                                        list(sc.supervoxel_id)))
             meta.append((k, layer))
     progress = Progress("concepts", len(tasks), unit="(class, layer) pairs")
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -438,7 +441,9 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             results[pending.pop(ref)] = ray.get(ref)
             progress.update()
 
-    concepts, members, tcav = [], [], []
+    concepts, members, tcav, importance = [], [], [], []
+    shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
+              for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist() if r["status"] == schemas.OK}
     for (k, layer) in meta:
         res = results[(k, layer)]
         for note in res["notes"]:
@@ -448,6 +453,13 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         concepts += res["concepts"]
         members += res["members"]
         tcav += res["tcav"]
+        by_video: dict[str, list[dict[str, Any]]] = {}
+        for row in res["supervoxel_scores"]:
+            by_video.setdefault(row["video_id"], []).append(row)
+        for vid, rows_ in by_video.items():
+            importance.append({"video_id": vid, "target_class": k, "layer": layer, "shape": shapes[vid],
+                               "encoding": "supervoxel_scores", "supervoxel_ids": [r["supervoxel_id"] for r in rows_],
+                               "concepts": [r["concept"] for r in rows_], "scores": [r["score"] for r in rows_]})
         info = class_info[k].setdefault("layers", {})
         info[layer] = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
                        "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
@@ -455,6 +467,8 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     write_table(pa.Table.from_pylist(members, schema=schemas.CONCEPT_MEMBERS),
                 os.path.join(run_dir, "concept_members.parquet"))
     write_table(pa.Table.from_pylist(tcav, schema=schemas.TCAV), os.path.join(run_dir, "tcav.parquet"))
+    write_table(pa.Table.from_pylist(importance, schema=schemas.VOXEL_IMPORTANCE),
+                os.path.join(run_dir, "voxel_importance", "part-00000.parquet"))
     record["stages"]["concepts"] = {"wall_s": round(time.monotonic() - t0, 3), "pairs": len(tasks),
                                     "classes": class_info}
     record["counts"].update(concepts_found=len(concepts),

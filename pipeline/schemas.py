@@ -128,3 +128,18 @@ TCAV = pa.schema(
         pa.field("tcav_score", pa.float64()),
     ]
 )
+
+# voxel_importance/: one row per (scored video, layer). Encoding "supervoxel_scores": the map is
+# the per-voxel mean of the scores of the kept supervoxels covering it (label volumes in
+# label_volumes/), so the row holds exactly the per-supervoxel scores it comes from. Read it
+# with pipeline.io.load_voxel_importance.
+VOXEL_IMPORTANCE = pa.schema(
+    [
+        pa.field("video_id", pa.string()), pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
+        pa.field("shape", pa.list_(pa.int32(), 3)),  # L, H, W of the clip
+        pa.field("encoding", pa.string()),
+        pa.field("supervoxel_ids", pa.list_(pa.int64())),
+        pa.field("concepts", pa.list_(pa.string())),  # the concept each was assigned to (null: none)
+        pa.field("scores", pa.list_(pa.float32())),  # that concept's mean TCAV score (0: none)
+    ]
+)

@@ -97,6 +97,13 @@ def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     assert record["counts"]["concepts_found"] == len(concepts)
     layer3 = record["stages"]["concepts"]["classes"]["advance"]["layers"]["layer3"]["notes"]
     assert any("same for every video" in n for n in layer3)  # layer3 feeds the classifier: flagged
+    from pipeline.io import load_voxel_importance
+
+    vi = read_parts(os.path.join(out, "voxel_importance")).to_pandas()
+    assert set(vi.layer) == {"layer2", "layer3"} and vi.groupby(["video_id", "layer"]).size().max() == 1
+    for vid in vi.video_id.unique():
+        m = load_voxel_importance(out, vid)
+        assert m.shape == (16, 112, 112) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
     again = run_cli(*segmented_run["args"], "run.stages=[concepts]")
     assert again.returncode == 0, again.stderr[-3000:]
     assert pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas().equals(concepts)

@@ -8,12 +8,13 @@ Pure numpy on the vectors the activation stage wrote; the Ray layer runs one cal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
 from pipeline.scoring.tcav import gradients_are_constant, holm, random_baseline, score_concept
+from pipeline.scoring.voxel_importance import assign_to_concepts
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,17 @@ def draw_random_sets(pool: np.ndarray, count: int, size: int, seed: int) -> list
 
 def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, sv_video_ids: Sequence[str],
                         sv_ids: Sequence[int], num_discovery_videos: int, gradients: np.ndarray,
-                        random_sets: Sequence[np.ndarray], extra_random: np.ndarray,
-                        params: ExplainParams) -> dict[str, Any]:
-    """Concepts of one class at one layer with their TCAV scores.
+                        random_sets: Sequence[np.ndarray], extra_random: np.ndarray, params: ExplainParams,
+                        scoring_vectors: Optional[np.ndarray] = None, scoring_video_ids: Sequence[str] = (),
+                        scoring_sv_ids: Sequence[int] = ()) -> dict[str, Any]:
+    """Concepts of one class at one layer with their TCAV scores, and the supervoxel scores of
+    the scoring videos that voxel importance maps are made of.
 
     sv_vectors [N, C]: supervoxel vectors of the discovery videos (with their video and
     supervoxel ids); gradients [V, C]: class-logit gradients of the scoring videos;
     random_sets: N arrays of whole-clip vectors of random videos; extra_random: one more, for
-    the random-vs-random baseline. Returns rows for concepts, members and tcav, and notes.
+    the random-vs-random baseline; scoring_vectors: supervoxel vectors of the scoring videos.
+    Returns rows for concepts, members, tcav and supervoxel scores, and notes.
     """
     notes: list[str] = []
     discovery = discover_concepts(sv_vectors, sv_video_ids, num_discovery_videos, k=params.k, rules=params.rules,
@@ -99,5 +103,14 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
     for r, (score, acc) in enumerate(zip(baseline, baseline_acc)):
         tcav.append({"target_class": target_class, "layer": layer, "concept": "random", "random_set": r,
                      "cav_accuracy": float(acc), "tcav_score": float(score)})
+    # Voxel importance (step 9): a concept's importance is its mean TCAV score.
+    supervoxel_scores = []
+    if scoring_vectors is not None and len(scoring_vectors):
+        centroids = np.stack([c.centroid for c in discovery.concepts]) if discovery.concepts else np.zeros((0, 1))
+        nearest, _ = assign_to_concepts(scoring_vectors, centroids, [c.radius for c in discovery.concepts])
+        for vid, sid, j in zip(scoring_video_ids, scoring_sv_ids, nearest):
+            supervoxel_scores.append({"video_id": vid, "supervoxel_id": int(sid),
+                                      "concept": concepts[j]["concept"] if j >= 0 else None,
+                                      "score": float(means[j]) if j >= 0 else 0.0})
     return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": discovery.k,
-            "random_mean": float(baseline.mean())}
+            "random_mean": float(baseline.mean()), "supervoxel_scores": supervoxel_scores}
