@@ -469,11 +469,66 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     write_table(pa.Table.from_pylist(tcav, schema=schemas.TCAV), os.path.join(run_dir, "tcav.parquet"))
     write_table(pa.Table.from_pylist(importance, schema=schemas.VOXEL_IMPORTANCE),
                 os.path.join(run_dir, "voxel_importance", "part-00000.parquet"))
+    if c["dataset"]["kind"] == "synthetic":
+        _ground_truth_report(c, run_dir, concepts, members, importance, class_info)
     record["stages"]["concepts"] = {"wall_s": round(time.monotonic() - t0, 3), "pairs": len(tasks),
                                     "classes": class_info}
     record["counts"].update(concepts_found=len(concepts),
                             concepts_significant=sum(r["significant"] for r in concepts))
     record["concept_table"] = _concept_table(concepts, class_info)
+
+
+def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[str, Any]],
+                         members: list[dict[str, Any]], importance: list[dict[str, Any]],
+                         class_info: dict[str, dict[str, Any]], dilation: int = 3) -> None:
+    """On the synthetic corpus, measure the explanation against the actor's voxels: per class
+    and layer, the concept whose members lie most inside the actor tube (the "actor concept")
+    with its TCAV rank and p-value, and the share of positive voxel-importance mass inside the
+    tube. Reported, never used to change a score."""
+    from pipeline.data.synthetic import load_ground_truth_mask
+    from pipeline.evaluation.ground_truth import actor_tube, clip_mask, inside_fraction, positive_mass_inside
+    from pipeline.io import load_label_volume, load_voxel_importance
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
+
+    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
+    tubes: dict[str, np.ndarray] = {}
+    volumes: dict[tuple[str, int], np.ndarray] = {}
+
+    def tube(vid: str) -> np.ndarray:
+        if vid not in tubes:
+            v = videos[vid]
+            m = load_ground_truth_mask(c["dataset"]["root"], vid)
+            tubes[vid] = actor_tube(clip_mask(m, v["clip_frame_indices"], v["clip_height"], v["clip_width"]), dilation)
+        return tubes[vid]
+
+    def mask(vid: str, sid: int) -> np.ndarray:
+        r, label = split_supervoxel_id(sid)
+        if (vid, r) not in volumes:
+            volumes[(vid, r)] = load_label_volume(run_dir, vid, r)
+        return volumes[(vid, r)] == label
+
+    fractions: dict[str, list[float]] = {}
+    for m in members:
+        fractions.setdefault(m["concept"], []).append(inside_fraction(mask(m["video_id"], m["supervoxel_id"]),
+                                                                      tube(m["video_id"])))
+    for k, info in class_info.items():
+        for layer, li in info.get("layers", {}).items():
+            rows = [r for r in concepts if r["target_class"] == k and r["layer"] == layer]
+            gt: dict[str, Any] = {"dilation_px": dilation}
+            if rows:
+                best = max(rows, key=lambda r: np.mean(fractions[r["concept"]]))
+                gt.update(actor_concept=best["concept"], actor_fraction=round(float(np.mean(fractions[best["concept"]])), 3),
+                          actor_concept_rank=best["rank"], actor_concept_tcav=best["tcav_mean"],
+                          actor_concept_p_value=best["p_value"], actor_concept_significant=best["significant"],
+                          concepts_mostly_on_actor=sum(np.mean(fractions[r["concept"]]) >= 0.5 for r in rows))
+            shares = [positive_mass_inside(load_voxel_importance(run_dir, r["video_id"], layer, k), tube(r["video_id"]))
+                      for r in importance if r["target_class"] == k and r["layer"] == layer]
+            shares = [s for s in shares if not np.isnan(s)]
+            gt["importance_mass_in_actor_tube"] = round(float(np.mean(shares)), 3) if shares else None
+            gt["actor_tube_volume_share"] = round(float(np.mean([tube(r["video_id"]).mean() for r in importance
+                                                                  if r["target_class"] == k and r["layer"] == layer]
+                                                                 or [np.nan])), 3)
+            li["ground_truth"] = gt
 
 
 def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[str, Any]], top: int = 3) -> list[str]:
@@ -488,6 +543,13 @@ def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[st
                           key=lambda r: r["rank"])
             lines.append(f"  {layer}: {li['concepts']} concepts, {li['significant']} significant "
                          f"(random baseline {li['random_baseline_mean']:.2f})")
+            gt = li.get("ground_truth")
+            if gt and "actor_concept" in gt:
+                lines.append(f"    ground truth: actor concept {gt['actor_concept'].rsplit('/', 1)[-1]} "
+                             f"({gt['actor_fraction']:.2f} of its voxels on the actor) is #{gt['actor_concept_rank']}, "
+                             f"TCAV {gt['actor_concept_tcav']:.2f}, p={gt['actor_concept_p_value']:.1e}; "
+                             f"importance mass on the actor {gt['importance_mass_in_actor_tube']} "
+                             f"(the tube is {gt['actor_tube_volume_share']} of the volume)")
             for r in rows[:top]:
                 lines.append(f"    #{r['rank']} {r['concept'].rsplit('/', 1)[-1]:<10} TCAV {r['tcav_mean']:.2f} "
                              f"+- {r['tcav_std']:.2f}  p={r['p_value']:.1e}{' *' if r['significant'] else '  '}  "
