@@ -13,8 +13,8 @@ def test_tube_dilates_in_space_only_and_shares_are_measured():
     tube = actor_tube(m, pixels=1)
     assert tube[1].sum() == 5 and not tube[0].any() and not tube[2].any()  # a plus sign, same frame
     sv = np.zeros_like(m)
-    sv[1, 4, 3:7] = True  # 4 voxels, 2 in the tube
-    assert inside_fraction(sv, tube) == 0.5
+    sv[1, 4, 3:7] = True  # 4 voxels, 3 in the tube (columns 3, 4, 5)
+    assert inside_fraction(sv, tube) == 0.75
     imp = np.zeros(m.shape, dtype=np.float32)
     imp[1, 4, 4] = 3.0
     imp[0, 0, 0] = 1.0
