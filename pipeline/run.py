@@ -487,12 +487,20 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
     tube. Reported, never used to change a score."""
     from pipeline.data.synthetic import load_ground_truth_mask
     from pipeline.evaluation.ground_truth import actor_tube, clip_mask, inside_fraction, positive_mass_inside
-    from pipeline.io import load_label_volume, load_voxel_importance
+    from pipeline.scoring.voxel_importance import voxel_map
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 
+    import pyarrow.dataset as ds
+
     videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
+    needed = sorted({m["video_id"] for m in members} | {r["video_id"] for r in importance})
+    volumes: dict[str, np.ndarray] = {}  # every label volume needed, read in one pass
+    lv = read_parts(os.path.join(run_dir, "label_volumes"), filter=ds.field("video_id").isin(needed)).to_pylist()
+    for row in sorted(lv, key=lambda r: (r["video_id"], r["resolution"])):
+        vol = np.frombuffer(row["labels"], dtype=np.uint16).reshape(row["shape"])
+        volumes[row["video_id"]] = vol[None] if row["video_id"] not in volumes else \
+            np.concatenate([volumes[row["video_id"]], vol[None]])
     tubes: dict[str, np.ndarray] = {}
-    volumes: dict[tuple[str, int], np.ndarray] = {}
 
     def tube(vid: str) -> np.ndarray:
         if vid not in tubes:
@@ -503,9 +511,11 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
 
     def mask(vid: str, sid: int) -> np.ndarray:
         r, label = split_supervoxel_id(sid)
-        if (vid, r) not in volumes:
-            volumes[(vid, r)] = load_label_volume(run_dir, vid, r)
-        return volumes[(vid, r)] == label
+        return volumes[vid][r] == label
+
+    def importance_map(row: dict[str, Any]) -> np.ndarray:
+        pairs = [split_supervoxel_id(s) for s in row["supervoxel_ids"]]
+        return voxel_map(volumes[row["video_id"]], [r for r, _ in pairs], [lab for _, lab in pairs], row["scores"])
 
     fractions: dict[str, list[float]] = {}
     for m in members:
@@ -521,7 +531,7 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
                           actor_concept_rank=best["rank"], actor_concept_tcav=best["tcav_mean"],
                           actor_concept_p_value=best["p_value"], actor_concept_significant=best["significant"],
                           concepts_mostly_on_actor=sum(np.mean(fractions[r["concept"]]) >= 0.5 for r in rows))
-            shares = [positive_mass_inside(load_voxel_importance(run_dir, r["video_id"], layer, k), tube(r["video_id"]))
+            shares = [positive_mass_inside(importance_map(r), tube(r["video_id"]))
                       for r in importance if r["target_class"] == k and r["layer"] == layer]
             shares = [s for s in shares if not np.isnan(s)]
             gt["importance_mass_in_actor_tube"] = round(float(np.mean(shares)), 3) if shares else None
