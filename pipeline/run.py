@@ -387,10 +387,7 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
 
     t0 = time.monotonic()
     cc = c["concepts"]
-    params = ExplainParams(k=cc["k"], niter=cc["niter"], nredo=cc["nredo"], rules=cc["rules"],
-                           min_videos=cc["min_videos"], max_videos=cc["max_videos"], cav_model=cc["cav_model"],
-                           cav_alpha=cc["cav_alpha"], p_threshold=cc["p_threshold"], correction=cc["correction"],
-                           seed=cc["seed"])
+    params = ExplainParams(**{name: cc[name] for name in ExplainParams.__dataclass_fields__})
     pred = read_parts(os.path.join(run_dir, "predictions")).to_pandas()
     act = read_parts(os.path.join(run_dir, "activations")).to_pandas()
     layers = list(dict.fromkeys(act.layer))
