@@ -1,0 +1,174 @@
+"""End to end: the project's job against a reference-style sequential implementation of the
+whole method, on the same small synthetic corpus, same model, in one process.
+
+    .venv/bin/python bench/e2e.py [--videos-per-class 6]
+
+Reference-style: one process, per-video loops, float masks for the dedupe, every patch built on
+the host with numpy/PIL and sent through the model on its own, sklearn KMeans, sklearn CAVs,
+per-video voxel maps from float masks (as the authors' script works, less its pickles).
+Project: `python -m pipeline`'s stages ingest -> segment -> activate -> concepts on a local Ray
+cluster (started before the clock starts). The last line is `e2e_speedup_vs_reference=<ratio>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.activations.extract import LayerTap, pool  # noqa: E402
+from pipeline.concepts.discovery import RULE_PRESETS, accept  # noqa: E402
+from pipeline.concepts.explain import draw_random_sets, split_videos  # noqa: E402
+from pipeline.data.corpus import resolve_corpus  # noqa: E402
+from pipeline.data.synthetic import SyntheticParams, ensure_corpus  # noqa: E402
+from pipeline.data.video import ClipSpec, read_clip  # noqa: E402
+from pipeline.models import clip_to_input  # noqa: E402
+from pipeline.models.registry import load_model  # noqa: E402
+from pipeline.reference.patches import reference_patch  # noqa: E402
+from pipeline.reference.segmentation import segment_clip_reference  # noqa: E402
+from pipeline.scoring.tcav import fit_cav, significance, tcav_score  # noqa: E402
+from pipeline.segmentation.supervoxels import split_supervoxel_id  # noqa: E402
+
+K, MIN_VIDEOS, MAX_VIDEOS, N_RANDOM, RANDOM_SIZE, SEED = 25, 5, 40, 20, 40, 0
+
+
+def reference_run(root: str) -> dict[str, float]:
+    """The whole method, sequentially, the plain way. Returns seconds per step."""
+    times: dict[str, float] = {}
+    model = load_model({"name": "demo"})
+    m, layers = model.module, model.layers
+    mean = torch.tensor(model.spec.mean).view(1, 3, 1, 1, 1)
+    std = torch.tensor(model.spec.std).view(1, 3, 1, 1, 1)
+    rows = resolve_corpus({"kind": "folder", "root": root}).rows
+    spec = ClipSpec()
+    t0 = time.perf_counter()
+    clips, segs = {}, {}
+    for r in rows:  # steps 1-2: decode, SLIC, mask-by-mask dedupe
+        clip = read_clip(r["path"], spec).frames
+        labels, kept = segment_clip_reference(clip)
+        clips[r["video_id"]], segs[r["video_id"]] = clip, (labels, kept)
+    times["segment"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    sv_vec: dict[str, dict[str, list]] = {layer: {} for layer in layers}
+    clip_vec: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
+    grads: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
+    with LayerTap(m, layers) as tap:
+        for r in rows:  # steps 3-4: a patch at a time on the host, a forward call per supervoxel
+            vid, clip = r["video_id"], clips[r["video_id"]]
+            labels, kept = segs[vid]
+            for sid in kept:
+                res, lab = split_supervoxel_id(sid)
+                mask = labels[res] == lab
+                ts, ys, xs = np.nonzero(mask)
+                box = (ts.min(), ts.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
+                if box[1] - box[0] < 16:
+                    continue
+                patch = reference_patch(clip, mask, box, 112, 112)[:16]
+                x = (torch.from_numpy(patch).float().permute(3, 0, 1, 2)[None] / 255.0 - mean) / std
+                with torch.no_grad():
+                    m(x)
+                for layer in layers:
+                    sv_vec[layer].setdefault(vid, []).append((sid, pool(tap.outputs[layer])[0].numpy()))
+            x = clip_to_input(clip[None], model.spec.mean, model.spec.std).requires_grad_(True)
+            logits = m(x)
+            outs = [tap.outputs[layer] for layer in layers]
+            g = torch.autograd.grad(logits[0, model.class_names.index(r["label"])], outs)
+            for layer, out, gl in zip(layers, outs, g):
+                clip_vec[layer][vid] = pool(out)[0].detach().numpy()
+                grads[layer][vid] = pool(gl)[0].numpy()
+    times["activate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    from sklearn.cluster import KMeans
+
+    classes = sorted({r["label"] for r in rows})
+    for k in classes:  # steps 5-9 per class and layer
+        ids = [r["video_id"] for r in rows if r["label"] == k]
+        discovery, scoring = split_videos(ids, 0.5, SEED)
+        pool_ids = sorted(r["video_id"] for r in rows if r["label"] != k)
+        sets = draw_random_sets(np.array(pool_ids), N_RANDOM + 1, RANDOM_SIZE, SEED)
+        for layer in layers:
+            items = [(vid, sid, v) for vid in discovery for sid, v in sv_vec[layer].get(vid, [])]
+            x = np.stack([v for _, _, v in items])
+            km = KMeans(n_clusters=min(K, len(x)), random_state=SEED, n_init=10).fit(x)
+            dist = np.linalg.norm(x - km.cluster_centers_[km.labels_], axis=1)
+            concepts = accept(km.labels_, dist, km.cluster_centers_, [vid for vid, _, _ in items], len(discovery),
+                              RULE_PRESETS["3dace"], MIN_VIDEOS, MAX_VIDEOS)
+            pool_vec = np.stack([clip_vec[layer][vid] for vid in pool_ids])
+            randoms = [pool_vec[s] for s in sets[:-1]]
+            gr = np.stack([grads[layer][vid] for vid in scoring])
+            base = [tcav_score(gr, fit_cav(pool_vec[sets[-1]], rs, seed=SEED + i).direction)
+                    for i, rs in enumerate(randoms)]
+            importance = []
+            for c in concepts:
+                scores = [tcav_score(gr, fit_cav(x[c.members], rs, seed=SEED + i).direction)
+                          for i, rs in enumerate(randoms)]
+                significance(scores, base)
+                importance.append(float(np.mean(scores)))
+            for vid in scoring:  # voxel importance, float masks per supervoxel
+                labels, _ = segs[vid]
+                total = np.zeros(labels.shape[1:])
+                count = np.zeros(labels.shape[1:])
+                for sid, v in sv_vec[layer].get(vid, []):
+                    res, lab = split_supervoxel_id(sid)
+                    mask = (labels[res] == lab).astype(float)
+                    score = 0.0
+                    if concepts:
+                        d = [np.linalg.norm(v - c.centroid) for c in concepts]
+                        j = int(np.argmin(d))
+                        score = importance[j] if d[j] <= concepts[j].radius else 0.0
+                    total += mask * score
+                    count += mask
+                total / np.maximum(count, 1)
+    times["concepts"] = time.perf_counter() - t0
+    return times
+
+
+def project_run(root: str, out: str) -> dict[str, float]:
+    import ray
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register_configs
+    from pipeline.run import run_job
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=["dataset=folder", f"dataset.root={root}", f"run.output_dir={out}"])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        record = run_job(cfg)
+    finally:
+        ray.shutdown()
+    return {name: s["wall_s"] for name, s in record["stages"].items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos-per-class", type=int, default=6)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.join(tmp, "corpus")
+        ensure_corpus(root, SyntheticParams(videos_per_class=args.videos_per_class, seed=9))
+        n = 3 * args.videos_per_class
+        t0 = time.perf_counter()
+        project = project_run(root, os.path.join(tmp, "run"))
+        t_project = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        reference = reference_run(root)
+        t_reference = time.perf_counter() - t0
+    print(f"corpus: {n} synthetic videos of 16x112x112, demo model, n_segments=[15,50,80]")
+    print("project (s):   " + "  ".join(f"{k} {v:.1f}" for k, v in project.items()) + f"  total {t_project:.1f}")
+    print("reference (s): " + "  ".join(f"{k} {v:.1f}" for k, v in reference.items()) + f"  total {t_reference:.1f}")
+    print(f"e2e_speedup_vs_reference={t_reference / t_project:.2f}")
+
+
+if __name__ == "__main__":
+    main()
