@@ -145,7 +145,7 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--clips", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=0, help="0: measured, as the actors do")
+    ap.add_argument("--batch-size", type=int, default=0, help="0: measured (as the actors do with activate.measure_batch=true)")
     ap.add_argument("--no-reference", action="store_true", help="skip (c)")
     ap.add_argument("--no-autocast", action="store_true", help="fp32 on a GPU")
     ap.add_argument("--flops", action="store_true")

@@ -107,8 +107,12 @@ class SegmentConfig:
 class ActivateConfig:
     """Activations (method steps 3-4) in actors that hold the model.
 
-    batch_size: windows per forward call (0: each actor measures the candidates 1, 2, 4, ...
-        on its device and takes the fastest per window that fits in memory).
+    batch_size: windows per forward call (0: the device's default, 4 on a CPU, where it was
+        about the fastest for the demo model here, 32 on a GPU).
+    measure_batch: each actor measures batch sizes 1, 2, 4, ... on its device and takes the
+        fastest per window that fits in memory. Off by default: the choice depends on timing,
+        and the batch size changes the model's floating-point sums, so outputs would differ
+        from run to run in the last bits (enough to move a k-means boundary).
     num_actors: model actors (null: one per GPU, or one CPU actor where there is no GPU).
     cpus_per_actor: CPUs a CPU actor reserves; torch_threads: its torch threads (0: the node's
         cores, since the stages run one after the other).
@@ -117,6 +121,7 @@ class ActivateConfig:
     """
 
     batch_size: int = 0
+    measure_batch: bool = False
     num_actors: Optional[int] = None
     cpus_per_actor: int = 1
     torch_threads: int = 0

@@ -212,7 +212,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
     a = c["activate"]
     params = ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]),
-                            bool(a["gradients"]))
+                            bool(a["gradients"]), bool(a["measure_batch"]))
     sv_dir, lv_dir = os.path.join(run_dir, "supervoxels"), os.path.join(run_dir, "label_volumes")
     act_dir, pred_dir = os.path.join(run_dir, "activations"), os.path.join(run_dir, "predictions")
     settings = json.dumps({"clip": c["clip"], "segment": c["segment"], "activate": {k: v for k, v in a.items()

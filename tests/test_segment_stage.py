@@ -104,10 +104,14 @@ def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     for vid in vi.video_id.unique():
         m = load_voxel_importance(out, vid)
         assert m.shape == (16, 112, 112) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
-    again = run_cli(*segmented_run["args"], "run.stages=[concepts]")
+    # Same seed, same outputs: the whole job again, from scratch, into another folder.
+    other = out + "-again"
+    args = [a if not a.startswith("run.output_dir=") else f"run.output_dir={other}" for a in segmented_run["args"]]
+    again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas().equals(concepts)
-    assert pq.read_table(os.path.join(out, "tcav.parquet")).to_pandas().equals(tcav)
+    assert pq.read_table(os.path.join(other, "concepts.parquet")).to_pandas().equals(concepts)
+    assert pq.read_table(os.path.join(other, "tcav.parquet")).to_pandas().equals(tcav)
+    assert pq.read_table(os.path.join(other, "concept_members.parquet")).to_pandas().equals(members)
 
 
 def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):

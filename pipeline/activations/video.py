@@ -26,6 +26,7 @@ class ActivateParams:
     resampling: str = "bicubic"
     autocast: bool = True
     gradients: bool = True
+    measure_batch: bool = False
 
     def patch_spec(self, model: LoadedModel) -> PatchSpec:
         s = model.spec

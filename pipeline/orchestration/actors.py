@@ -32,8 +32,8 @@ class ModelActor:
         self.model = prepare_model(load_model(model_cfg), self.device)
         self.clip_spec = ClipSpec.from_config(clip_cfg)
         self.batch_timings: dict[int, float] = {}
-        batch = params.batch_size
-        if not batch:  # measured: the fastest per window on this device, within its memory
+        batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
+        if params.measure_batch:  # the fastest per window on this device, within its memory
             spec = params.patch_spec(self.model)
             batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
                                                           params.autocast)
