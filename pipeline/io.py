@@ -34,17 +34,6 @@ def write_json(obj: Any, path: str) -> None:
     os.replace(tmp, path)
 
 
-def read_videos(run_dir: str) -> pa.Table:
-    """`videos.parquet` of a run: one row per input video, ok or failed."""
-    return pq.read_table(os.path.join(run_dir, "videos.parquet"))
-
-
-def read_run(run_dir: str) -> dict[str, Any]:
-    """`run.json` of a run."""
-    with open(os.path.join(run_dir, "run.json")) as f:
-        return json.load(f)
-
-
 # --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------
 
 def part_files(folder: str) -> list[str]:
@@ -57,6 +46,12 @@ def part_files(folder: str) -> list[str]:
 
 def part_path(folder: str, index: int) -> str:
     return os.path.join(folder, f"part-{index:05d}.parquet")
+
+
+def next_part_index(folder: str) -> int:
+    """The index the next part of a dataset folder gets (one past the highest there)."""
+    return max((int(os.path.basename(p)[len("part-"):-len(".parquet")]) for p in part_files(folder)),
+               default=-1) + 1
 
 
 def write_part(table: pa.Table, folder: str, index: int, metadata: dict[str, str] | None = None) -> str:
@@ -82,6 +77,23 @@ def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None
     if not files:
         raise FileNotFoundError(f"no dataset at {folder} (no part-*.parquet files)")
     return ds.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
+
+
+def stack_label_volumes(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows of `label_volumes/` -> uint16 [R, L, H, W] per video, resolutions in order."""
+    by_video: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for r in rows:
+        vol = np.frombuffer(r["labels"], dtype=np.uint16).reshape(r["shape"])
+        by_video.setdefault(r["video_id"], []).append((r["resolution"], vol))
+    return {vid: np.stack([v for _, v in sorted(vols, key=lambda x: x[0])]) for vid, vols in by_video.items()}
+
+
+def load_label_volumes(run_dir: str, video_ids: list[str]) -> dict[str, np.ndarray]:
+    """The label volumes uint16 [R, L, H, W] of several videos, in one filtered read."""
+    import pyarrow.dataset as ds
+
+    rows = read_parts(os.path.join(run_dir, "label_volumes"), filter=ds.field("video_id").isin(list(video_ids)))
+    return stack_label_volumes(rows.to_pylist())
 
 
 # --- public readers ----------------------------------------------------------------------
@@ -120,8 +132,7 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
     """
     import pyarrow.dataset as ds
 
-    from pipeline.scoring.voxel_importance import voxel_map
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.scoring.voxel_importance import importance_map
 
     flt = ds.field("video_id") == video_id
     if target_class is not None:
@@ -135,9 +146,5 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
     if not rows:
         raise KeyError(f"no voxel importance for video {video_id!r} at layer {chosen!r}; layers: {layers}")
     row = rows[0]
-    pairs = [split_supervoxel_id(s) for s in row["supervoxel_ids"]]
-    resolutions = sorted({r for r, _ in pairs})
-    labels = np.zeros((max(resolutions) + 1, *row["shape"]), dtype=np.uint16)
-    for r in resolutions:
-        labels[r] = load_label_volume(run_dir, video_id, r)
-    return voxel_map(labels, [r for r, _ in pairs], [lab for _, lab in pairs], row["scores"])
+    labels = load_label_volumes(run_dir, [video_id])[video_id]
+    return importance_map(labels, row["supervoxel_ids"], row["scores"])

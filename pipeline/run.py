@@ -35,7 +35,8 @@ from pipeline.config import CONF_DIR, ConfigError, register_configs, to_plain, v
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video
 from pipeline.data.video import ClipSpec
-from pipeline.io import part_files, part_metadata, read_parts, write_json, write_part, write_table
+from pipeline.io import (next_part_index, part_files, part_metadata, read_parts, stack_label_volumes, write_json,
+                         write_part, write_table)
 from pipeline.models.registry import model_window
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT
 from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_video
@@ -131,7 +132,7 @@ def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> No
 
     # The supervoxel part of a batch is written after its label-volume part: it marks the batch done.
     done = _done_videos(sv_dir, lv_dir, settings, "clip/segment")
-    next_index = _next_part_index(sv_dir)
+    next_index = next_part_index(sv_dir)
 
     todo = [r for r in rows if r["status"] == schemas.OK and r["video_id"] not in done]
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done),
@@ -205,8 +206,6 @@ def _write_segment_part(results: list[SegmentedVideo], params: SegmentParams, sv
 def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
     """Steps 3-4: vectors of every kept supervoxel and every whole clip, logits, and class-logit
     gradients, from model actors; a rerun skips what is done."""
-    import pyarrow.dataset as ds
-
     t0 = time.monotonic()
     rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
     ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
@@ -218,15 +217,14 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     settings = json.dumps({"clip": c["clip"], "segment": c["segment"], "activate": {k: v for k, v in a.items()
                            if k != "videos_per_part"}, "model": c["model"]}, sort_keys=True)
     done = _done_videos(pred_dir, act_dir, settings, "clip/segment/activate/model")
-    next_index = _next_part_index(pred_dir)
+    next_index = next_part_index(pred_dir)
 
-    kept = read_parts(sv_dir, filter=ds.field("status") == KEPT).to_pandas()
-    tables = {vid: {k: g[k].to_numpy() for k in ("supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1",
-                                                  "x0", "x1")} for vid, g in kept.groupby("video_id", sort=False)}
+    box = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1"]
+    candidates = read_parts(sv_dir, columns=["video_id", "status", *box]).to_pandas()
+    segmented = set(candidates.video_id)  # every segmented video has candidate rows, kept or not
+    kept = candidates[candidates.status == KEPT]
+    tables = {vid: {k: g[k].to_numpy() for k in box} for vid, g in kept.groupby("video_id", sort=False)}
     lv_parts = part_files(lv_dir)
-    segmented = set()
-    for path in lv_parts:
-        segmented.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
     todo = [vid for vid in ok if vid in segmented and vid not in done]
     log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done),
              c["model"]["name"])
@@ -243,14 +241,8 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
 
     def work():
         for path in lv_parts:  # one label-volume part at a time: memory stays bounded
-            part = pq.read_table(path).to_pylist()
-            volumes: dict[str, list[tuple[int, np.ndarray]]] = {}
-            for r in part:
-                if r["video_id"] in todo_set:
-                    vol = np.frombuffer(r["labels"], dtype=np.uint16).reshape(r["shape"])
-                    volumes.setdefault(r["video_id"], []).append((r["resolution"], vol))
-            for vid, vols in volumes.items():
-                labels = np.stack([v for _, v in sorted(vols, key=lambda x: x[0])])
+            part = [r for r in pq.read_table(path).to_pylist() if r["video_id"] in todo_set]
+            for vid, labels in stack_label_volumes(part).items():
                 yield ok[vid], labels, tables.get(vid, {})
 
     per_part = int(a["videos_per_part"])
@@ -308,10 +300,6 @@ def _done_videos(marker_dir: str, data_dir: str, settings: str, what: str) -> se
         if os.path.basename(path) not in complete:
             os.remove(path)
     return done
-
-
-def _next_part_index(folder: str) -> int:
-    return max((int(os.path.basename(p)[5:10]) for p in part_files(folder)), default=-1) + 1
 
 
 def _record_failures(rows: list[dict[str, Any]], failures: dict[str, str], stage: str, run_dir: str,
@@ -439,8 +427,9 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             progress.update()
 
     concepts, members, tcav, importance = [], [], [], []
-    shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
-              for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist() if r["status"] == schemas.OK}
+    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
+    shapes = {vid: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
+              for vid, r in videos.items() if r["status"] == schemas.OK}
     for (k, layer) in meta:
         res = results[(k, layer)]
         for note in res["notes"]:
@@ -467,7 +456,7 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     write_table(pa.Table.from_pylist(importance, schema=schemas.VOXEL_IMPORTANCE),
                 os.path.join(run_dir, "voxel_importance", "part-00000.parquet"))
     if c["dataset"]["kind"] == "synthetic":
-        _ground_truth_report(c, run_dir, concepts, members, importance, class_info)
+        _ground_truth_report(c, run_dir, videos, concepts, members, importance, class_info)
     record["stages"]["concepts"] = {"wall_s": round(time.monotonic() - t0, 3), "pairs": len(tasks),
                                     "classes": class_info}
     record["counts"].update(concepts_found=len(concepts),
@@ -475,7 +464,8 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     record["concept_table"] = _concept_table(concepts, class_info)
 
 
-def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[str, Any]],
+def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
+                         concepts: list[dict[str, Any]],
                          members: list[dict[str, Any]], importance: list[dict[str, Any]],
                          class_info: dict[str, dict[str, Any]], dilation: int = 3) -> None:
     """On the synthetic corpus, measure the explanation against the actor's voxels: per class
@@ -484,19 +474,12 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
     tube. Reported, never used to change a score."""
     from pipeline.data.synthetic import load_ground_truth_mask
     from pipeline.evaluation.ground_truth import actor_tube, clip_mask, inside_fraction, positive_mass_inside
-    from pipeline.scoring.voxel_importance import voxel_map
+    from pipeline.io import load_label_volumes
+    from pipeline.scoring.voxel_importance import importance_map
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 
-    import pyarrow.dataset as ds
-
-    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
     needed = sorted({m["video_id"] for m in members} | {r["video_id"] for r in importance})
-    volumes: dict[str, np.ndarray] = {}  # every label volume needed, read in one pass
-    lv = read_parts(os.path.join(run_dir, "label_volumes"), filter=ds.field("video_id").isin(needed)).to_pylist()
-    for row in sorted(lv, key=lambda r: (r["video_id"], r["resolution"])):
-        vol = np.frombuffer(row["labels"], dtype=np.uint16).reshape(row["shape"])
-        volumes[row["video_id"]] = vol[None] if row["video_id"] not in volumes else \
-            np.concatenate([volumes[row["video_id"]], vol[None]])
+    volumes = load_label_volumes(run_dir, needed)  # every label volume needed, in one read
     tubes: dict[str, np.ndarray] = {}
 
     def tube(vid: str) -> np.ndarray:
@@ -509,10 +492,6 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
     def mask(vid: str, sid: int) -> np.ndarray:
         r, label = split_supervoxel_id(sid)
         return volumes[vid][r] == label
-
-    def importance_map(row: dict[str, Any]) -> np.ndarray:
-        pairs = [split_supervoxel_id(s) for s in row["supervoxel_ids"]]
-        return voxel_map(volumes[row["video_id"]], [r for r, _ in pairs], [lab for _, lab in pairs], row["scores"])
 
     fractions: dict[str, list[float]] = {}
     for m in members:
@@ -528,7 +507,8 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, concepts: list[dict[st
                           actor_concept_rank=best["rank"], actor_concept_tcav=best["tcav_mean"],
                           actor_concept_p_value=best["p_value"], actor_concept_significant=best["significant"],
                           concepts_mostly_on_actor=sum(np.mean(fractions[r["concept"]]) >= 0.5 for r in rows))
-            shares = [positive_mass_inside(importance_map(r), tube(r["video_id"]))
+            shares = [positive_mass_inside(importance_map(volumes[r["video_id"]], r["supervoxel_ids"], r["scores"]),
+                                           tube(r["video_id"]))
                       for r in importance if r["target_class"] == k and r["layer"] == layer]
             shares = [s for s in shares if not np.isnan(s)]
             gt["importance_mass_in_actor_tube"] = round(float(np.mean(shares)), 3) if shares else None

@@ -167,9 +167,9 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
     memory whatever the number of supervoxels. A whole-clip request (resolution -1) keeps every
     pixel: it is the clip resized to the model's input.
     """
-    full = torch.zeros(clip.shape[:3], dtype=torch.uint8, device=clip.device)  # label 0 everywhere
     t = spec.window
-    offset = offset_clip(clip, spec)
+    offset: Optional[torch.Tensor] = None  # made on first need: a whole clip at the model's size needs none
+    full: Optional[torch.Tensor] = None
 
     def new_batch() -> torch.Tensor:
         return torch.empty((batch_size, 3, t, spec.height, spec.width), dtype=torch.float32, device=clip.device)
@@ -182,6 +182,10 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
             if req.resolution < 0 and not _needs_resize(clip, spec):
                 normalise_(slot.unsqueeze(0).copy_(clip[start:start + t].permute(3, 0, 1, 2)), spec)
             else:
+                if offset is None:
+                    offset = offset_clip(clip, spec)
+                if req.resolution < 0 and full is None:
+                    full = torch.zeros(clip.shape[:3], dtype=torch.uint8, device=clip.device)  # label 0 everywhere
                 volume = full if req.resolution < 0 else labels[req.resolution]
                 label = 0 if req.resolution < 0 else req.label
                 patch_frames(offset, volume, label, req.box, spec, start, t, out=slot)

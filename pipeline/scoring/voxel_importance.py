@@ -46,3 +46,12 @@ def voxel_map(labels: np.ndarray, resolutions: Sequence[int], label_ids: Sequenc
         total += per_label[labels[r]]
         count += listed[labels[r]]
     return (total / np.maximum(count, 1)).astype(np.float32)
+
+
+def importance_map(labels: np.ndarray, supervoxel_ids: Sequence[int], scores: Sequence[float]) -> np.ndarray:
+    """The voxel map of one `voxel_importance/` row: supervoxel ids (resolution << 16 | label)
+    and their scores, over the video's label volumes [R, L, H, W]."""
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
+
+    pairs = [split_supervoxel_id(s) for s in supervoxel_ids]
+    return voxel_map(labels, [r for r, _ in pairs], [lab for _, lab in pairs], scores)
