@@ -142,7 +142,9 @@ class ConceptsConfig:
     min_videos: a cluster needs more members than this; max_videos: members a concept keeps.
     num_random_exp: random sets (of random_set_size whole clips of other classes' videos),
         plus one extra set for the random-vs-random baseline.
-    cav_model: sgd (the reference SGDClassifier) | logistic; cav_alpha: its L2 penalty.
+    cav_model: torch (the reference SGDClassifier's objective, hinge + alpha/2 |w|^2, minimised
+        for all of a class's CAVs at once) | sgd (the reference SGDClassifier, one fit per CAV) |
+        logistic; cav_alpha: the L2 penalty.
     p_threshold, correction (none | holm): when a concept is significant.
     """
 
@@ -155,7 +157,7 @@ class ConceptsConfig:
     max_videos: int = 40
     num_random_exp: int = 20
     random_set_size: int = 40
-    cav_model: str = "sgd"
+    cav_model: str = "torch"
     cav_alpha: float = 0.01
     p_threshold: float = 0.01
     correction: str = "none"
@@ -350,8 +352,8 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("concepts.min_videos", con.min_videos, "must be >= 0")
     if con.rules not in ("3dace", "ace"):
         _fail("concepts.rules", con.rules, "must be 3dace or ace")
-    if con.cav_model not in ("sgd", "logistic"):
-        _fail("concepts.cav_model", con.cav_model, "must be sgd or logistic")
+    if con.cav_model not in ("torch", "sgd", "logistic"):
+        _fail("concepts.cav_model", con.cav_model, "must be torch, sgd or logistic")
     if con.correction not in ("none", "holm"):
         _fail("concepts.correction", con.correction, "must be none or holm")
     if not 0 < con.p_threshold < 1:

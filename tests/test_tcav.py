@@ -59,3 +59,25 @@ def test_constant_gradients_are_detected():
     g = np.tile(np.array([0.3, -0.2, 0.5]), (10, 1))
     assert gradients_are_constant(g)
     assert not gradients_are_constant(g + np.random.default_rng(0).normal(0, 0.1, g.shape))
+
+
+def test_batched_trainer_is_sklearns_sgd_step_for_step():
+    """Without shuffling (the one thing drawn from a different generator) the batched torch
+    trainer gives sklearn's SGDClassifier coefficients and epoch count, pair by pair."""
+    from sklearn.linear_model import SGDClassifier
+
+    from pipeline.scoring.cav_batch import fit_cavs_batched
+
+    rng = np.random.default_rng(5)
+    sizes = [(30, 40), (12, 40), (25, 25), (40, 18)]  # uneven pairs share one padded batch
+    pos = [rng.normal(0, 1, (m, 16)) + rng.normal(0, 1, 16) for m, _ in sizes]
+    neg = [rng.normal(0, 1, (n, 16)) for _, n in sizes]
+    _, acc, w, b, splits, epochs = fit_cavs_batched(pos, neg, [0, 1, 2, 3], shuffle=False, return_model=True)
+    for i, (p, n) in enumerate(zip(pos, neg)):
+        x, y = np.concatenate([p, n]), np.r_[np.ones(len(p)), np.zeros(len(n))]
+        train, test = splits[i]
+        clf = SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3, shuffle=False).fit(x[train], y[train])
+        np.testing.assert_allclose(w[i], clf.coef_[0], rtol=1e-9, atol=1e-9)
+        assert b[i] == pytest.approx(clf.intercept_[0], abs=1e-9)
+        assert epochs[i] == clf.n_iter_
+        assert acc[i] == (clf.predict(x[test]) == y[test]).mean()

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
-from pipeline.scoring.tcav import gradients_are_constant, holm, random_baseline, score_concept
+from pipeline.scoring.tcav import gradients_are_constant, holm, score_concepts
 from pipeline.scoring.voxel_importance import assign_to_concepts
 
 
@@ -27,7 +27,7 @@ class ExplainParams:
     rules: str = "3dace"
     min_videos: int = 5
     max_videos: int = 40
-    cav_model: str = "sgd"
+    cav_model: str = "torch"
     cav_alpha: float = 0.01
     p_threshold: float = 0.01
     correction: str = "none"  # none | holm
@@ -73,10 +73,9 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
     if gradients_are_constant(gradients):
         notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
                      "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
-    baseline, baseline_acc = random_baseline(random_sets, extra_random, gradients, seed=params.seed,
-                                             model=params.cav_model, alpha=params.cav_alpha)
-    scored = [score_concept(sv_vectors[c.members], random_sets, gradients, baseline, seed=params.seed,
-                            model=params.cav_model, alpha=params.cav_alpha) for c in discovery.concepts]
+    scored, baseline, baseline_acc = score_concepts([sv_vectors[c.members] for c in discovery.concepts], random_sets,
+                                                    extra_random, gradients, seed=params.seed,
+                                                    model=params.cav_model, alpha=params.cav_alpha)
     p_values = np.array([s.p_value for s in scored])
     if params.correction == "holm" and len(p_values):
         p_values = holm(p_values)

@@ -45,6 +45,29 @@ def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = 0, model: str =
     return CAV(direction=(w / max(np.linalg.norm(w), 1e-12)).astype(np.float32), accuracy=accuracy)
 
 
+def fit_cavs(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], seeds: Sequence[int],
+             model: str = "torch", alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+    """CAVs of many (concept, random set) pairs: (unit directions [P, C], hold-out accuracies [P]).
+
+    `torch` minimises the reference SGDClassifier's objective for all pairs at once
+    (pipeline.scoring.cav_batch); `sgd` and `logistic` fit one sklearn classifier per pair."""
+    if model == "torch":
+        from pipeline.scoring.cav_batch import fit_cavs_batched
+
+        return fit_cavs_batched(positives, negatives, seeds, alpha=alpha)
+    cavs = [fit_cav(p, n, seed=s, model=model, alpha=alpha) for p, n, s in zip(positives, negatives, seeds)]
+    if not cavs:
+        return np.zeros((0, 0), np.float32), np.zeros(0)
+    return np.stack([c.direction for c in cavs]), np.array([c.accuracy for c in cavs])
+
+
+def tcav_scores(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """TCAV score of each CAV (rows of [P, C]): the fraction of videos whose gradient points along it."""
+    if len(directions) == 0:
+        return np.zeros(0)
+    return (np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T > 0).mean(0)
+
+
 def tcav_score(gradients: np.ndarray, cav: np.ndarray) -> float:
     """Fraction of videos whose class-logit gradient (rows of [V, C]) points along the CAV."""
     return float((np.asarray(gradients, dtype=np.float64) @ np.asarray(cav, dtype=np.float64) > 0).mean())
@@ -99,20 +122,40 @@ class ConceptScores:
         return float(self.scores.std())
 
 
+def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndarray], extra: np.ndarray,
+                   gradients: np.ndarray, seed: int = 0, model: str = "torch",
+                   alpha: float = 0.01) -> tuple[list[ConceptScores], np.ndarray, np.ndarray]:
+    """Every CAV of one (class, layer) in one fit: each concept against each random set, and the
+    random-vs-random baseline (the extra set against each random set). Random set i is fitted
+    with seed + i in every pair. Returns (per-concept scores with their p-value against the
+    baseline, baseline scores [N], baseline CAV accuracies [N])."""
+    n = len(random_sets)
+    positives = [c for c in concepts for _ in range(n)] + [extra] * n
+    negatives = [r for _ in concepts for r in random_sets] + list(random_sets)
+    seeds = [seed + i for _ in range(len(concepts) + 1) for i in range(n)]
+    directions, accuracies = fit_cavs(positives, negatives, seeds, model=model, alpha=alpha)
+    scores = tcav_scores(gradients, directions).reshape(len(concepts) + 1, n)
+    accuracies = np.asarray(accuracies).reshape(len(concepts) + 1, n)
+    baseline, baseline_acc = scores[-1], accuracies[-1]
+    return ([ConceptScores(scores=s, cav_accuracies=a, p_value=significance(s, baseline))
+             for s, a in zip(scores[:-1], accuracies[:-1])], baseline, baseline_acc)
+
+
 def random_baseline(random_sets: Sequence[np.ndarray], extra: np.ndarray, gradients: np.ndarray, seed: int = 0,
-                    model: str = "sgd", alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
+                    model: str = "torch", alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the random-vs-random CAVs: the extra random set against each random set.
     Returns (scores [N], CAV accuracies [N])."""
-    cavs = [fit_cav(extra, r, seed=seed + i, model=model, alpha=alpha) for i, r in enumerate(random_sets)]
-    return (np.array([tcav_score(gradients, c.direction) for c in cavs]),
-            np.array([c.accuracy for c in cavs]))
+    _, baseline, accuracies = score_concepts([], random_sets, extra, gradients, seed=seed, model=model, alpha=alpha)
+    return baseline, accuracies
 
 
 def score_concept(concept: np.ndarray, random_sets: Sequence[np.ndarray], gradients: np.ndarray,
-                  baseline_scores: np.ndarray, seed: int = 0, model: str = "sgd", alpha: float = 0.01) -> ConceptScores:
+                  baseline_scores: np.ndarray, seed: int = 0, model: str = "torch", alpha: float = 0.01) -> ConceptScores:
     """A concept's CAV against each random set, its TCAV scores, and the p-value against the
     random baseline's scores (paired by random set)."""
-    cavs = [fit_cav(concept, r, seed=seed + i, model=model, alpha=alpha) for i, r in enumerate(random_sets)]
-    scores = np.array([tcav_score(gradients, c.direction) for c in cavs])
-    return ConceptScores(scores=scores, cav_accuracies=np.array([c.accuracy for c in cavs]),
+    n = len(random_sets)
+    directions, accuracies = fit_cavs([concept] * n, list(random_sets), [seed + i for i in range(n)], model=model,
+                                      alpha=alpha)
+    scores = tcav_scores(gradients, directions)
+    return ConceptScores(scores=scores, cav_accuracies=np.asarray(accuracies),
                          p_value=significance(scores, baseline_scores))
