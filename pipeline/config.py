@@ -146,6 +146,8 @@ class ConceptsConfig:
         for all of a class's CAVs at once) | sgd (the reference SGDClassifier, one fit per CAV) |
         logistic; cav_alpha: the L2 penalty.
     p_threshold, correction (none | holm): when a concept is significant.
+    randomisation_check: score the same CAVs again on gradients from the model with every
+        weight after the layer re-initialised, and report how much the ranking moves.
     """
 
     discovery_fraction: float = 0.5
@@ -161,6 +163,7 @@ class ConceptsConfig:
     cav_alpha: float = 0.01
     p_threshold: float = 0.01
     correction: str = "none"
+    randomisation_check: bool = False
     seed: int = 0
 
 

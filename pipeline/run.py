@@ -378,6 +378,7 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     params = ExplainParams(**{name: cc[name] for name in ExplainParams.__dataclass_fields__})
     pred = read_parts(os.path.join(run_dir, "predictions")).to_pandas()
     act = read_parts(os.path.join(run_dir, "activations")).to_pandas()
+    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
     layers = list(dict.fromkeys(act.layer))
     num_model_classes = int(len(pred.logits.iloc[0]))
     known = pred[pred.label_index >= 0]
@@ -389,6 +390,7 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     tasks, meta = [], []
     explain = ray.remote(num_cpus=1)(explain_class_layer)
     class_info: dict[str, dict[str, Any]] = {}
+    splits: dict[str, tuple[list[str], list[str], list[np.ndarray]]] = {}
     for k in classes:
         ids = sorted(known.video_id[known.label == k])
         discovery, scoring = split_videos(ids, cc["discovery_fraction"], cc["seed"])
@@ -399,23 +401,31 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
                                                      alternative="greater").pvalue <= 0.05
         pool = pool_ids[k]
         sets = draw_random_sets(np.array(pool), cc["num_random_exp"] + 1, cc["random_set_size"], cc["seed"])
+        splits[k] = (discovery, scoring, sets)
         class_info[k] = {"discovery_videos": len(discovery), "scoring_videos": len(scoring),
                          "scoring_accuracy": accuracy, "chance": chance, "recognised": recognised,
                          "random_pool_videos": len(pool), "random_set_size": int(len(sets[0])) if sets else 0}
         if not recognised:
             log.warning("concepts: the model does not recognise class %r (accuracy %.2f on %d scoring videos, chance "
                         "%.2f): its concepts say little about the model", k, accuracy, len(scoring), chance)
+    randomised: dict[tuple[str, str], np.ndarray] = {}
+    if cc["randomisation_check"]:
+        randomised = _randomised_gradients(c, videos, [v for k in classes for v in splits[k][1]], layers)
+    for k in classes:
+        discovery, scoring, sets = splits[k]
+        pool = pool_ids[k]
         for layer in layers:
             sv = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(discovery)]
             grads = clip_rows.loc[layer].loc[scoring]
             grads = np.stack(grads.gradient[grads.gradient_class == known.label_index[known.label == k].iloc[0]])
             pool_vectors = np.stack(clip_rows.loc[layer].loc[pool].vector)
             sc = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(scoring)]
+            rand = np.stack([randomised[(v, layer)] for v in scoring]) if randomised else None
             tasks.append(explain.remote(k, layer, np.stack(sv.vector), list(sv.video_id), list(sv.supervoxel_id),
                                         len(discovery), grads, [pool_vectors[i] for i in sets[:-1]],
                                         pool_vectors[sets[-1]], params,
                                         np.stack(sc.vector) if len(sc) else None, list(sc.video_id),
-                                        list(sc.supervoxel_id)))
+                                        list(sc.supervoxel_id), rand))
             meta.append((k, layer))
     progress = Progress("concepts", len(tasks), unit="(class, layer) pairs")
     results: dict[tuple[str, str], dict[str, Any]] = {}
@@ -427,7 +437,6 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             progress.update()
 
     concepts, members, tcav, importance = [], [], [], []
-    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
     shapes = {vid: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
               for vid, r in videos.items() if r["status"] == schemas.OK}
     for (k, layer) in meta:
@@ -449,6 +458,11 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         info = class_info[k].setdefault("layers", {})
         info[layer] = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
                        "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
+        if res["randomisation"] is not None:
+            check = dict(res["randomisation"])
+            for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
+                row["tcav_mean_randomised"] = after
+            info[layer]["randomisation"] = check
     write_table(pa.Table.from_pylist(concepts, schema=schemas.CONCEPTS), os.path.join(run_dir, "concepts.parquet"))
     write_table(pa.Table.from_pylist(members, schema=schemas.CONCEPT_MEMBERS),
                 os.path.join(run_dir, "concept_members.parquet"))
@@ -462,6 +476,36 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     record["counts"].update(concepts_found=len(concepts),
                             concepts_significant=sum(r["significant"] for r in concepts))
     record["concept_table"] = _concept_table(concepts, class_info)
+
+
+def _randomised_gradients(c: dict[str, Any], videos: dict[str, dict[str, Any]], video_ids: list[str],
+                          layers: list[str]) -> dict[tuple[str, str], np.ndarray]:
+    """The model-randomisation check's gradients: for every scoring video and layer, the
+    class-logit gradient from the model with every weight after that layer re-initialised,
+    computed by model actors. Returns {(video_id, layer): vector}."""
+    a = c["activate"]
+    params = ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), True)
+    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
+                          int(a["torch_threads"]))
+    seed = int(c["concepts"]["seed"])
+    refs = {actors[i % len(actors)].randomised_gradients.remote(videos[v], layers, seed): v
+            for i, v in enumerate(video_ids)}
+    progress = Progress("randomisation check", len(refs))
+    out: dict[tuple[str, str], np.ndarray] = {}
+    try:
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            res = ray.get(done[0])
+            progress.update()
+            if "error" in res:
+                raise RuntimeError(f"randomisation check: video {refs[done[0]]!r}: {res['error']}")
+            for layer in layers:
+                out[(refs[done[0]], layer)] = np.asarray(res[layer])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return out
 
 
 def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
@@ -537,6 +581,12 @@ def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[st
                              f"TCAV {gt['actor_concept_tcav']:.2f}, p={gt['actor_concept_p_value']:.1e}; "
                              f"importance mass on the actor {gt['importance_mass_in_actor_tube']} "
                              f"(the tube is {gt['actor_tube_volume_share']} of the volume)")
+            rc = li.get("randomisation")
+            if rc:
+                lines.append(f"    randomisation check (weights after {layer} re-initialised): ranking Spearman "
+                             f"{rc['spearman']:.2f}, mean |TCAV change| {rc['mean_abs_change']:.2f}, "
+                             f"{rc['significance_changed']} significance decisions changed "
+                             f"({rc['significant_before']} -> {rc['significant_after']} significant)")
             for r in rows[:top]:
                 lines.append(f"    #{r['rank']} {r['concept'].rsplit('/', 1)[-1]:<10} TCAV {r['tcav_mean']:.2f} "
                              f"+- {r['tcav_std']:.2f}  p={r['p_value']:.1e}{' *' if r['significant'] else '  '}  "

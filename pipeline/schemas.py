@@ -108,6 +108,9 @@ CONCEPTS = pa.schema(
         pa.field("centroid", pa.list_(pa.float32())),
         pa.field("class_accuracy", pa.float64()),  # the model's accuracy on the class's scoring videos
         pa.field("class_recognised", pa.bool_()),  # that accuracy is significantly above chance
+        # the mean TCAV score again with every weight after the layer re-initialised
+        # (concepts.randomisation_check; null when off)
+        pa.field("tcav_mean_randomised", pa.float64()),
     ]
 )
 

@@ -13,7 +13,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
-from pipeline.scoring.tcav import gradients_are_constant, holm, score_concepts
+from pipeline.scoring.tcav import gradients_are_constant, holm, rank_change, rescore, score_concepts
 from pipeline.scoring.voxel_importance import assign_to_concepts
 
 
@@ -55,7 +55,8 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
                         sv_ids: Sequence[int], num_discovery_videos: int, gradients: np.ndarray,
                         random_sets: Sequence[np.ndarray], extra_random: np.ndarray, params: ExplainParams,
                         scoring_vectors: Optional[np.ndarray] = None, scoring_video_ids: Sequence[str] = (),
-                        scoring_sv_ids: Sequence[int] = ()) -> dict[str, Any]:
+                        scoring_sv_ids: Sequence[int] = (),
+                        randomised_gradients: Optional[np.ndarray] = None) -> dict[str, Any]:
     """Concepts of one class at one layer with their TCAV scores, and the supervoxel scores of
     the scoring videos that voxel importance maps are made of.
 
@@ -73,13 +74,27 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
     if gradients_are_constant(gradients):
         notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
                      "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
-    scored, baseline, baseline_acc = score_concepts([sv_vectors[c.members] for c in discovery.concepts], random_sets,
-                                                    extra_random, gradients, seed=params.seed,
-                                                    model=params.cav_model, alpha=params.cav_alpha)
+    scored, base = score_concepts([sv_vectors[c.members] for c in discovery.concepts], random_sets, extra_random,
+                                  gradients, seed=params.seed, model=params.cav_model, alpha=params.cav_alpha)
+    baseline, baseline_acc = base.scores, base.cav_accuracies
     p_values = np.array([s.p_value for s in scored])
     if params.correction == "holm" and len(p_values):
         p_values = holm(p_values)
     means = np.array([s.mean for s in scored])
+    randomisation = None
+    if randomised_gradients is not None:
+        after, after_base = rescore(scored, base, randomised_gradients)
+        after_p = np.array([s.p_value for s in after])
+        if params.correction == "holm" and len(after_p):
+            after_p = holm(after_p)
+        randomisation = {
+            **rank_change(means, [s.mean for s in after]),
+            "significant_before": int((p_values <= params.p_threshold).sum()),
+            "significant_after": int((after_p <= params.p_threshold).sum()),
+            "significance_changed": int(((p_values <= params.p_threshold) != (after_p <= params.p_threshold)).sum()),
+            "random_baseline_mean_after": float(after_base.scores.mean()),
+            "tcav_mean_after": [float(s.mean) for s in after],
+        }
     ranks = np.empty(len(scored), dtype=np.int64)
     ranks[np.lexsort((np.arange(len(scored)), -means))] = np.arange(1, len(scored) + 1)  # by mean TCAV score
 
@@ -112,4 +127,5 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
                                       "concept": concepts[j]["concept"] if j >= 0 else None,
                                       "score": float(means[j]) if j >= 0 else 0.0})
     return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": discovery.k,
-            "random_mean": float(baseline.mean()), "supervoxel_scores": supervoxel_scores}
+            "random_mean": float(baseline.mean()), "supervoxel_scores": supervoxel_scores,
+            "randomisation": randomisation}

@@ -38,6 +38,36 @@ class ModelActor:
             batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
                                                           params.autocast)
         self.params = ActivateParams(batch, params.fill, params.resampling, params.autocast, params.gradients)
+        self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
+
+    def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
+        """The video's class-logit gradient at each layer from a copy of the model whose every
+        weight after that layer is re-initialised (the model-randomisation check). Returns
+        {layer: vector} or {"error": reason}."""
+        import torch
+
+        from pipeline.activations.extract import clip_outputs
+        from pipeline.activations.video import _to_device
+        from pipeline.scoring.randomisation import randomised_copy
+
+        try:
+            label = row.get("label")
+            if label not in self.model.class_names:
+                raise ValueError(f"label {label!r} is not one of the model's classes")
+            clip = read_clip(row["path"], self.clip_spec)
+            spec = self.params.patch_spec(self.model)
+            t_clip = _to_device(clip.frames, self.device)
+            out: dict[str, Any] = {}
+            for layer in layers:
+                if (layer, seed) not in self._randomised:
+                    example = torch.zeros((1, 3, spec.window, spec.height, spec.width), device=self.device)
+                    self._randomised[(layer, seed)] = randomised_copy(self.model.module, layer, example, seed)[0]
+                res = clip_outputs(self._randomised[(layer, seed)], t_clip, spec, [layer],
+                                   self.model.class_names.index(label), self.params.batch_size, self.params.autocast)
+                out[layer] = res.gradients[layer]
+            return out
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
 
     def describe(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()

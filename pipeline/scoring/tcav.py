@@ -11,7 +11,7 @@ differ from the random-vs-random baseline's (two-sided paired t-test, p <= 0.01 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -107,11 +107,13 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
 
 @dataclass
 class ConceptScores:
-    """TCAV of one concept against every random set, and its test against the baseline."""
+    """TCAV of one concept (or of the random baseline) against every random set, and its test
+    against the baseline."""
 
     scores: np.ndarray  # [N] TCAV score per random set
     cav_accuracies: np.ndarray  # [N]
     p_value: float
+    directions: Optional[np.ndarray] = None  # [N, C] the CAVs
 
     @property
     def mean(self) -> float:
@@ -124,11 +126,11 @@ class ConceptScores:
 
 def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndarray], extra: np.ndarray,
                    gradients: np.ndarray, seed: int = 0, model: str = "torch",
-                   alpha: float = 0.01) -> tuple[list[ConceptScores], np.ndarray, np.ndarray]:
+                   alpha: float = 0.01) -> tuple[list[ConceptScores], ConceptScores]:
     """Every CAV of one (class, layer) in one fit: each concept against each random set, and the
     random-vs-random baseline (the extra set against each random set). Random set i is fitted
     with seed + i in every pair. Returns (per-concept scores with their p-value against the
-    baseline, baseline scores [N], baseline CAV accuracies [N])."""
+    baseline, the baseline's scores)."""
     n = len(random_sets)
     positives = [c for c in concepts for _ in range(n)] + [extra] * n
     negatives = [r for _ in concepts for r in random_sets] + list(random_sets)
@@ -136,17 +138,32 @@ def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndar
     directions, accuracies = fit_cavs(positives, negatives, seeds, model=model, alpha=alpha)
     scores = tcav_scores(gradients, directions).reshape(len(concepts) + 1, n)
     accuracies = np.asarray(accuracies).reshape(len(concepts) + 1, n)
-    baseline, baseline_acc = scores[-1], accuracies[-1]
-    return ([ConceptScores(scores=s, cav_accuracies=a, p_value=significance(s, baseline))
-             for s, a in zip(scores[:-1], accuracies[:-1])], baseline, baseline_acc)
+    directions = directions.reshape(len(concepts) + 1, n, -1)
+    baseline = ConceptScores(scores=scores[-1], cav_accuracies=accuracies[-1], p_value=float("nan"),
+                             directions=directions[-1])
+    return ([ConceptScores(scores=s, cav_accuracies=a, p_value=significance(s, baseline.scores), directions=d)
+             for s, a, d in zip(scores[:-1], accuracies[:-1], directions[:-1])], baseline)
+
+
+def rescore(scored: Sequence[ConceptScores], baseline: ConceptScores,
+            gradients: np.ndarray) -> tuple[list[ConceptScores], ConceptScores]:
+    """The same CAVs scored on other gradients (the model-randomisation check)."""
+    base = ConceptScores(scores=tcav_scores(gradients, baseline.directions), cav_accuracies=baseline.cav_accuracies,
+                         p_value=float("nan"), directions=baseline.directions)
+    out = []
+    for s in scored:
+        new = tcav_scores(gradients, s.directions)
+        out.append(ConceptScores(scores=new, cav_accuracies=s.cav_accuracies, p_value=significance(new, base.scores),
+                                 directions=s.directions))
+    return out, base
 
 
 def random_baseline(random_sets: Sequence[np.ndarray], extra: np.ndarray, gradients: np.ndarray, seed: int = 0,
                     model: str = "torch", alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the random-vs-random CAVs: the extra random set against each random set.
     Returns (scores [N], CAV accuracies [N])."""
-    _, baseline, accuracies = score_concepts([], random_sets, extra, gradients, seed=seed, model=model, alpha=alpha)
-    return baseline, accuracies
+    _, baseline = score_concepts([], random_sets, extra, gradients, seed=seed, model=model, alpha=alpha)
+    return baseline.scores, baseline.cav_accuracies
 
 
 def score_concept(concept: np.ndarray, random_sets: Sequence[np.ndarray], gradients: np.ndarray,
@@ -158,4 +175,17 @@ def score_concept(concept: np.ndarray, random_sets: Sequence[np.ndarray], gradie
                                       alpha=alpha)
     scores = tcav_scores(gradients, directions)
     return ConceptScores(scores=scores, cav_accuracies=np.asarray(accuracies),
-                         p_value=significance(scores, baseline_scores))
+                         p_value=significance(scores, baseline_scores), directions=directions)
+
+
+def rank_change(before: Sequence[float], after: Sequence[float]) -> dict[str, float]:
+    """How much a concept ranking moved: Spearman's rank correlation between the mean TCAV
+    scores before and after (nan when either is constant or there are fewer than 2 concepts)
+    and the mean absolute change of the scores."""
+    from scipy.stats import spearmanr
+
+    b, a = np.asarray(before, float), np.asarray(after, float)
+    rho = float("nan")
+    if len(b) >= 2 and np.ptp(b) > 0 and np.ptp(a) > 0:
+        rho = float(spearmanr(b, a).statistic)
+    return {"spearman": rho, "mean_abs_change": float(np.abs(a - b).mean()) if len(b) else float("nan")}
