@@ -10,9 +10,7 @@ ranking survives this is not explaining the model's decision.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
