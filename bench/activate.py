@@ -8,6 +8,8 @@
     device in batches, hooks, pooling (`pipeline.activations.extract.supervoxel_vectors`),
 (c) the reference-style path: each patch built on the host with numpy/PIL, one forward call
     per supervoxel's windows.
+(a) and (b) run the model as the actors do (`prepare_model`: batch norms folded into the
+convolutions before them; `--no-fuse` leaves them), (c) the model as loaded.
 
 Clips: synthetic, the model's input size, segmented at n_segments=[15,50,80]. The last line is
 `activate_vs_forward=<b/a time ratio> speedup_vs_reference=<c/b>` (without --no-reference).
@@ -149,11 +151,13 @@ def main() -> None:
     ap.add_argument("--no-reference", action="store_true", help="skip (c)")
     ap.add_argument("--no-autocast", action="store_true", help="fp32 on a GPU")
     ap.add_argument("--flops", action="store_true")
+    ap.add_argument("--no-fuse", action="store_true", help="(a), (b) without folding batch norms into convolutions")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
     device = pick_device(args.device)
-    model = prepare_model(load_model({"name": args.model}), device)
+    model = prepare_model(load_model({"name": args.model}), device, fuse=not args.no_fuse)
+    plain = prepare_model(load_model({"name": args.model}), device, fuse=False)  # for (c): the model as loaded
     s = model.spec
     spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
     amp = device.type == "cuda" and not args.no_autocast
@@ -190,7 +194,7 @@ def main() -> None:
                 print(line)
     line = f"activate_vs_forward={t_b / t_a:.3f}"
     if not args.no_reference:
-        t_c = min(reference_path(model, clips, spec) for _ in range(2))
+        t_c = min(reference_path(plain, clips, spec) for _ in range(2))
         print(f"(c) reference-style path      {t_c:.3f} s  {windows / t_c:.1f} patches/s")
         line += f" speedup_vs_reference={t_c / t_b:.2f}"
     print(line)

@@ -88,7 +88,9 @@ class SegmentConfig:
     spacing: voxel spacing (t, y, x) for SLIC's distances; a larger t gives shorter supervoxels.
     min_volume_fraction: candidates below this fraction of the clip volume are dropped.
     iou_threshold: a candidate with voxel IoU above this with a kept supervoxel is dropped.
-    drop_short: mark supervoxels spanning fewer frames than the model window as dropped.
+    short_supervoxels: what becomes of a supervoxel spanning fewer frames than the model window:
+        `drop` (the reference: marked dropped_short) or `pad` (kept; its patch is the one
+        T-frame window of the clip centred on it, the frames it does not reach filled whole).
     videos_per_part: videos per Parquet part file (a part is the unit of resume).
     """
 
@@ -99,7 +101,7 @@ class SegmentConfig:
     min_volume_fraction: float = 0.001
     iou_threshold: float = 0.5
     max_num_iter: int = 10
-    drop_short: bool = True
+    short_supervoxels: str = "drop"
     videos_per_part: int = 64
 
 
@@ -263,6 +265,7 @@ def register_configs() -> None:
     cs.store(group="dataset", name="dataset_schema", node=DatasetConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="ray", name="ray_schema", node=RayConfig)
+    cs.store(group="segment", name="segment_schema", node=SegmentConfig)
 
 
 def _fail(key: str, value: Any, why: str) -> None:
@@ -324,6 +327,8 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("segment.min_volume_fraction", seg.min_volume_fraction, "must be in [0, 1)")
     if not 0 <= seg.iou_threshold <= 1:
         _fail("segment.iou_threshold", seg.iou_threshold, "must be in [0, 1]")
+    if seg.short_supervoxels not in ("drop", "pad"):
+        _fail("segment.short_supervoxels", seg.short_supervoxels, "must be drop or pad")
     if seg.max_num_iter < 1:
         _fail("segment.max_num_iter", seg.max_num_iter, "must be >= 1")
     if seg.videos_per_part < 1:

@@ -203,6 +203,12 @@ def _write_segment_part(results: list[SegmentedVideo], params: SegmentParams, sv
     write_part(sv_table, sv_dir, index, meta)
 
 
+def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
+    a = c["activate"]
+    return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), gradients,
+                          measure_batch, pad_short=c["segment"]["short_supervoxels"] == "pad")
+
+
 def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
     """Steps 3-4: vectors of every kept supervoxel and every whole clip, logits, and class-logit
     gradients, from model actors; a rerun skips what is done."""
@@ -210,8 +216,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
     ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
     a = c["activate"]
-    params = ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]),
-                            bool(a["gradients"]), bool(a["measure_batch"]))
+    params = _activate_params(c, gradients=bool(a["gradients"]), measure_batch=bool(a["measure_batch"]))
     sv_dir, lv_dir = os.path.join(run_dir, "supervoxels"), os.path.join(run_dir, "label_volumes")
     act_dir, pred_dir = os.path.join(run_dir, "activations"), os.path.join(run_dir, "predictions")
     settings = json.dumps({"clip": c["clip"], "segment": c["segment"], "activate": {k: v for k, v in a.items()
@@ -484,7 +489,7 @@ def _randomised_gradients(c: dict[str, Any], videos: dict[str, dict[str, Any]], 
     class-logit gradient from the model with every weight after that layer re-initialised,
     computed by model actors. Returns {(video_id, layer): vector}."""
     a = c["activate"]
-    params = ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), True)
+    params = _activate_params(c, gradients=True, measure_batch=False)
     actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
                           int(a["torch_threads"]))
     seed = int(c["concepts"]["seed"])

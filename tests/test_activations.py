@@ -112,3 +112,27 @@ def test_batch_size_is_measured_on_the_device():
                                       candidates=(1, 2, 4), max_call_seconds=5.0)
     assert list(timings) == [1, 2, 4] or len(timings) >= 2
     assert best in timings and timings[best] == min(timings.values())
+
+
+def test_folding_batch_norms_keeps_the_model_and_its_hooked_layers():
+    """prepare_model folds each Conv-BN pair into the convolution: same logits and hooked
+    vectors to float rounding, same module names; a hooked convolution is left unfolded."""
+    from torch import nn
+
+    from pipeline.activations.video import fuse_conv_bn, prepare_model
+
+    plain = load_model({"name": "demo"})
+    fused = prepare_model(load_model({"name": "demo"}), torch.device("cpu"))
+    norms = [n for n, m in fused.module.named_modules() if isinstance(m, nn.BatchNorm3d)]
+    assert norms == []  # every Conv-BN pair of the demo model folded
+    assert {n for n, _ in fused.module.named_modules()} == {n for n, _ in plain.module.named_modules()}
+    plain.module.eval()
+    x = torch.randn(3, 3, 16, 112, 112)
+    layers = ["layer1", "layer2", "layer3"]
+    with torch.no_grad(), LayerTap(plain.module, layers) as a, LayerTap(fused.module, layers) as b:
+        torch.testing.assert_close(fused.module(x), plain.module(x), rtol=1e-4, atol=1e-4)
+        for name in layers:
+            torch.testing.assert_close(pool(b.outputs[name]), pool(a.outputs[name]), rtol=1e-4, atol=1e-5)
+    kept = load_model({"name": "demo"}).module.eval()
+    assert "stem.1" not in fuse_conv_bn(kept, keep=["stem.0"])  # the hooked conv keeps its own output
+    assert isinstance(kept.stem[1], nn.BatchNorm3d) and isinstance(kept.layer1[1], nn.Identity)

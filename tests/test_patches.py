@@ -84,3 +84,34 @@ def test_windows_batches_and_owners():
     assert any(got.count(o) == 2 for o in set(got))  # a 32+ frame supervoxel gives two windows
     assert len(set(got)) < len(requests)  # those under 16 frames give none
     assert all(s[1:] == (3, 16, 64, 64) and s[0] <= 5 for s in shapes)
+
+
+def test_a_short_supervoxel_is_padded_to_the_window_centred_on_it():
+    """segment.short_supervoxels=pad: a supervoxel shorter than T gets the one T-frame window of
+    the clip centred on it (clamped to the clip); the frames it does not reach are all fill.
+    Checked against the PIL reference run over that window."""
+    from pipeline.activations.patches import window_starts
+
+    assert window_starts(0, 40, 16, 40) == [0, 16]
+    assert window_starts(10, 14, 16, 40) == [] and window_starts(10, 14, 16, 40, pad_short=True) == [4]
+    assert window_starts(1, 5, 16, 40, pad_short=True) == [0]  # clamped at the start
+    assert window_starts(36, 40, 16, 40, pad_short=True) == [24]  # and at the end
+    assert window_starts(3, 9, 16, 16, pad_short=True) == [0]
+    clip, seg = _segmented(5, size=64, frames=24)
+    spec = PatchSpec(16, 64, 64, (0.45,) * 3, (0.225,) * 3, pad_short=True)
+    tb = seg.table
+    short = [i for i in seg.kept() if tb["t1"][i] - tb["t0"][i] < 16]
+    assert short  # the fine resolution gives supervoxels shorter than the window
+    for i in short[:6]:
+        box = tuple(int(tb[k][i]) for k in BOX)
+        req = PatchRequest(0, int(tb["resolution"][i]), int(tb["label"][i]), box)
+        (batch, owners), = list(iter_window_batches(torch.from_numpy(clip), torch.from_numpy(seg.labels.astype(np.int64)),
+                                                    [req], spec, batch_size=2))
+        start = window_starts(box[0], box[1], 16, 24, pad_short=True)[0]
+        assert start <= box[0] and box[1] <= start + 16 and owners == [0]
+        mask = seg.labels[tb["resolution"][i]] == tb["label"][i]
+        ref = reference_patch(clip, mask, (start, start + 16) + box[2:], 64, 64)
+        got = _denormalise(batch[0], spec)
+        assert np.abs(got - ref).mean() < 0.3
+        outside = [t - start for t in range(start, start + 16) if not box[0] <= t < box[1]]
+        assert np.allclose(got[outside], 117.0, atol=0.01)  # frames it does not reach: all fill

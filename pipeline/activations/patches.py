@@ -71,11 +71,22 @@ class PatchSpec:
     std: tuple[float, float, float]
     fill: float = 117.0  # the mean pixel on the 0-255 scale, put where the supervoxel is not
     resampling: str = "bicubic"
+    pad_short: bool = False  # a supervoxel shorter than the window gets the window centred on it
 
 
 def num_windows(t0: int, t1: int, window: int) -> int:
     """Non-overlapping T-frame windows from t0; a remainder shorter than T is left out."""
     return max(0, (int(t1) - int(t0)) // window)
+
+
+def window_starts(t0: int, t1: int, window: int, length: int, pad_short: bool = False) -> list[int]:
+    """First frames of a patch's T-frame windows: non-overlapping from t0 (method step 3), or,
+    for a patch shorter than T with `pad_short`, the one window of the clip (of `length`
+    frames) centred on it, where the frames it does not reach are all fill."""
+    n = num_windows(t0, t1, window)
+    if n or not pad_short or length < window or t1 <= t0:
+        return [int(t0) + i * window for i in range(n)]
+    return [min(max((int(t0) + int(t1) - window) // 2, 0), length - window)]
 
 
 def offset_clip(clip: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
@@ -176,9 +187,8 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
 
     batch, owners = new_batch(), []
     for req in requests:
-        n = num_windows(req.box[0], req.box[1], t)
-        for i in range(n):
-            start, slot = req.box[0] + i * t, batch[len(owners)]
+        for start in window_starts(req.box[0], req.box[1], t, int(clip.shape[0]), spec.pad_short):
+            slot = batch[len(owners)]
             if req.resolution < 0 and not _needs_resize(clip, spec):
                 normalise_(slot.unsqueeze(0).copy_(clip[start:start + t].permute(3, 0, 1, 2)), spec)
             else:

@@ -4,6 +4,7 @@ an actor; the clip is decoded there and every patch is built on the actor's devi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Iterable, Iterator, Optional
@@ -37,7 +38,7 @@ class ModelActor:
             spec = params.patch_spec(self.model)
             batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
                                                           params.autocast)
-        self.params = ActivateParams(batch, params.fill, params.resampling, params.autocast, params.gradients)
+        self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False)
         self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
 
     def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:

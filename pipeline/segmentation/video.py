@@ -35,7 +35,7 @@ class SegmentParams:
                    sigma=float(seg["sigma"]), spacing=tuple(float(s) for s in seg["spacing"]),  # type: ignore[arg-type]
                    min_volume_fraction=float(seg["min_volume_fraction"]),
                    iou_threshold=float(seg["iou_threshold"]), max_num_iter=int(seg["max_num_iter"]),
-                   min_frames=min_frames if seg["drop_short"] else None)
+                   min_frames=min_frames if seg["short_supervoxels"] == "drop" else None)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
