@@ -7,7 +7,8 @@ Reference-style: one process, per-video loops, float masks for the dedupe, every
 the host with numpy/PIL and sent through the model on its own, sklearn KMeans, sklearn CAVs,
 per-video voxel maps from float masks (as the authors' script works, less its pickles).
 Project: `python -m pipeline`'s stages ingest -> segment -> activate -> concepts on a local Ray
-cluster (started before the clock starts). The last line is `e2e_speedup_vs_reference=<ratio>`.
+cluster (started before the clock starts). Both sides use the same segment preset (`--segment`,
+the job's default `fine`: five resolutions, short supervoxels padded to a window). The last line is `e2e_speedup_vs_reference=<ratio>`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.activations.extract import LayerTap, pool  # noqa: E402
+from pipeline.activations.patches import window_starts  # noqa: E402
 from pipeline.concepts.discovery import RULE_PRESETS, accept  # noqa: E402
 from pipeline.concepts.explain import draw_random_sets, split_videos  # noqa: E402
 from pipeline.data.corpus import resolve_corpus  # noqa: E402
@@ -39,8 +41,9 @@ from pipeline.segmentation.supervoxels import split_supervoxel_id  # noqa: E402
 K, MIN_VIDEOS, MAX_VIDEOS, N_RANDOM, RANDOM_SIZE, SEED = 25, 5, 40, 20, 40, 0
 
 
-def reference_run(root: str) -> dict[str, float]:
-    """The whole method, sequentially, the plain way. Returns seconds per step."""
+def reference_run(root: str, seg: dict) -> dict[str, float]:
+    """The whole method, sequentially, the plain way, with the job's segment settings
+    (`seg`: n_segments, short_supervoxels, ...). Returns seconds per step."""
     times: dict[str, float] = {}
     model = load_model({"name": "demo"})
     m, layers = model.module, model.layers
@@ -52,7 +55,8 @@ def reference_run(root: str) -> dict[str, float]:
     clips, segs = {}, {}
     for r in rows:  # steps 1-2: decode, SLIC, mask-by-mask dedupe
         clip = read_clip(r["path"], spec).frames
-        labels, kept = segment_clip_reference(clip)
+        labels, kept = segment_clip_reference(clip, seg["n_segments"], seg["compactness"], seg["sigma"], seg["spacing"],
+                                              seg["min_volume_fraction"], seg["iou_threshold"])
         clips[r["video_id"]], segs[r["video_id"]] = clip, (labels, kept)
     times["segment"] = time.perf_counter() - t0
 
@@ -69,9 +73,10 @@ def reference_run(root: str) -> dict[str, float]:
                 mask = labels[res] == lab
                 ts, ys, xs = np.nonzero(mask)
                 box = (ts.min(), ts.max() + 1, ys.min(), ys.max() + 1, xs.min(), xs.max() + 1)
-                if box[1] - box[0] < 16:
+                starts = window_starts(box[0], box[1], 16, len(clip), seg["short_supervoxels"] == "pad")
+                if not starts:
                     continue
-                patch = reference_patch(clip, mask, box, 112, 112)[:16]
+                patch = reference_patch(clip, mask, (starts[0], starts[0] + 16) + box[2:], 112, 112)
                 x = (torch.from_numpy(patch).float().permute(3, 0, 1, 2)[None] / 255.0 - mean) / std
                 with torch.no_grad():
                     m(x)
@@ -132,18 +137,24 @@ def reference_run(root: str) -> dict[str, float]:
     return times
 
 
-def project_run(root: str, out: str) -> tuple[dict[str, float], float]:
-    """The job's stages on a local Ray cluster started before the clock starts. Returns
-    (seconds per stage, seconds of the whole job)."""
-    import ray
+def compose_job(root: str, out: str, segment: str):
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, register_configs
-    from pipeline.run import run_job
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=folder", f"dataset.root={root}", f"run.output_dir={out}"])
+        return compose("config", overrides=["dataset=folder", f"dataset.root={root}", f"run.output_dir={out}",
+                                            f"segment={segment}"])
+
+
+def project_run(cfg) -> tuple[dict[str, float], float]:
+    """The job's stages on a local Ray cluster started before the clock starts. Returns
+    (seconds per stage, seconds of the whole job)."""
+    import ray
+
+    from pipeline.run import run_job
+
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         t0 = time.perf_counter()
@@ -157,16 +168,22 @@ def project_run(root: str, out: str) -> tuple[dict[str, float], float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos-per-class", type=int, default=6)
+    ap.add_argument("--segment", default="fine", choices=["fine", "reference"],
+                    help="the segment preset both sides use (the job's default: fine)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "corpus")
         ensure_corpus(root, SyntheticParams(videos_per_class=args.videos_per_class, seed=9))
         n = 3 * args.videos_per_class
-        project, t_project = project_run(root, os.path.join(tmp, "run"))
+        cfg = compose_job(root, os.path.join(tmp, "run"), args.segment)
+        seg = {k: cfg.segment[k] for k in cfg.segment}
+        seg = {k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in seg.items()}
+        project, t_project = project_run(cfg)
         t0 = time.perf_counter()
-        reference = reference_run(root)
+        reference = reference_run(root, seg)
         t_reference = time.perf_counter() - t0
-    print(f"corpus: {n} synthetic videos of 16x112x112, demo model, n_segments=[15,50,80]")
+    print(f"corpus: {n} synthetic videos of 16x112x112, demo model, segment={args.segment} "
+          f"(n_segments={seg['n_segments']}, short supervoxels: {seg['short_supervoxels']})")
     print("project (s):   " + "  ".join(f"{k} {v:.1f}" for k, v in project.items()) + f"  total {t_project:.1f}")
     print("reference (s): " + "  ".join(f"{k} {v:.1f}" for k, v in reference.items()) + f"  total {t_reference:.1f}")
     print(f"e2e_speedup_vs_reference={t_reference / t_project:.2f}")
