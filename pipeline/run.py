@@ -143,7 +143,8 @@ def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> No
     stats = {"candidates": 0, KEPT: 0, DROPPED_SMALL: 0, DROPPED_DUPLICATE: 0, DROPPED_SHORT: 0}
     seconds: list[float] = []
     progress = Progress("segment", len(todo))
-    for result in map_tasks(segment_video, todo, spec, params, stage="segment", progress=progress):
+    nodes: dict[str, int] = {}
+    for result in map_tasks(segment_video, todo, spec, params, stage="segment", progress=progress, nodes=nodes):
         if result.error:
             failures[result.video_id] = result.error
             log.warning("segment: %s failed: %s", result.video_id, result.error)
@@ -170,6 +171,7 @@ def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> No
         "n_segments": list(params.n_segments),
         "supervoxels": stats,
         "kept_per_video": round(stats[KEPT] / segmented, 2) if segmented else None,
+        "tasks_per_node": nodes,
     }
     if segmented or done:
         status = read_parts(sv_dir, columns=["status"]).column("status")
@@ -286,6 +288,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
         "windows_per_s": round(windows / wall, 2) if wall > 0 else None,
         "actor_seconds_per_video": round(stats["actor_seconds"] / activated, 4) if activated else None,
+        "actor_nodes": [d["node_id"] for d in described],
     }
 
 
@@ -382,9 +385,12 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     cc = c["concepts"]
     params = ExplainParams(**{name: cc[name] for name in ExplainParams.__dataclass_fields__})
     pred = read_parts(os.path.join(run_dir, "predictions")).to_pandas()
+    # Sorted: the concepts do not depend on how the activations were split into parts (a
+    # resumed run writes other parts than an uninterrupted one).
     act = read_parts(os.path.join(run_dir, "activations")).to_pandas()
+    layers = list(dict.fromkeys(act.layer))  # the model's order, as the actors wrote them
+    act = act.sort_values(["layer", "video_id", "supervoxel_id"], kind="stable").reset_index(drop=True)
     videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
-    layers = list(dict.fromkeys(act.layer))
     num_model_classes = int(len(pred.logits.iloc[0]))
     known = pred[pred.label_index >= 0]
     classes = sorted(known.label.unique())

@@ -58,15 +58,26 @@ class Progress:
         return time.monotonic() - self.start
 
 
+def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
+    """`fn` run in a task, its result returned with the id of the node that ran it."""
+    def run(*args: Any) -> tuple[str, Any]:
+        return ray.get_runtime_context().get_node_id(), fn(*args)
+
+    run.__name__ = run.__qualname__ = fn.__name__  # the task's name in Ray's tools
+    return run
+
+
 def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: str, num_cpus: float = 1,
-              max_in_flight: Optional[int] = None, progress: Optional[Progress] = None) -> Iterator[Any]:
+              max_in_flight: Optional[int] = None, progress: Optional[Progress] = None,
+              nodes: Optional[dict[str, int]] = None) -> Iterator[Any]:
     """Run `fn(item, *args)` as one Ray task per item; yield results as they finish.
 
     At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs),
     so memory stays bounded however long the list is. `args` are put in the object store
-    once and shared by every task.
+    once and shared by every task. A task that dies with its worker is retried (twice).
+    `nodes`, if given, counts the tasks per node id that ran them.
     """
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(fn)
+    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(_on_node(fn))
     shared = [ray.put(a) for a in args]
     if max_in_flight is None:
         max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
@@ -84,6 +95,8 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: s
             return
         ready, pending = ray.wait(pending, num_returns=1)
         for ref in ready:
-            result = ray.get(ref)
+            node, result = ray.get(ref)
+            if nodes is not None:
+                nodes[node] = nodes.get(node, 0) + 1
             progress.update()
             yield result

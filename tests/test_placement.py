@@ -1,0 +1,46 @@
+"""Placement on a multi-node cluster simulated on this machine (ray.cluster_utils.Cluster): a
+head that runs nothing, two CPU-only nodes and one node advertising a GPU. Segmentation tasks
+must run on the CPU nodes, the model actor on the GPU node (it falls back to the CPU device
+there, as no real GPU exists)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def three_node_cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    cpu = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1)
+    cluster.wait_for_nodes()
+    try:
+        yield {"address": cluster.address, "cpu": {n.node_id for n in cpu}, "gpu": gpu.node_id}
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(three_node_cluster, tmp_path):
+    import ray
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register_configs
+    from pipeline.run import run_job
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
+                                            "dataset.synthetic.videos_per_class=3", "segment=reference",
+                                            f"ray.address={three_node_cluster['address']}",
+                                            "run.stages=[ingest,segment,activate]"])
+    record = run_job(cfg)
+    assert ray.is_initialized()
+    seg, act = record["stages"]["segment"], record["stages"]["activate"]
+    assert seg["videos_segmented"] == 9 and act["videos_activated"] == 9
+    assert sum(seg["tasks_per_node"].values()) == 9
+    assert set(seg["tasks_per_node"]) <= three_node_cluster["cpu"], seg["tasks_per_node"]
+    assert act["actor_nodes"] == [three_node_cluster["gpu"]]

@@ -1,0 +1,114 @@
+"""Resume and fault tolerance, as a user meets them: the driver killed during the activation
+stage and the job run again; a Ray worker killed while it segments a video. Both end with the
+outputs of an uninterrupted run."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.io import read_parts
+from tests.conftest import ROOT, run_cli
+
+
+def _args(corpus: str, out: str) -> list[str]:
+    return [f"run.output_dir={out}", f"dataset.root={corpus}", "dataset.synthetic.videos_per_class=4",
+            "dataset.synthetic.seed=11", "segment=reference", "segment.videos_per_part=2",
+            "activate.videos_per_part=2", "concepts.num_random_exp=5"]
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("resilience")
+    corpus, out = str(base / "corpus"), str(base / "clean")
+    res = run_cli(*_args(corpus, out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"base": base, "corpus": corpus, "out": out}
+
+
+def _start(args: list[str], log: str) -> subprocess.Popen:
+    """The job as a user starts it, in its own session so that it and the Ray cluster it
+    embeds can be killed together."""
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, start_new_session=True,
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for p in family:  # Ray's own processes, wherever their session is
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=60)
+
+
+def _same_outputs(a: str, b: str) -> None:
+    key = ["layer", "video_id", "supervoxel_id"]
+    act_a = read_parts(os.path.join(a, "activations")).to_pandas().sort_values(key).reset_index(drop=True)
+    act_b = read_parts(os.path.join(b, "activations")).to_pandas().sort_values(key).reset_index(drop=True)
+    assert len(act_a) == len(act_b) and act_a[key].equals(act_b[key])
+    assert all((x == y).all() for x, y in zip(act_a.vector, act_b.vector))
+    sv = [read_parts(os.path.join(d, "supervoxels")).to_pandas().sort_values(["video_id", "supervoxel_id"])
+          .reset_index(drop=True) for d in (a, b)]
+    assert sv[0].equals(sv[1])
+    for name in ("concepts.parquet", "concept_members.parquet", "tcav.parquet"):
+        pd.testing.assert_frame_equal(pq.read_table(os.path.join(a, name)).to_pandas(),
+                                      pq.read_table(os.path.join(b, name)).to_pandas())
+
+
+def test_a_driver_killed_during_activation_resumes_without_redoing_work(clean_run):
+    out = str(clean_run["base"] / "killed")
+    args = _args(clean_run["corpus"], out)
+    proc = _start(args, out + ".log")
+    deadline = time.monotonic() + 300
+    parts: list[str] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        parts = glob.glob(os.path.join(out, "predictions", "part-*.parquet"))
+        if len(parts) >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be interrupted: " + open(out + ".log").read()[-2000:]
+    _kill_tree(proc)
+    done = sum(pq.read_metadata(p).num_rows for p in glob.glob(os.path.join(out, "predictions", "part-*.parquet")))
+    assert 0 < done < 12
+    assert not os.path.exists(os.path.join(out, "concepts.parquet"))
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stage = json.load(open(os.path.join(out, "run.json")))["stages"]
+    assert stage["segment"]["videos_segmented"] == 0 and stage["segment"]["videos_skipped_done"] == 12
+    assert stage["activate"]["videos_skipped_done"] == done  # completed work not redone
+    assert stage["activate"]["videos_activated"] == 12 - done
+    _same_outputs(clean_run["out"], out)
+
+
+def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
+    out = str(clean_run["base"] / "faulty")
+    proc = _start(_args(clean_run["corpus"], out), out + ".log")
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        for p in psutil.process_iter(["pid", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if cmd.startswith("ray::segment_video") and p.pid != proc.pid:
+                p.kill()  # a worker in the middle of segmenting a video
+                killed = cmd
+                break
+        time.sleep(0.05)
+    assert killed, "no segmentation worker was seen running: " + open(out + ".log").read()[-2000:]
+    assert proc.wait(timeout=600) == 0, open(out + ".log").read()[-3000:]
+    record = json.load(open(os.path.join(out, "run.json")))
+    assert record["counts"]["videos_in"] == 12 and record["counts"]["videos_ok"] == 12
+    assert record["stages"]["segment"]["videos_segmented"] == 12
+    _same_outputs(clean_run["out"], out)
