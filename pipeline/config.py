@@ -200,12 +200,19 @@ class ModelConfig:
 
 @dataclass
 class RayConfig:
-    """How to reach Ray. address None starts an embedded local cluster."""
+    """How to reach Ray. address None starts an embedded local cluster.
+
+    cpu_label_selector: Ray node labels the CPU stages' tasks (ingest, segment) must match, as
+    `key:value` strings, e.g. [ace3d-node:cpu] on a cluster made with cluster.yaml, so that
+    segmentation stays off the GPU nodes (Ray only prefers to). Empty: any node. The job stops
+    before any work when no node matches.
+    """
 
     address: Optional[str] = None
     num_cpus: Optional[int] = None
     object_store_memory: Optional[int] = None
     include_dashboard: bool = False
+    cpu_label_selector: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -327,6 +334,9 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("segment.min_volume_fraction", seg.min_volume_fraction, "must be in [0, 1)")
     if not 0 <= seg.iou_threshold <= 1:
         _fail("segment.iou_threshold", seg.iou_threshold, "must be in [0, 1]")
+    for i, item in enumerate(c.ray.cpu_label_selector):
+        if ":" not in item or not item.split(":", 1)[0] or not item.split(":", 1)[1]:
+            _fail(f"ray.cpu_label_selector[{i}]", item, "must be key:value (a Ray node label)")
     if seg.short_supervoxels not in ("drop", "pad"):
         _fail("segment.short_supervoxels", seg.short_supervoxels, "must be drop or pad")
     if seg.max_num_iter < 1:

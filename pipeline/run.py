@@ -43,7 +43,7 @@ from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_v
 from pipeline.activations.video import ActivateParams, VideoActivations
 from pipeline.orchestration.actors import run_on_actors, start_actors
 from pipeline.concepts.explain import ExplainParams, draw_random_sets, explain_class_layer, split_videos
-from pipeline.orchestration.runtime import Progress, init_ray, map_tasks
+from pipeline.orchestration.runtime import Progress, check_label_selector, init_ray, label_selector, map_tasks
 
 log = logging.getLogger("pipeline")
 
@@ -89,7 +89,8 @@ def stage_ingest(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> pa.
     log.info("ingest: %d videos in %d classes from %s", len(corpus.rows), len(corpus.classes),
              c["dataset"]["root"] or c["dataset"]["csv"])
     progress = Progress("ingest", len(corpus.rows))
-    by_id = {r["video_id"]: r for r in map_tasks(ingest_video, corpus.rows, spec, stage="ingest", progress=progress)}
+    by_id = {r["video_id"]: r for r in map_tasks(ingest_video, corpus.rows, spec, stage="ingest", progress=progress,
+                                                       label_selector=label_selector(c["ray"]["cpu_label_selector"]))}
     rows = [by_id[r["video_id"]] for r in corpus.rows]  # manifest order, whatever finished first
     for r in rows:
         r["failed_stage"] = "ingest" if r["status"] == schemas.FAILED else None
@@ -144,7 +145,8 @@ def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> No
     seconds: list[float] = []
     progress = Progress("segment", len(todo))
     nodes: dict[str, int] = {}
-    for result in map_tasks(segment_video, todo, spec, params, stage="segment", progress=progress, nodes=nodes):
+    for result in map_tasks(segment_video, todo, spec, params, stage="segment", progress=progress, nodes=nodes,
+                            label_selector=label_selector(c["ray"]["cpu_label_selector"])):
         if result.error:
             failures[result.video_id] = result.error
             log.warning("segment: %s failed: %s", result.video_id, result.error)
@@ -628,6 +630,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "counts": {},
     }
     init_ray(c["ray"])
+    check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
     t0 = time.monotonic()
     for stage in c["run"]["stages"]:
         STAGE_FUNCTIONS[stage](c, run_dir, record)

@@ -23,6 +23,8 @@ def test_cluster_yaml_is_valid_for_the_ray_launcher():
     cpu_setup = " ".join(types["cpu_worker"]["worker_setup_commands"])
     assert "[gpu]" in gpu_setup and "[cpu]" not in gpu_setup and "[cpu]" in cpu_setup
     assert not raw["setup_commands"]  # nothing common: GPU nodes must not get faiss-cpu
+    assert types["cpu_worker"]["labels"] == {"ace3d-node": "cpu"}  # what jobs/kinetics400.sh selects
+    assert "ray.cpu_label_selector=[ace3d-node:cpu]" in open(os.path.join(ROOT, "jobs", "kinetics400.sh")).read()
     assert "~/.ray/auth_token" in raw["file_mounts"]  # token auth stays on across nodes
     assert all(t["max_workers"] >= t["min_workers"] for name, t in types.items() if name != "head")
 

@@ -26,12 +26,15 @@ def _free_port() -> int:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A Ray head on loopback with its own HOME (so its auth token lands in a temporary
-    ~/.ray/auth_token), the dashboard (Jobs API) on a free port."""
+    """A Ray head on loopback with token authentication, as cluster.yaml runs it: the token
+    made first with `ray get-auth-token --generate` in a temporary HOME (~/.ray/auth_token),
+    the dashboard (Jobs API) on a free port."""
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
+    token = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=120)
+    assert token.returncode == 0 and (home / ".ray" / "auth_token").exists(), token.stderr[-2000:]
     dashboard = _free_port()
     start = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
@@ -45,7 +48,6 @@ def ray_head(tmp_path):
 
 
 def test_a_job_submitted_through_the_jobs_api_runs_to_completion(ray_head, tmp_path):
-    assert (ray_head["home"] / ".ray" / "auth_token").exists()  # `ray start` made a token
     out, corpus = tmp_path / "run", tmp_path / "corpus"
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "RAY": RAY, "JOB_PYTHON": sys.executable}
     res = subprocess.run(["bash", os.path.join(ROOT, "jobs", "submit.sh"), f"run.output_dir={out}",

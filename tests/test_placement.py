@@ -1,7 +1,9 @@
 """Placement on a multi-node cluster simulated on this machine (ray.cluster_utils.Cluster): a
-head that runs nothing, two CPU-only nodes and one node advertising a GPU. Segmentation tasks
-must run on the CPU nodes, the model actor on the GPU node (it falls back to the CPU device
-there, as no real GPU exists)."""
+head that runs nothing, two CPU-only nodes and one node advertising a GPU, labelled as
+cluster.yaml labels them. Segmentation tasks must run on the CPU nodes (Ray on its own only
+prefers non-GPU nodes: without the label selector a third of the tasks landed on the GPU
+node), the model actor on the GPU node (it falls back to the CPU device there, as no real GPU
+exists)."""
 
 from __future__ import annotations
 
@@ -14,8 +16,8 @@ def three_node_cluster():
     from ray.cluster_utils import Cluster
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    cpu = [cluster.add_node(num_cpus=1) for _ in range(2)]
-    gpu = cluster.add_node(num_cpus=1, num_gpus=1)
+    cpu = [cluster.add_node(num_cpus=1, labels={"ace3d-node": "cpu"}) for _ in range(2)]
+    gpu = cluster.add_node(num_cpus=1, num_gpus=1, labels={"ace3d-node": "gpu"})
     cluster.wait_for_nodes()
     try:
         yield {"address": cluster.address, "cpu": {n.node_id for n in cpu}, "gpu": gpu.node_id}
@@ -36,6 +38,7 @@ def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(thre
         cfg = compose("config", overrides=[f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
                                             "dataset.synthetic.videos_per_class=3", "segment=reference",
                                             f"ray.address={three_node_cluster['address']}",
+                                            "ray.cpu_label_selector=[ace3d-node:cpu]",
                                             "run.stages=[ingest,segment,activate]"])
     record = run_job(cfg)
     assert ray.is_initialized()
@@ -44,3 +47,19 @@ def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(thre
     assert sum(seg["tasks_per_node"].values()) == 9
     assert set(seg["tasks_per_node"]) <= three_node_cluster["cpu"], seg["tasks_per_node"]
     assert act["actor_nodes"] == [three_node_cluster["gpu"]]
+
+
+def test_a_label_selector_no_node_matches_fails_before_any_work(three_node_cluster, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, ConfigError, register_configs
+    from pipeline.run import run_job
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=[f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
+                                            f"ray.address={three_node_cluster['address']}",
+                                            "ray.cpu_label_selector=[ace3d-node:cpu-large]"])
+    with pytest.raises(ConfigError, match="ray.cpu_label_selector"):
+        run_job(cfg)
+    assert not (tmp_path / "run" / "videos.parquet").exists()

@@ -31,6 +31,28 @@ def init_ray(ray_cfg: dict[str, Any]) -> None:
     )
 
 
+def label_selector(items: Sequence[str]) -> dict[str, str]:
+    """`ray.cpu_label_selector`'s `key:value` strings as Ray's label selector."""
+    return dict(item.split(":", 1) for item in items)
+
+
+def check_label_selector(selector: dict[str, str]) -> None:
+    """Fail fast, naming the config key, when no alive node carries the labels that
+    `ray.cpu_label_selector` asks for (equality selectors; others are left to Ray)."""
+    if not selector:
+        return
+    plain = {k: v for k, v in selector.items() if not v.startswith("!") and not v.startswith("in(")}
+    for node in ray.nodes():
+        labels = node.get("Labels") or {}
+        if node.get("Alive") and all(labels.get(k) == v for k, v in plain.items()):
+            return
+    from pipeline.config import ConfigError
+
+    wanted = [f"{k}:{v}" for k, v in selector.items()]
+    raise ConfigError(f"config key 'ray.cpu_label_selector' = {wanted}: no node of the cluster has these labels "
+                      "(label the CPU nodes, as cluster.yaml does, or set ray.cpu_label_selector=[])")
+
+
 class Progress:
     """Logs `stage: done/total units, rate, eta` at most every `every` seconds and at the end."""
 
@@ -69,15 +91,18 @@ def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
 
 def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: str, num_cpus: float = 1,
               max_in_flight: Optional[int] = None, progress: Optional[Progress] = None,
-              nodes: Optional[dict[str, int]] = None) -> Iterator[Any]:
+              nodes: Optional[dict[str, int]] = None, label_selector: Optional[dict[str, str]] = None) -> Iterator[Any]:
     """Run `fn(item, *args)` as one Ray task per item; yield results as they finish.
 
     At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs),
     so memory stays bounded however long the list is. `args` are put in the object store
     once and shared by every task. A task that dies with its worker is retried (twice).
-    `nodes`, if given, counts the tasks per node id that ran them.
+    `nodes`, if given, counts the tasks per node id that ran them; `label_selector` restricts
+    them to nodes with those Ray labels.
     """
     remote = ray.remote(num_cpus=num_cpus, max_retries=2)(_on_node(fn))
+    if label_selector:
+        remote = remote.options(label_selector=dict(label_selector))
     shared = [ray.put(a) for a in args]
     if max_in_flight is None:
         max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
