@@ -273,6 +273,18 @@ def register_configs() -> None:
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="ray", name="ray_schema", node=RayConfig)
     cs.store(group="segment", name="segment_schema", node=SegmentConfig)
+    if not OmegaConf.has_resolver("local_dir"):
+        OmegaConf.register_new_resolver("local_dir", local_dir)
+
+
+def local_dir(output_dir: str) -> str:
+    """Where Hydra keeps its own files (.hydra/): the run folder itself, or, for a run written
+    to a filesystem URI (s3://...), a local folder named after it under outputs/remote/."""
+    if "://" not in str(output_dir):
+        return str(output_dir)
+    import re
+
+    return os.path.join("outputs", "remote", re.sub(r"[^A-Za-z0-9._-]+", "_", str(output_dir)).strip("_"))
 
 
 def _fail(key: str, value: Any, why: str) -> None:

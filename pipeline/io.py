@@ -1,56 +1,124 @@
-"""Reading and writing run outputs.
+"""Reading and writing run outputs, on a local path or any pyarrow filesystem URI
+(`s3://bucket/prefix`, `gs://...`, `hdfs://...`, `file:///abs/path`).
 
 Writers replace files atomically (write `x.part`, then rename), so a crash never leaves a
-half-written file that a rerun would trust. Readers are the public API for people who
-analyse a run.
+half-written file that a rerun would trust (on object stores a rename is a copy: the part
+file written last still marks a batch complete, see run.py). Readers are the public API for
+people who analyse a run.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import posixpath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+_FILESYSTEMS: dict[str, pafs.FileSystem] = {}
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def resolve(path: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or a URI. One filesystem object per
+    scheme and authority, kept for the process (clients are reused; an in-memory `mock://`
+    filesystem keeps its files)."""
+    path = str(path)
+    if not is_uri(path):
+        return pafs.LocalFileSystem(), os.path.abspath(path)
+    scheme, rest = path.split("://", 1)
+    authority, _, key = rest.partition("/")
+    if f"{scheme}://{authority}" not in _FILESYSTEMS:
+        _FILESYSTEMS[f"{scheme}://{authority}"] = pafs.FileSystem.from_uri(path)[0]
+    fs = _FILESYSTEMS[f"{scheme}://{authority}"]
+    if scheme in ("file", "hdfs", "viewfs"):  # paths from the root, the authority names the host
+        return fs, "/" + key
+    return fs, posixpath.join(authority, key) if authority else key  # object stores: bucket/key
+
+
+def join(base: str, *names: str) -> str:
+    """A path below `base`, for local paths and URIs alike."""
+    return posixpath.join(str(base), *names) if is_uri(base) else os.path.join(base, *names)
+
+
+def exists(path: str) -> bool:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def makedirs(path: str) -> None:
+    fs, p = resolve(path)
+    fs.create_dir(p, recursive=True)
+
+
+def remove(path: str) -> None:
+    fs, p = resolve(path)
+    fs.delete_file(p)
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    fs, p = resolve(path)
+    return pq.read_table(p, columns=columns, filesystem=fs)
+
+
+def read_schema(path: str) -> pa.Schema:
+    fs, p = resolve(path)
+    return pq.read_schema(p, filesystem=fs)
+
+
+def read_json(path: str) -> Any:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        return json.loads(f.read().decode())
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path)
 
 
 def write_table(table: pa.Table, path: str) -> None:
     """Write a Parquet file atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".part"
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    fs, p = resolve(path)
+    fs.create_dir(_parent(p), recursive=True)
+    tmp = p + ".part"
+    pq.write_table(table, tmp, filesystem=fs)
+    fs.move(tmp, p)
 
 
 def write_json(obj: Any, path: str) -> None:
     """Write JSON atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
+    fs, p = resolve(path)
+    fs.create_dir(_parent(p), recursive=True)
+    tmp = p + ".part"
+    with fs.open_output_stream(tmp) as f:
+        f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    fs.move(tmp, p)
 
 
 # --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------
 
 def part_files(folder: str) -> list[str]:
     """The complete part files of a dataset folder, in order (`*.part` leftovers excluded)."""
-    if not os.path.isdir(folder):
-        return []
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if f.startswith("part-") and f.endswith(".parquet"))
+    fs, p = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
+    names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File]
+    return sorted(join(folder, n) for n in names if n.startswith("part-") and n.endswith(".parquet"))
 
 
 def part_path(folder: str, index: int) -> str:
-    return os.path.join(folder, f"part-{index:05d}.parquet")
+    return join(folder, f"part-{index:05d}.parquet")
 
 
 def next_part_index(folder: str) -> int:
     """The index the next part of a dataset folder gets (one past the highest there)."""
-    return max((int(os.path.basename(p)[len("part-"):-len(".parquet")]) for p in part_files(folder)),
+    return max((int(posixpath.basename(p)[len("part-"):-len(".parquet")]) for p in part_files(folder)),
                default=-1) + 1
 
 
@@ -65,7 +133,7 @@ def write_part(table: pa.Table, folder: str, index: int, metadata: dict[str, str
 
 
 def part_metadata(path: str) -> dict[str, str]:
-    meta = pq.read_schema(path).metadata or {}
+    meta = read_schema(path).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
 
 
@@ -76,7 +144,9 @@ def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None
     files = part_files(folder)
     if not files:
         raise FileNotFoundError(f"no dataset at {folder} (no part-*.parquet files)")
-    return ds.dataset(files, format="parquet").to_table(columns=columns, filter=filter)
+    fs, _ = resolve(folder)
+    return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).to_table(columns=columns,
+                                                                                               filter=filter)
 
 
 def stack_label_volumes(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -92,7 +162,7 @@ def load_label_volumes(run_dir: str, video_ids: list[str]) -> dict[str, np.ndarr
     """The label volumes uint16 [R, L, H, W] of several videos, in one filtered read."""
     import pyarrow.dataset as ds
 
-    rows = read_parts(os.path.join(run_dir, "label_volumes"), filter=ds.field("video_id").isin(list(video_ids)))
+    rows = read_parts(join(run_dir, "label_volumes"), filter=ds.field("video_id").isin(list(video_ids)))
     return stack_label_volumes(rows.to_pylist())
 
 
@@ -102,7 +172,7 @@ def load_label_volume(run_dir: str, video_id: str, resolution: int) -> np.ndarra
     """The SLIC label volume uint16 [L, H, W] of one video at one resolution."""
     import pyarrow.dataset as ds
 
-    t = read_parts(os.path.join(run_dir, "label_volumes"), columns=["shape", "labels"],
+    t = read_parts(join(run_dir, "label_volumes"), columns=["shape", "labels"],
                    filter=(ds.field("video_id") == video_id) & (ds.field("resolution") == resolution))
     if t.num_rows == 0:
         raise KeyError(f"no label volume for video {video_id!r} at resolution {resolution} in {run_dir}")
@@ -115,7 +185,7 @@ def load_supervoxel_mask(run_dir: str, video_id: str, supervoxel_id: int) -> np.
     source frames `clip_frame_indices` of videos.parquet, resized to clip_height x clip_width)."""
     import pyarrow.dataset as ds
 
-    t = read_parts(os.path.join(run_dir, "supervoxels"), columns=["resolution", "label"],
+    t = read_parts(join(run_dir, "supervoxels"), columns=["resolution", "label"],
                    filter=(ds.field("video_id") == video_id) & (ds.field("supervoxel_id") == int(supervoxel_id)))
     if t.num_rows == 0:
         raise KeyError(f"no supervoxel {supervoxel_id} of video {video_id!r} in {run_dir}")
@@ -137,7 +207,7 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
     flt = ds.field("video_id") == video_id
     if target_class is not None:
         flt = flt & (ds.field("target_class") == target_class)
-    t = read_parts(os.path.join(run_dir, "voxel_importance"), filter=flt).to_pylist()
+    t = read_parts(join(run_dir, "voxel_importance"), filter=flt).to_pylist()
     if not t:
         raise KeyError(f"no voxel importance for video {video_id!r} in {run_dir} (only scoring videos have one)")
     layers = list(dict.fromkeys(r["layer"] for r in t))

@@ -27,7 +27,6 @@ import numpy as np
 import ray
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import schemas
@@ -35,6 +34,7 @@ from pipeline.config import CONF_DIR, ConfigError, register_configs, to_plain, v
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video
 from pipeline.data.video import ClipSpec
+from pipeline import io
 from pipeline.io import (next_part_index, part_files, part_metadata, read_parts, stack_label_volumes, write_json,
                          write_part, write_table)
 from pipeline.models.registry import model_window
@@ -66,7 +66,7 @@ def absolutise(cfg: DictConfig) -> None:
     tasks and actors may run anywhere."""
     for key in ("run.output_dir", "dataset.root", "dataset.csv", "model.path"):
         value = OmegaConf.select(cfg, key)
-        if value:
+        if value and not io.is_uri(str(value)):  # a URI (s3://...) is absolute already
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))))
 
 
@@ -77,8 +77,8 @@ def stage_ingest(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> pa.
     spec = ClipSpec.from_config(c["clip"])
     settings = json.dumps({"clip": c["clip"]}, sort_keys=True)
     path = os.path.join(run_dir, "videos.parquet")
-    if os.path.exists(path):
-        previous = pq.read_table(path)
+    if io.exists(path):
+        previous = io.read_table(path)
         same_inputs = [(r["video_id"], r["path"]) for r in corpus.rows] == list(
             zip(previous.column("video_id").to_pylist(), previous.column("path").to_pylist()))
         if same_inputs and (previous.schema.metadata or {}).get(b"settings", b"").decode() == settings:
@@ -125,7 +125,7 @@ class RunFolderError(RuntimeError):
 def stage_segment(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
     """Step 2: supervoxels of every ok video, in Parquet parts; a rerun skips what is done."""
     t0 = time.monotonic()
-    rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
+    rows = io.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
     spec = ClipSpec.from_config(c["clip"])
     params = SegmentParams.from_config(c["segment"], model_window(c["model"]))
     settings = json.dumps({"clip": c["clip"], "segment": params.as_dict()}, sort_keys=True)
@@ -217,7 +217,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     """Steps 3-4: vectors of every kept supervoxel and every whole clip, logits, and class-logit
     gradients, from model actors; a rerun skips what is done."""
     t0 = time.monotonic()
-    rows = pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
+    rows = io.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()
     ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
     a = c["activate"]
     params = _activate_params(c, gradients=bool(a["gradients"]), measure_batch=bool(a["measure_batch"]))
@@ -250,7 +250,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
 
     def work():
         for path in lv_parts:  # one label-volume part at a time: memory stays bounded
-            part = [r for r in pq.read_table(path).to_pylist() if r["video_id"] in todo_set]
+            part = [r for r in io.read_table(path).to_pylist() if r["video_id"] in todo_set]
             for vid, labels in stack_label_volumes(part).items():
                 yield ok[vid], labels, tables.get(vid, {})
 
@@ -304,11 +304,11 @@ def _done_videos(marker_dir: str, data_dir: str, settings: str, what: str) -> se
         if part_metadata(path).get("settings") != settings:
             raise RunFolderError(f"{path} was made with other {what} settings; use a new run.output_dir "
                                  f"(or delete {marker_dir} and {data_dir})")
-        done.update(pq.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
+        done.update(io.read_table(path, columns=["video_id"]).column("video_id").unique().to_pylist())
     complete = {os.path.basename(p) for p in markers}
     for path in part_files(data_dir):
         if os.path.basename(path) not in complete:
-            os.remove(path)
+            io.remove(path)
     return done
 
 
@@ -318,7 +318,7 @@ def _record_failures(rows: list[dict[str, Any]], failures: dict[str, str], stage
     if not failures:
         return
     path = os.path.join(run_dir, "videos.parquet")
-    settings = (pq.read_schema(path).metadata or {}).get(b"settings", b"{}").decode()
+    settings = (io.read_schema(path).metadata or {}).get(b"settings", b"{}").decode()
     for r in rows:
         if r["video_id"] in failures:
             r.update(status=schemas.FAILED, error=failures[r["video_id"]], failed_stage=stage)
@@ -392,7 +392,7 @@ def stage_concepts(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     act = read_parts(os.path.join(run_dir, "activations")).to_pandas()
     layers = list(dict.fromkeys(act.layer))  # the model's order, as the actors wrote them
     act = act.sort_values(["layer", "video_id", "supervoxel_id"], kind="stable").reset_index(drop=True)
-    videos = {r["video_id"]: r for r in pq.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
+    videos = {r["video_id"]: r for r in io.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
     num_model_classes = int(len(pred.logits.iloc[0]))
     known = pred[pred.label_index >= 0]
     classes = sorted(known.label.unique())
@@ -617,7 +617,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     absolutise(cfg)
     c = to_plain(cfg)
     run_dir = c["run"]["output_dir"]
-    os.makedirs(run_dir, exist_ok=True)
+    io.makedirs(run_dir)
     logging.getLogger("pipeline").setLevel(c["run"]["log_level"].upper())
     record: dict[str, Any] = {
         "run_dir": run_dir,
