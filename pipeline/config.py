@@ -144,9 +144,9 @@ class ConceptsConfig:
     min_videos: a cluster needs more members than this; max_videos: members a concept keeps.
     num_random_exp: random sets (of random_set_size whole clips of other classes' videos),
         plus one extra set for the random-vs-random baseline.
-    cav_model: torch (the reference SGDClassifier's objective, hinge + alpha/2 |w|^2, minimised
-        for all of a class's CAVs at once) | sgd (the reference SGDClassifier, one fit per CAV) |
-        logistic; cav_alpha: the L2 penalty.
+    cav_model: torch (the reference SGDClassifier's algorithm, run for all of a class's CAVs at
+        once in torch; sklearn's answers without shuffling) | sgd (sklearn's SGDClassifier, one
+        fit per CAV) | logistic; cav_alpha: the L2 penalty.
     p_threshold, correction (none | holm): when a concept is significant.
     randomisation_check: score the same CAVs again on gradients from the model with every
         weight after the layer re-initialised, and report how much the ranking moves.

@@ -29,12 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import schemas
+from pipeline import io, schemas
 from pipeline.config import CONF_DIR, ConfigError, register_configs, to_plain, validate
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video
 from pipeline.data.video import ClipSpec
-from pipeline import io
 from pipeline.io import (next_part_index, part_files, part_metadata, read_parts, stack_label_volumes, write_json,
                          write_part, write_table)
 from pipeline.models.registry import model_window

@@ -49,7 +49,7 @@ def fit_cavs(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], s
              model: str = "torch", alpha: float = 0.01) -> tuple[np.ndarray, np.ndarray]:
     """CAVs of many (concept, random set) pairs: (unit directions [P, C], hold-out accuracies [P]).
 
-    `torch` minimises the reference SGDClassifier's objective for all pairs at once
+    `torch` runs the reference SGDClassifier's algorithm for all pairs at once in torch
     (pipeline.scoring.cav_batch); `sgd` and `logistic` fit one sklearn classifier per pair."""
     if model == "torch":
         from pipeline.scoring.cav_batch import fit_cavs_batched
