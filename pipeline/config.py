@@ -216,6 +216,21 @@ class RayConfig:
 
 
 @dataclass
+class EvaluateConfig:
+    """The paper's deletion/insertion experiments and causal concept importance (method step
+    10), on the scoring videos of every class, per explained layer.
+
+    max_k: curves run k = 0 .. min(concepts, max_k); random_draws: seeded random orders per
+    curve; fill: the mean pixel (0-255) that removed voxels get.
+    """
+
+    max_k: int = 10
+    random_draws: int = 3
+    fill: float = 117.0
+    seed: int = 0
+
+
+@dataclass
 class RunConfig:
     """Where the outputs go and what the job does.
 
@@ -225,7 +240,7 @@ class RunConfig:
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate", "concepts"])
+    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate", "concepts", "evaluate"])
     log_level: str = "INFO"
 
 
@@ -250,6 +265,7 @@ class Config:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     activate: ActivateConfig = field(default_factory=ActivateConfig)
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -260,7 +276,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-STAGES = ("ingest", "segment", "activate", "concepts")
+STAGES = ("ingest", "segment", "activate", "concepts", "evaluate")
 DATASET_KINDS = ("synthetic", "folder", "csv")
 
 
@@ -346,6 +362,12 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("segment.min_volume_fraction", seg.min_volume_fraction, "must be in [0, 1)")
     if not 0 <= seg.iou_threshold <= 1:
         _fail("segment.iou_threshold", seg.iou_threshold, "must be in [0, 1]")
+    if c.evaluate.max_k < 1:
+        _fail("evaluate.max_k", c.evaluate.max_k, "must be >= 1")
+    if c.evaluate.random_draws < 1:
+        _fail("evaluate.random_draws", c.evaluate.random_draws, "must be >= 1")
+    if not 0 <= c.evaluate.fill <= 255:
+        _fail("evaluate.fill", c.evaluate.fill, "must be in [0, 255]")
     for i, item in enumerate(c.ray.cpu_label_selector):
         if ":" not in item or not item.split(":", 1)[0] or not item.split(":", 1)[1]:
             _fail(f"ray.cpu_label_selector[{i}]", item, "must be key:value (a Ray node label)")

@@ -194,12 +194,16 @@ def load_supervoxel_mask(run_dir: str, video_id: str, supervoxel_id: int) -> np.
 
 
 def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
-                          target_class: str | None = None) -> np.ndarray:
+                          target_class: str | None = None, score: str = "tcav") -> np.ndarray:
     """Voxel importance of a scored video: float32 [T, H, W] in clip coordinates.
 
     layer: an explained layer (None: the first the run explained); target_class: the class
-    whose concepts score it (None: the video's own class, the one it was scored for).
+    whose concepts score it (None: the video's own class, the one it was scored for); score:
+    `tcav` (the paper's: each supervoxel takes its concept's mean TCAV score) or `causal` (its
+    concept's causal importance, from the evaluate stage).
     """
+    if score not in ("tcav", "causal"):
+        raise ValueError(f"score must be 'tcav' or 'causal', got {score!r}")
     import pyarrow.dataset as ds
 
     from pipeline.scoring.voxel_importance import importance_map
@@ -217,4 +221,11 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
         raise KeyError(f"no voxel importance for video {video_id!r} at layer {chosen!r}; layers: {layers}")
     row = rows[0]
     labels = load_label_volumes(run_dir, [video_id])[video_id]
-    return importance_map(labels, row["supervoxel_ids"], row["scores"])
+    scores = row["scores"]
+    if score == "causal":
+        concepts = read_table(join(run_dir, "concepts.parquet"), columns=["concept", "causal_importance"]).to_pylist()
+        causal = {r["concept"]: r["causal_importance"] for r in concepts}
+        if not any(v is not None for v in causal.values()):
+            raise KeyError(f"{run_dir} has no causal importance yet: run the evaluate stage")
+        scores = [float(causal.get(c) or 0.0) if c is not None else 0.0 for c in row["concepts"]]
+    return importance_map(labels, row["supervoxel_ids"], scores)

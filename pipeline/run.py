@@ -20,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import numpy as np
@@ -606,8 +606,214 @@ def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[st
     return lines
 
 
+def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
+               work: dict[str, tuple[dict[str, Any], dict[str, list[Any]]]], label: str) -> dict[str, dict[str, Any]]:
+    """Every video's plans on the model actors: {video_id: {layer: {"prob", "correct"}}}.
+    work[video] = (assignments per layer, plans per layer); each video's label volumes are
+    read part by part and travel with it."""
+    from pipeline.io import load_label_volumes
+
+    params = _activate_params(c, gradients=False, measure_batch=False)
+    a = c["activate"]
+    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
+                          int(a["torch_threads"]))
+    fill = float(c["evaluate"]["fill"])
+    ids = sorted(work)
+    results: dict[str, dict[str, Any]] = {}
+    progress = Progress(label, len(ids))
+    try:
+        pending: dict[Any, str] = {}
+        queue = list(ids)
+        while queue or pending:
+            while queue and len(pending) < 2 * len(actors):
+                vid = queue.pop(0)
+                labels = load_label_volumes(run_dir, [vid])[vid]
+                assignments, plans = work[vid]
+                ref = actors[len(results) % len(actors)].evaluate.remote(videos[vid], labels, assignments, plans, fill)
+                pending[ref] = vid
+            done, _ = ray.wait(list(pending), num_returns=1)
+            vid = pending.pop(done[0])
+            res = ray.get(done[0])
+            if "error" in res:
+                raise RuntimeError(f"{label}: video {vid!r}: {res['error']}")
+            results[vid] = res
+            progress.update()
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+    return results
+
+
+def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
+    """Method step 10 on every class's scoring videos, per layer: causal concept importance
+    (the drop in class probability when one concept's voxels are mean-filled), then deletion
+    and insertion curves with concepts in TCAV order (the paper's) and in causal order, against
+    bottom-first and random orders, with their areas. Writes evaluation.parquet, adds
+    causal_importance to concepts.parquet, records TCAV/causal rank correlations in run.json."""
+    from scipy.stats import spearmanr
+
+    from pipeline.evaluation.deletion import DELETE, INSERT, Plan, auc, curve_plans, orderings
+
+    t0 = time.monotonic()
+    ev = c["evaluate"]
+    concepts = io.read_table(os.path.join(run_dir, "concepts.parquet")).to_pylist()
+    vi = read_parts(os.path.join(run_dir, "voxel_importance")).to_pylist()
+    videos = {r["video_id"]: r for r in io.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
+    ranked: dict[tuple[str, str], list[str]] = {}
+    for row in sorted(concepts, key=lambda r: r["rank"]):
+        ranked.setdefault((row["target_class"], row["layer"]), []).append(row["concept"])
+    # Each scoring video, scored for its own class: its supervoxels' concepts per layer.
+    assignments: dict[str, dict[str, tuple[list[int], list[Optional[str]]]]] = {}
+    for row in vi:
+        if videos[row["video_id"]]["label"] == row["target_class"] and (row["target_class"], row["layer"]) in ranked:
+            assignments.setdefault(row["video_id"], {})[row["layer"]] = (row["supervoxel_ids"], row["concepts"])
+    if not assignments:
+        log.warning("evaluate: no scoring video has concepts to remove; nothing to evaluate")
+        record["stages"]["evaluate"] = {"wall_s": round(time.monotonic() - t0, 3), "videos": 0}
+        return
+
+    def key(vid: str, layer: str) -> tuple[str, str]:
+        return videos[vid]["label"], layer
+
+    # Pass 1: causal importance, one concept removed at a time.
+    single = {vid: (a, {layer: [Plan(DELETE, frozenset())] + [Plan(DELETE, frozenset([cn]))
+                                                                for cn in ranked[key(vid, layer)]]
+                        for layer in a}) for vid, a in assignments.items()}
+    first = _run_plans(c, run_dir, videos, single, "evaluate (causal importance)")
+    drops: dict[str, list[float]] = {}
+    for vid, res in first.items():
+        for layer, r in res.items():
+            for cn, p in zip(ranked[key(vid, layer)], r["prob"][1:]):
+                drops.setdefault(cn, []).append(r["prob"][0] - p)
+    causal = {cn: float(np.mean(v)) for cn, v in drops.items()}
+    by_causal = {kl: sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
+                 for kl, names in ranked.items()}
+
+    # Pass 2: the curves, both rankings, every order, both modes; identical plans run once.
+    max_k, draws = int(ev["max_k"]), int(ev["random_draws"])
+    curves: dict[tuple[str, str], list[tuple[str, str, str, list[Plan]]]] = {}
+    for kl in ranked:
+        for ranking, order_base in (("tcav", ranked[kl]), ("causal", by_causal[kl])):
+            for order, names in orderings(order_base, draws, int(ev["seed"])).items():
+                for mode in (DELETE, INSERT):
+                    curves.setdefault(kl, []).append((ranking, order, mode, curve_plans(names[:max_k], mode)))
+    work, known = {}, {}
+    for vid, a in assignments.items():
+        known[vid] = {layer: dict(zip(single[vid][1][layer], zip(first[vid][layer]["prob"], first[vid][layer]["correct"])))
+                      for layer in a}  # pass 1's plans are not run again
+        plans = {layer: [p for p in dict.fromkeys(p for *_, ps in curves[key(vid, layer)] for p in ps)
+                         if p not in known[vid][layer]] for layer in a}
+        work[vid] = (a, plans)
+    second = _run_plans(c, run_dir, videos, work, "evaluate (deletion/insertion)")
+
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, dict[str, Any]] = {}
+    for (k, layer), curve_list in curves.items():
+        vids = [v for v in second if videos[v]["label"] == k and layer in second[v]]
+        if not vids:
+            continue
+        lookup = {v: {**known[v][layer],
+                      **dict(zip(work[v][1][layer], zip(second[v][layer]["prob"], second[v][layer]["correct"])))}
+                  for v in vids}
+        points: dict[tuple[str, str, str], list[tuple[float, float]]] = {}
+        for ranking, order, mode, plans in curve_list:
+            name = "random" if order.startswith("random") else order
+            acc = [float(np.mean([lookup[v][p][1] for v in vids])) for p in plans]
+            prob = [float(np.mean([lookup[v][p][0] for v in vids])) for p in plans]
+            points.setdefault((ranking, mode, name), []).append((acc, prob))
+        for (ranking, mode, order), draws_ in points.items():
+            acc = np.mean([d[0] for d in draws_], axis=0)
+            prob = np.mean([d[1] for d in draws_], axis=0)
+            for kk, (a_, p_) in enumerate(zip(acc, prob)):
+                rows.append({"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
+                             "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_),
+                             "n_videos": len(vids)})
+            rows.append({"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
+                         "kind": "auc", "k": None, "accuracy": auc(acc), "mean_prob": auc(prob), "n_videos": len(vids)})
+        names = ranked[(k, layer)]
+        tcav_means = [next(r["tcav_mean"] for r in concepts if r["concept"] == cn) for cn in names]
+        rho = float("nan")
+        if len(names) >= 2 and np.ptp(tcav_means) > 0 and np.ptp([causal.get(cn, 0.0) for cn in names]) > 0:
+            rho = float(spearmanr(tcav_means, [causal.get(cn, 0.0) for cn in names]).statistic)
+
+        def at(ranking: str, mode: str, order: str, kk: int) -> Optional[float]:
+            return next((r["accuracy"] for r in rows if (r["target_class"], r["layer"], r["ranking"], r["mode"],
+                         r["order"], r["kind"], r["k"]) == (k, layer, ranking, mode, order, "point", kk)), None)
+
+        def area(ranking: str, mode: str, order: str) -> Optional[float]:
+            return next((r["accuracy"] for r in rows if (r["target_class"], r["layer"], r["ranking"], r["mode"],
+                         r["order"], r["kind"]) == (k, layer, ranking, mode, order, "auc")), None)
+
+        summary.setdefault(k, {})[layer] = {
+            "spearman_tcav_causal": rho, "videos": len(vids),
+            **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
+                ("top1_deletion_accuracy_drop_vs_random",
+                 None if at(ranking, DELETE, "top", 1) is None else
+                 round(at(ranking, DELETE, "random", 1) - at(ranking, DELETE, "top", 1), 4)),
+                ("deletion_auc_top", area(ranking, DELETE, "top")),
+                ("deletion_auc_bottom", area(ranking, DELETE, "bottom")),
+                ("insertion_auc_top", area(ranking, INSERT, "top")),
+                ("insertion_auc_bottom", area(ranking, INSERT, "bottom")))},
+        }
+    write_table(pa.Table.from_pylist(rows, schema=schemas.EVALUATION), os.path.join(run_dir, "evaluation.parquet"))
+    for row in concepts:
+        row["causal_importance"] = causal.get(row["concept"])
+    write_table(pa.Table.from_pylist(concepts, schema=schemas.CONCEPTS), os.path.join(run_dir, "concepts.parquet"))
+    record["stages"]["evaluate"] = {"wall_s": round(time.monotonic() - t0, 3), "videos": len(assignments),
+                                    "plans": sum(len(p) for w in (single, work) for _, pl in w.values()
+                                                 for p in pl.values()),
+                                    "classes": summary}
+    if c["dataset"]["kind"] == "synthetic":
+        _causal_mass_report(c, run_dir, videos, vi, causal, summary)
+    record["evaluation_table"] = _evaluation_table(summary)
+
+
+def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
+                        vi: list[dict[str, Any]], causal: dict[str, float], summary: dict[str, dict[str, Any]],
+                        dilation: int = 3) -> None:
+    """On the synthetic corpus: the share of positive voxel-importance mass inside the dilated
+    actor tube, with concepts scored by causal importance and (beside it) by TCAV."""
+    from pipeline.data.synthetic import load_ground_truth_mask
+    from pipeline.evaluation.ground_truth import actor_tube, clip_mask, positive_mass_inside
+    from pipeline.io import load_label_volumes
+    from pipeline.scoring.voxel_importance import importance_map
+
+    rows = [r for r in vi if videos[r["video_id"]]["label"] == r["target_class"]]
+    volumes = load_label_volumes(run_dir, sorted({r["video_id"] for r in rows}))
+    shares: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        v = videos[r["video_id"]]
+        tube = actor_tube(clip_mask(load_ground_truth_mask(c["dataset"]["root"], r["video_id"]),
+                                    v["clip_frame_indices"], v["clip_height"], v["clip_width"]), dilation)
+        labels = volumes[r["video_id"]]
+        causal_scores = [causal.get(cn, 0.0) if cn is not None else 0.0 for cn in r["concepts"]]
+        for name, scores in (("causal", causal_scores), ("tcav", r["scores"])):
+            share = positive_mass_inside(importance_map(labels, r["supervoxel_ids"], scores), tube)
+            if not np.isnan(share):
+                shares.setdefault((r["target_class"], r["layer"]), {}).setdefault(name, []).append(share)
+    for (k, layer), by_score in shares.items():
+        if k in summary and layer in summary[k]:
+            for name, values in by_score.items():
+                summary[k][layer][f"importance_mass_in_actor_tube_{name}"] = round(float(np.mean(values)), 3)
+
+
+def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+    for k, layers in summary.items():
+        for layer, s in layers.items():
+            lines.append(f"{k}/{layer}: TCAV-causal Spearman {s['spearman_tcav_causal']:.2f}; top-1 deletion lowers "
+                         f"accuracy by {s['causal_top1_deletion_accuracy_drop_vs_random']} more than a random concept "
+                         f"(causal order; TCAV order {s['tcav_top1_deletion_accuracy_drop_vs_random']}); deletion AUC "
+                         f"top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
+                         f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
+                         + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
+                            f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV"
+                            if "importance_mass_in_actor_tube_causal" in s else ""))
+    return lines
+
+
 STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment, "activate": stage_activate,
-                   "concepts": stage_concepts}
+                   "concepts": stage_concepts, "evaluate": stage_evaluate}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -652,6 +858,10 @@ def print_summary(record: dict[str, Any]) -> None:
         print(f"concepts: {counts['concepts_found']} found, {counts['concepts_significant']} significant "
               "(concepts.parquet, concept_members.parquet, tcav.parquet)")
         for line in record.get("concept_table", []):
+            print("  " + line)
+    if record.get("evaluation_table"):
+        print("evaluation (evaluation.parquet; concepts.parquet causal_importance):")
+        for line in record["evaluation_table"]:
             print("  " + line)
     for name, s in record["stages"].items():
         print(f"  {name:<8} {s['wall_s']:8.1f} s")

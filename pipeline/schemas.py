@@ -111,6 +111,9 @@ CONCEPTS = pa.schema(
         # the mean TCAV score again with every weight after the layer re-initialised
         # (concepts.randomisation_check; null when off)
         pa.field("tcav_mean_randomised", pa.float64()),
+        # the mean drop in class probability when the concept's voxels are removed from the
+        # class's scoring videos (the evaluate stage; null before it runs)
+        pa.field("causal_importance", pa.float64()),
     ]
 )
 
@@ -144,5 +147,19 @@ VOXEL_IMPORTANCE = pa.schema(
         pa.field("supervoxel_ids", pa.list_(pa.int64())),
         pa.field("concepts", pa.list_(pa.string())),  # the concept each was assigned to (null: none)
         pa.field("scores", pa.list_(pa.float32())),  # that concept's mean TCAV score (0: none)
+    ]
+)
+
+
+# evaluation.parquet: one row per curve point of the deletion/insertion experiments, plus one
+# area-under-the-curve row per curve (kind "auc", k null, accuracy and mean_prob holding the
+# areas over k scaled to [0, 1]). ranking: the concept order the curves follow (tcav, the
+# paper's, or causal); order: top (most important first), bottom, random (mean of the draws).
+EVALUATION = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("ranking", pa.string()),
+        pa.field("mode", pa.string()), pa.field("order", pa.string()), pa.field("kind", pa.string()),
+        pa.field("k", pa.int32()), pa.field("accuracy", pa.float64()), pa.field("mean_prob", pa.float64()),
+        pa.field("n_videos", pa.int32()),
     ]
 )

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -31,6 +35,7 @@ def ray_head(tmp_path):
     the dashboard (Jobs API) on a free port."""
     home = tmp_path / "home"
     home.mkdir()
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must stay short
     env = {**os.environ, "HOME": str(home), "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     token = subprocess.run([RAY, "get-auth-token", "--generate"], env=env, capture_output=True, text=True, timeout=120)
@@ -38,13 +43,33 @@ def ray_head(tmp_path):
     dashboard = _free_port()
     start = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
                             "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                            f"--temp-dir={temp_dir}",
                             f"--dashboard-port={dashboard}", "--disable-usage-stats"],
                            env=env, capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield {"env": env, "address": f"http://127.0.0.1:{dashboard}", "home": home}
+        # The Jobs API answers "No available agent to submit job" until the node's dashboard
+        # agent is up (seconds on a loaded machine): wait until a trivial job goes through.
+        deadline, ready = time.monotonic() + 180, None
+        while time.monotonic() < deadline:
+            ready = subprocess.run([RAY, "job", "submit", "--address", address, "--", "true"], env=env,
+                                   capture_output=True, text=True, timeout=120)
+            if ready.returncode == 0:
+                break
+            time.sleep(2)
+        assert ready is not None and ready.returncode == 0, ready.stderr[-2000:] if ready else "no try"
+        yield {"env": env, "address": address, "home": home}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # Only this head's processes (`ray stop` would stop every Ray cluster on the machine):
+        # they all name its temp dir on their command line.
+        for proc in psutil.process_iter(["cmdline"]):
+            if any(temp_dir in arg for arg in proc.info["cmdline"] or []):
+                try:
+                    proc.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def test_a_job_submitted_through_the_jobs_api_runs_to_completion(ray_head, tmp_path):

@@ -116,3 +116,38 @@ def test_the_randomisation_check_is_reported(small_run):
     # re-initialising the weights after the layer moves the scores somewhere
     assert (concepts.tcav_mean_randomised - concepts.tcav_mean).abs().max() > 0.1
     assert "randomisation check (weights after layer2 re-initialised)" in small_run["stdout"]
+
+
+def test_deletion_insertion_curves_and_causal_importance(small_run):
+    """The evaluate stage (method step 10): a curve per (class, layer, ranking, mode, order) with
+    its area; causal importance per concept; on this small run, with concepts in causal order,
+    removing the most important concept first never helps less than a random one and the top-k
+    deletion curve lies no higher than the bottom-k one."""
+    out, record = small_run["out"], small_run["record"]
+    ev = pq.read_table(os.path.join(out, "evaluation.parquet")).to_pandas()
+    concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
+    assert concepts.causal_importance.notna().all()
+    points = ev[ev.kind == "point"]
+    for (k, layer), group in concepts.groupby(["target_class", "layer"]):
+        curve = points[(points.target_class == k) & (points.layer == layer)]
+        assert set(curve.ranking) == {"tcav", "causal"} and set(curve["mode"]) == {"delete", "insert"}
+        assert set(curve.order) == {"top", "bottom", "random"}
+        top = curve[(curve.ranking == "causal") & (curve["mode"] == "delete") & (curve.order == "top")]
+        assert list(top.k) == list(range(min(len(group), 10) + 1))
+        k0 = curve[curve.k == 0]
+        assert k0[k0["mode"] == "delete"].accuracy.nunique() == 1  # k = 0 is the clip itself, whatever the order
+        assert (k0[k0["mode"] == "insert"].mean_prob.round(6).nunique()) == 1  # and the all-fill clip
+    auc = ev[ev.kind == "auc"].set_index(["target_class", "layer", "ranking", "mode", "order"])
+    for info_k, layers in record["stages"]["evaluate"]["classes"].items():
+        for layer, s in layers.items():
+            assert s["causal_deletion_auc_top"] == auc.loc[(info_k, layer, "causal", "delete", "top"), "accuracy"]
+            assert s["causal_deletion_auc_top"] <= s["causal_deletion_auc_bottom"] + 1e-9
+            assert s["causal_top1_deletion_accuracy_drop_vs_random"] >= 0
+            assert np.isnan(s["spearman_tcav_causal"]) or -1 <= s["spearman_tcav_causal"] <= 1
+            assert 0 <= s["importance_mass_in_actor_tube_causal"] <= 1
+    from pipeline.io import load_voxel_importance
+
+    vid = read_parts(os.path.join(out, "voxel_importance")).to_pandas().video_id[0]
+    tcav, causal = load_voxel_importance(out, vid), load_voxel_importance(out, vid, score="causal")
+    assert tcav.shape == causal.shape == (16, 112, 112) and not np.array_equal(tcav, causal)
+    assert "evaluation (evaluation.parquet" in small_run["stdout"]

@@ -99,9 +99,16 @@ def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        for p in psutil.process_iter(["pid", "cmdline"]):
-            cmd = " ".join(p.info["cmdline"] or [])
-            if cmd.startswith("ray::segment_video") and p.pid != proc.pid:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)  # this job's Ray only
+        except psutil.NoSuchProcess:
+            break
+        for p in family:
+            try:
+                cmd = " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if cmd.startswith("ray::segment_video"):
                 p.kill()  # a worker in the middle of segmenting a video
                 killed = cmd
                 break

@@ -188,3 +188,39 @@ def choose_batch_size(model: nn.Module, spec: PatchSpec, layers: Sequence[str], 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def clips_logits(model: nn.Module, clips: Sequence[torch.Tensor], spec: PatchSpec, batch_size: int,
+                 autocast: bool = True) -> np.ndarray:
+    """Logits of several whole clips (uint8 [L, H, W, 3] each, on the model's device), each
+    averaged over its windows: float32 [len(clips), K]. The windows of all clips share batches."""
+    if clips and all(tuple(c.shape[:3]) == (spec.window, spec.height, spec.width) for c in clips):
+        # one window per clip at the model's size (the common case): no windowing, no resize
+        from pipeline.activations.patches import normalise_
+
+        x = normalise_(torch.stack(clips).permute(0, 4, 1, 2, 3).float(), spec)
+        out = []
+        with torch.inference_mode(), _autocast(x.device, autocast):
+            for start in range(0, len(x), batch_size):
+                out.append(model(_memory_format(x[start:start + batch_size])).float())
+        return torch.cat(out).cpu().numpy().astype(np.float32)
+    windows: list[torch.Tensor] = []
+    owners: list[int] = []
+    for i, clip in enumerate(clips):
+        for batch, own in iter_window_batches(clip, clip.new_zeros(()), [whole_clip_request(i, clip.shape)], spec,
+                                              max(1, batch_size)):
+            windows.append(batch.clone())
+            owners.extend(own)
+    if not windows:
+        raise ValueError(f"the clips are shorter than the model window {spec.window}")
+    x = torch.cat(windows)
+    sums: Optional[torch.Tensor] = None
+    index = torch.tensor(owners, device=x.device)
+    with torch.inference_mode(), _autocast(x.device, autocast):
+        for start in range(0, len(x), batch_size):
+            logits = model(_memory_format(x[start:start + batch_size])).float()
+            if sums is None:
+                sums = torch.zeros((len(clips), logits.shape[1]), dtype=torch.float32, device=x.device)
+            sums.index_add_(0, index[start:start + batch_size], logits)
+    counts = torch.bincount(index, minlength=len(clips)).clamp_min(1).to(sums.dtype)
+    return (sums / counts[:, None]).cpu().numpy().astype(np.float32)

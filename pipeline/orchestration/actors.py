@@ -70,6 +70,42 @@ class ModelActor:
         except Exception as e:
             return {"error": f"{type(e).__name__}: {e}"}
 
+    def evaluate(self, row: dict[str, Any], labels: Any, assignments: dict[str, tuple[list[int], list[Optional[str]]]],
+                 plans: dict[str, list[Any]], fill: float, chunk: int = 16) -> dict[str, Any]:
+        """The video's class probability and correctness under each plan (method step 10 and
+        causal importance): `assignments[layer]` = (supervoxel ids, concept of each or None),
+        `plans[layer]` = deletion / insertion plans (pipeline.evaluation.deletion.Plan).
+        Returns {layer: {"prob": [...], "correct": [...]}} or {"error": reason}."""
+        import numpy as np
+        import torch
+
+        from pipeline.activations.extract import clips_logits
+        from pipeline.activations.video import _to_device
+        from pipeline.evaluation.deletion import apply_plan, concept_voxels
+
+        try:
+            label = row.get("label")
+            if label not in self.model.class_names:
+                raise ValueError(f"label {label!r} is not one of the model's classes")
+            k = self.model.class_names.index(label)
+            clip = read_clip(row["path"], self.clip_spec).frames
+            spec = self.params.patch_spec(self.model)
+            out: dict[str, Any] = {}
+            for layer, layer_plans in plans.items():
+                voxels = concept_voxels(labels, *assignments[layer])
+                probs, correct = [], []
+                for start in range(0, len(layer_plans), chunk):
+                    clips = [_to_device(apply_plan(clip, voxels, p, fill), self.device)
+                             for p in layer_plans[start:start + chunk]]
+                    logits = clips_logits(self.model.module, clips, spec, self.params.batch_size, self.params.autocast)
+                    p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+                    probs += p[:, k].tolist()
+                    correct += (np.argmax(logits, axis=1) == k).tolist()
+                out[layer] = {"prob": probs, "correct": correct}
+            return out
+        except Exception as e:
+            return {"error": f"{type(e).__name__}: {e}"}
+
     def describe(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"device": str(self.device), "node_id": ctx.get_node_id(), "batch_size": self.params.batch_size,

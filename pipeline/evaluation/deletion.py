@@ -1,0 +1,81 @@
+"""The paper's experiments (method step 10) and causal concept importance, as pure functions:
+which voxels a set of concepts covers in a video, the clip with them removed (mean-filled) or
+with only them kept, the plans a video is evaluated under, and areas under the curves.
+
+A video's supervoxels are assigned to concepts by the concepts stage (`voxel_importance/`:
+each kept supervoxel of a scoring video goes to its nearest concept within the radius, or to
+none). A concept's voxels in a video are the union of its supervoxels' voxels (supervoxels of
+several resolutions overlap: a voxel goes with a concept when any supervoxel covering it does).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+DELETE, INSERT = "delete", "insert"
+
+
+def concept_voxels(labels: np.ndarray, supervoxel_ids: Sequence[int],
+                   concepts: Sequence[Optional[str]]) -> dict[str, np.ndarray]:
+    """bool [T, H, W] per concept: the voxels of the video's supervoxels assigned to it.
+
+    labels: uint16 [R, T, H, W] label volumes; supervoxel_ids and concepts: the assignment
+    (None: a supervoxel no concept claims)."""
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
+
+    out: dict[str, np.ndarray] = {}
+    for sid, concept in zip(supervoxel_ids, concepts):
+        if concept is None:
+            continue
+        resolution, label = split_supervoxel_id(int(sid))
+        mask = labels[resolution] == label
+        out[concept] = out[concept] | mask if concept in out else mask
+    return out
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A clip to evaluate: `delete` fills the voxels of `concepts` with the mean pixel,
+    `insert` fills everything but them (from a wholly mean-filled clip, add the concepts)."""
+
+    mode: str
+    concepts: frozenset[str]
+
+
+def apply_plan(clip: np.ndarray, voxels: dict[str, np.ndarray], plan: Plan, fill: float) -> np.ndarray:
+    """uint8 [T, H, W, 3]: the clip under the plan."""
+    covered = np.zeros(clip.shape[:3], dtype=bool)
+    for c in plan.concepts:
+        if c in voxels:
+            covered |= voxels[c]
+    keep = ~covered if plan.mode == DELETE else covered
+    value = np.uint8(np.clip(round(fill), 0, 255))
+    return np.where(keep[..., None], clip, value).astype(np.uint8)
+
+
+def curve_plans(order: Sequence[str], mode: str) -> list[Plan]:
+    """The k = 0 .. K plans of one curve: the first k concepts of `order` removed (delete) or
+    kept (insert)."""
+    return [Plan(mode, frozenset(order[:k])) for k in range(len(order) + 1)]
+
+
+def orderings(ranked: Sequence[str], draws: int, seed: int) -> dict[str, list[str]]:
+    """The concept orders a curve follows: `top` (most important first), `bottom` (least
+    important first) and `random0..` (seeded shuffles)."""
+    rng = np.random.default_rng(seed)
+    out = {"top": list(ranked), "bottom": list(reversed(ranked))}
+    for i in range(draws):
+        out[f"random{i}"] = [ranked[j] for j in rng.permutation(len(ranked))]
+    return out
+
+
+def auc(values: Sequence[float]) -> float:
+    """Area under a curve sampled at k = 0 .. K, with k scaled to [0, 1] (trapezoids); one
+    point gives that value."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return float(v[0])
+    return float(np.sum((v[1:] + v[:-1]) / 2.0) / (len(v) - 1))
