@@ -609,28 +609,38 @@ def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[st
 def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
                work: dict[str, tuple[dict[str, Any], dict[str, list[Any]]]], label: str) -> dict[str, dict[str, Any]]:
     """Every video's plans on the model actors: {video_id: {layer: {"prob", "correct"}}}.
-    work[video] = (assignments per layer, plans per layer); each video's label volumes are
-    read part by part and travel with it."""
-    from pipeline.io import load_label_volumes
-
+    work[video] = (assignments per layer, plans per layer). Label volumes are read one part at
+    a time (memory stays bounded) and each video's travel with it."""
     params = _activate_params(c, gradients=False, measure_batch=False)
     a = c["activate"]
     actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
                           int(a["torch_threads"]))
     fill = float(c["evaluate"]["fill"])
-    ids = sorted(work)
+
+    def items():
+        for path in part_files(os.path.join(run_dir, "label_volumes")):
+            part = [r for r in io.read_table(path).to_pylist() if r["video_id"] in work]
+            yield from stack_label_volumes(part).items()
+
     results: dict[str, dict[str, Any]] = {}
-    progress = Progress(label, len(ids))
+    progress = Progress(label, len(work))
     try:
         pending: dict[Any, str] = {}
-        queue = list(ids)
-        while queue or pending:
-            while queue and len(pending) < 2 * len(actors):
-                vid = queue.pop(0)
-                labels = load_label_volumes(run_dir, [vid])[vid]
+        source = items()
+        exhausted, sent = False, 0
+        while not exhausted or pending:
+            while not exhausted and len(pending) < 2 * len(actors):
+                try:
+                    vid, labels = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
                 assignments, plans = work[vid]
-                ref = actors[len(results) % len(actors)].evaluate.remote(videos[vid], labels, assignments, plans, fill)
+                ref = actors[sent % len(actors)].evaluate.remote(videos[vid], labels, assignments, plans, fill)
                 pending[ref] = vid
+                sent += 1
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             vid = pending.pop(done[0])
             res = ray.get(done[0])
@@ -641,6 +651,9 @@ def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]
     finally:
         for actor in actors:
             ray.kill(actor)
+    missing = sorted(set(work) - set(results))
+    if missing:
+        raise RuntimeError(f"{label}: no label volumes for {len(missing)} videos, e.g. {missing[:3]}")
     return results
 
 

@@ -47,4 +47,6 @@ def test_curves_orders_and_areas():
     orders = orderings(["a", "b", "c", "d"], draws=2, seed=0)
     assert orders["top"] == ["a", "b", "c", "d"] and orders["bottom"] == ["d", "c", "b", "a"]
     assert sorted(orders["random0"]) == ["a", "b", "c", "d"] and orders == orderings(["a", "b", "c", "d"], 2, 0)
+    other = orderings(["c", "a", "d", "b"], draws=2, seed=0)  # another ranking of the same concepts
+    assert other["random0"] == orders["random0"] and other["random1"] == orders["random1"]
     assert auc([1.0, 1.0, 1.0]) == 1.0 and auc([1.0, 0.0, 0.0]) == pytest.approx(0.25) and auc([0.4]) == 0.4

@@ -64,11 +64,13 @@ def curve_plans(order: Sequence[str], mode: str) -> list[Plan]:
 
 def orderings(ranked: Sequence[str], draws: int, seed: int) -> dict[str, list[str]]:
     """The concept orders a curve follows: `top` (most important first), `bottom` (least
-    important first) and `random0..` (seeded shuffles)."""
+    important first) and `random0..` (seeded shuffles of the concepts in name order, so that
+    two rankings of the same concepts share their random curves, and their plans run once)."""
     rng = np.random.default_rng(seed)
     out = {"top": list(ranked), "bottom": list(reversed(ranked))}
+    canonical = sorted(ranked)
     for i in range(draws):
-        out[f"random{i}"] = [ranked[j] for j in rng.permutation(len(ranked))]
+        out[f"random{i}"] = [canonical[j] for j in rng.permutation(len(canonical))]
     return out
 
 
