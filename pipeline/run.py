@@ -669,6 +669,10 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
 
     t0 = time.monotonic()
     ev = c["evaluate"]
+    for needed in ("concepts.parquet", "voxel_importance"):
+        if not io.exists(os.path.join(run_dir, needed)):
+            raise RunFolderError(f"the evaluate stage needs {needed} in {run_dir}: run the concepts stage first "
+                                 "(run.stages=[...,concepts,evaluate])")
     concepts = io.read_table(os.path.join(run_dir, "concepts.parquet")).to_pylist()
     vi = read_parts(os.path.join(run_dir, "voxel_importance")).to_pylist()
     videos = {r["video_id"]: r for r in io.read_table(os.path.join(run_dir, "videos.parquet")).to_pylist()}
@@ -889,5 +893,8 @@ def main(cfg: DictConfig) -> None:
     try:
         run_job(cfg)
     except (ConfigError, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except FileNotFoundError as e:  # e.g. a stage run before the stage whose outputs it reads
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
