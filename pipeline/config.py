@@ -221,12 +221,11 @@ class EvaluateConfig:
     10), on the scoring videos of every class, per explained layer.
 
     max_k: curves run k = 0 .. min(concepts, max_k); random_draws: seeded random orders per
-    curve; fill: the mean pixel (0-255) that removed voxels get.
+    curve. Removed voxels get the mean pixel `activate.fill`.
     """
 
     max_k: int = 10
     random_draws: int = 3
-    fill: float = 117.0
     seed: int = 0
 
 
@@ -366,8 +365,6 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("evaluate.max_k", c.evaluate.max_k, "must be >= 1")
     if c.evaluate.random_draws < 1:
         _fail("evaluate.random_draws", c.evaluate.random_draws, "must be >= 1")
-    if not 0 <= c.evaluate.fill <= 255:
-        _fail("evaluate.fill", c.evaluate.fill, "must be in [0, 255]")
     for i, item in enumerate(c.ray.cpu_label_selector):
         if ":" not in item or not item.split(":", 1)[0] or not item.split(":", 1)[1]:
             _fail(f"ray.cpu_label_selector[{i}]", item, "must be key:value (a Ray node label)")

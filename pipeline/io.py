@@ -79,27 +79,26 @@ def read_json(path: str) -> Any:
         return json.loads(f.read().decode())
 
 
-def _parent(path: str) -> str:
-    return posixpath.dirname(path)
+def _write_atomically(path: str, write: Any) -> None:
+    """`write(fs, tmp)` writes `path + ".part"`, which then replaces `path`."""
+    fs, p = resolve(path)
+    fs.create_dir(posixpath.dirname(p), recursive=True)
+    write(fs, p + ".part")
+    fs.move(p + ".part", p)
 
 
 def write_table(table: pa.Table, path: str) -> None:
     """Write a Parquet file atomically."""
-    fs, p = resolve(path)
-    fs.create_dir(_parent(p), recursive=True)
-    tmp = p + ".part"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, p)
+    _write_atomically(path, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
 
 
 def write_json(obj: Any, path: str) -> None:
     """Write JSON atomically."""
-    fs, p = resolve(path)
-    fs.create_dir(_parent(p), recursive=True)
-    tmp = p + ".part"
-    with fs.open_output_stream(tmp) as f:
-        f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-    fs.move(tmp, p)
+    def write(fs: pafs.FileSystem, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+    _write_atomically(path, write)
 
 
 # --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------

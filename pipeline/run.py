@@ -12,6 +12,7 @@ counts into `run.json`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import hydra
 import numpy as np
@@ -40,7 +41,7 @@ from pipeline.models.registry import model_window
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT
 from pipeline.segmentation.video import SegmentedVideo, SegmentParams, segment_video
 from pipeline.activations.video import ActivateParams, VideoActivations
-from pipeline.orchestration.actors import run_on_actors, start_actors
+from pipeline.orchestration.actors import call_actors, run_on_actors, start_actors
 from pipeline.concepts.explain import ExplainParams, draw_random_sets, explain_class_layer, split_videos
 from pipeline.orchestration.runtime import Progress, check_label_selector, init_ray, label_selector, map_tasks
 
@@ -206,6 +207,19 @@ def _write_segment_part(results: list[SegmentedVideo], params: SegmentParams, sv
     write_part(sv_table, sv_dir, index, meta)
 
 
+@contextlib.contextmanager
+def _actor_pool(c: dict[str, Any], params: ActivateParams) -> Iterator[list[Any]]:
+    """The model actors for a stage, gone when it ends (or fails)."""
+    a = c["activate"]
+    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
+                          int(a["torch_threads"]))
+    try:
+        yield actors
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+
+
 def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
     a = c["activate"]
     return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), gradients,
@@ -240,8 +254,8 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         record["stages"]["activate"] = {"wall_s": round(time.monotonic() - t0, 3), "videos_activated": 0,
                                         "videos_skipped_done": len(done)}
         return
-    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
-                          int(a["torch_threads"]))
+    pool = contextlib.ExitStack()
+    actors = pool.enter_context(_actor_pool(c, params))
     described = ray.get([actor.describe.remote() for actor in actors])
     log.info("activate: %d model actor(s) on %s, batch size %d", len(actors),
              ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"])
@@ -275,8 +289,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             next_index, buffer = next_index + 1, []
     if buffer:
         _write_activation_part(buffer, ok, class_names, act_dir, pred_dir, next_index, settings)
-    for actor in actors:
-        ray.kill(actor)
+    pool.close()
     _record_failures(rows, failures, "activate", run_dir, record)
     wall = time.monotonic() - t0
     activated = len(todo) - len(failures)
@@ -495,28 +508,17 @@ def _randomised_gradients(c: dict[str, Any], videos: dict[str, dict[str, Any]], 
     """The model-randomisation check's gradients: for every scoring video and layer, the
     class-logit gradient from the model with every weight after that layer re-initialised,
     computed by model actors. Returns {(video_id, layer): vector}."""
-    a = c["activate"]
-    params = _activate_params(c, gradients=True, measure_batch=False)
-    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
-                          int(a["torch_threads"]))
     seed = int(c["concepts"]["seed"])
-    refs = {actors[i % len(actors)].randomised_gradients.remote(videos[v], layers, seed): v
-            for i, v in enumerate(video_ids)}
-    progress = Progress("randomisation check", len(refs))
+    progress = Progress("randomisation check", len(video_ids))
     out: dict[tuple[str, str], np.ndarray] = {}
-    try:
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            res = ray.get(done[0])
+    with _actor_pool(c, _activate_params(c, gradients=True, measure_batch=False)) as actors:
+        work = ((v, (videos[v], layers, seed)) for v in video_ids)
+        for vid, res in call_actors(actors, "randomised_gradients", work):
             progress.update()
-            if "error" in res:
-                raise RuntimeError(f"randomisation check: video {refs[done[0]]!r}: {res['error']}")
+            if isinstance(res, Exception) or "error" in res:
+                raise RuntimeError(f"randomisation check: video {vid!r}: {res if isinstance(res, Exception) else res['error']}")
             for layer in layers:
-                out[(refs[done[0]], layer)] = np.asarray(res[layer])
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+                out[(vid, layer)] = np.asarray(res[layer])
     return out
 
 
@@ -528,8 +530,7 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict
     and layer, the concept whose members lie most inside the actor tube (the "actor concept")
     with its TCAV rank and p-value, and the share of positive voxel-importance mass inside the
     tube. Reported, never used to change a score."""
-    from pipeline.data.synthetic import load_ground_truth_mask
-    from pipeline.evaluation.ground_truth import actor_tube, clip_mask, inside_fraction, positive_mass_inside
+    from pipeline.evaluation.ground_truth import inside_fraction, positive_mass_inside, video_actor_tube
     from pipeline.io import load_label_volumes
     from pipeline.scoring.voxel_importance import importance_map
     from pipeline.segmentation.supervoxels import split_supervoxel_id
@@ -540,9 +541,7 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict
 
     def tube(vid: str) -> np.ndarray:
         if vid not in tubes:
-            v = videos[vid]
-            m = load_ground_truth_mask(c["dataset"]["root"], vid)
-            tubes[vid] = actor_tube(clip_mask(m, v["clip_frame_indices"], v["clip_height"], v["clip_width"]), dilation)
+            tubes[vid] = video_actor_tube(c["dataset"]["root"], videos[vid], dilation)
         return tubes[vid]
 
     def mask(vid: str, sid: int) -> np.ndarray:
@@ -611,46 +610,22 @@ def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]
     """Every video's plans on the model actors: {video_id: {layer: {"prob", "correct"}}}.
     work[video] = (assignments per layer, plans per layer). Label volumes are read one part at
     a time (memory stays bounded) and each video's travel with it."""
-    params = _activate_params(c, gradients=False, measure_batch=False)
-    a = c["activate"]
-    actors = start_actors(c["model"], c["clip"], params, a["num_actors"], int(a["cpus_per_actor"]),
-                          int(a["torch_threads"]))
-    fill = float(c["evaluate"]["fill"])
+    fill = float(c["activate"]["fill"])
 
     def items():
         for path in part_files(os.path.join(run_dir, "label_volumes")):
             part = [r for r in io.read_table(path).to_pylist() if r["video_id"] in work]
-            yield from stack_label_volumes(part).items()
+            for vid, labels in stack_label_volumes(part).items():
+                yield vid, (videos[vid], labels, *work[vid], fill)
 
     results: dict[str, dict[str, Any]] = {}
     progress = Progress(label, len(work))
-    try:
-        pending: dict[Any, str] = {}
-        source = items()
-        exhausted, sent = False, 0
-        while not exhausted or pending:
-            while not exhausted and len(pending) < 2 * len(actors):
-                try:
-                    vid, labels = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                assignments, plans = work[vid]
-                ref = actors[sent % len(actors)].evaluate.remote(videos[vid], labels, assignments, plans, fill)
-                pending[ref] = vid
-                sent += 1
-            if not pending:
-                break
-            done, _ = ray.wait(list(pending), num_returns=1)
-            vid = pending.pop(done[0])
-            res = ray.get(done[0])
-            if "error" in res:
-                raise RuntimeError(f"{label}: video {vid!r}: {res['error']}")
+    with _actor_pool(c, _activate_params(c, gradients=False, measure_batch=False)) as actors:
+        for vid, res in call_actors(actors, "evaluate", items()):
+            if isinstance(res, Exception) or "error" in res:
+                raise RuntimeError(f"{label}: video {vid!r}: {res if isinstance(res, Exception) else res['error']}")
             results[vid] = res
             progress.update()
-    finally:
-        for actor in actors:
-            ray.kill(actor)
     missing = sorted(set(work) - set(results))
     if missing:
         raise RuntimeError(f"{label}: no label volumes for {len(missing)} videos, e.g. {missing[:3]}")
@@ -790,8 +765,7 @@ def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[
                         dilation: int = 3) -> None:
     """On the synthetic corpus: the share of positive voxel-importance mass inside the dilated
     actor tube, with concepts scored by causal importance and (beside it) by TCAV."""
-    from pipeline.data.synthetic import load_ground_truth_mask
-    from pipeline.evaluation.ground_truth import actor_tube, clip_mask, positive_mass_inside
+    from pipeline.evaluation.ground_truth import positive_mass_inside, video_actor_tube
     from pipeline.io import load_label_volumes
     from pipeline.scoring.voxel_importance import importance_map
 
@@ -799,9 +773,7 @@ def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[
     volumes = load_label_volumes(run_dir, sorted({r["video_id"] for r in rows}))
     shares: dict[tuple[str, str], dict[str, list[float]]] = {}
     for r in rows:
-        v = videos[r["video_id"]]
-        tube = actor_tube(clip_mask(load_ground_truth_mask(c["dataset"]["root"], r["video_id"]),
-                                    v["clip_frame_indices"], v["clip_height"], v["clip_width"]), dilation)
+        tube = video_actor_tube(c["dataset"]["root"], videos[r["video_id"]], dilation)
         labels = volumes[r["video_id"]]
         causal_scores = [causal.get(cn, 0.0) if cn is not None else 0.0 for cn in r["concepts"]]
         for name, scores in (("causal", causal_scores), ("tcav", r["scores"])):
@@ -892,9 +864,6 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     try:
         run_job(cfg)
-    except (ConfigError, RunFolderError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as e:  # e.g. a stage run before the stage whose outputs it reads
+    except (ConfigError, RunFolderError, FileNotFoundError) as e:  # FileNotFoundError: a stage's input missing
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -209,7 +209,7 @@ def clips_logits(model: nn.Module, clips: Sequence[torch.Tensor], spec: PatchSpe
     for i, clip in enumerate(clips):
         for batch, own in iter_window_batches(clip, clip.new_zeros(()), [whole_clip_request(i, clip.shape)], spec,
                                               max(1, batch_size)):
-            windows.append(batch.clone())
+            windows.append(batch)  # each yielded batch is a fresh tensor
             owners.extend(own)
     if not windows:
         raise ValueError(f"the clips are shorter than the model window {spec.window}")

@@ -19,19 +19,20 @@ from pipeline.scoring.voxel_importance import assign_to_concepts
 
 @dataclass(frozen=True)
 class ExplainParams:
-    """Mirrors `ConceptsConfig` (see there)."""
+    """The `ConceptsConfig` fields one (class, layer) needs; their meanings and defaults are
+    there (run.py fills this from the config)."""
 
-    k: int = 25
-    niter: int = 20
-    nredo: int = 5
-    rules: str = "3dace"
-    min_videos: int = 5
-    max_videos: int = 40
-    cav_model: str = "torch"
-    cav_alpha: float = 0.01
-    p_threshold: float = 0.01
-    correction: str = "none"  # none | holm
-    seed: int = 0
+    k: int
+    niter: int
+    nredo: int
+    rules: str
+    min_videos: int
+    max_videos: int
+    cav_model: str
+    cav_alpha: float
+    p_threshold: float
+    correction: str  # none | holm
+    seed: int
 
 
 def split_videos(video_ids: Sequence[str], discovery_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -42,3 +42,13 @@ def positive_mass_inside(importance: np.ndarray, tube: np.ndarray) -> float:
     pos = np.clip(importance, 0, None)
     total = float(pos.sum())
     return float(pos[tube].sum() / total) if total > 0 else float("nan")
+
+
+def video_actor_tube(dataset_root: str, video: dict, pixels: int = 3) -> np.ndarray:
+    """The dilated actor tube of a synthetic video in its clip's coordinates (`video`: its row of
+    videos.parquet)."""
+    from pipeline.data.synthetic import load_ground_truth_mask
+
+    mask = clip_mask(load_ground_truth_mask(dataset_root, video["video_id"]), video["clip_frame_indices"],
+                     video["clip_height"], video["clip_width"])
+    return actor_tube(mask, pixels)

@@ -41,6 +41,13 @@ class ModelActor:
         self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False)
         self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
 
+    def _clip(self, row: dict[str, Any]) -> Any:
+        """The video's clip, checked against the frames ingestion recorded."""
+        clip = read_clip(row["path"], self.clip_spec)
+        if row.get("clip_frame_indices") is not None and list(clip.frame_indices) != list(row["clip_frame_indices"]):
+            raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
+        return clip
+
     def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
         """The video's class-logit gradient at each layer from a copy of the model whose every
         weight after that layer is re-initialised (the model-randomisation check). Returns
@@ -55,9 +62,8 @@ class ModelActor:
             label = row.get("label")
             if label not in self.model.class_names:
                 raise ValueError(f"label {label!r} is not one of the model's classes")
-            clip = read_clip(row["path"], self.clip_spec)
             spec = self.params.patch_spec(self.model)
-            t_clip = _to_device(clip.frames, self.device)
+            t_clip = _to_device(self._clip(row).frames, self.device)
             out: dict[str, Any] = {}
             for layer in layers:
                 if (layer, seed) not in self._randomised:
@@ -88,7 +94,7 @@ class ModelActor:
             if label not in self.model.class_names:
                 raise ValueError(f"label {label!r} is not one of the model's classes")
             k = self.model.class_names.index(label)
-            clip = read_clip(row["path"], self.clip_spec).frames
+            clip = self._clip(row).frames
             spec = self.params.patch_spec(self.model)
             out: dict[str, Any] = {}
             for layer, layer_plans in plans.items():
@@ -114,9 +120,7 @@ class ModelActor:
 
     def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
         try:
-            clip = read_clip(row["path"], self.clip_spec)
-            if row.get("clip_frame_indices") is not None and list(clip.frame_indices) != list(row["clip_frame_indices"]):
-                raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
+            clip = self._clip(row)
             return activate_video(self.model, row["video_id"], clip.frames, labels, table, row.get("label"),
                                   self.params, self.device)
         except Exception as e:  # recorded as a failed video, the run goes on
@@ -139,11 +143,12 @@ def start_actors(model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: Ac
     return actors
 
 
-def run_on_actors(actors: list[Any], work: Iterable[tuple[dict[str, Any], Any, dict[str, Any]]],
-                  per_actor: int = 2) -> Iterator[VideoActivations]:
-    """Feed (row, labels, table) items to the actors, at most `per_actor` in flight on each (so
-    the next video is already queued while one runs); yield results as they finish. An actor
-    that dies fails its videos with the reason; the others go on."""
+def call_actors(actors: list[Any], method: str, work: Iterable[tuple[str, tuple]],
+                per_actor: int = 2) -> Iterator[tuple[str, Any]]:
+    """Call `actor.<method>(*args)` for each (key, args) item, at most `per_actor` calls in
+    flight on each actor (so the next item is already queued while one runs), the least
+    loaded actor first; yield (key, result) as they finish. When the actor dies the result
+    is the `RayError`, not raised: the caller decides what a lost item means."""
     load = {i: 0 for i in range(len(actors))}
     pending: dict[ray.ObjectRef, tuple[int, str]] = {}
     items = iter(work)
@@ -151,21 +156,32 @@ def run_on_actors(actors: list[Any], work: Iterable[tuple[dict[str, Any], Any, d
     while True:
         while not exhausted and len(pending) < per_actor * len(actors):
             try:
-                row, labels, table = next(items)
+                key, args = next(items)
             except StopIteration:
                 exhausted = True
                 break
             i = min(load, key=load.get)  # type: ignore[arg-type]
-            ref = actors[i].activate.remote(row, labels, table)
-            pending[ref] = (i, row["video_id"])
+            pending[getattr(actors[i], method).remote(*args)] = (i, key)
             load[i] += 1
         if not pending:
             return
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
-            i, video_id = pending.pop(ref)
+            i, key = pending.pop(ref)
             load[i] -= 1
             try:
-                yield ray.get(ref)
+                yield key, ray.get(ref)
             except ray.exceptions.RayError as e:
-                yield VideoActivations(video_id, error=f"activation failed: the model actor died: {type(e).__name__}")
+                yield key, e
+
+
+def run_on_actors(actors: list[Any], work: Iterable[tuple[dict[str, Any], Any, dict[str, Any]]],
+                  per_actor: int = 2) -> Iterator[VideoActivations]:
+    """Activate (row, labels, table) items on the actors; yield results as they finish. An
+    actor that dies fails its videos with the reason; the others go on."""
+    items = ((row["video_id"], (row, labels, table)) for row, labels, table in work)
+    for video_id, result in call_actors(actors, "activate", items, per_actor):
+        if isinstance(result, ray.exceptions.RayError):
+            result = VideoActivations(video_id, error=f"activation failed: the model actor died: "
+                                                      f"{type(result).__name__}")
+        yield result

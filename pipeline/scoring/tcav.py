@@ -28,11 +28,13 @@ def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = 0, model: str =
     regression) on the concept's vectors (label 1) against the random set's (label 0), with a
     33% stratified hold-out for its accuracy."""
     from sklearn.linear_model import LogisticRegression, SGDClassifier
-    from sklearn.model_selection import train_test_split
+
+    from pipeline.scoring.cav_batch import split_pair
 
     x = np.concatenate([concept, random]).astype(np.float64)
     y = np.r_[np.ones(len(concept)), np.zeros(len(random))]
-    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=test_size, stratify=y, random_state=seed)
+    train, test = split_pair(len(concept), len(random), seed, test_size)  # the same split as the batched trainer
+    x_train, x_test, y_train, y_test = x[train], x[test], y[train], y[test]
     if model == "sgd":
         clf = SGDClassifier(alpha=alpha, max_iter=1000, tol=1e-3, random_state=seed)
     elif model == "logistic":
@@ -70,7 +72,7 @@ def tcav_scores(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
 
 def tcav_score(gradients: np.ndarray, cav: np.ndarray) -> float:
     """Fraction of videos whose class-logit gradient (rows of [V, C]) points along the CAV."""
-    return float((np.asarray(gradients, dtype=np.float64) @ np.asarray(cav, dtype=np.float64) > 0).mean())
+    return float(tcav_scores(gradients, np.asarray(cav)[None])[0])
 
 
 def gradients_are_constant(gradients: np.ndarray, rtol: float = 1e-4) -> bool:
