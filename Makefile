@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test demo-model bench clean-outputs
+.PHONY: demo test browser demo-model bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pipeline $(ARGS)
 
-## the test suite
-test: $(STAMP)
+## the test suite (installs Debian's chromium for the report's browser test first)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## headless Chromium and its WebDriver from Debian's packages (the report test opens the page in it)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	command -v apt-get >/dev/null || { echo "make test needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: apt-get install chromium chromium-driver)" >&2; exit 1; }; \
+	echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
+	$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null
 
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)

@@ -230,6 +230,23 @@ class EvaluateConfig:
 
 
 @dataclass
+class ReportConfig:
+    """report/index.html (the `report` stage, or `python -m pipeline.report run_dir=...`).
+
+    exemplars: looping clips per concept card (the members nearest the centroid);
+    max_concepts: cards per (class, layer), in rank order; heatmap_videos: scoring videos per
+    class shown with their voxel-importance maps; format: webp | gif (the animations);
+    frame_ms: how long each frame shows.
+    """
+
+    exemplars: int = 3
+    max_concepts: int = 12
+    heatmap_videos: int = 2
+    format: str = "webp"
+    frame_ms: int = 125
+
+
+@dataclass
 class RunConfig:
     """Where the outputs go and what the job does.
 
@@ -239,7 +256,8 @@ class RunConfig:
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
-    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate", "concepts", "evaluate"])
+    stages: list[str] = field(default_factory=lambda: ["ingest", "segment", "activate", "concepts", "evaluate",
+                                                                 "report"])
     log_level: str = "INFO"
 
 
@@ -265,6 +283,7 @@ class Config:
     activate: ActivateConfig = field(default_factory=ActivateConfig)
     concepts: ConceptsConfig = field(default_factory=ConceptsConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -275,7 +294,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-STAGES = ("ingest", "segment", "activate", "concepts", "evaluate")
+STAGES = ("ingest", "segment", "activate", "concepts", "evaluate", "report")
 DATASET_KINDS = ("synthetic", "folder", "csv")
 
 
@@ -304,6 +323,18 @@ def local_dir(output_dir: str) -> str:
 
 def _fail(key: str, value: Any, why: str) -> None:
     raise ConfigError(f"config key '{key}' = {value!r}: {why}")
+
+
+def validate_report(rep: Any) -> None:
+    """The report's settings (a ReportConfig, DictConfig or plain dict)."""
+    get = rep.get if isinstance(rep, dict) else lambda k: getattr(rep, k)
+    for key in ("exemplars", "max_concepts", "heatmap_videos"):
+        if get(key) < 0:
+            _fail(f"report.{key}", get(key), "must be >= 0")
+    if get("format") not in ("webp", "gif"):
+        _fail("report.format", get("format"), "must be webp or gif")
+    if get("frame_ms") < 10:
+        _fail("report.frame_ms", get("frame_ms"), "must be >= 10 (milliseconds per frame)")
 
 
 def validate(cfg: DictConfig | Config) -> None:
@@ -365,6 +396,7 @@ def validate(cfg: DictConfig | Config) -> None:
         _fail("evaluate.max_k", c.evaluate.max_k, "must be >= 1")
     if c.evaluate.random_draws < 1:
         _fail("evaluate.random_draws", c.evaluate.random_draws, "must be >= 1")
+    validate_report(c.report)
     for i, item in enumerate(c.ray.cpu_label_selector):
         if ":" not in item or not item.split(":", 1)[0] or not item.split(":", 1)[1]:
             _fail(f"ray.cpu_label_selector[{i}]", item, "must be key:value (a Ray node label)")

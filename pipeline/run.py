@@ -801,8 +801,20 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def stage_report(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:
+    """report/index.html: concept cards with exemplar clips, curves, heat maps (pipeline.report);
+    a Ray task renders each class."""
+    from pipeline.report import build_report
+
+    out = build_report(run_dir, c, record,
+                       mapper=lambda fn, jobs: map_tasks(fn, jobs, stage="report", progress=Progress("report", len(jobs),
+                                                                                                     unit="classes")))
+    record["stages"]["report"] = out
+    log.info("report: %s (%d classes, %d images)", out["path"], out["classes"], out["assets"])
+
+
 STAGE_FUNCTIONS = {"ingest": stage_ingest, "segment": stage_segment, "activate": stage_activate,
-                   "concepts": stage_concepts, "evaluate": stage_evaluate}
+                   "concepts": stage_concepts, "evaluate": stage_evaluate, "report": stage_report}
 
 
 def run_job(cfg: DictConfig) -> dict[str, Any]:
@@ -823,6 +835,7 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
         "stages": {},
         "counts": {},
     }
+    _keep_earlier_stages(record, os.path.join(run_dir, "run.json"), c["run"]["stages"])
     init_ray(c["ray"])
     check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
     t0 = time.monotonic()
@@ -834,6 +847,25 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
     write_json(record, os.path.join(run_dir, "run.json"))
     print_summary(record)
     return record
+
+
+def _keep_earlier_stages(record: dict[str, Any], path: str, stages: list[str]) -> None:
+    """A run of some stages keeps what run.json said about the others (their outputs are still
+    in the folder), marked with the run that made them."""
+    if not io.exists(path):
+        return
+    try:
+        old = io.read_json(path)
+    except (ValueError, OSError):
+        return
+    for name, entry in (old.get("stages") or {}).items():
+        if name not in stages and isinstance(entry, dict):
+            record["stages"][name] = {**entry, "from_run_started": entry.get("from_run_started", old.get("started"))}
+    for key in ("counts",):
+        record[key] = {**(old.get(key) or {}), **record[key]}
+    for key, stage in (("concept_table", "concepts"), ("evaluation_table", "evaluate")):
+        if key in old and stage not in stages:
+            record[key] = old[key]
 
 
 def print_summary(record: dict[str, Any]) -> None:
@@ -848,12 +880,14 @@ def print_summary(record: dict[str, Any]) -> None:
               "(concepts.parquet, concept_members.parquet, tcav.parquet)")
         for line in record.get("concept_table", []):
             print("  " + line)
+    if record["stages"].get("report", {}).get("path"):
+        print(f"report: {record['stages']['report']['path']}")
     if record.get("evaluation_table"):
         print("evaluation (evaluation.parquet; concepts.parquet causal_importance):")
         for line in record["evaluation_table"]:
             print("  " + line)
     for name, s in record["stages"].items():
-        print(f"  {name:<8} {s['wall_s']:8.1f} s")
+        print(f"  {name:<8} {s['wall_s']:8.1f} s" + ("  (an earlier run)" if "from_run_started" in s else ""))
     print(f"run record: {os.path.join(record['run_dir'], 'run.json')}", flush=True)
 
 

@@ -3,11 +3,13 @@ synthetic corpus."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,3 +30,16 @@ def run_cli(*args: str, module: str = "pipeline", timeout: int = 600, env: dict 
     """Run `python -m <module> <args>` as a user would, from the project root."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The default job (segment=fine, the demo model, every stage up to the report) on 12
+    synthetic videos per class, with the randomisation check; shared by the explanation and
+    report tests."""
+    base = tmp_path_factory.mktemp("explain")
+    out = base / "run"
+    res = run_cli(f"run.output_dir={out}", f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12",
+                  "dataset.synthetic.seed=7", "concepts.randomisation_check=true")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"out": str(out), "stdout": res.stdout, "record": json.load(open(out / "run.json"))}

@@ -4,7 +4,6 @@ own activations, the model-randomisation check reported."""
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -12,19 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import read_parts
-from tests.conftest import run_cli
-
-
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    """The default job (segment=fine, the demo model) on 12 synthetic videos per class, with the
-    randomisation check."""
-    base = tmp_path_factory.mktemp("explain")
-    out = base / "run"
-    res = run_cli(f"run.output_dir={out}", f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12",
-                  "dataset.synthetic.seed=7", "concepts.randomisation_check=true")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return {"out": str(out), "stdout": res.stdout, "record": json.load(open(out / "run.json"))}
 
 
 def test_every_class_has_an_actor_concept(small_run):

@@ -1,0 +1,105 @@
+"""The report a person reads (report/index.html), opened from disk in a real headless
+Chromium: no console errors, every image it references exists and decodes, the page is not
+blank; and `python -m pipeline.report` remakes it."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.browser import have_browser, open_page
+from tests.conftest import run_cli
+
+
+class _Sources(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag in ("img", "video", "source") and a.get("src"):
+            self.sources.append(a["src"])
+        if tag in ("a", "link", "script") and (a.get("href") or a.get("src")):
+            self.links.append(a.get("href") or a.get("src"))
+
+
+def page_sources(path: str) -> _Sources:
+    parser = _Sources()
+    parser.feed(open(path, encoding="utf-8").read())
+    return parser
+
+
+def check_in_browser(index: str) -> None:
+    if not have_browser():
+        pytest.fail("the report test needs Debian's chromium and chromium-driver: `make test` installs them")
+    page = open_page(index)
+    assert page.console_errors == []
+    assert page.images > 0 and page.broken_images == []
+    assert page.title.startswith("3D ACE report")
+    from PIL import Image
+
+    shot = np.asarray(Image.open(io.BytesIO(page.screenshot)).convert("RGB"))
+    assert shot.shape[0] > 500 and shot.shape[1] > 1000
+    assert shot.std() > 20 and len(np.unique(shot.reshape(-1, 3), axis=0)) > 200  # not blank
+
+
+def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
+    out = small_run["out"]
+    index = os.path.join(out, "report", "index.html")
+    assert os.path.isfile(index)
+    parsed = page_sources(index)
+    # everything it references is a relative file of the report: no server, no network
+    assert parsed.sources and all(not re.match(r"^[a-z]+:", s) and not s.startswith("/") for s in parsed.sources)
+    assert all(link.startswith("#") for link in parsed.links)
+    for src in parsed.sources:
+        assert os.path.isfile(os.path.join(out, "report", src)), src
+    concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
+    text = open(index, encoding="utf-8").read()
+    for k in concepts.target_class.unique():  # every class, every concept of it as a card
+        assert f">{k}</h2>" in text
+    cards = text.count('<article class="card')
+    assert cards == sum(min(len(g), 12) for _, g in concepts.groupby(["target_class", "layer"]))
+    # per (class, layer): exemplar clips (animated), curves, heat maps
+    webp = [s for s in parsed.sources if s.endswith(".webp")]
+    assert len(webp) >= cards and sum(s.endswith("curves.png") for s in parsed.sources) == 6
+    from PIL import Image
+
+    anim = Image.open(os.path.join(out, "report", webp[0]))
+    assert anim.n_frames == 16 and anim.size == (112, 112)
+    assert "significant" in text and "causal importance" in text
+    record = small_run["record"]
+    assert record["stages"]["report"]["assets"] == len(set(parsed.sources))
+    check_in_browser(index)
+
+
+def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
+    out = small_run["out"]
+    res = run_cli(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
+                  "report.heatmap_videos=1", module="pipeline.report")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "report/index.html" in res.stdout
+    index = os.path.join(out, "report", "index.html")
+    parsed = page_sources(index)
+    gifs = [s for s in parsed.sources if s.endswith(".gif")]
+    assert gifs and not any(s.endswith(".webp") for s in parsed.sources)
+    assert open(index, encoding="utf-8").read().count('<article class="card') == 6 * 2
+    check_in_browser(index)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["report.exemplar=2"], "exemplar"),
+    (["report.format=png"], "report.format"),
+    (["colour=red"], "colour"),
+    ([], "run_dir"),
+])
+def test_the_report_command_names_a_bad_key(tmp_path, args, key):
+    res = run_cli(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
+    assert res.returncode == 2 and key in res.stderr, res.stderr
