@@ -445,15 +445,21 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
                 "<th>TCAV top concept</th><th>causal top concept</th><th>Spearman TCAV/causal</th>"
+                "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order</th>"
                 "<th>deletion AUC top</th><th>deletion AUC bottom</th></tr>"]
+    evaluated = (record.get("stages", {}).get("evaluate") or {}).get("classes") or {}
     for s in sections:
         for row in s.summary:
+            ev = evaluated.get(s.target_class, {}).get(row["layer"], {})
+            top1 = (f'{fmt(ev.get("causal_top1_deletion_accuracy_drop_vs_random"))} '
+                    f'({fmt(ev.get("tcav_top1_deletion_accuracy_drop_vs_random"))})' if ev else "–")
             overview.append(
                 f'<tr><td><a href="#class-{s.index}">{esc(s.target_class)}</a></td><td>{esc(row["layer"])}</td>'
                 f'<td>{row["concepts"]}</td><td>{row["significant"]}</td>'
                 f'<td>{esc((row["top_tcav"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{esc((row["top_causal"] or "–").rsplit("/", 1)[-1])}</td>'
-                f'<td>{fmt(row["spearman"])}</td><td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td></tr>')
+                f'<td>{fmt(row["spearman"])}</td><td>{top1}</td>'
+                f'<td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td></tr>')
     overview.append("</table>")
     stages = record.get("stages", {})
     timing = ", ".join(f"{esc(n)} {s.get('wall_s', 0):.0f} s" for n, s in stages.items() if isinstance(s, dict))

@@ -673,10 +673,12 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
                         for layer in a}) for vid, a in assignments.items()}
     first = _run_plans(c, run_dir, videos, single, "evaluate (causal importance)")
     drops: dict[str, list[float]] = {}
+    one_removed: dict[tuple[str, str], list[float]] = {}  # correctness with any single concept removed
     for vid, res in first.items():
         for layer, r in res.items():
             for cn, p in zip(ranked[key(vid, layer)], r["prob"][1:]):
                 drops.setdefault(cn, []).append(r["prob"][0] - p)
+            one_removed.setdefault(key(vid, layer), []).extend(map(float, r["correct"][1:]))
     causal = {cn: float(np.mean(v)) for cn, v in drops.items()}
     by_causal = {kl: sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
                  for kl, names in ranked.items()}
@@ -738,8 +740,14 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
 
         summary.setdefault(k, {})[layer] = {
             "spearman_tcav_causal": rho, "videos": len(vids),
+            # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
+            # class's videos with each of its concepts removed in turn (pass 1), not the draws
+            "random_top1_deletion_accuracy": round(float(np.mean(one_removed[(k, layer)])), 4),
             **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
                 ("top1_deletion_accuracy_drop_vs_random",
+                 None if at(ranking, DELETE, "top", 1) is None else
+                 round(float(np.mean(one_removed[(k, layer)])) - at(ranking, DELETE, "top", 1), 4)),
+                ("top1_deletion_accuracy_drop_vs_random_draws",
                  None if at(ranking, DELETE, "top", 1) is None else
                  round(at(ranking, DELETE, "random", 1) - at(ranking, DELETE, "top", 1), 4)),
                 ("deletion_auc_top", area(ranking, DELETE, "top")),
@@ -768,16 +776,41 @@ def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[
     from pipeline.evaluation.ground_truth import positive_mass_inside, video_actor_tube
     from pipeline.io import load_label_volumes
     from pipeline.scoring.voxel_importance import importance_map
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
 
     rows = [r for r in vi if videos[r["video_id"]]["label"] == r["target_class"]]
     volumes = load_label_volumes(run_dir, sorted({r["video_id"] for r in rows}))
+    tubes = {vid: video_actor_tube(c["dataset"]["root"], videos[vid], dilation) for vid in volumes}
+    # each supervoxel's own share of voxels inside the tube (per resolution, one bincount)
+    share_of: dict[str, list[np.ndarray]] = {
+        vid: [np.bincount(lab.ravel(), weights=tubes[vid].ravel(), minlength=int(lab.max()) + 1)
+              / np.maximum(np.bincount(lab.ravel(), minlength=int(lab.max()) + 1), 1) for lab in labels]
+        for vid, labels in volumes.items()}
+
+    def own_share(vid: str, sid: int) -> float:
+        resolution, label = split_supervoxel_id(int(sid))
+        return float(share_of[vid][resolution][label])
+
+    concept_share: dict[str, list[float]] = {}
+    for r in rows:
+        for sid, cn in zip(r["supervoxel_ids"], r["concepts"]):
+            if cn is not None:
+                concept_share.setdefault(cn, []).append(own_share(r["video_id"], sid))
+    on_actor = {cn: float(np.mean(v)) >= 0.5 for cn, v in concept_share.items()}
     shares: dict[tuple[str, str], dict[str, list[float]]] = {}
     for r in rows:
-        tube = video_actor_tube(c["dataset"]["root"], videos[r["video_id"]], dilation)
-        labels = volumes[r["video_id"]]
-        causal_scores = [causal.get(cn, 0.0) if cn is not None else 0.0 for cn in r["concepts"]]
-        for name, scores in (("causal", causal_scores), ("tcav", r["scores"])):
-            share = positive_mass_inside(importance_map(labels, r["supervoxel_ids"], scores), tube)
+        vid, labels = r["video_id"], volumes[r["video_id"]]
+        scores = {
+            "causal": [causal.get(cn, 0.0) if cn is not None else 0.0 for cn in r["concepts"]],
+            "tcav": r["scores"],
+            # two ceilings, from the ground truth: every supervoxel scored by its own share on the
+            # actor; every concept scored 1 if its supervoxels lie mostly on the actor, else 0
+            "oracle_supervoxel_share": [own_share(vid, sid) for sid in r["supervoxel_ids"]],
+            "oracle_actor_concepts": [float(on_actor.get(cn, False)) if cn is not None else 0.0
+                                      for cn in r["concepts"]],
+        }
+        for name, values in scores.items():
+            share = positive_mass_inside(importance_map(labels, r["supervoxel_ids"], values), tubes[vid])
             if not np.isnan(share):
                 shares.setdefault((r["target_class"], r["layer"]), {}).setdefault(name, []).append(share)
     for (k, layer), by_score in shares.items():
@@ -790,13 +823,20 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     lines = []
     for k, layers in summary.items():
         for layer, s in layers.items():
+            def drop(name: str) -> str:
+                v = s.get(name)
+                return "n/a" if v is None else f"{v:.2f}"
+
             lines.append(f"{k}/{layer}: TCAV-causal Spearman {s['spearman_tcav_causal']:.2f}; top-1 deletion lowers "
-                         f"accuracy by {s['causal_top1_deletion_accuracy_drop_vs_random']} more than a random concept "
-                         f"(causal order; TCAV order {s['tcav_top1_deletion_accuracy_drop_vs_random']}); deletion AUC "
-                         f"top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
+                         f"accuracy by {drop('causal_top1_deletion_accuracy_drop_vs_random')} more than a random "
+                         f"concept (causal order; TCAV order {drop('tcav_top1_deletion_accuracy_drop_vs_random')}); "
+                         f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
                          + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
-                            f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV"
+                            f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ceilings from the ground truth: "
+                            f"{s.get('importance_mass_in_actor_tube_oracle_supervoxel_share')} scoring supervoxels by "
+                            f"their actor share, {s.get('importance_mass_in_actor_tube_oracle_actor_concepts')} scoring "
+                            "actor concepts 1)"
                             if "importance_mass_in_actor_tube_causal" in s else ""))
     return lines
 
