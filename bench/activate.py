@@ -9,7 +9,8 @@
 (c) the reference-style path: each patch built on the host with numpy/PIL, one forward call
     per supervoxel's windows.
 (a) and (b) run the model as the actors do (`prepare_model`: batch norms folded into the
-convolutions before them; `--no-fuse` leaves them), (c) the model as loaded.
+convolutions before them, `--no-fuse` leaves them; weights and batches in channels_last_3d),
+(c) the model as loaded.
 
 Clips: synthetic, the model's input size, segmented at n_segments=[15,50,80]. The last line is
 `activate_vs_forward=<b/a time ratio> speedup_vs_reference=<c/b>` (without --no-reference).
@@ -66,8 +67,7 @@ def autocast(device: torch.device, enabled: bool):
 def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: torch.device, amp: bool) -> float:
     """Seconds for `n_windows` windows through the model with hooks, inputs already on the device."""
     x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = x.contiguous(memory_format=torch.channels_last_3d)  # as the actors give it
     with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), autocast(device, amp):
         model.module(x)  # warm-up
         sync(device)
@@ -157,7 +157,8 @@ def main() -> None:
 
     device = pick_device(args.device)
     model = prepare_model(load_model({"name": args.model}), device, fuse=not args.no_fuse)
-    plain = prepare_model(load_model({"name": args.model}), device, fuse=False)  # for (c): the model as loaded
+    # for (c): the model as loaded (no folded batch norms, the default memory layout)
+    plain = prepare_model(load_model({"name": args.model}), device, fuse=False, channels_last=False)
     s = model.spec
     spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
     amp = device.type == "cuda" and not args.no_autocast

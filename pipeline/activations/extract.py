@@ -133,8 +133,9 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
 
 
 def _memory_format(batch: torch.Tensor) -> torch.Tensor:
-    """channels_last_3d on the GPU, where cuDNN's 3D convolutions prefer it."""
-    return batch.contiguous(memory_format=torch.channels_last_3d) if batch.is_cuda else batch
+    """channels_last_3d, the layout `prepare_model` gives the weights: faster for 3D
+    convolutions on the CPU (oneDNN) and the GPU (cuDNN)."""
+    return batch.contiguous(memory_format=torch.channels_last_3d)
 
 
 def choose_batch_size(model: nn.Module, spec: PatchSpec, layers: Sequence[str], device: torch.device,

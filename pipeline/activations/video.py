@@ -107,16 +107,20 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True) -> LoadedModel:
-    """Move the model to the device (channels_last_3d on a GPU), eval mode, no weight grads, and
-    (with `fuse`) each batch norm folded into the convolution before it (`fuse_conv_bn`)."""
+def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True, channels_last: bool = True) -> LoadedModel:
+    """Move the model to the device, eval mode, no weight grads; (with `fuse`) each batch norm
+    folded into the convolution before it (`fuse_conv_bn`); (with `channels_last`) weights in
+    channels_last_3d, the layout the batches are given in (`extract._memory_format`). Measured
+    on a 2-core CPU, batch 4, per window (alternating, three rounds): x3d_m 528-570 -> 319-364
+    ms, r3d_18 387-398 -> 358-363 ms, the demo model unchanged (about 2.0 ms); cuDNN prefers it
+    too."""
     module = model.module.to(device)
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
     if fuse:
         fuse_conv_bn(module, keep=model.layers)
-    if device.type == "cuda":
+    if channels_last:
         module = module.to(memory_format=torch.channels_last_3d)
     model.module = module
     return model
