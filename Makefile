@@ -26,7 +26,7 @@ browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
 	command -v apt-get >/dev/null || { echo "make test needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: apt-get install chromium chromium-driver)" >&2; exit 1; }; \
 	echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
-	$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null
+	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)

@@ -92,6 +92,15 @@ def write_table(table: pa.Table, path: str) -> None:
     _write_atomically(path, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
 
 
+def write_bytes(data: bytes, path: str) -> None:
+    """Write a file's bytes atomically."""
+    def write(fs: pafs.FileSystem, tmp: str) -> None:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+
+    _write_atomically(path, write)
+
+
 def write_json(obj: Any, path: str) -> None:
     """Write JSON atomically."""
     def write(fs: pafs.FileSystem, tmp: str) -> None:
@@ -205,7 +214,7 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
         raise ValueError(f"score must be 'tcav' or 'causal', got {score!r}")
     import pyarrow.dataset as ds
 
-    from pipeline.scoring.voxel_importance import importance_map
+    from pipeline.scoring.voxel_importance import causal_scores, importance_map
 
     flt = ds.field("video_id") == video_id
     if target_class is not None:
@@ -226,5 +235,5 @@ def load_voxel_importance(run_dir: str, video_id: str, layer: str | None = None,
         causal = {r["concept"]: r["causal_importance"] for r in concepts}
         if not any(v is not None for v in causal.values()):
             raise KeyError(f"{run_dir} has no causal importance yet: run the evaluate stage")
-        scores = [float(causal.get(c) or 0.0) if c is not None else 0.0 for c in row["concepts"]]
+        scores = causal_scores(row["concepts"], causal)
     return importance_map(labels, row["supervoxel_ids"], scores)

@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -39,16 +39,20 @@ ORDER_STYLE = {  # (ranking, order) -> matplotlib style and legend label
 
 @dataclass
 class ClassJob:
-    """Everything `render_class` needs for one class; travels to a Ray task."""
+    """Everything `render_class` needs for one class; travels to a Ray task. The task reads
+    only the source clips (as the model actors do); it reads and writes nothing in the run
+    folder, so the folder may be a URI or on another node."""
 
     index: int
     target_class: str
-    run_dir: str
     settings: dict[str, Any]  # report config, clip config, dataset kind and root
+    info: dict[str, Any]  # the concepts stage's record of the class (run.json), or {}
+    evaluated: dict[str, dict[str, Any]]  # the evaluate stage's record per layer (run.json), or {}
     concepts: list[dict[str, Any]]  # concepts.parquet rows of the class
     exemplars: dict[str, list[dict[str, Any]]]  # concept -> chosen concept_members rows
+    masks: dict[tuple[str, int], np.ndarray]  # (video, supervoxel) of each exemplar -> bool [T, H, W]
     heatmaps: list[dict[str, Any]]  # voxel_importance rows of the class's own scoring videos
-    causal: dict[str, Optional[float]]  # concept -> causal importance (all classes)
+    volumes: dict[str, np.ndarray]  # label volumes of the heat-map videos
     curves: list[dict[str, Any]]  # evaluation.parquet rows of the class
     videos: dict[str, dict[str, Any]] = field(default_factory=dict)  # videos.parquet rows it uses
 
@@ -58,7 +62,7 @@ class ClassSection:
     index: int
     target_class: str
     html: str
-    assets: int
+    files: dict[str, bytes]  # path under report/ -> the image
     summary: list[dict[str, Any]]  # one row per layer for the overview table
 
 
@@ -110,13 +114,13 @@ def heat_frames(frames: np.ndarray, importance: np.ndarray, vmax: float, tube: O
     return out
 
 
-def encode_animation(frames: np.ndarray, fmt_: str, frame_ms: int) -> bytes:
+def encode_animation(frames: np.ndarray, image_format: str, frame_ms: int) -> bytes:
     """Frames uint8 [T, H, W, 3] as a looping animated WebP or GIF."""
     from PIL import Image
 
     images = [Image.fromarray(f) for f in frames]
     buf = _io.BytesIO()
-    if fmt_ == "webp":
+    if image_format == "webp":
         images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
                        quality=80, method=4)
     else:
@@ -163,31 +167,23 @@ def curves_png(rows: list[dict[str, Any]], title: str) -> Optional[bytes]:
     return buf.getvalue()
 
 
-def write_bytes(data: bytes, path: str) -> None:
-    fs, p = io.resolve(path)
-    fs.create_dir(os.path.dirname(p), recursive=True)
-    with fs.open_output_stream(p) as f:
-        f.write(data)
-
-
 # --- one class ----------------------------------------------------------------------------
 
 
 def render_class(job: ClassJob) -> ClassSection:
-    """A class's section of the report, its images written under report/assets/."""
+    """A class's section of the report and its images (returned, not written)."""
     from pipeline.data.video import ClipSpec, read_clip
     from pipeline.evaluation.ground_truth import video_actor_tube
-    from pipeline.scoring.voxel_importance import importance_map
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.scoring.voxel_importance import causal_scores, importance_map
 
     s = job.settings
     rep, ext = s["report"], s["report"]["format"]
     spec = ClipSpec.from_config(s["clip"])
     base = f"assets/c{job.index:04d}-{slug(job.target_class)[:40]}"
-    wanted = sorted({m["video_id"] for ms in job.exemplars.values() for m in ms} | {r["video_id"] for r in job.heatmaps})
-    volumes = io.load_label_volumes(job.run_dir, wanted) if wanted else {}
+    causal = {r["concept"]: r.get("causal_importance") for r in job.concepts}
     clips: dict[str, Optional[np.ndarray]] = {}
-    assets = 0
+    files: dict[str, bytes] = {}
+    video_index: dict[str, int] = {}  # file names by index: two ids may slug alike
 
     def clip(vid: str) -> Optional[np.ndarray]:
         if vid not in clips:
@@ -198,22 +194,26 @@ def render_class(job: ClassJob) -> ClassSection:
                 clips[vid] = None
         return clips[vid]
 
+    def vname(vid: str) -> str:
+        return f"v{video_index.setdefault(vid, len(video_index)):03d}-{slug(vid)[-40:]}"
+
     def save(frames: np.ndarray, name: str) -> str:
-        nonlocal assets
         rel = f"{base}/{name}.{ext}"
-        write_bytes(encode_animation(frames, ext, int(rep["frame_ms"])), io.join(job.run_dir, "report", rel))
-        assets += 1
+        if rel not in files:
+            files[rel] = encode_animation(frames, ext, int(rep["frame_ms"]))
         return rel
 
     parts = [f'<section class="class" id="class-{job.index}"><h2>{esc(job.target_class)}</h2>']
-    layers = list(dict.fromkeys(r["layer"] for r in job.concepts))
-    if job.concepts:
-        c0 = job.concepts[0]
-        parts.append(f'<p class="meta">model accuracy on the class\'s scoring videos: '
-                     f'<b>{fmt(c0["class_accuracy"])}</b>'
-                     + ("" if c0["class_recognised"] else
+    layers = list(dict.fromkeys([*job.info.get("layers", {}), *(r["layer"] for r in job.concepts)]))
+    accuracy = job.info.get("scoring_accuracy", job.concepts[0]["class_accuracy"] if job.concepts else None)
+    recognised = job.info.get("recognised", job.concepts[0]["class_recognised"] if job.concepts else True)
+    if accuracy is not None:
+        parts.append(f'<p class="meta">model accuracy on the class\'s scoring videos: <b>{fmt(accuracy)}</b>'
+                     + ("" if recognised else
                         ' <span class="warn">not significantly above chance: read its concepts with care</span>')
                      + "</p>")
+    if not job.concepts:
+        parts.append('<p class="meta">no concept was accepted for this class at any layer</p>')
     summary = []
     for layer in layers:
         rows = sorted((r for r in job.concepts if r["layer"] == layer), key=lambda r: r["rank"])
@@ -223,31 +223,33 @@ def render_class(job: ClassJob) -> ClassSection:
         causal_rank = {r["concept"]: i + 1 for i, r in enumerate(by_causal)}
         curve_rows = [r for r in job.curves if r["layer"] == layer]
         aucs = {(r["ranking"], r["mode"], r["order"]): r for r in curve_rows if r["kind"] == "auc"}
-        rho = spearman([r["tcav_mean"] for r in by_causal], [r["causal_importance"] for r in by_causal])
+        rho = job.evaluated.get(layer, {}).get("spearman_tcav_causal")
         summary.append({"layer": layer, "concepts": len(rows), "significant": sum(r["significant"] for r in rows),
                         "spearman": rho,
                         "top_tcav": rows[0]["concept"] if rows else None,
                         "top_causal": by_causal[0]["concept"] if by_causal else None,
+                        "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
+                                 job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random")),
                         "del_top": aucs.get(("causal", "delete", "top"), {}).get("accuracy"),
                         "del_bottom": aucs.get(("causal", "delete", "bottom"), {}).get("accuracy")})
         parts.append(f'<section class="layer" id="class-{job.index}-{esc(lslug)}"><h3>{esc(job.target_class)} '
                      f'&middot; layer <code>{esc(layer)}</code></h3>')
-        parts.append(f'<p class="meta">{len(rows)} concepts, {summary[-1]["significant"]} significant; '
-                     f'Spearman correlation of the TCAV and causal rankings: <b>{fmt(rho)}</b></p>')
+        parts.append(f'<p class="meta">{len(rows)} concepts, {summary[-1]["significant"]} significant'
+                     + (f'; Spearman correlation of the TCAV and causal rankings: <b>{fmt(rho)}</b>' if rho is not None
+                        else "") + "</p>")
         # concept cards
         parts.append('<div class="cards">')
         for r in rows[: int(rep["max_concepts"])]:
             cname = r["concept"].rsplit("/", 1)[-1]
             figs = []
-            for i, m in enumerate(job.exemplars.get(r["concept"], [])):
-                vid = m["video_id"]
+            for m in job.exemplars.get(r["concept"], []):
+                vid, sid = m["video_id"], int(m["supervoxel_id"])
                 frames = clip(vid)
-                if frames is None or vid not in volumes:
+                if frames is None or (vid, sid) not in job.masks:
                     figs.append(f'<figure class="missing"><figcaption>{esc(vid)}: clip unavailable</figcaption></figure>')
                     continue
-                resolution, label = split_supervoxel_id(int(m["supervoxel_id"]))
-                mask = volumes[vid][resolution] == label
-                rel = save(exemplar_frames(frames, mask), f"{lslug}/{slug(cname)}-{i}")
+                mask = job.masks[(vid, sid)]
+                rel = save(exemplar_frames(frames, mask), f"{lslug}/{slug(cname)}-{vname(vid)}-{sid}")
                 span = np.flatnonzero(mask.any(axis=(1, 2)))
                 figs.append(f'<figure><img src="{esc(rel)}" alt="{esc(cname)} in {esc(vid)}" loading="lazy">'
                             f'<figcaption>{esc(vid)}<br>frames {span[0]}–{span[-1]}</figcaption></figure>')
@@ -273,12 +275,11 @@ def render_class(job: ClassJob) -> ClassSection:
                                      f"({curve_rows[0]['n_videos'] if curve_rows else 0} scoring videos)")
         if png is not None:
             rel = f"{base}/{lslug}/curves.png"
-            write_bytes(png, io.join(job.run_dir, "report", rel))
-            assets += 1
+            files[rel] = png
             parts.append(f'<h4>Deletion and insertion</h4><div class="curves"><img class="plot" src="{esc(rel)}" '
                          f'alt="deletion and insertion curves of {esc(job.target_class)} at {esc(layer)}">'
                          f"{auc_table(aucs)}</div>")
-        else:
+        elif rows:
             parts.append('<p class="meta">no deletion/insertion curves: the evaluate stage has not run</p>')
         # heat maps
         maps = [h for h in job.heatmaps if h["layer"] == layer][: int(rep["heatmap_videos"])]
@@ -291,7 +292,7 @@ def render_class(job: ClassJob) -> ClassSection:
         for h in maps:
             vid = h["video_id"]
             frames = clip(vid)
-            if frames is None or vid not in volumes:
+            if frames is None or vid not in job.volumes:
                 continue
             tube = None
             if s["dataset_kind"] == "synthetic":
@@ -299,16 +300,15 @@ def render_class(job: ClassJob) -> ClassSection:
                     tube = video_actor_tube(s["dataset_root"], job.videos[vid], 0)
                 except Exception:  # no ground truth beside this video
                     tube = None
-            figs = [f'<figure><img src="{esc(save(frames, f"{lslug}/{slug(vid)}-clip"))}" alt="clip {esc(vid)}">'
+            figs = [f'<figure><img src="{esc(save(frames, f"{vname(vid)}-clip"))}" alt="clip {esc(vid)}">'
                     f"<figcaption>{esc(vid)}</figcaption></figure>"]
-            scores = {"TCAV (the paper's)": h["scores"],
-                      "causal": [float(job.causal.get(cn) or 0.0) if cn is not None else 0.0 for cn in h["concepts"]]}
+            scores = {"TCAV (the paper's)": h["scores"]}
+            if any(causal.get(cn) is not None for cn in h["concepts"] if cn):
+                scores["causal"] = causal_scores(h["concepts"], causal)
             for name, values in scores.items():
-                if name == "causal" and not any(job.causal.get(cn) is not None for cn in h["concepts"] if cn):
-                    continue
-                imp = importance_map(volumes[vid], h["supervoxel_ids"], values)
+                imp = importance_map(job.volumes[vid], h["supervoxel_ids"], values)
                 vmax = float(np.abs(imp).max())
-                rel = save(heat_frames(frames, imp, vmax, tube), f"{lslug}/{slug(vid)}-{slug(name.split()[0])}")
+                rel = save(heat_frames(frames, imp, vmax, tube), f"{lslug}/{vname(vid)}-{slug(name.split()[0])}")
                 figs.append(f'<figure><img src="{esc(rel)}" alt="{esc(name)} voxel importance of {esc(vid)}">'
                             f"<figcaption>{esc(name)}, max |score| {fmt(vmax)}</figcaption></figure>")
             parts.append(f'<div class="heatrow">{"".join(figs)}</div>')
@@ -316,15 +316,7 @@ def render_class(job: ClassJob) -> ClassSection:
             parts.append("</div>")
         parts.append("</section>")
     parts.append("</section>")
-    return ClassSection(job.index, job.target_class, "\n".join(parts), assets, summary)
-
-
-def spearman(a: list[float], b: list[float]) -> Optional[float]:
-    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
+    return ClassSection(job.index, job.target_class, "\n".join(parts), files, summary)
 
 
 def auc_table(aucs: dict[tuple[str, str, str], dict[str, Any]]) -> str:
@@ -344,9 +336,12 @@ def auc_table(aucs: dict[tuple[str, str, str], dict[str, Any]]) -> str:
 # --- the whole report ---------------------------------------------------------------------
 
 
-def plan_jobs(run_dir: str, c: dict[str, Any]) -> list[ClassJob]:
-    """One job per class with concepts, from the run's Parquet outputs."""
+def plan_jobs(run_dir: str, c: dict[str, Any], record: dict[str, Any]) -> tuple[int, Iterator[ClassJob]]:
+    """The number of classes and a job per class, made lazily (each class's label volumes are
+    read when its job is made, so the driver holds one class's at a time). The classes are the
+    concepts stage's (with or without concepts), else those in concepts.parquet."""
     from pipeline.run import RunFolderError
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
 
     if not io.exists(io.join(run_dir, "concepts.parquet")):
         raise RunFolderError(f"the report needs concepts.parquet in {run_dir}: run the concepts stage first")
@@ -354,67 +349,91 @@ def plan_jobs(run_dir: str, c: dict[str, Any]) -> list[ClassJob]:
     concepts = io.read_table(io.join(run_dir, "concepts.parquet")).to_pylist()
     members = io.read_table(io.join(run_dir, "concept_members.parquet")).to_pylist()
     videos = {r["video_id"]: r for r in io.read_table(io.join(run_dir, "videos.parquet")).to_pylist()}
-    vi = io.read_parts(io.join(run_dir, "voxel_importance")).to_pylist() \
-        if io.exists(io.join(run_dir, "voxel_importance")) else []
-    curves = io.read_table(io.join(run_dir, "evaluation.parquet")).to_pylist() \
-        if io.exists(io.join(run_dir, "evaluation.parquet")) else []
-    causal = {r["concept"]: r.get("causal_importance") for r in concepts}
+    vi: dict[str, list[dict[str, Any]]] = {}
+    if io.exists(io.join(run_dir, "voxel_importance")):
+        for r in io.read_parts(io.join(run_dir, "voxel_importance")).to_pylist():
+            if videos.get(r["video_id"], {}).get("label") == r["target_class"]:  # a class's own scoring videos
+                vi.setdefault(r["target_class"], []).append(r)
+    curves: dict[str, list[dict[str, Any]]] = {}
+    if io.exists(io.join(run_dir, "evaluation.parquet")):
+        for r in io.read_table(io.join(run_dir, "evaluation.parquet")).to_pylist():
+            curves.setdefault(r["target_class"], []).append(r)
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
-    classes = list(dict.fromkeys(r["target_class"] for r in concepts))
+    stages = record.get("stages", {})
+    class_info = (stages.get("concepts") or {}).get("classes") or {}
+    evaluated = (stages.get("evaluate") or {}).get("classes") or {}
+    classes = list(dict.fromkeys([*class_info, *(r["target_class"] for r in concepts)]))
     settings = {"report": rep, "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
                 "dataset_root": c["dataset"]["root"]}
-    jobs = []
-    for i, k in enumerate(classes):
-        rows = [r for r in concepts if r["target_class"] == k]
-        shown = {r["concept"] for layer in {r["layer"] for r in rows}
-                 for r in sorted((x for x in rows if x["layer"] == layer), key=lambda x: x["rank"])[: int(rep["max_concepts"])]}
-        exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
-        heat_vids = sorted({r["video_id"] for r in vi if r["target_class"] == k
-                            and videos.get(r["video_id"], {}).get("label") == k})[: int(rep["heatmap_videos"])]
-        heatmaps = [r for r in vi if r["target_class"] == k and r["video_id"] in heat_vids]
-        used = {m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids)
-        jobs.append(ClassJob(index=i, target_class=k, run_dir=run_dir, settings=settings, concepts=rows,
-                             exemplars=exemplars, heatmaps=heatmaps, causal=causal,
-                             curves=[r for r in curves if r["target_class"] == k],
-                             videos={v: videos[v] for v in used if v in videos}))
-    return jobs
+
+    def jobs() -> Iterator[ClassJob]:
+        for i, k in enumerate(classes):
+            rows = [r for r in concepts if r["target_class"] == k]
+            shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in rows)
+                     for r in sorted((x for x in rows if x["layer"] == layer),
+                                     key=lambda x: x["rank"])[: int(rep["max_concepts"])]]
+            exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
+            heat_vids = sorted({r["video_id"] for r in vi.get(k, [])})[: int(rep["heatmap_videos"])]
+            heatmaps = [r for r in vi.get(k, []) if r["video_id"] in heat_vids]
+            wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
+            volumes = io.load_label_volumes(run_dir, wanted) if wanted else {}
+            masks = {}
+            for ms in exemplars.values():
+                for m in ms:
+                    if m["video_id"] in volumes:
+                        resolution, label = split_supervoxel_id(int(m["supervoxel_id"]))
+                        masks[(m["video_id"], int(m["supervoxel_id"]))] = volumes[m["video_id"]][resolution] == label
+            yield ClassJob(index=i, target_class=k, settings=settings, info=class_info.get(k, {}),
+                           evaluated=evaluated.get(k, {}), concepts=rows, exemplars=exemplars, masks=masks,
+                           heatmaps=heatmaps, volumes={v: volumes[v] for v in heat_vids if v in volumes},
+                           curves=curves.get(k, []), videos={v: videos[v] for v in wanted if v in videos})
+
+    return len(classes), jobs()
 
 
 def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """The `n` members nearest the centroid, one per video while there are videos to spare."""
-    chosen, seen = [], set()
+    """The `n` members nearest the centroid (`members` sorted by distance), one per video while
+    there are videos to spare."""
+    if n <= 0:
+        return []
+    first = {}
     for m in members:
-        if m["video_id"] not in seen:
-            chosen.append(m)
-            seen.add(m["video_id"])
-        if len(chosen) == n:
-            return chosen
-    for m in members:
-        if len(chosen) == n:
-            break
-        if m not in chosen:
-            chosen.append(m)
+        first.setdefault(m["video_id"], m)
+    chosen = list(first.values())[:n]
+    chosen += [m for m in members if m not in chosen][: n - len(chosen)]
     return chosen
 
 
 def build_report(run_dir: str, c: dict[str, Any], record: Optional[dict[str, Any]] = None,
-                 mapper: Optional[Callable[[Callable[[ClassJob], ClassSection], list[ClassJob]], Iterable[ClassSection]]] = None
-                 ) -> dict[str, Any]:
-    """Write report/index.html and its assets; returns counts for run.json. `mapper(fn, jobs)`
-    runs `render_class` over the jobs (default: in this process)."""
+                 mapper: Optional[Callable[[Callable[[ClassJob], ClassSection], Iterator[ClassJob], int],
+                                           Iterable[ClassSection]]] = None) -> dict[str, Any]:
+    """Write report/index.html and its images (report/assets/, emptied first); returns counts
+    for run.json. `mapper(fn, jobs, n)` runs `render_class` over the n jobs (default: in this
+    process); the images come back and are written here."""
     t0 = time.monotonic()
-    jobs = plan_jobs(run_dir, c)
-    mapper = mapper or (lambda fn, items: map(fn, items))
-    sections = sorted(mapper(render_class, jobs), key=lambda s: s.index)
+    if record is None:
+        record = io.read_json(io.join(run_dir, "run.json")) if io.exists(io.join(run_dir, "run.json")) else {}
+    n, jobs = plan_jobs(run_dir, c, record)
+    assets = io.join(run_dir, "report", "assets")
+    if io.exists(assets):  # images of an earlier report (another format, other concepts) go
+        fs, path = io.resolve(assets)
+        fs.delete_dir_contents(path)
+    mapper = mapper or (lambda fn, items, _n: map(fn, items))
+    sections, files = [], 0
+    for section in mapper(render_class, jobs, n):
+        for rel, data in section.files.items():
+            io.write_bytes(data, io.join(run_dir, "report", rel))
+        files += len(section.files)
+        section.files = {}
+        sections.append(section)
+    sections.sort(key=lambda s: s.index)
     videos = io.read_table(io.join(run_dir, "videos.parquet")).to_pylist()
-    if record is None and io.exists(io.join(run_dir, "run.json")):
-        record = io.read_json(io.join(run_dir, "run.json"))
-    page = index_html(run_dir, c, record or {}, sections, videos)
-    write_bytes(page.encode(), io.join(run_dir, "report", "index.html"))
-    return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(sections),
-            "assets": sum(s.assets for s in sections), "path": io.join(run_dir, "report", "index.html")}
+    page = index_html(run_dir, c, record, sections, videos)
+    io.write_bytes(page.encode(), io.join(run_dir, "report", "index.html"))
+    return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(sections), "assets": files,
+            "path": io.join(run_dir, "report", "index.html")}
 
 
 CSS = """
@@ -446,13 +465,10 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
                 "<th>TCAV top concept</th><th>causal top concept</th><th>Spearman TCAV/causal</th>"
                 "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order</th>"
-                "<th>deletion AUC top</th><th>deletion AUC bottom</th></tr>"]
-    evaluated = (record.get("stages", {}).get("evaluate") or {}).get("classes") or {}
+                "<th>deletion AUC, top-first causal order</th><th>deletion AUC, bottom-first causal order</th></tr>"]
     for s in sections:
         for row in s.summary:
-            ev = evaluated.get(s.target_class, {}).get(row["layer"], {})
-            top1 = (f'{fmt(ev.get("causal_top1_deletion_accuracy_drop_vs_random"))} '
-                    f'({fmt(ev.get("tcav_top1_deletion_accuracy_drop_vs_random"))})' if ev else "–")
+            top1 = f"{fmt(row['top1'][0])} ({fmt(row['top1'][1])})" if row["top1"][0] is not None else "–"
             overview.append(
                 f'<tr><td><a href="#class-{s.index}">{esc(s.target_class)}</a></td><td>{esc(row["layer"])}</td>'
                 f'<td>{row["concepts"]}</td><td>{row["significant"]}</td>'
@@ -532,8 +548,8 @@ def main(argv: list[str]) -> int:
         c = record["config"]
         c["report"] = merged(c.get("report") or {}, overrides)
         init_ray({**c.get("ray", {}), "address": None})
-        out = build_report(run_dir, c, record, mapper=lambda fn, jobs: map_tasks(
-            fn, jobs, stage="report", progress=Progress("report", len(jobs), unit="classes")))
+        out = build_report(run_dir, c, record, mapper=lambda fn, jobs, n: map_tasks(
+            fn, jobs, stage="report", progress=Progress("report", n, unit="classes")))
     except (ConfigError, RunFolderError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

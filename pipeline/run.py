@@ -775,7 +775,7 @@ def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[
     actor tube, with concepts scored by causal importance and (beside it) by TCAV."""
     from pipeline.evaluation.ground_truth import positive_mass_inside, video_actor_tube
     from pipeline.io import load_label_volumes
-    from pipeline.scoring.voxel_importance import importance_map
+    from pipeline.scoring.voxel_importance import causal_scores, importance_map
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 
     rows = [r for r in vi if videos[r["video_id"]]["label"] == r["target_class"]]
@@ -801,10 +801,11 @@ def _causal_mass_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict[
     for r in rows:
         vid, labels = r["video_id"], volumes[r["video_id"]]
         scores = {
-            "causal": [causal.get(cn, 0.0) if cn is not None else 0.0 for cn in r["concepts"]],
+            "causal": causal_scores(r["concepts"], causal),
             "tcav": r["scores"],
-            # two ceilings, from the ground truth: every supervoxel scored by its own share on the
-            # actor; every concept scored 1 if its supervoxels lie mostly on the actor, else 0
+            # two reference scorings from the ground truth, for scale: every supervoxel scored by its
+            # own share of actor voxels; every concept scored 1 if its supervoxels lie mostly on
+            # the actor, else 0
             "oracle_supervoxel_share": [own_share(vid, sid) for sid in r["supervoxel_ids"]],
             "oracle_actor_concepts": [float(on_actor.get(cn, False)) if cn is not None else 0.0
                                       for cn in r["concepts"]],
@@ -833,7 +834,7 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
                          + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
-                            f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ceilings from the ground truth: "
+                            f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ground-truth reference scorings: "
                             f"{s.get('importance_mass_in_actor_tube_oracle_supervoxel_share')} scoring supervoxels by "
                             f"their actor share, {s.get('importance_mass_in_actor_tube_oracle_actor_concepts')} scoring "
                             "actor concepts 1)"
@@ -846,9 +847,8 @@ def stage_report(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> Non
     a Ray task renders each class."""
     from pipeline.report import build_report
 
-    out = build_report(run_dir, c, record,
-                       mapper=lambda fn, jobs: map_tasks(fn, jobs, stage="report", progress=Progress("report", len(jobs),
-                                                                                                     unit="classes")))
+    out = build_report(run_dir, c, record, mapper=lambda fn, jobs, n: map_tasks(
+        fn, jobs, stage="report", progress=Progress("report", n, unit="classes")))
     record["stages"]["report"] = out
     log.info("report: %s (%d classes, %d images)", out["path"], out["classes"], out["assets"])
 
@@ -890,22 +890,24 @@ def run_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _keep_earlier_stages(record: dict[str, Any], path: str, stages: list[str]) -> None:
-    """A run of some stages keeps what run.json said about the others (their outputs are still
-    in the folder), marked with the run that made them."""
+    """A run of some stages keeps what run.json said about the stages before the first one it
+    runs (their outputs are still in the folder, unchanged), marked with the run that made
+    them; what later stages said is dropped, as it may no longer hold."""
+    from pipeline.config import STAGES
+
     if not io.exists(path):
         return
     try:
         old = io.read_json(path)
     except (ValueError, OSError):
         return
+    first = min(STAGES.index(s) for s in stages)
     for name, entry in (old.get("stages") or {}).items():
-        if name not in stages and isinstance(entry, dict):
+        if name in STAGES and STAGES.index(name) < first and isinstance(entry, dict):
             record["stages"][name] = {**entry, "from_run_started": entry.get("from_run_started", old.get("started"))}
-    for key in ("counts",):
-        record[key] = {**(old.get(key) or {}), **record[key]}
-    for key, stage in (("concept_table", "concepts"), ("evaluation_table", "evaluate")):
-        if key in old and stage not in stages:
-            record[key] = old[key]
+    record["counts"] = {**(old.get("counts") or {}), **record["counts"]}
+    if "concept_table" in old and first > STAGES.index("concepts"):
+        record["concept_table"] = old["concept_table"]
 
 
 def print_summary(record: dict[str, Any]) -> None:

@@ -66,14 +66,17 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
     for k in concepts.target_class.unique():  # every class, every concept of it as a card
         assert f">{k}</h2>" in text
     cards = text.count('<article class="card')
-    assert cards == sum(min(len(g), 12) for _, g in concepts.groupby(["target_class", "layer"]))
+    max_concepts = small_run["record"]["config"]["report"]["max_concepts"]
+    assert cards == sum(min(len(g), max_concepts) for _, g in concepts.groupby(["target_class", "layer"]))
     # per (class, layer): exemplar clips (animated), curves, heat maps
     webp = [s for s in parsed.sources if s.endswith(".webp")]
-    assert len(webp) >= cards and sum(s.endswith("curves.png") for s in parsed.sources) == 6
+    pairs = concepts.groupby(["target_class", "layer"]).ngroups
+    assert len(webp) >= cards and sum(s.endswith("curves.png") for s in parsed.sources) == pairs
     from PIL import Image
 
     anim = Image.open(os.path.join(out, "report", webp[0]))
-    assert anim.n_frames == 16 and anim.size == (112, 112)
+    clip = small_run["record"]["config"]["clip"]
+    assert anim.n_frames == clip["num_frames"] and anim.size == (clip["width"], clip["height"])
     assert "significant" in text and "causal importance" in text
     record = small_run["record"]
     assert record["stages"]["report"]["assets"] == len(set(parsed.sources))
@@ -81,16 +84,33 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
 
 
 def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
-    out = small_run["out"]
+    """`python -m pipeline.report` on a copy of the run: other settings, the earlier images
+    gone, a class without concepts still shown."""
+    import shutil
+
+    import pyarrow as pa
+
+    out = str(tmp_path / "run")
+    shutil.copytree(small_run["out"], out)
+    concepts = pq.read_table(os.path.join(out, "concepts.parquet"))
+    kept = concepts.to_pandas()
+    kept = kept[kept.target_class != "retreat"]
+    # the run's concepts of one class are dropped: the class must still have its section
+    keep = pa.compute.not_equal(concepts.column("target_class"), "retreat")
+    pq.write_table(concepts.filter(keep), os.path.join(out, "concepts.parquet"))
     res = run_cli(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
                   "report.heatmap_videos=1", module="pipeline.report")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report/index.html" in res.stdout
     index = os.path.join(out, "report", "index.html")
     parsed = page_sources(index)
-    gifs = [s for s in parsed.sources if s.endswith(".gif")]
-    assert gifs and not any(s.endswith(".webp") for s in parsed.sources)
-    assert open(index, encoding="utf-8").read().count('<article class="card') == 6 * 2
+    assert parsed.sources and all(s.endswith((".gif", ".png")) for s in parsed.sources)
+    on_disk = {os.path.relpath(os.path.join(d, f), os.path.join(out, "report"))
+               for d, _, fs in os.walk(os.path.join(out, "report", "assets")) for f in fs}
+    assert on_disk == set(parsed.sources)  # the WebP files of the first report are gone
+    text = open(index, encoding="utf-8").read()
+    assert text.count('<article class="card') == sum(min(len(g), 2) for _, g in kept.groupby(["target_class", "layer"]))
+    assert ">retreat</h2>" in text and "no concept was accepted for this class" in text
     check_in_browser(index)
 
 

@@ -121,7 +121,10 @@ def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True, c
     if fuse:
         fuse_conv_bn(module, keep=model.layers)
     if channels_last:
-        module = module.to(memory_format=torch.channels_last_3d)
+        try:
+            module = module.to(memory_format=torch.channels_last_3d)
+        except RuntimeError:  # a weight that is not 5-D (a 2D patch embedding, say): keep the layout
+            pass
     model.module = module
     return model
 

@@ -89,13 +89,14 @@ def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
     return run
 
 
-def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: str, num_cpus: float = 1,
+def map_tasks(fn: Callable[..., Any], items: Iterable[Any], *args: Any, stage: str, num_cpus: float = 1,
               max_in_flight: Optional[int] = None, progress: Optional[Progress] = None,
               nodes: Optional[dict[str, int]] = None, label_selector: Optional[dict[str, str]] = None) -> Iterator[Any]:
     """Run `fn(item, *args)` as one Ray task per item; yield results as they finish.
 
     At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs),
-    so memory stays bounded however long the list is. `args` are put in the object store
+    so memory stays bounded however long the list is; `items` may be a generator (then give
+    `progress`), consumed only as tasks are queued. `args` are put in the object store
     once and shared by every task. A task that dies with its worker is retried (twice).
     `nodes`, if given, counts the tasks per node id that ran them; `label_selector` restricts
     them to nodes with those Ray labels.
@@ -106,7 +107,7 @@ def map_tasks(fn: Callable[..., Any], items: Sequence[Any], *args: Any, stage: s
     shared = [ray.put(a) for a in args]
     if max_in_flight is None:
         max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    progress = progress or Progress(stage, len(items))
+    progress = progress or Progress(stage, len(items))  # type: ignore[arg-type]  # a sized iterable
     pending: list[ray.ObjectRef] = []
     it: Iterable[Any] = iter(items)
     exhausted = False

@@ -5,7 +5,7 @@ most) of their scores, 0 for a supervoxel no concept claims."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -55,3 +55,9 @@ def importance_map(labels: np.ndarray, supervoxel_ids: Sequence[int], scores: Se
 
     pairs = [split_supervoxel_id(s) for s in supervoxel_ids]
     return voxel_map(labels, [r for r, _ in pairs], [lab for _, lab in pairs], scores)
+
+
+def causal_scores(concepts: Sequence[Optional[str]], causal: Mapping[str, Optional[float]]) -> list[float]:
+    """Per supervoxel, its concept's causal importance (0 where it has no concept, or the
+    concept none)."""
+    return [float(causal.get(c) or 0.0) if c is not None else 0.0 for c in concepts]
