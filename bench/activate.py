@@ -9,8 +9,8 @@
 (c) the reference-style path: each patch built on the host with numpy/PIL, one forward call
     per supervoxel's windows.
 (a) and (b) run the model as the actors do (`prepare_model`: batch norms folded into the
-convolutions before them, `--no-fuse` leaves them; weights and batches in channels_last_3d),
-(c) the model as loaded.
+convolutions before them, `--no-fuse` leaves them; weights and batches in channels_last_3d on a
+GPU, or with --channels-last), (c) the model as loaded.
 
 Clips: synthetic, the model's input size, segmented at n_segments=[15,50,80]. The last line is
 `activate_vs_forward=<b/a time ratio> speedup_vs_reference=<c/b>` (without --no-reference).
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.activations.extract import LayerTap, choose_batch_size, pool, supervoxel_vectors  # noqa: E402
+from pipeline.activations.extract import LayerTap, _memory_format, choose_batch_size, pool, supervoxel_vectors  # noqa: E402
 from pipeline.activations.patches import PatchSpec  # noqa: E402
 from pipeline.activations.video import pick_device, prepare_model, requests_from_table  # noqa: E402
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video  # noqa: E402
@@ -67,7 +67,7 @@ def autocast(device: torch.device, enabled: bool):
 def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: torch.device, amp: bool) -> float:
     """Seconds for `n_windows` windows through the model with hooks, inputs already on the device."""
     x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device)
-    x = x.contiguous(memory_format=torch.channels_last_3d)  # as the actors give it
+    x = _memory_format(x, model.module)  # as the actors give it
     with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), autocast(device, amp):
         model.module(x)  # warm-up
         sync(device)
@@ -153,10 +153,13 @@ def main() -> None:
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--no-fuse", action="store_true", help="(a), (b) without folding batch norms into convolutions")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--channels-last", action="store_true", help="(a), (b) in channels_last_3d on a CPU too "
+                    "(activate.channels_last=true); on a GPU it is the default")
     args = ap.parse_args()
 
     device = pick_device(args.device)
-    model = prepare_model(load_model({"name": args.model}), device, fuse=not args.no_fuse)
+    model = prepare_model(load_model({"name": args.model}), device, fuse=not args.no_fuse,
+                          channels_last=True if args.channels_last else None)
     # for (c): the model as loaded (no folded batch norms, the default memory layout)
     plain = prepare_model(load_model({"name": args.model}), device, fuse=False, channels_last=False)
     s = model.spec

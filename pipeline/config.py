@@ -120,6 +120,8 @@ class ActivateConfig:
         cores, since the stages run one after the other).
     fill: the mean pixel (0-255) put outside a supervoxel. resampling: bicubic | bilinear.
     autocast: bf16 autocast on a GPU. gradients: class-logit gradients for whole clips.
+    channels_last: weights and batches in channels_last_3d (null: on a GPU only). On this 2-core
+        CPU it made x3d_m's forward 1.6x faster and the demo model's activation path 1.1x slower.
     """
 
     batch_size: int = 0
@@ -131,6 +133,7 @@ class ActivateConfig:
     resampling: str = "bicubic"
     autocast: bool = True
     gradients: bool = True
+    channels_last: Optional[bool] = None
     videos_per_part: int = 64
 
 

@@ -223,7 +223,8 @@ def _actor_pool(c: dict[str, Any], params: ActivateParams) -> Iterator[list[Any]
 def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
     a = c["activate"]
     return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), gradients,
-                          measure_batch, pad_short=c["segment"]["short_supervoxels"] == "pad")
+                          measure_batch, pad_short=c["segment"]["short_supervoxels"] == "pad",
+                          channels_last=a["channels_last"])
 
 
 def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> None:

@@ -136,3 +136,28 @@ def test_folding_batch_norms_keeps_the_model_and_its_hooked_layers():
     kept = load_model({"name": "demo"}).module.eval()
     assert "stem.1" not in fuse_conv_bn(kept, keep=["stem.0"])  # the hooked conv keeps its own output
     assert isinstance(kept.stem[1], nn.BatchNorm3d) and isinstance(kept.layer1[1], nn.Identity)
+
+
+def test_channels_last_gives_the_same_vectors_and_the_batches_follow_the_weights():
+    """activate.channels_last=true: weights in channels_last_3d on the CPU, every batch given
+    in the same layout, and the supervoxel vectors equal the default layout's to rounding."""
+    from pipeline.activations.extract import _memory_format, channels_last
+    from pipeline.activations.video import prepare_model
+
+    default = prepare_model(load_model({"name": "demo"}), torch.device("cpu"))
+    last = prepare_model(load_model({"name": "demo"}), torch.device("cpu"), channels_last=True)
+    assert not channels_last(default.module) and channels_last(last.module)
+    x = torch.randn(2, 3, 16, 112, 112)
+    assert _memory_format(x, last.module).is_contiguous(memory_format=torch.channels_last_3d)
+    assert _memory_format(x, default.module) is x
+    clip = render_video(SyntheticParams(size=112, num_frames=16), "advance", np.random.default_rng(3)).frames
+    seg = segment_clip(clip, n_segments=(15,), min_frames=16)
+    requests = requests_from_table({k: v[seg.kept()] for k, v in seg.table.items()})
+    s = default.spec
+    spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
+    args = (torch.from_numpy(clip), torch.from_numpy(seg.labels.astype(np.int32)), requests, spec)
+    a = supervoxel_vectors(default.module, *args, default.layers, 4)
+    b = supervoxel_vectors(last.module, *args, last.layers, 4)
+    assert a.owners == b.owners and len(a.owners) > 0
+    for layer in default.layers:
+        np.testing.assert_allclose(b.vectors[layer], a.vectors[layer], rtol=1e-4, atol=1e-5)

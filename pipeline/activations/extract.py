@@ -79,7 +79,7 @@ def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tenso
     counts = torch.zeros(len(requests), dtype=torch.int64)
     with LayerTap(model, layers) as tap, torch.inference_mode(), _autocast(clip.device, autocast):
         for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size):
-            model(_memory_format(batch))
+            model(_memory_format(batch, model))
             index = torch.tensor([position[o] for o in owners])
             counts.index_add_(0, index, torch.ones(len(owners), dtype=torch.int64))
             index = index.to(clip.device)
@@ -110,7 +110,7 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
     grad_mode = torch.enable_grad() if want_grad else torch.inference_mode()
     with LayerTap(model, layers) as tap, grad_mode, _autocast(clip.device, autocast):
         for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size):
-            x = _memory_format(batch)
+            x = _memory_format(batch, model)
             if want_grad:
                 x.requires_grad_(True)  # the weights may be frozen: the graph starts here
             logits = model(x).float()
@@ -132,10 +132,19 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
         gradient_class=gradient_class, windows=windows)
 
 
-def _memory_format(batch: torch.Tensor) -> torch.Tensor:
-    """channels_last_3d, the layout `prepare_model` gives the weights: faster for 3D
-    convolutions on the CPU (oneDNN) and the GPU (cuDNN)."""
-    return batch.contiguous(memory_format=torch.channels_last_3d)
+def _memory_format(batch: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The batch in the layout of the model's weights: channels_last_3d where `prepare_model`
+    put them in it."""
+    return batch.contiguous(memory_format=torch.channels_last_3d) if channels_last(model) else batch
+
+
+def channels_last(model: nn.Module) -> bool:
+    """Whether the model's first 5-D weight is stored channels_last_3d (and not also plain
+    contiguous, as a 1x1x1 kernel is either way)."""
+    for p in model.parameters():
+        if p.dim() == 5:
+            return p.is_contiguous(memory_format=torch.channels_last_3d) and not p.is_contiguous()
+    return False
 
 
 def choose_batch_size(model: nn.Module, spec: PatchSpec, layers: Sequence[str], device: torch.device,
@@ -203,7 +212,7 @@ def clips_logits(model: nn.Module, clips: Sequence[torch.Tensor], spec: PatchSpe
         out = []
         with torch.inference_mode(), _autocast(x.device, autocast):
             for start in range(0, len(x), batch_size):
-                out.append(model(_memory_format(x[start:start + batch_size])).float())
+                out.append(model(_memory_format(x[start:start + batch_size], model)).float())
         return torch.cat(out).cpu().numpy().astype(np.float32)
     windows: list[torch.Tensor] = []
     owners: list[int] = []
@@ -219,7 +228,7 @@ def clips_logits(model: nn.Module, clips: Sequence[torch.Tensor], spec: PatchSpe
     index = torch.tensor(owners, device=x.device)
     with torch.inference_mode(), _autocast(x.device, autocast):
         for start in range(0, len(x), batch_size):
-            logits = model(_memory_format(x[start:start + batch_size])).float()
+            logits = model(_memory_format(x[start:start + batch_size], model)).float()
             if sums is None:
                 sums = torch.zeros((len(clips), logits.shape[1]), dtype=torch.float32, device=x.device)
             sums.index_add_(0, index[start:start + batch_size], logits)

@@ -28,6 +28,7 @@ class ActivateParams:
     gradients: bool = True
     measure_batch: bool = False
     pad_short: bool = False  # segment.short_supervoxels == "pad"
+    channels_last: Optional[bool] = None  # activate.channels_last
 
     def patch_spec(self, model: LoadedModel) -> PatchSpec:
         s = model.spec
@@ -107,20 +108,22 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True, channels_last: bool = True) -> LoadedModel:
+def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True,
+                  channels_last: Optional[bool] = None) -> LoadedModel:
     """Move the model to the device, eval mode, no weight grads; (with `fuse`) each batch norm
-    folded into the convolution before it (`fuse_conv_bn`); (with `channels_last`) weights in
-    channels_last_3d, the layout the batches are given in (`extract._memory_format`). Measured
-    on a 2-core CPU, batch 4, per window (alternating, three rounds): x3d_m 528-570 -> 319-364
-    ms, r3d_18 387-398 -> 358-363 ms, the demo model unchanged (about 2.0 ms); cuDNN prefers it
-    too."""
+    folded into the convolution before it (`fuse_conv_bn`); weights in channels_last_3d where
+    `channels_last` says (None: on a GPU only), and the batches then follow
+    (`extract._memory_format`). Measured on a 2-core CPU, batch 4, alternating: x3d_m's forward
+    528-570 -> 319-364 ms per window, r3d_18's 387-398 -> 358-363 ms, the demo model's whole
+    activation path 0.84-0.87 -> 0.95-1.01 s (the layout change of every batch costs more than
+    its convolutions gain); cuDNN prefers it."""
     module = model.module.to(device)
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
     if fuse:
         fuse_conv_bn(module, keep=model.layers)
-    if channels_last:
+    if channels_last if channels_last is not None else device.type == "cuda":
         try:
             module = module.to(memory_format=torch.channels_last_3d)
         except RuntimeError:  # a weight that is not 5-D (a 2D patch embedding, say): keep the layout

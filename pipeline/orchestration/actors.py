@@ -30,7 +30,7 @@ class ModelActor:
         # a CPU actor may use the node's cores.
         torch.set_num_threads(torch_threads or len(os.sched_getaffinity(0)))
         self.device = pick_device(model_cfg.get("device", "auto"))
-        self.model = prepare_model(load_model(model_cfg), self.device)
+        self.model = prepare_model(load_model(model_cfg), self.device, channels_last=params.channels_last)
         self.clip_spec = ClipSpec.from_config(clip_cfg)
         self.batch_timings: dict[int, float] = {}
         batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
