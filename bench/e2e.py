@@ -144,8 +144,9 @@ def compose_job(root: str, out: str, segment: str):
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        # the stages the reference has: the default job's evaluate and report have no counterpart there
         return compose("config", overrides=["dataset=folder", f"dataset.root={root}", f"run.output_dir={out}",
-                                            f"segment={segment}"])
+                                            f"segment={segment}", "run.stages=[ingest,segment,activate,concepts]"])
 
 
 def project_run(cfg) -> tuple[dict[str, float], float]:
