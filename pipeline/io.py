@@ -103,11 +103,7 @@ def write_bytes(data: bytes, path: str) -> None:
 
 def write_json(obj: Any, path: str) -> None:
     """Write JSON atomically."""
-    def write(fs: pafs.FileSystem, tmp: str) -> None:
-        with fs.open_output_stream(tmp) as f:
-            f.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
-
-    _write_atomically(path, write)
+    write_bytes((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode(), path)
 
 
 # --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------

@@ -21,7 +21,7 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -406,12 +406,12 @@ def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     return chosen
 
 
-def build_report(run_dir: str, c: dict[str, Any], record: Optional[dict[str, Any]] = None,
-                 mapper: Optional[Callable[[Callable[[ClassJob], ClassSection], Iterator[ClassJob], int],
-                                           Iterable[ClassSection]]] = None) -> dict[str, Any]:
+def build_report(run_dir: str, c: dict[str, Any], record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """Write report/index.html and its images (report/assets/, emptied first); returns counts
-    for run.json. `mapper(fn, jobs, n)` runs `render_class` over the n jobs (default: in this
-    process); the images come back and are written here."""
+    for run.json. `render_class` runs over the classes in Ray tasks; the images come back and
+    are written here."""
+    from pipeline.orchestration.runtime import Progress, map_tasks
+
     t0 = time.monotonic()
     if record is None:
         record = io.read_json(io.join(run_dir, "run.json")) if io.exists(io.join(run_dir, "run.json")) else {}
@@ -420,9 +420,8 @@ def build_report(run_dir: str, c: dict[str, Any], record: Optional[dict[str, Any
     if io.exists(assets):  # images of an earlier report (another format, other concepts) go
         fs, path = io.resolve(assets)
         fs.delete_dir_contents(path)
-    mapper = mapper or (lambda fn, items, _n: map(fn, items))
     sections, files = [], 0
-    for section in mapper(render_class, jobs, n):
+    for section in map_tasks(render_class, jobs, stage="report", progress=Progress("report", n, unit="classes")):
         for rel, data in section.files.items():
             io.write_bytes(data, io.join(run_dir, "report", rel))
         files += len(section.files)
@@ -515,7 +514,7 @@ def main(argv: list[str]) -> int:
     from omegaconf.errors import OmegaConfBaseException
 
     from pipeline.config import ConfigError, ReportConfig, validate_report
-    from pipeline.orchestration.runtime import Progress, init_ray, map_tasks
+    from pipeline.orchestration.runtime import init_ray
     from pipeline.run import RunFolderError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -548,8 +547,7 @@ def main(argv: list[str]) -> int:
         c = record["config"]
         c["report"] = merged(c.get("report") or {}, overrides)
         init_ray({**c.get("ray", {}), "address": None})
-        out = build_report(run_dir, c, record, mapper=lambda fn, jobs, n: map_tasks(
-            fn, jobs, stage="report", progress=Progress("report", n, unit="classes")))
+        out = build_report(run_dir, c, record)
     except (ConfigError, RunFolderError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -516,8 +516,7 @@ def _randomised_gradients(c: dict[str, Any], videos: dict[str, dict[str, Any]], 
         work = ((v, (videos[v], layers, seed)) for v in video_ids)
         for vid, res in call_actors(actors, "randomised_gradients", work):
             progress.update()
-            if isinstance(res, Exception) or "error" in res:
-                raise RuntimeError(f"randomisation check: video {vid!r}: {res if isinstance(res, Exception) else res['error']}")
+            _checked("randomisation check", vid, res)
             for layer in layers:
                 out[(vid, layer)] = np.asarray(res[layer])
     return out
@@ -606,6 +605,14 @@ def _concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[st
     return lines
 
 
+def _checked(label: str, vid: str, res: Any) -> Any:
+    """An actor's result, or the stage stops naming the video: a dead actor's `RayError`, or
+    the `{"error": reason}` an actor method returns."""
+    if isinstance(res, Exception) or "error" in res:
+        raise RuntimeError(f"{label}: video {vid!r}: {res if isinstance(res, Exception) else res['error']}")
+    return res
+
+
 def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]],
                work: dict[str, tuple[dict[str, Any], dict[str, list[Any]]]], label: str) -> dict[str, dict[str, Any]]:
     """Every video's plans on the model actors: {video_id: {layer: {"prob", "correct"}}}.
@@ -623,9 +630,7 @@ def _run_plans(c: dict[str, Any], run_dir: str, videos: dict[str, dict[str, Any]
     progress = Progress(label, len(work))
     with _actor_pool(c, _activate_params(c, gradients=False, measure_batch=False)) as actors:
         for vid, res in call_actors(actors, "evaluate", items()):
-            if isinstance(res, Exception) or "error" in res:
-                raise RuntimeError(f"{label}: video {vid!r}: {res if isinstance(res, Exception) else res['error']}")
-            results[vid] = res
+            results[vid] = _checked(label, vid, res)
             progress.update()
     missing = sorted(set(work) - set(results))
     if missing:
@@ -701,6 +706,7 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         work[vid] = (a, plans)
     second = _run_plans(c, run_dir, videos, work, "evaluate (deletion/insertion)")
 
+    tcav_mean = {r["concept"]: r["tcav_mean"] for r in concepts}
     rows: list[dict[str, Any]] = []
     summary: dict[str, dict[str, Any]] = {}
     for (k, layer), curve_list in curves.items():
@@ -716,9 +722,12 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             acc = [float(np.mean([lookup[v][p][1] for v in vids])) for p in plans]
             prob = [float(np.mean([lookup[v][p][0] for v in vids])) for p in plans]
             points.setdefault((ranking, mode, name), []).append((acc, prob))
+        accuracy: dict[tuple[str, str, str], np.ndarray] = {}  # (ranking, mode, order) -> accuracy at each k
+        areas: dict[tuple[str, str, str], float] = {}
         for (ranking, mode, order), draws_ in points.items():
             acc = np.mean([d[0] for d in draws_], axis=0)
             prob = np.mean([d[1] for d in draws_], axis=0)
+            accuracy[(ranking, mode, order)], areas[(ranking, mode, order)] = acc, auc(acc)
             for kk, (a_, p_) in enumerate(zip(acc, prob)):
                 rows.append({"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
                              "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_),
@@ -726,35 +735,32 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             rows.append({"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
                          "kind": "auc", "k": None, "accuracy": auc(acc), "mean_prob": auc(prob), "n_videos": len(vids)})
         names = ranked[(k, layer)]
-        tcav_means = [next(r["tcav_mean"] for r in concepts if r["concept"] == cn) for cn in names]
+        tcav_means = [tcav_mean[cn] for cn in names]
         rho = float("nan")
         if len(names) >= 2 and np.ptp(tcav_means) > 0 and np.ptp([causal.get(cn, 0.0) for cn in names]) > 0:
             rho = float(spearmanr(tcav_means, [causal.get(cn, 0.0) for cn in names]).statistic)
+        # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
+        # class's videos with each of its concepts removed in turn (pass 1), not the draws
+        random_top1 = float(np.mean(one_removed[(k, layer)]))
 
-        def at(ranking: str, mode: str, order: str, kk: int) -> Optional[float]:
-            return next((r["accuracy"] for r in rows if (r["target_class"], r["layer"], r["ranking"], r["mode"],
-                         r["order"], r["kind"], r["k"]) == (k, layer, ranking, mode, order, "point", kk)), None)
+        def at_k1(ranking: str, order: str) -> Optional[float]:
+            curve = accuracy.get((ranking, DELETE, order))
+            return None if curve is None or len(curve) < 2 else float(curve[1])
 
-        def area(ranking: str, mode: str, order: str) -> Optional[float]:
-            return next((r["accuracy"] for r in rows if (r["target_class"], r["layer"], r["ranking"], r["mode"],
-                         r["order"], r["kind"]) == (k, layer, ranking, mode, order, "auc")), None)
+        def top1_drop(ranking: str, baseline: Optional[float]) -> Optional[float]:
+            top = at_k1(ranking, "top")
+            return None if top is None or baseline is None else round(baseline - top, 4)
 
         summary.setdefault(k, {})[layer] = {
             "spearman_tcav_causal": rho, "videos": len(vids),
-            # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
-            # class's videos with each of its concepts removed in turn (pass 1), not the draws
-            "random_top1_deletion_accuracy": round(float(np.mean(one_removed[(k, layer)])), 4),
+            "random_top1_deletion_accuracy": round(random_top1, 4),
             **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
-                ("top1_deletion_accuracy_drop_vs_random",
-                 None if at(ranking, DELETE, "top", 1) is None else
-                 round(float(np.mean(one_removed[(k, layer)])) - at(ranking, DELETE, "top", 1), 4)),
-                ("top1_deletion_accuracy_drop_vs_random_draws",
-                 None if at(ranking, DELETE, "top", 1) is None else
-                 round(at(ranking, DELETE, "random", 1) - at(ranking, DELETE, "top", 1), 4)),
-                ("deletion_auc_top", area(ranking, DELETE, "top")),
-                ("deletion_auc_bottom", area(ranking, DELETE, "bottom")),
-                ("insertion_auc_top", area(ranking, INSERT, "top")),
-                ("insertion_auc_bottom", area(ranking, INSERT, "bottom")))},
+                ("top1_deletion_accuracy_drop_vs_random", top1_drop(ranking, random_top1)),
+                ("top1_deletion_accuracy_drop_vs_random_draws", top1_drop(ranking, at_k1(ranking, "random"))),
+                ("deletion_auc_top", areas.get((ranking, DELETE, "top"))),
+                ("deletion_auc_bottom", areas.get((ranking, DELETE, "bottom"))),
+                ("insertion_auc_top", areas.get((ranking, INSERT, "top"))),
+                ("insertion_auc_bottom", areas.get((ranking, INSERT, "bottom"))))},
         }
     write_table(pa.Table.from_pylist(rows, schema=schemas.EVALUATION), os.path.join(run_dir, "evaluation.parquet"))
     for row in concepts:
@@ -848,8 +854,7 @@ def stage_report(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> Non
     a Ray task renders each class."""
     from pipeline.report import build_report
 
-    out = build_report(run_dir, c, record, mapper=lambda fn, jobs, n: map_tasks(
-        fn, jobs, stage="report", progress=Progress("report", n, unit="classes")))
+    out = build_report(run_dir, c, record)
     record["stages"]["report"] = out
     log.info("report: %s (%d classes, %d images)", out["path"], out["classes"], out["assets"])
 

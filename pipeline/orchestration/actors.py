@@ -48,6 +48,13 @@ class ModelActor:
             raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
         return clip
 
+    def _class_index(self, row: dict[str, Any]) -> int:
+        """The model's index of the video's label (a video scored for its own class)."""
+        label = row.get("label")
+        if label not in self.model.class_names:
+            raise ValueError(f"label {label!r} is not one of the model's classes")
+        return self.model.class_names.index(label)
+
     def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
         """The video's class-logit gradient at each layer from a copy of the model whose every
         weight after that layer is re-initialised (the model-randomisation check). Returns
@@ -59,9 +66,7 @@ class ModelActor:
         from pipeline.scoring.randomisation import randomised_copy
 
         try:
-            label = row.get("label")
-            if label not in self.model.class_names:
-                raise ValueError(f"label {label!r} is not one of the model's classes")
+            k = self._class_index(row)
             spec = self.params.patch_spec(self.model)
             t_clip = _to_device(self._clip(row).frames, self.device)
             out: dict[str, Any] = {}
@@ -69,8 +74,8 @@ class ModelActor:
                 if (layer, seed) not in self._randomised:
                     example = torch.zeros((1, 3, spec.window, spec.height, spec.width), device=self.device)
                     self._randomised[(layer, seed)] = randomised_copy(self.model.module, layer, example, seed)[0]
-                res = clip_outputs(self._randomised[(layer, seed)], t_clip, spec, [layer],
-                                   self.model.class_names.index(label), self.params.batch_size, self.params.autocast)
+                res = clip_outputs(self._randomised[(layer, seed)], t_clip, spec, [layer], k,
+                                   self.params.batch_size, self.params.autocast)
                 out[layer] = res.gradients[layer]
             return out
         except Exception as e:
@@ -90,10 +95,7 @@ class ModelActor:
         from pipeline.evaluation.deletion import apply_plan, concept_voxels
 
         try:
-            label = row.get("label")
-            if label not in self.model.class_names:
-                raise ValueError(f"label {label!r} is not one of the model's classes")
-            k = self.model.class_names.index(label)
+            k = self._class_index(row)
             clip = self._clip(row).frames
             spec = self.params.patch_spec(self.model)
             out: dict[str, Any] = {}
