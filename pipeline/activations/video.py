@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pipeline.activations.extract import clip_outputs, supervoxel_vectors
+from pipeline.activations.extract import clip_outputs, resolve_autocast, supervoxel_vectors
 from pipeline.activations.patches import PatchRequest, PatchSpec
 from pipeline.models.registry import LoadedModel
 
@@ -24,7 +24,7 @@ class ActivateParams:
     batch_size: int
     fill: float = 117.0
     resampling: str = "bicubic"
-    autocast: bool = True
+    autocast: Optional[bool] = None  # activate.autocast (`extract.resolve_autocast`)
     gradients: bool = True
     measure_batch: bool = False
     pad_short: bool = False  # segment.short_supervoxels == "pad"
@@ -72,20 +72,20 @@ def activate_video(model: LoadedModel, video_id: str, clip: np.ndarray, labels: 
 
     t0 = time.perf_counter()
     spec = params.patch_spec(model)
+    bf16 = resolve_autocast(params.autocast, device)
     t_clip = _to_device(clip, device)
     out = VideoActivations(video_id=video_id, device=str(device))
     if labels is not None and len(table.get("supervoxel_id", ())):
         t_labels = _to_device(labels.astype(np.int32), device)
         res = supervoxel_vectors(model.module, t_clip, t_labels, requests_from_table(table), spec, model.layers,
-                                 params.batch_size, params.autocast)
+                                 params.batch_size, bf16)
         out.supervoxel_ids = np.asarray(table["supervoxel_id"], dtype=np.int64)[res.owners]
         out.supervoxel_vectors = res.vectors
         out.supervoxel_windows = res.windows
     gradient_class = None
     if params.gradients and label is not None and label in model.class_names:
         gradient_class = model.class_names.index(label)
-    clip_res = clip_outputs(model.module, t_clip, spec, model.layers, gradient_class, params.batch_size,
-                            params.autocast)
+    clip_res = clip_outputs(model.module, t_clip, spec, model.layers, gradient_class, params.batch_size, bf16)
     out.clip_vectors, out.logits, out.clip_windows = clip_res.vectors, clip_res.logits, clip_res.windows
     out.gradients, out.gradient_class = clip_res.gradients, clip_res.gradient_class
     if device.type == "cuda":

@@ -11,7 +11,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 import ray
 
-from pipeline.activations.extract import choose_batch_size
+from pipeline.activations.extract import choose_batch_size, resolve_autocast
 from pipeline.activations.video import ActivateParams, VideoActivations, activate_video, pick_device, prepare_model
 from pipeline.data.video import ClipSpec, read_clip
 from pipeline.models.registry import load_model
@@ -33,12 +33,13 @@ class ModelActor:
         self.model = prepare_model(load_model(model_cfg), self.device, channels_last=params.channels_last)
         self.clip_spec = ClipSpec.from_config(clip_cfg)
         self.batch_timings: dict[int, float] = {}
+        bf16 = resolve_autocast(params.autocast, self.device)
         batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
         if params.measure_batch:  # the fastest per window on this device, within its memory
             spec = params.patch_spec(self.model)
             batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
-                                                          params.autocast)
-        self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False)
+                                                          bf16)
+        self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False, autocast=bf16)
         self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
 
     def _clip(self, row: dict[str, Any]) -> Any:
@@ -117,6 +118,7 @@ class ModelActor:
     def describe(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"device": str(self.device), "node_id": ctx.get_node_id(), "batch_size": self.params.batch_size,
+                "bf16": bool(self.params.autocast),
                 "batch_seconds_per_window": {str(k): round(v, 5) for k, v in self.batch_timings.items()},
                 "class_names": list(self.model.class_names), "layers": list(self.model.layers)}
 
