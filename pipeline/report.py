@@ -230,13 +230,17 @@ def render_class(job: ClassJob) -> ClassSection:
                         "top_causal": by_causal[0]["concept"] if by_causal else None,
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random")),
+                        "empty": job.evaluated.get(layer, {}).get("mean_filled_clip_accuracy"),
                         "del_top": aucs.get(("causal", "delete", "top"), {}).get("accuracy"),
                         "del_bottom": aucs.get(("causal", "delete", "bottom"), {}).get("accuracy")})
         parts.append(f'<section class="layer" id="class-{job.index}-{esc(lslug)}"><h3>{esc(job.target_class)} '
                      f'&middot; layer <code>{esc(layer)}</code></h3>')
         parts.append(f'<p class="meta">{len(rows)} concepts, {summary[-1]["significant"]} significant'
                      + (f'; Spearman correlation of the TCAV and causal rankings: <b>{fmt(rho)}</b>' if rho is not None
-                        else "") + "</p>")
+                        else "")
+                     + (f' <span class="warn">the model predicts this class for {fmt(summary[-1]["empty"])} of its '
+                        'wholly mean-filled clips: deleting concepts cannot take the class away, so the deletion '
+                        'curves say little</span>' if (summary[-1]["empty"] or 0) >= 0.5 else "") + "</p>")
         # concept cards
         parts.append('<div class="cards">')
         for r in rows[: int(rep["max_concepts"])]:
@@ -464,7 +468,8 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
                 "<th>TCAV top concept</th><th>causal top concept</th><th>Spearman TCAV/causal</th>"
                 "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order</th>"
-                "<th>deletion AUC, top-first causal order</th><th>deletion AUC, bottom-first causal order</th></tr>"]
+                "<th>deletion AUC, top-first causal order</th><th>deletion AUC, bottom-first causal order</th>"
+                "<th>accuracy on wholly mean-filled clips</th></tr>"]
     for s in sections:
         for row in s.summary:
             top1 = f"{fmt(row['top1'][0])} ({fmt(row['top1'][1])})" if row["top1"][0] is not None else "–"
@@ -474,7 +479,9 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
                 f'<td>{esc((row["top_tcav"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{esc((row["top_causal"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{fmt(row["spearman"])}</td><td>{top1}</td>'
-                f'<td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td></tr>')
+                f'<td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td>'
+                + (f'<td class="warn">{fmt(row["empty"])}</td>' if (row["empty"] or 0) >= 0.5
+                   else f'<td>{fmt(row["empty"])}</td>') + '</tr>')
     overview.append("</table>")
     stages = record.get("stages", {})
     timing = ", ".join(f"{esc(n)} {s.get('wall_s', 0):.0f} s" for n, s in stages.items() if isinstance(s, dict))

@@ -751,8 +751,17 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             top = at_k1(ranking, "top")
             return None if top is None or baseline is None else round(baseline - top, 4)
 
+        # the model's answer for a wholly mean-filled clip (insertion at k = 0): a class it
+        # predicts there cannot lose accuracy when concepts are deleted
+        empty = accuracy.get(("tcav", INSERT, "top"))
+        empty_accuracy = None if empty is None else round(float(empty[0]), 4)
+        if empty_accuracy is not None and empty_accuracy >= 0.5:
+            log.warning("evaluate: %s/%s: the model predicts %r for %.0f%% of its wholly mean-filled scoring clips, so "
+                        "deleting concepts cannot take the class away: its deletion figures say little", k, layer, k,
+                        100 * empty_accuracy)
         summary.setdefault(k, {})[layer] = {
             "spearman_tcav_causal": rho, "videos": len(vids),
+            "mean_filled_clip_accuracy": empty_accuracy,
             "random_top1_deletion_accuracy": round(random_top1, 4),
             **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
                 ("top1_deletion_accuracy_drop_vs_random", top1_drop(ranking, random_top1)),
@@ -840,6 +849,9 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          f"concept (causal order; TCAV order {drop('tcav_top1_deletion_accuracy_drop_vs_random')}); "
                          f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
+                         + (f"; the model predicts the class for {s['mean_filled_clip_accuracy']:.2f} of its wholly "
+                            "mean-filled clips, so deletion cannot take it away"
+                            if (s.get("mean_filled_clip_accuracy") or 0) >= 0.5 else "")
                          + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
                             f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ground-truth reference scorings: "
                             f"{s.get('importance_mass_in_actor_tube_oracle_supervoxel_share')} scoring supervoxels by "
