@@ -258,8 +258,9 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     pool = contextlib.ExitStack()
     actors = pool.enter_context(_actor_pool(c, params))
     described = ray.get([actor.describe.remote() for actor in actors])
-    log.info("activate: %d model actor(s) on %s, batch size %d", len(actors),
-             ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"])
+    log.info("activate: %d model actor(s) on %s, batch size %d, %s", len(actors),
+             ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"],
+             "bf16" if all(d["bf16"] for d in described) else "float32")
     todo_set = set(todo)
 
     def work():
@@ -298,7 +299,8 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     record["stages"]["activate"] = {
         "wall_s": round(wall, 3), "videos_activated": activated, "videos_skipped_done": len(done),
         "videos_failed": len(failures), "actors": len(actors), "devices": sorted({d["device"] for d in described}),
-        "batch_size": described[0]["batch_size"], "layers": described[0]["layers"],
+        "batch_size": described[0]["batch_size"], "bf16": sorted({d["bf16"] for d in described}) == [True],
+        "layers": described[0]["layers"],
         "batch_seconds_per_window": described[0]["batch_seconds_per_window"],
         "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
         "windows_per_s": round(windows / wall, 2) if wall > 0 else None,

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.io import load_supervoxel_mask, read_parts
 from tests.conftest import run_cli
@@ -82,6 +83,8 @@ def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
     assert len(pred) == 12 and pred.correct.mean() >= 0.8  # the demo model on unseen synthetic clips
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
     assert stage["videos_activated"] == 12 and stage["supervoxel_vectors"] == len(kept)
+    # activate.autocast=null: bf16 where this CPU runs it natively, and run.json says which
+    assert stage["bf16"] == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
