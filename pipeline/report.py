@@ -229,7 +229,9 @@ def render_class(job: ClassJob) -> ClassSection:
                         "top_tcav": rows[0]["concept"] if rows else None,
                         "top_causal": by_causal[0]["concept"] if by_causal else None,
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
-                                 job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random")),
+                                 job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random"),
+                                 job.evaluated.get(layer, {}).get(
+                                     "best_single_concept_top1_deletion_accuracy_drop_vs_random")),
                         "empty": job.evaluated.get(layer, {}).get("mean_filled_clip_accuracy"),
                         "del_top": aucs.get(("causal", "delete", "top"), {}).get("accuracy"),
                         "del_bottom": aucs.get(("causal", "delete", "bottom"), {}).get("accuracy")})
@@ -467,12 +469,14 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
                 "<th>TCAV top concept</th><th>causal top concept</th><th>Spearman TCAV/causal</th>"
-                "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order</th>"
+                "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order; the most any "
+                "single concept gives</th>"
                 "<th>deletion AUC, top-first causal order</th><th>deletion AUC, bottom-first causal order</th>"
                 "<th>accuracy on wholly mean-filled clips</th></tr>"]
     for s in sections:
         for row in s.summary:
-            top1 = f"{fmt(row['top1'][0])} ({fmt(row['top1'][1])})" if row["top1"][0] is not None else "–"
+            top1 = (f"{fmt(row['top1'][0])} ({fmt(row['top1'][1])}); at most {fmt(row['top1'][2])}"
+                    if row["top1"][0] is not None else "–")
             overview.append(
                 f'<tr><td><a href="#class-{s.index}">{esc(s.target_class)}</a></td><td>{esc(row["layer"])}</td>'
                 f'<td>{row["concepts"]}</td><td>{row["significant"]}</td>'

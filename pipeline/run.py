@@ -682,10 +682,12 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     first = _run_plans(c, run_dir, videos, single, "evaluate (causal importance)")
     drops: dict[str, list[float]] = {}
     one_removed: dict[tuple[str, str], list[float]] = {}  # correctness with any single concept removed
+    correct_without: dict[str, list[float]] = {}  # correctness with this concept removed
     for vid, res in first.items():
         for layer, r in res.items():
-            for cn, p in zip(ranked[key(vid, layer)], r["prob"][1:]):
+            for cn, p, ok in zip(ranked[key(vid, layer)], r["prob"][1:], r["correct"][1:]):
                 drops.setdefault(cn, []).append(r["prob"][0] - p)
+                correct_without.setdefault(cn, []).append(float(ok))
             one_removed.setdefault(key(vid, layer), []).extend(map(float, r["correct"][1:]))
     causal = {cn: float(np.mean(v)) for cn, v in drops.items()}
     by_causal = {kl: sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
@@ -744,6 +746,10 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
         # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
         # class's videos with each of its concepts removed in turn (pass 1), not the draws
         random_top1 = float(np.mean(one_removed[(k, layer)]))
+        # the most any ordering can get at k = 1 on these videos: the concept whose removal
+        # costs the most accuracy (in-sample, so an upper bound, not a ranking to use)
+        worst = min((float(np.mean(correct_without[cn])) for cn in names if cn in correct_without), default=None)
+        best_top1 = None if worst is None else round(random_top1 - worst, 4)
 
         def at_k1(ranking: str, order: str) -> Optional[float]:
             curve = accuracy.get((ranking, DELETE, order))
@@ -765,6 +771,7 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             "spearman_tcav_causal": rho, "videos": len(vids),
             "mean_filled_clip_accuracy": empty_accuracy,
             "random_top1_deletion_accuracy": round(random_top1, 4),
+            "best_single_concept_top1_deletion_accuracy_drop_vs_random": best_top1,
             **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
                 ("top1_deletion_accuracy_drop_vs_random", top1_drop(ranking, random_top1)),
                 ("top1_deletion_accuracy_drop_vs_random_draws", top1_drop(ranking, at_k1(ranking, "random"))),
@@ -848,7 +855,9 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
 
             lines.append(f"{k}/{layer}: TCAV-causal Spearman {s['spearman_tcav_causal']:.2f}; top-1 deletion lowers "
                          f"accuracy by {drop('causal_top1_deletion_accuracy_drop_vs_random')} more than a random "
-                         f"concept (causal order; TCAV order {drop('tcav_top1_deletion_accuracy_drop_vs_random')}); "
+                         f"concept (causal order; TCAV order {drop('tcav_top1_deletion_accuracy_drop_vs_random')}; "
+                         f"at most {drop('best_single_concept_top1_deletion_accuracy_drop_vs_random')} for any "
+                         "single concept); "
                          f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
                          + (f"; the model predicts the class for {s['mean_filled_clip_accuracy']:.2f} of its wholly "

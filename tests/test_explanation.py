@@ -130,6 +130,10 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
             assert s["causal_deletion_auc_top"] <= s["causal_deletion_auc_bottom"] + 1e-9
             assert s["causal_top1_deletion_accuracy_drop_vs_random"] >= 0
             assert 0 <= s["random_top1_deletion_accuracy"] <= 1
+            # no ordering's first concept costs more than the costliest single concept
+            best = s["best_single_concept_top1_deletion_accuracy_drop_vs_random"]
+            for ranking in ("causal", "tcav"):
+                assert s[f"{ranking}_top1_deletion_accuracy_drop_vs_random"] <= best + 1e-9
             # the all-fill clip's accuracy, as the insertion curves give it at k = 0
             assert s["mean_filled_clip_accuracy"] == pytest.approx(
                 points[(points.target_class == info_k) & (points.layer == layer) & (points["mode"] == "insert")
