@@ -241,8 +241,8 @@ def render_class(job: ClassJob) -> ClassSection:
                      + (f'; Spearman correlation of the TCAV and causal rankings: <b>{fmt(rho)}</b>' if rho is not None
                         else "")
                      + (f' <span class="warn">the model predicts this class for {fmt(summary[-1]["empty"])} of its '
-                        'wholly mean-filled clips: deleting concepts cannot take the class away, so the deletion '
-                        'curves say little</span>' if (summary[-1]["empty"] or 0) >= 0.5 else "") + "</p>")
+                        'wholly mean-filled clips: deleting concepts can hardly take the class away, so the '
+                        'deletion curves say little</span>' if (summary[-1]["empty"] or 0) >= 0.5 else "") + "</p>")
         # concept cards
         parts.append('<div class="cards">')
         for r in rows[: int(rep["max_concepts"])]:

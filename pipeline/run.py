@@ -220,6 +220,12 @@ def _actor_pool(c: dict[str, Any], params: ActivateParams) -> Iterator[list[Any]
             ray.kill(actor)
 
 
+def _precision(described: list[dict[str, Any]], bf16: Any, float32: Any) -> Any:
+    """What the actors run in: `bf16` if all run bf16, `float32` if none, else "mixed"."""
+    kinds = {bool(d["bf16"]) for d in described}
+    return bf16 if kinds == {True} else float32 if kinds == {False} else "mixed"
+
+
 def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
     a = c["activate"]
     return ActivateParams(int(a["batch_size"]), float(a["fill"]), a["resampling"], a["autocast"], gradients,
@@ -260,7 +266,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     described = ray.get([actor.describe.remote() for actor in actors])
     log.info("activate: %d model actor(s) on %s, batch size %d, %s", len(actors),
              ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"],
-             "bf16" if all(d["bf16"] for d in described) else "float32")
+             _precision(described, "bf16", "float32"))
     todo_set = set(todo)
 
     def work():
@@ -299,7 +305,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     record["stages"]["activate"] = {
         "wall_s": round(wall, 3), "videos_activated": activated, "videos_skipped_done": len(done),
         "videos_failed": len(failures), "actors": len(actors), "devices": sorted({d["device"] for d in described}),
-        "batch_size": described[0]["batch_size"], "bf16": sorted({d["bf16"] for d in described}) == [True],
+        "batch_size": described[0]["batch_size"], "bf16": _precision(described, True, False),
         "layers": described[0]["layers"],
         "batch_seconds_per_window": described[0]["batch_seconds_per_window"],
         "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
@@ -760,13 +766,14 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             return None if top is None or baseline is None else round(baseline - top, 4)
 
         # the model's answer for a wholly mean-filled clip (insertion at k = 0): a class it
-        # predicts there cannot lose accuracy when concepts are deleted
+        # predicts there can hardly lose accuracy when concepts are deleted (deleting every
+        # concept still leaves the unassigned supervoxels, but little else)
         empty = accuracy.get(("tcav", INSERT, "top"))
         empty_accuracy = None if empty is None else round(float(empty[0]), 4)
         if empty_accuracy is not None and empty_accuracy >= 0.5:
             log.warning("evaluate: %s/%s: the model predicts %r for %.0f%% of its wholly mean-filled scoring clips, so "
-                        "deleting concepts cannot take the class away: its deletion figures say little", k, layer, k,
-                        100 * empty_accuracy)
+                        "deleting concepts can hardly take the class away: its deletion figures say little", k, layer,
+                        k, 100 * empty_accuracy)
         summary.setdefault(k, {})[layer] = {
             "spearman_tcav_causal": rho, "videos": len(vids),
             "mean_filled_clip_accuracy": empty_accuracy,
@@ -861,7 +868,7 @@ def _evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
                          + (f"; the model predicts the class for {s['mean_filled_clip_accuracy']:.2f} of its wholly "
-                            "mean-filled clips, so deletion cannot take it away"
+                            "mean-filled clips, so deletion can hardly take it away"
                             if (s.get("mean_filled_clip_accuracy") or 0) >= 0.5 else "")
                          + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
                             f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ground-truth reference scorings: "

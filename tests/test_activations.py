@@ -172,7 +172,7 @@ def test_bf16_vectors_and_gradients_follow_the_float32_ones():
 
     cpu = torch.device("cpu")
     assert resolve_autocast(True, cpu) is True and resolve_autocast(False, cpu) is False
-    assert resolve_autocast(None, cpu) == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert resolve_autocast(None, cpu) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     model = prepare_model(load_model({"name": "demo"}), cpu)
     clip = render_video(SyntheticParams(size=112, num_frames=16), "retreat", np.random.default_rng(5)).frames
     seg = segment_clip(clip, n_segments=(15, 50), min_frames=16)

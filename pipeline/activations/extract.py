@@ -84,9 +84,10 @@ def resolve_autocast(setting: Optional[bool], device: torch.device) -> bool:
     if setting is not None:
         return bool(setting)
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":  # not mkldnn's own check, which also accepts plain AVX512 (emulated bf16, slower)
+        return bool(torch.backends.mkldnn.is_available()
+                    and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
     return False
 
 

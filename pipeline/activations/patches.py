@@ -97,16 +97,17 @@ def offset_clip(clip: torch.Tensor, spec: PatchSpec) -> torch.Tensor:
 
 def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequence[int], spec: PatchSpec,
                  start: int, frames: int, out: Optional[torch.Tensor] = None, normalised: bool = True) -> torch.Tensor:
-    """Frames `start .. start + frames` of one supervoxel's patch: float [3, frames, H, W],
-    normalised as the model expects (or on 0-255 with `normalised=False`).
+    """Frames `start .. start + frames` of one supervoxel's patch: [3, frames, H, W] in float32
+    (or `out`'s dtype), normalised as the model expects (or on 0-255 with `normalised=False`).
 
     clip: the clip from `offset_clip` ([3, L, H0, W0], pixels minus the fill) on the device;
     labels: [L, H0, W0] label volume of the supervoxel's resolution; box: (t0, t1, y0, y1, x0,
     x1), the supervoxel's bounding box. `out`, if given, receives the result (a slot of a
     batch: no copy). A bfloat16 `out` (the batches of a bf16 model, `activate.autocast`) gets
     the vertical pass, the one over the full-size output, in bf16: everything before it stays
-    in float32, so the only loss is the bf16 rounding that autocast would give the model's
-    input anyway.
+    in float32. Besides the bf16 rounding of the output (which autocast would give the model's
+    input anyway), its weights and input are rounded to bf16: tests/test_patches.py measures the
+    result against PIL within the float32 path's bounds.
     """
     _, _, y0, y1, x0, x1 = (int(v) for v in box)
     inside = labels[start:start + frames, y0:y1, x0:x1] == label  # [F, h, w]
@@ -117,8 +118,8 @@ def patch_frames(clip: torch.Tensor, labels: torch.Tensor, label: int, box: Sequ
     # PIL's order: the horizontal pass, rounded and clipped to 8 bits, then the vertical one.
     x = (x @ rx.T).clamp_(-spec.fill, 255.0 - spec.fill).round_()  # [3, F, h, W]
     if not normalised:
-        out = torch.matmul(ry, x, out=out)
-        return out.add_(spec.fill).clamp_(0.0, 255.0).round_()
+        full = torch.matmul(ry, x).add_(spec.fill).clamp_(0.0, 255.0).round_()
+        return full if out is None else out.copy_(full)
     # Normalisation folded into the small intermediate: every row of `ry` sums to one, so the
     # per-channel scale and offset pass through the vertical product, which is then the only
     # pass over the full-size output. (PIL also clips the vertical pass's overshoot at hard
