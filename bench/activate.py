@@ -58,15 +58,11 @@ def make_clips(n: int, size: int, frames: int) -> list[tuple[np.ndarray, object]
     return out
 
 
-def autocast(device: torch.device, enabled: bool):
-    return _autocast(device, enabled)
-
-
 def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: torch.device, amp: bool) -> float:
     """Seconds for `n_windows` windows through the model with hooks, inputs already on the device."""
     x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device).to(_batch_dtype(amp))
     x = _memory_format(x, model.module)  # as the actors give it: bf16 for a bf16 model
-    with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), autocast(device, amp):
+    with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), _autocast(device, amp):
         model.module(x)  # warm-up
         sync(device)
         t0 = time.perf_counter()

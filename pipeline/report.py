@@ -182,6 +182,7 @@ def render_class(job: ClassJob) -> ClassSection:
     base = f"assets/c{job.index:04d}-{slug(job.target_class)[:40]}"
     causal = {r["concept"]: r.get("causal_importance") for r in job.concepts}
     clips: dict[str, Optional[np.ndarray]] = {}
+    tubes: dict[str, Optional[np.ndarray]] = {}  # the ground-truth actor, read once per video
     files: dict[str, bytes] = {}
     video_index: dict[str, int] = {}  # file names by index: two ids may slug alike
 
@@ -300,12 +301,12 @@ def render_class(job: ClassJob) -> ClassSection:
             frames = clip(vid)
             if frames is None or vid not in job.volumes:
                 continue
-            tube = None
-            if s["dataset_kind"] == "synthetic":
+            if s["dataset_kind"] == "synthetic" and vid not in tubes:
                 try:
-                    tube = video_actor_tube(s["dataset_root"], job.videos[vid], 0)
+                    tubes[vid] = video_actor_tube(s["dataset_root"], job.videos[vid], 0)
                 except Exception:  # no ground truth beside this video
-                    tube = None
+                    tubes[vid] = None
+            tube = tubes.get(vid)
             figs = [f'<figure><img src="{esc(save(frames, f"{vname(vid)}-clip"))}" alt="clip {esc(vid)}">'
                     f"<figcaption>{esc(vid)}</figcaption></figure>"]
             scores = {"TCAV (the paper's)": h["scores"]}
@@ -347,7 +348,7 @@ def plan_jobs(run_dir: str, c: dict[str, Any], record: dict[str, Any]) -> tuple[
     read when its job is made, so the driver holds one class's at a time). The classes are the
     concepts stage's (with or without concepts), else those in concepts.parquet."""
     from pipeline.run import RunFolderError
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.segmentation.supervoxels import supervoxel_mask
 
     if not io.exists(io.join(run_dir, "concepts.parquet")):
         raise RunFolderError(f"the report needs concepts.parquet in {run_dir}: run the concepts stage first")
@@ -367,6 +368,9 @@ def plan_jobs(run_dir: str, c: dict[str, Any], record: dict[str, Any]) -> tuple[
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in concepts:
+        by_class.setdefault(r["target_class"], []).append(r)
     stages = record.get("stages", {})
     class_info = (stages.get("concepts") or {}).get("classes") or {}
     evaluated = (stages.get("evaluate") or {}).get("classes") or {}
@@ -376,7 +380,7 @@ def plan_jobs(run_dir: str, c: dict[str, Any], record: dict[str, Any]) -> tuple[
 
     def jobs() -> Iterator[ClassJob]:
         for i, k in enumerate(classes):
-            rows = [r for r in concepts if r["target_class"] == k]
+            rows = by_class.get(k, [])
             shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in rows)
                      for r in sorted((x for x in rows if x["layer"] == layer),
                                      key=lambda x: x["rank"])[: int(rep["max_concepts"])]]
@@ -385,12 +389,9 @@ def plan_jobs(run_dir: str, c: dict[str, Any], record: dict[str, Any]) -> tuple[
             heatmaps = [r for r in vi.get(k, []) if r["video_id"] in heat_vids]
             wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
             volumes = io.load_label_volumes(run_dir, wanted) if wanted else {}
-            masks = {}
-            for ms in exemplars.values():
-                for m in ms:
-                    if m["video_id"] in volumes:
-                        resolution, label = split_supervoxel_id(int(m["supervoxel_id"]))
-                        masks[(m["video_id"], int(m["supervoxel_id"]))] = volumes[m["video_id"]][resolution] == label
+            masks = {(m["video_id"], int(m["supervoxel_id"])):
+                     supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"])
+                     for ms in exemplars.values() for m in ms if m["video_id"] in volumes}
             yield ClassJob(index=i, target_class=k, settings=settings, info=class_info.get(k, {}),
                            evaluated=evaluated.get(k, {}), concepts=rows, exemplars=exemplars, masks=masks,
                            heatmaps=heatmaps, volumes={v: volumes[v] for v in heat_vids if v in volumes},

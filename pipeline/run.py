@@ -220,10 +220,10 @@ def _actor_pool(c: dict[str, Any], params: ActivateParams) -> Iterator[list[Any]
             ray.kill(actor)
 
 
-def _precision(described: list[dict[str, Any]], bf16: Any, float32: Any) -> Any:
-    """What the actors run in: `bf16` if all run bf16, `float32` if none, else "mixed"."""
+def _bf16(described: list[dict[str, Any]]) -> bool | str:
+    """Whether the actors run bf16: true, false, or "mixed"."""
     kinds = {bool(d["bf16"]) for d in described}
-    return bf16 if kinds == {True} else float32 if kinds == {False} else "mixed"
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def _activate_params(c: dict[str, Any], gradients: bool, measure_batch: bool) -> ActivateParams:
@@ -264,9 +264,10 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     pool = contextlib.ExitStack()
     actors = pool.enter_context(_actor_pool(c, params))
     described = ray.get([actor.describe.remote() for actor in actors])
+    bf16 = _bf16(described)
     log.info("activate: %d model actor(s) on %s, batch size %d, %s", len(actors),
              ", ".join(sorted({d["device"] for d in described})), described[0]["batch_size"],
-             _precision(described, "bf16", "float32"))
+             {True: "bf16", False: "float32"}.get(bf16, bf16))
     todo_set = set(todo)
 
     def work():
@@ -305,7 +306,7 @@ def stage_activate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
     record["stages"]["activate"] = {
         "wall_s": round(wall, 3), "videos_activated": activated, "videos_skipped_done": len(done),
         "videos_failed": len(failures), "actors": len(actors), "devices": sorted({d["device"] for d in described}),
-        "batch_size": described[0]["batch_size"], "bf16": _precision(described, True, False),
+        "batch_size": described[0]["batch_size"], "bf16": bf16,
         "layers": described[0]["layers"],
         "batch_seconds_per_window": described[0]["batch_seconds_per_window"],
         "supervoxel_vectors": stats["supervoxel_vectors"], "windows": windows,
@@ -541,7 +542,7 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict
     from pipeline.evaluation.ground_truth import inside_fraction, positive_mass_inside, video_actor_tube
     from pipeline.io import load_label_volumes
     from pipeline.scoring.voxel_importance import importance_map
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.segmentation.supervoxels import supervoxel_mask
 
     needed = sorted({m["video_id"] for m in members} | {r["video_id"] for r in importance})
     volumes = load_label_volumes(run_dir, needed)  # every label volume needed, in one read
@@ -552,14 +553,10 @@ def _ground_truth_report(c: dict[str, Any], run_dir: str, videos: dict[str, dict
             tubes[vid] = video_actor_tube(c["dataset"]["root"], videos[vid], dilation)
         return tubes[vid]
 
-    def mask(vid: str, sid: int) -> np.ndarray:
-        r, label = split_supervoxel_id(sid)
-        return volumes[vid][r] == label
-
     fractions: dict[str, list[float]] = {}
     for m in members:
-        fractions.setdefault(m["concept"], []).append(inside_fraction(mask(m["video_id"], m["supervoxel_id"]),
-                                                                      tube(m["video_id"])))
+        fractions.setdefault(m["concept"], []).append(
+            inside_fraction(supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"]), tube(m["video_id"])))
     for k, info in class_info.items():
         for layer, li in info.get("layers", {}).items():
             rows = [r for r in concepts if r["target_class"] == k and r["layer"] == layer]
@@ -687,14 +684,12 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
                         for layer in a}) for vid, a in assignments.items()}
     first = _run_plans(c, run_dir, videos, single, "evaluate (causal importance)")
     drops: dict[str, list[float]] = {}
-    one_removed: dict[tuple[str, str], list[float]] = {}  # correctness with any single concept removed
-    correct_without: dict[str, list[float]] = {}  # correctness with this concept removed
+    correct_without: dict[str, list[float]] = {}  # per video, correct with this concept removed
     for vid, res in first.items():
         for layer, r in res.items():
             for cn, p, ok in zip(ranked[key(vid, layer)], r["prob"][1:], r["correct"][1:]):
                 drops.setdefault(cn, []).append(r["prob"][0] - p)
                 correct_without.setdefault(cn, []).append(float(ok))
-            one_removed.setdefault(key(vid, layer), []).extend(map(float, r["correct"][1:]))
     causal = {cn: float(np.mean(v)) for cn, v in drops.items()}
     by_causal = {kl: sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
                  for kl, names in ranked.items()}
@@ -751,11 +746,11 @@ def stage_evaluate(c: dict[str, Any], run_dir: str, record: dict[str, Any]) -> N
             rho = float(spearmanr(tcav_means, [causal.get(cn, 0.0) for cn in names]).statistic)
         # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
         # class's videos with each of its concepts removed in turn (pass 1), not the draws
-        random_top1 = float(np.mean(one_removed[(k, layer)]))
+        removed = [correct_without[cn] for cn in names if cn in correct_without]
+        random_top1 = float(np.mean(np.concatenate(removed)))
         # the most any ordering can get at k = 1 on these videos: the concept whose removal
         # costs the most accuracy (in-sample, so an upper bound, not a ranking to use)
-        worst = min((float(np.mean(correct_without[cn])) for cn in names if cn in correct_without), default=None)
-        best_top1 = None if worst is None else round(random_top1 - worst, 4)
+        best_top1 = round(random_top1 - min(float(np.mean(v)) for v in removed), 4)
 
         def at_k1(ranking: str, order: str) -> Optional[float]:
             curve = accuracy.get((ranking, DELETE, order))

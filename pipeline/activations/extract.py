@@ -79,7 +79,7 @@ def _batch_dtype(enabled: bool) -> torch.dtype:
 
 def resolve_autocast(setting: Optional[bool], device: torch.device) -> bool:
     """`activate.autocast`: true / false as given; null: bf16 where the device runs it natively,
-    a GPU with bf16 support, or a CPU that oneDNN runs bf16 on (AVX512-BF16 or AMX). On this
+    a GPU with bf16 units (not emulated), or a CPU with AVX512-BF16 or AMX. On this
     2-core CPU (AVX512-BF16) the demo model's forward ran 1.7x faster in bf16."""
     if setting is not None:
         return bool(setting)

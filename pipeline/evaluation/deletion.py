@@ -24,14 +24,13 @@ def concept_voxels(labels: np.ndarray, supervoxel_ids: Sequence[int],
 
     labels: uint16 [R, T, H, W] label volumes; supervoxel_ids and concepts: the assignment
     (None: a supervoxel no concept claims)."""
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.segmentation.supervoxels import supervoxel_mask
 
     out: dict[str, np.ndarray] = {}
     for sid, concept in zip(supervoxel_ids, concepts):
         if concept is None:
             continue
-        resolution, label = split_supervoxel_id(int(sid))
-        mask = labels[resolution] == label
+        mask = supervoxel_mask(labels, sid)
         out[concept] = out[concept] | mask if concept in out else mask
     return out
 

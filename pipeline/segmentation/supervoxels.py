@@ -43,8 +43,7 @@ class Segmentation:
 
     def mask(self, supervoxel_id: int) -> np.ndarray:
         """bool [L, H, W] of one supervoxel."""
-        r, label = split_supervoxel_id(supervoxel_id)
-        return self.labels[r] == label
+        return supervoxel_mask(self.labels, supervoxel_id)
 
 
 LABEL_BITS = 16
@@ -57,6 +56,12 @@ def supervoxel_id(resolution: np.ndarray | int, label: np.ndarray | int) -> np.n
 
 def split_supervoxel_id(sid: int) -> tuple[int, int]:
     return int(sid) >> LABEL_BITS, int(sid) & ((1 << LABEL_BITS) - 1)
+
+
+def supervoxel_mask(labels: np.ndarray, sid: int) -> np.ndarray:
+    """bool [L, H, W] of one supervoxel, from a video's label volumes [R, L, H, W]."""
+    resolution, label = split_supervoxel_id(sid)
+    return labels[resolution] == label
 
 
 def slic_labels(clip: np.ndarray, n_segments: int, compactness: float, sigma: float,
