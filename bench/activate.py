@@ -36,7 +36,7 @@ from pipeline.activations.patches import PatchSpec  # noqa: E402
 from pipeline.activations.video import pick_device, prepare_model, requests_from_table  # noqa: E402
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video  # noqa: E402
 from pipeline.models.registry import load_model  # noqa: E402
-from pipeline.reference.patches import reference_patch  # noqa: E402
+from tests.reference.patches import reference_patch  # noqa: E402
 from pipeline.segmentation.supervoxels import segment_clip  # noqa: E402
 
 # Nominal dense bf16 tensor-core peaks (TFLOP/s), by device name.

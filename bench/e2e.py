@@ -33,8 +33,8 @@ from pipeline.data.synthetic import SyntheticParams, ensure_corpus  # noqa: E402
 from pipeline.data.video import ClipSpec, read_clip  # noqa: E402
 from pipeline.models import clip_to_input  # noqa: E402
 from pipeline.models.registry import load_model  # noqa: E402
-from pipeline.reference.patches import reference_patch  # noqa: E402
-from pipeline.reference.segmentation import segment_clip_reference  # noqa: E402
+from tests.reference.patches import reference_patch  # noqa: E402
+from tests.reference.segmentation import segment_clip_reference  # noqa: E402
 from pipeline.scoring.tcav import fit_cav, significance, tcav_score  # noqa: E402
 from pipeline.segmentation.supervoxels import split_supervoxel_id  # noqa: E402
 

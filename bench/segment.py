@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from skimage.segmentation import slic  # noqa: E402
 
 from pipeline.data.synthetic import SyntheticParams, ensure_corpus, render_video  # noqa: E402
-from pipeline.reference.segmentation import segment_clip_reference  # noqa: E402
+from tests.reference.segmentation import segment_clip_reference  # noqa: E402
 from pipeline.segmentation.supervoxels import segment_clip  # noqa: E402
 
 SETTINGS = dict(n_segments=(15, 50, 80), compactness=20.0, sigma=1.0, spacing=(1.0, 1.0, 1.0))

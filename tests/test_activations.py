@@ -11,7 +11,7 @@ from pipeline.activations.patches import PatchSpec
 from pipeline.activations.video import ActivateParams, activate_video, requests_from_table
 from pipeline.data.synthetic import SyntheticParams, render_video
 from pipeline.models.registry import load_model
-from pipeline.reference.patches import reference_patch
+from tests.reference.patches import reference_patch
 from pipeline.segmentation.supervoxels import segment_clip
 
 

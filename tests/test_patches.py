@@ -9,7 +9,7 @@ import torch
 from pipeline.activations.patches import (PatchRequest, PatchSpec, iter_window_batches, offset_clip,
                                           patch_frames, resample_matrix)
 from pipeline.data.synthetic import SyntheticParams, render_video
-from pipeline.reference.patches import reference_patch
+from tests.reference.patches import reference_patch
 from pipeline.segmentation.supervoxels import segment_clip
 
 BOX = ("t0", "t1", "y0", "y1", "x0", "x1")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video
-from pipeline.reference.segmentation import dedupe_mask_by_mask
+from tests.reference.segmentation import dedupe_mask_by_mask
 from pipeline.segmentation.supervoxels import (DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT,
                                                segment_clip, split_supervoxel_id)
 
