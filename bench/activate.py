@@ -37,7 +37,7 @@ from pipeline.activations.video import pick_device, prepare_model, requests_from
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video  # noqa: E402
 from pipeline.models.registry import load_model  # noqa: E402
 from tests.reference.patches import reference_patch  # noqa: E402
-from pipeline.segmentation.supervoxels import segment_clip  # noqa: E402
+from pipeline.segmentation.supervoxels import SegmentParams, segment_clip  # noqa: E402
 
 # Nominal dense bf16 tensor-core peaks (TFLOP/s), by device name.
 NOMINAL_BF16_TFLOPS = {"H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4,
@@ -54,7 +54,7 @@ def make_clips(n: int, size: int, frames: int) -> list[tuple[np.ndarray, object]
     for i in range(n):
         clip = render_video(SyntheticParams(size=size, num_frames=frames), CLASSES[i % 3],
                             np.random.default_rng([77, i])).frames
-        out.append((clip, segment_clip(clip, n_segments=(15, 50, 80), min_frames=frames)))
+        out.append((clip, segment_clip(clip, SegmentParams(n_segments=[15, 50, 80]), min_frames=frames)))
     return out
 
 

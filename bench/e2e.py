@@ -154,7 +154,7 @@ def project_run(cfg) -> tuple[dict[str, float], float]:
     (seconds per stage, seconds of the whole job)."""
     import ray
 
-    from pipeline.run import run_job
+    from pipeline.job import run_job
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:

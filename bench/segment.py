@@ -30,7 +30,7 @@ from skimage.segmentation import slic  # noqa: E402
 
 from pipeline.data.synthetic import SyntheticParams, ensure_corpus, render_video  # noqa: E402
 from tests.reference.segmentation import segment_clip_reference  # noqa: E402
-from pipeline.segmentation.supervoxels import segment_clip  # noqa: E402
+from pipeline.segmentation.supervoxels import SegmentParams, segment_clip  # noqa: E402
 
 SETTINGS = dict(n_segments=(15, 50, 80), compactness=20.0, sigma=1.0, spacing=(1.0, 1.0, 1.0))
 
@@ -56,14 +56,17 @@ def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str, ray_data: b
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, register_configs, to_plain
-    from pipeline.run import stage_ingest, stage_segment
+    from pipeline.job import run_job
 
     register_configs()
     out = os.path.join(workdir, f"run-{num_cpus}")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=folder", f"dataset.root={corpus_root}",
-                                           f"run.output_dir={out}"])
-    c = to_plain(cfg)
+
+    def config(stage: str):
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            return compose("config", overrides=["dataset=folder", f"dataset.root={corpus_root}",
+                                                f"run.output_dir={out}", f"run.stages=[{stage}]"])
+
+    c = to_plain(config("segment"))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # Warm the workers (process start, imports) so both runs time the steady state.
@@ -75,13 +78,10 @@ def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str, ray_data: b
             time.sleep(0.5)
 
         ray.get([warm.remote() for _ in range(num_cpus)])
-        record: dict = {"stages": {}, "counts": {}}
-        stage_ingest(c, out, record)
+        run_job(config("ingest"))
         if ray_data:
             return _ray_data_seconds(c, out)
-        t0 = time.perf_counter()
-        stage_segment(c, out, record)
-        return time.perf_counter() - t0
+        return run_job(config("segment"))["stages"]["segment"]["wall_s"]  # the stage's own wall time
     finally:
         ray.shutdown()
 
@@ -92,14 +92,17 @@ def _ray_data_seconds(c: dict, out: str) -> float:
 
     from pipeline.data.video import ClipSpec
     from pipeline.models.registry import model_window
-    from pipeline.segmentation.video import SegmentParams, segment_video
+    from pipeline.params import from_section
+    from pipeline.segmentation.supervoxels import SegmentParams
+    from pipeline.segmentation.video import segment_video
 
     rows = [r for r in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist() if r["status"] == "ok"]
-    spec = ClipSpec.from_config(c["clip"])
-    params = SegmentParams.from_config(c["segment"], model_window(c["model"]))
+    spec = ClipSpec(**c["clip"])
+    params = from_section(SegmentParams, c["segment"])
+    min_frames = model_window(c["model"]) if c["segment"]["short_supervoxels"] == "drop" else None
 
     def segment_row(row: dict) -> dict:
-        res = segment_video(row, spec, params)
+        res = segment_video(row, spec, params, min_frames)
         return {"video_id": res.video_id, "labels": res.labels, "kept": int((res.table["status"] == "kept").sum())}
 
     ctx = ray.data.DataContext.get_current()
@@ -121,11 +124,11 @@ def main() -> None:
              for i in range(args.clips)]
     print(f"clips: {len(clips)} synthetic, {clips[0].shape[0]}x{clips[0].shape[1]}x{clips[0].shape[2]}, "
           f"n_segments={list(SETTINGS['n_segments'])}", flush=True)
-    segment_clip(clips[0], **SETTINGS)  # warm-up (imports, caches)
+    segment_clip(clips[0], SegmentParams(**SETTINGS))  # warm-up (imports, caches)
     a, b = float("inf"), float("inf")
     for _ in range(3):  # interleaved, best of 3: the two differ by a few percent, so noise matters
         a = min(a, timed(slic_only, clips))
-        b = min(b, timed(lambda c: segment_clip(c, **SETTINGS), clips))
+        b = min(b, timed(lambda c: segment_clip(c, SegmentParams(**SETTINGS)), clips))
     c = timed(lambda c: segment_clip_reference(c, **SETTINGS), clips)
     print(f"(a) SLIC alone        {a:.3f} s/clip")
     print(f"(b) segment_clip      {b:.3f} s/clip")

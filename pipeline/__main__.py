@@ -1,6 +1,6 @@
-"""`python -m pipeline`: the main job (see pipeline/run.py and conf/config.yaml)."""
+"""`python -m pipeline`: the main job (see pipeline/job.py and conf/config.yaml)."""
 
-from pipeline.run import main
+from pipeline.job import main
 
 if __name__ == "__main__":
     main()

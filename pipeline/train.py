@@ -131,8 +131,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if tc["epochs"] > 0:
         name = c["model"]["name"]
         if name not in REGISTRY or REGISTRY[name].builder is None:
-            raise ModelConfigError(f"config key 'model.name': cannot train {name!r} from scratch; "
-                                   f"use one of {sorted(REGISTRY)}")
+            raise ModelConfigError("name", name, f"cannot train it from scratch; use one of {sorted(REGISTRY)}")
         base = REGISTRY[name]
         class_names = corpus.classes
         module = base.builder(num_classes=len(class_names))
@@ -140,14 +139,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
     else:
         loaded = load_model(c["model"])
     spec = loaded.spec
-    clip_spec = ClipSpec.from_config({**c["clip"], "num_frames": spec.window, "height": spec.height,
-                                      "width": spec.width})
+    clip_spec = ClipSpec(**{**c["clip"], "num_frames": spec.window, "height": spec.height, "width": spec.width})
     t0 = time.time()
     clips, rows = load_clips(rows, clip_spec)
     name_to_idx = {n: i for i, n in enumerate(loaded.class_names)}
     missing = sorted({r["label"] for r in rows} - set(name_to_idx))
     if missing:
-        raise ModelConfigError(f"the model's classes {loaded.class_names} do not include the corpus classes {missing}")
+        raise ModelConfigError("class_names", loaded.class_names, f"do not include the corpus classes {missing}")
     labels = np.array([name_to_idx[r["label"]] for r in rows])
     log.info("decoded %d clips of %dx%dx%d in %.1f s", len(clips), spec.window, spec.height, spec.width,
              time.time() - t0)

@@ -8,11 +8,12 @@ import torch
 
 from pipeline.activations.extract import LayerTap, clip_outputs, pool, supervoxel_vectors
 from pipeline.activations.patches import PatchSpec
-from pipeline.activations.video import ActivateParams, activate_video, requests_from_table
+from pipeline.activations.params import ActivateParams
+from pipeline.activations.video import activate_video, requests_from_table
 from pipeline.data.synthetic import SyntheticParams, render_video
 from pipeline.models.registry import load_model
 from tests.reference.patches import reference_patch
-from pipeline.segmentation.supervoxels import segment_clip
+from pipeline.segmentation.supervoxels import SegmentParams, segment_clip
 
 
 def _demo():
@@ -151,7 +152,7 @@ def test_channels_last_gives_the_same_vectors_and_the_batches_follow_the_weights
     assert _memory_format(x, last.module).is_contiguous(memory_format=torch.channels_last_3d)
     assert _memory_format(x, default.module) is x
     clip = render_video(SyntheticParams(size=112, num_frames=16), "advance", np.random.default_rng(3)).frames
-    seg = segment_clip(clip, n_segments=(15,), min_frames=16)
+    seg = segment_clip(clip, SegmentParams(n_segments=[15]), min_frames=16)
     requests = requests_from_table({k: v[seg.kept()] for k, v in seg.table.items()})
     s = default.spec
     spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
@@ -175,7 +176,7 @@ def test_bf16_vectors_and_gradients_follow_the_float32_ones():
     assert resolve_autocast(None, cpu) == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     model = prepare_model(load_model({"name": "demo"}), cpu)
     clip = render_video(SyntheticParams(size=112, num_frames=16), "retreat", np.random.default_rng(5)).frames
-    seg = segment_clip(clip, n_segments=(15, 50), min_frames=16)
+    seg = segment_clip(clip, SegmentParams(n_segments=[15, 50]), min_frames=16)
     requests = requests_from_table({k: v[seg.kept()] for k, v in seg.table.items()})
     s = model.spec
     spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))

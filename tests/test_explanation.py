@@ -19,14 +19,14 @@ def test_every_class_has_an_actor_concept(small_run):
     outputs, and the run's own report says the same."""
     from pipeline.data.synthetic import load_ground_truth_mask
     from pipeline.evaluation.ground_truth import actor_tube, clip_mask, inside_fraction
-    from pipeline.io import load_label_volumes
+    from pipeline.run_folder import RunFolder
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 
     out, record = small_run["out"], small_run["record"]
     root = record["config"]["dataset"]["root"]
     videos = {r["video_id"]: r for r in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()}
     members = pq.read_table(os.path.join(out, "concept_members.parquet")).to_pandas()
-    volumes = load_label_volumes(out, sorted(set(members.video_id)))
+    volumes = RunFolder(out).label_volumes(sorted(set(members.video_id)))
     tubes = {}
     best: dict[tuple[str, str], float] = {}
     for (k, layer, concept), group in members.groupby(["target_class", "layer", "concept"]):
@@ -143,9 +143,10 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
                 assert value is None or 0 <= value <= 1, (name, value)
             assert np.isnan(s["spearman_tcav_causal"]) or -1 <= s["spearman_tcav_causal"] <= 1
             assert 0 <= s["importance_mass_in_actor_tube_causal"] <= 1
-    from pipeline.io import load_voxel_importance
+    from pipeline import open_run
 
     vid = read_parts(os.path.join(out, "voxel_importance")).to_pandas().video_id[0]
-    tcav, causal = load_voxel_importance(out, vid), load_voxel_importance(out, vid, score="causal")
+    run = open_run(out)
+    tcav, causal = run.voxel_importance(vid), run.voxel_importance(vid, score="causal")
     assert tcav.shape == causal.shape == (16, 112, 112) and not np.array_equal(tcav, causal)
     assert "evaluation (evaluation.parquet" in small_run["stdout"]

@@ -10,14 +10,14 @@ from pipeline.activations.patches import (PatchRequest, PatchSpec, iter_window_b
                                           patch_frames, resample_matrix)
 from pipeline.data.synthetic import SyntheticParams, render_video
 from tests.reference.patches import reference_patch
-from pipeline.segmentation.supervoxels import segment_clip
+from pipeline.segmentation.supervoxels import SegmentParams, segment_clip
 
 BOX = ("t0", "t1", "y0", "y1", "x0", "x1")
 
 
 def _segmented(seed: int, size: int = 112, frames: int = 16):
     clip = render_video(SyntheticParams(size=size, num_frames=frames), "advance", np.random.default_rng(seed)).frames
-    return clip, segment_clip(clip, n_segments=(15, 50, 80, 150))
+    return clip, segment_clip(clip, SegmentParams(n_segments=[15, 50, 80, 150]))
 
 
 def _denormalise(x: torch.Tensor, spec: PatchSpec) -> np.ndarray:

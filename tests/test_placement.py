@@ -31,7 +31,7 @@ def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(thre
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, register_configs
-    from pipeline.run import run_job
+    from pipeline.job import run_job
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -53,7 +53,7 @@ def test_a_label_selector_no_node_matches_fails_before_any_work(three_node_clust
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, ConfigError, register_configs
-    from pipeline.run import run_job
+    from pipeline.job import run_job
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

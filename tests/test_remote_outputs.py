@@ -20,8 +20,9 @@ def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(tmp_path, ray_shutdo
     from hydra import compose, initialize_config_dir
 
     from pipeline.config import CONF_DIR, register_configs
-    from pipeline.io import exists, load_supervoxel_mask, load_voxel_importance, read_json, read_parts
-    from pipeline.run import run_job
+    from pipeline import open_run
+    from pipeline.io import exists, read_json, read_parts
+    from pipeline.job import run_job
 
     monkeypatch.chdir(tmp_path)
     register_configs()
@@ -39,10 +40,10 @@ def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(tmp_path, ray_shutdo
     assert not any(p.name == "mock:" or p.name.startswith("mock") for p in tmp_path.iterdir())
     sv = read_parts(f"{run}/supervoxels").to_pandas()
     kept = sv[sv.status == "kept"].iloc[0]
-    mask = load_supervoxel_mask(run, kept.video_id, int(kept.supervoxel_id))
+    mask = open_run(run).supervoxel_mask(kept.video_id, int(kept.supervoxel_id))
     assert mask.shape == (16, 112, 112) and mask.sum() == kept.volume
     vi = read_parts(f"{run}/voxel_importance").to_pandas()
-    heat = load_voxel_importance(run, vi.video_id[0])
+    heat = open_run(run).voxel_importance(vi.video_id[0])
     assert heat.shape == (16, 112, 112) and heat.dtype == np.float32
     # a rerun finds the finished stages on the same URI and skips them
     again = run_job(cfg)

@@ -12,7 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipeline.io import load_supervoxel_mask, read_parts
+from pipeline import open_run
+from pipeline.io import read_parts
+from pipeline.run_folder import RunFolder
 from tests.conftest import run_cli
 
 
@@ -46,15 +48,14 @@ def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_ru
     assert len(os.listdir(os.path.join(out, "supervoxels"))) == 3  # 12 videos, 4 per part
     kept = [r for r in sv if r["status"] == "kept"]
     assert len(kept) >= 12 * 10
-    from pipeline.io import load_label_volumes
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 
-    volumes = load_label_volumes(out, sorted(ok_ids))  # every kept supervoxel, from its label volume
+    volumes = RunFolder(out).label_volumes(sorted(ok_ids))  # every kept supervoxel, from its label volume
     for i, r in enumerate(kept):
         resolution, label = split_supervoxel_id(r["supervoxel_id"])
         mask = volumes[r["video_id"]][resolution] == label
         if i % 25 == 0:  # and through the public reader, for a sample
-            assert np.array_equal(load_supervoxel_mask(out, r["video_id"], r["supervoxel_id"]), mask)
+            assert np.array_equal(open_run(out).supervoxel_mask(r["video_id"], r["supervoxel_id"]), mask)
         assert mask.shape == (16, 112, 112) and mask.dtype == bool
         assert mask.sum() == r["volume"] > 0
         ts, ys, xs = np.nonzero(mask)
@@ -107,12 +108,11 @@ def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     assert record["counts"]["concepts_found"] == len(concepts)
     layer3 = record["stages"]["concepts"]["classes"]["advance"]["layers"]["layer3"]["notes"]
     assert any("same for every video" in n for n in layer3)  # layer3 feeds the classifier: flagged
-    from pipeline.io import load_voxel_importance
 
     vi = read_parts(os.path.join(out, "voxel_importance")).to_pandas()
     assert set(vi.layer) == {"layer2", "layer3"} and vi.groupby(["video_id", "layer"]).size().max() == 1
     for vid in vi.video_id.unique():
-        m = load_voxel_importance(out, vid)
+        m = open_run(out).voxel_importance(vid)
         assert m.shape == (16, 112, 112) and m.dtype == np.float32 and 0 <= m.min() and m.max() <= 1
     # Same seed, same outputs: the whole job again, from scratch, into another folder.
     other = out + "-again"

@@ -9,7 +9,7 @@ import pytest
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video
 from tests.reference.segmentation import dedupe_mask_by_mask
 from pipeline.segmentation.supervoxels import (DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT,
-                                               segment_clip, split_supervoxel_id)
+                                               SegmentParams, segment_clip, split_supervoxel_id)
 
 
 def _texture_clip(rng: np.random.Generator, t: int, h: int, w: int) -> np.ndarray:
@@ -47,7 +47,7 @@ SETTINGS = [
 @pytest.mark.parametrize("name, clip", CLIPS, ids=[n for n, _ in CLIPS])
 def test_fast_dedupe_keeps_exactly_what_the_reference_keeps(name, clip):
     settings = SETTINGS[sum(map(ord, name)) % len(SETTINGS)]
-    seg = segment_clip(clip, **settings)
+    seg = segment_clip(clip, SegmentParams(**settings))
     reference = dedupe_mask_by_mask(seg.labels, settings.get("min_volume_fraction", 0.001),
                                     settings.get("iou_threshold", 0.5), dtype=bool)
     fast = seg.table["supervoxel_id"][seg.table["status"] == KEPT].tolist()
@@ -58,7 +58,7 @@ def test_fast_dedupe_keeps_exactly_what_the_reference_keeps(name, clip):
 def test_all_settings_agree_with_the_reference_on_one_clip():
     clip = CLIPS[0][1]
     for settings in SETTINGS:
-        seg = segment_clip(clip, **settings)
+        seg = segment_clip(clip, SegmentParams(**settings))
         reference = dedupe_mask_by_mask(seg.labels, settings.get("min_volume_fraction", 0.001),
                                         settings.get("iou_threshold", 0.5), dtype=bool)
         assert seg.table["supervoxel_id"][seg.table["status"] == KEPT].tolist() == reference
@@ -66,7 +66,7 @@ def test_all_settings_agree_with_the_reference_on_one_clip():
 
 def test_table_describes_every_candidate():
     clip = CLIPS[1][1]  # 24 x 80 x 80
-    seg = segment_clip(clip, n_segments=(15, 50, 80), min_frames=20, spacing=(3.0, 1.0, 1.0))
+    seg = segment_clip(clip, SegmentParams(n_segments=[15, 50, 80], spacing=[3.0, 1.0, 1.0]), min_frames=20)
     t = seg.table
     n_labels = sum(int(seg.labels[r].max()) + 1 for r in range(3))
     assert len(t["supervoxel_id"]) == n_labels
@@ -96,4 +96,4 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"\[L, H, W, 3\]"):
         segment_clip(np.zeros((8, 8, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="n_segments"):
-        segment_clip(np.zeros((4, 8, 8, 3), dtype=np.uint8), n_segments=(0,))
+        segment_clip(np.zeros((4, 8, 8, 3), dtype=np.uint8), SegmentParams(n_segments=[0]))

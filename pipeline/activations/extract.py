@@ -78,9 +78,8 @@ def _batch_dtype(enabled: bool) -> torch.dtype:
 
 
 def resolve_autocast(setting: Optional[bool], device: torch.device) -> bool:
-    """`activate.autocast`: true / false as given; null: bf16 where the device runs it natively,
-    a GPU with bf16 units (not emulated), or a CPU with AVX512-BF16 or AMX. On this
-    2-core CPU (AVX512-BF16) the demo model's forward ran 1.7x faster in bf16."""
+    """`ActivateParams.autocast`: True / False as given; None: bf16 where the device runs it
+    natively, a GPU with bf16 units (not emulated), or a CPU with AVX512-BF16 or AMX."""
     if setting is not None:
         return bool(setting)
     if device.type == "cuda":
@@ -178,9 +177,8 @@ def choose_batch_size(model: nn.Module, spec: PatchSpec, layers: Sequence[str], 
     """The batch size with the least time per window on this device, measured on the real path
     (patches built on the device from a clip and a label volume, forward, hooks, pooling).
 
-    The cost per window depends on the batch in ways no formula predicts (on a 2-core CPU the
-    demo model's forward ran 2.5x faster per window at batch 4 than at 1, and patch building
-    slows down again when a batch outgrows the caches). Candidates are tried in increasing
+    The cost per window depends on the batch in ways no formula predicts (a larger batch
+    amortises the per-call overhead, until the patches outgrow the caches). Candidates are tried in increasing
     order, stopping at the first that runs out of memory, takes over `max_call_seconds` per
     batch, or is slower per window than the best so far twice. Returns (best batch size,
     seconds per window of each candidate tried).

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-RESAMPLING = ("bicubic", "bilinear")
+from pipeline.activations.params import RESAMPLING, ActivateParams
+
+if TYPE_CHECKING:
+    from pipeline.models.registry import LoadedModel
 
 
 def _bicubic(x: np.ndarray) -> np.ndarray:
@@ -69,9 +72,18 @@ class PatchSpec:
     width: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    fill: float = 117.0  # the mean pixel on the 0-255 scale, put where the supervoxel is not
-    resampling: str = "bicubic"
+    fill: float = ActivateParams.fill  # the mean pixel on the 0-255 scale, put where the supervoxel is not
+    resampling: str = ActivateParams.resampling
     pad_short: bool = False  # a supervoxel shorter than the window gets the window centred on it
+
+
+def patch_spec(model: "LoadedModel", params: ActivateParams, pad_short: bool = False) -> PatchSpec:
+    """What a model's patches look like: its window, input size and normalisation, the fill and
+    kernel of `params`; `pad_short` (segment.short_supervoxels=pad): a supervoxel shorter than
+    the window gets the window of the clip centred on it."""
+    s = model.spec
+    return PatchSpec(window=s.window, height=s.height, width=s.width, mean=tuple(s.mean), std=tuple(s.std),
+                     fill=params.fill, resampling=params.resampling, pad_short=pad_short)
 
 
 def num_windows(t0: int, t1: int, window: int) -> int:
@@ -191,7 +203,7 @@ def iter_window_batches(clip: torch.Tensor, labels: torch.Tensor, requests: Sequ
 
     With `reuse`, every batch is written into the same buffer, so a batch is valid only until
     the next one is asked for. That saves allocating (and, on a CPU, page-faulting in) a fresh
-    batch each time: on this 2-core CPU that was a fifth of the demo model's activation path.
+    batch each time (the README gives the measured share).
     `dtype` bfloat16 gives the batches a bf16 model takes (see `patch_frames`). Call it outside
     an autocast region: the patches choose their own precision.
     """

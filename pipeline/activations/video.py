@@ -13,33 +13,14 @@ import numpy as np
 import torch
 
 from pipeline.activations.extract import clip_outputs, resolve_autocast, supervoxel_vectors
-from pipeline.activations.patches import PatchRequest, PatchSpec
+from pipeline.activations.params import ActivateParams
+from pipeline.activations.patches import PatchRequest, patch_spec
 from pipeline.models.registry import LoadedModel
-
-
-@dataclass(frozen=True)
-class ActivateParams:
-    """Mirrors `ActivateConfig` (see there)."""
-
-    batch_size: int
-    fill: float = 117.0
-    resampling: str = "bicubic"
-    autocast: Optional[bool] = None  # activate.autocast (`extract.resolve_autocast`)
-    gradients: bool = True
-    measure_batch: bool = False
-    pad_short: bool = False  # segment.short_supervoxels == "pad"
-    channels_last: Optional[bool] = None  # activate.channels_last
-
-    def patch_spec(self, model: LoadedModel) -> PatchSpec:
-        s = model.spec
-        return PatchSpec(window=s.window, height=s.height, width=s.width, mean=tuple(s.mean), std=tuple(s.std),
-                         fill=self.fill, resampling=self.resampling, pad_short=self.pad_short)
 
 
 @dataclass
 class VideoActivations:
     video_id: str
-    error: Optional[str] = None
     supervoxel_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     supervoxel_vectors: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> [n, C]
     supervoxel_windows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
@@ -62,21 +43,22 @@ def requests_from_table(table: dict[str, np.ndarray]) -> list[PatchRequest]:
 
 def activate_video(model: LoadedModel, video_id: str, clip: np.ndarray, labels: Optional[np.ndarray],
                    table: dict[str, np.ndarray], label: Optional[str], params: ActivateParams,
-                   device: torch.device) -> VideoActivations:
+                   device: torch.device, pad_short: bool = False) -> VideoActivations:
     """Vectors of every supervoxel in `table` and of the whole clip, the clip's logits and, when
     the video's label is one of the model's classes, the gradient of that class's logit.
 
-    clip: uint8 [L, H, W, 3]; labels: uint16 [R, L, H, W] (None when there are no supervoxels).
+    clip: uint8 [L, H, W, 3]; labels: uint16 [R, L, H, W] (None when there are no supervoxels);
+    pad_short: see `pipeline.activations.patches.patch_spec`.
     """
     import time
 
     t0 = time.perf_counter()
-    spec = params.patch_spec(model)
+    spec = patch_spec(model, params, pad_short)
     bf16 = resolve_autocast(params.autocast, device)
-    t_clip = _to_device(clip, device)
+    t_clip = to_device(clip, device)
     out = VideoActivations(video_id=video_id, device=str(device))
     if labels is not None and len(table.get("supervoxel_id", ())):
-        t_labels = _to_device(labels.astype(np.int32), device)
+        t_labels = to_device(labels.astype(np.int32), device)
         res = supervoxel_vectors(model.module, t_clip, t_labels, requests_from_table(table), spec, model.layers,
                                  params.batch_size, bf16)
         out.supervoxel_ids = np.asarray(table["supervoxel_id"], dtype=np.int64)[res.owners]
@@ -94,7 +76,7 @@ def activate_video(model: LoadedModel, video_id: str, clip: np.ndarray, labels: 
     return out
 
 
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """Host -> device through pinned memory on a GPU (asynchronous copy)."""
     t = torch.from_numpy(np.ascontiguousarray(array))
     if device.type == "cuda":
@@ -112,11 +94,9 @@ def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True,
                   channels_last: Optional[bool] = None) -> LoadedModel:
     """Move the model to the device, eval mode, no weight grads; (with `fuse`) each batch norm
     folded into the convolution before it (`fuse_conv_bn`); weights in channels_last_3d where
-    `channels_last` says (None: on a GPU only), and the batches then follow
-    (`extract._memory_format`). Measured on a 2-core CPU, batch 4, alternating: x3d_m's forward
-    528-570 -> 319-364 ms per window, r3d_18's 387-398 -> 358-363 ms, the demo model's whole
-    activation path 0.84-0.87 -> 0.95-1.01 s (the layout change of every batch costs more than
-    its convolutions gain); cuDNN prefers it."""
+    `channels_last` says (None: on a GPU only, where cuDNN prefers it), and the batches then
+    follow (`extract._memory_format`). On a CPU the layout change of every batch can cost more
+    than its convolutions gain (`bench/activate.py --channels-last` measures it)."""
     module = model.module.to(device)
     for p in module.parameters():
         p.requires_grad_(False)
@@ -140,7 +120,7 @@ def fuse_conv_bn(module: torch.nn.Module, keep: Sequence[str] = ()) -> list[str]
     pre-norm one) is left alone. Returns the names of the folded norms.
 
     The same model to rounding (a test checks the logits and hooked vectors), one pass over
-    each activation fewer (on the demo model the CPU forward got only about 3% faster).
+    each activation fewer.
     """
     from torch import nn
     from torch.nn.utils.fusion import fuse_conv_bn_eval

@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.concepts.params import ConceptParams as P  # the defaults
+
 log = logging.getLogger(__name__)
 
 
@@ -56,7 +58,7 @@ class Discovery:
     notes: list[str] = field(default_factory=list)
 
 
-def kmeans(vectors: np.ndarray, k: int, seed: int = 0, niter: int = 20, nredo: int = 5,
+def kmeans(vectors: np.ndarray, k: int, seed: int = P.seed, niter: int = P.niter, nredo: int = P.nredo,
            use_gpu: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FAISS k-means: (centroids [k, C], assignment [N], L2 distance to the centre [N]).
 
@@ -104,9 +106,10 @@ def accept(assignment: np.ndarray, distances: np.ndarray, centroids: np.ndarray,
     return concepts
 
 
-def discover_concepts(vectors: np.ndarray, video_ids: Sequence[str], num_discovery_videos: int, k: int = 25,
-                      rules: str | AcceptanceRules = "3dace", min_videos: int = 5, max_videos: int = 40,
-                      seed: int = 0, niter: int = 20, nredo: int = 5, use_gpu: Optional[bool] = None) -> Discovery:
+def discover_concepts(vectors: np.ndarray, video_ids: Sequence[str], num_discovery_videos: int, k: int = P.k,
+                      rules: str | AcceptanceRules = P.rules, min_videos: int = P.min_videos,
+                      max_videos: int = P.max_videos, seed: int = P.seed, niter: int = P.niter, nredo: int = P.nredo,
+                      use_gpu: Optional[bool] = None) -> Discovery:
     """K-means on the supervoxel vectors of one class and layer, then the acceptance rules.
 
     With fewer vectors than K, K shrinks to the number of vectors (and a note says so).

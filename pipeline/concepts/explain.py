@@ -7,32 +7,14 @@ Pure numpy on the vectors the activation stage wrote; the Ray layer runs one cal
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
+from pipeline.concepts.params import ConceptParams
 from pipeline.scoring.tcav import gradients_are_constant, holm, rank_change, rescore, score_concepts
 from pipeline.scoring.voxel_importance import assign_to_concepts
-
-
-@dataclass(frozen=True)
-class ExplainParams:
-    """The `ConceptsConfig` fields one (class, layer) needs; their meanings and defaults are
-    there (run.py fills this from the config)."""
-
-    k: int
-    niter: int
-    nredo: int
-    rules: str
-    min_videos: int
-    max_videos: int
-    cav_model: str
-    cav_alpha: float
-    p_threshold: float
-    correction: str  # none | holm
-    seed: int
 
 
 def split_videos(video_ids: Sequence[str], discovery_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -54,7 +36,7 @@ def draw_random_sets(pool: np.ndarray, count: int, size: int, seed: int) -> list
 
 def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, sv_video_ids: Sequence[str],
                         sv_ids: Sequence[int], num_discovery_videos: int, gradients: np.ndarray,
-                        random_sets: Sequence[np.ndarray], extra_random: np.ndarray, params: ExplainParams,
+                        random_sets: Sequence[np.ndarray], extra_random: np.ndarray, params: ConceptParams,
                         scoring_vectors: Optional[np.ndarray] = None, scoring_video_ids: Sequence[str] = (),
                         scoring_sv_ids: Sequence[int] = (),
                         randomised_gradients: Optional[np.ndarray] = None) -> dict[str, Any]:

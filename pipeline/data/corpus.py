@@ -1,10 +1,11 @@
 """Resolve a corpus into a manifest: one row per input video, never dropped.
 
-Three layouts:
+Four layouts:
 - class folders `root/<class>/<video>.<ext>` (Kinetics, UCF-101 and the synthetic corpus);
 - a Kinetics-style CSV (`label,youtube_id,time_start,time_end,split`) plus a path template
   that names each row's file under `root`;
-- `synthetic`: generated under `root` on first use, then read as class folders.
+- `synthetic`: generated under `root` on first use, then read as class folders;
+- `list`: a list of video files, each labelled by the name of its folder.
 
 Every file in a class folder is an input, whatever its extension: one that is not a video
 becomes a failed row later, so nothing disappears silently.
@@ -18,9 +19,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.params import ParameterError
+
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+KINDS = ("synthetic", "folder", "csv", "list")
 
 
 @dataclass
@@ -33,23 +37,26 @@ def resolve_corpus(dataset: dict[str, Any]) -> Corpus:
     """The manifest of the corpus a `dataset` config section describes."""
     kind = dataset["kind"]
     if kind == "synthetic":
-        from pipeline.data.synthetic import ensure_corpus, params_from_config
+        from pipeline.data.synthetic import SyntheticParams, ensure_corpus
+        from pipeline.params import from_section
 
-        ensure_corpus(dataset["root"], params_from_config(dataset["synthetic"]))
+        ensure_corpus(dataset["root"], from_section(SyntheticParams, dataset["synthetic"]))
         corpus = _folder_corpus(dataset["root"])
     elif kind == "folder":
         corpus = _folder_corpus(dataset["root"])
     elif kind == "csv":
         corpus = _csv_corpus(dataset["csv"], dataset["root"], dataset["path_template"])
+    elif kind == "list":
+        corpus = _list_corpus(list(dataset.get("videos") or []))
     else:
-        raise ValueError(f"config key 'dataset.kind' = {kind!r}: unknown corpus kind")
+        raise ParameterError("kind", kind, f"unknown corpus kind; known: {list(KINDS)}")
     return _restrict(corpus, dataset)
 
 
 def _folder_corpus(root: str) -> Corpus:
     classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not classes:
-        raise ValueError(f"config key 'dataset.root' = {root!r}: no class folders (expected root/<class>/<video>)")
+        raise ParameterError("root", root, "no class folders (expected root/<class>/<video>)")
     rows = []
     for label in classes:
         folder = os.path.join(root, label)
@@ -77,8 +84,8 @@ def _csv_corpus(csv_path: str, root: str, template: str) -> Corpus:
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"config key 'dataset.csv' = {csv_path!r}: missing columns {missing} "
-                             f"(expected {list(CSV_COLUMNS)}, found {header})")
+            raise ParameterError("csv", csv_path, f"missing columns {missing} (expected {list(CSV_COLUMNS)}, "
+                                                  f"found {header})")
         records = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
     rows = []
     for line, r in enumerate(records, start=2):
@@ -92,8 +99,8 @@ def _csv_corpus(csv_path: str, root: str, template: str) -> Corpus:
         try:
             rel = template.format(**fields)
         except (KeyError, ValueError, IndexError) as e:
-            raise ValueError(f"config key 'dataset.path_template' = {template!r}: cannot fill it from "
-                             f"{csv_path} line {line}: {e}") from None
+            raise ParameterError("path_template", template, f"cannot fill it from {csv_path} line {line}: "
+                                                            f"{e}") from None
         path = os.path.abspath(os.path.join(root, rel))
         if error is None and not os.path.exists(path):
             error = f"no such file: {path}"
@@ -104,6 +111,21 @@ def _csv_corpus(csv_path: str, root: str, template: str) -> Corpus:
             "split": r["split"] or None,
             "error": error,
         })
+    _dedupe_ids(rows)
+    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows}))
+
+
+def _list_corpus(paths: list[str]) -> Corpus:
+    """A list of video files: each one's label is the name of its folder, its id
+    `<folder>/<file name without extension>`."""
+    if not paths:
+        raise ParameterError("videos", paths, "an empty list of videos")
+    rows = []
+    for path in paths:
+        path = os.path.abspath(os.path.expanduser(str(path)))
+        label = os.path.basename(os.path.dirname(path))
+        rows.append({"video_id": f"{label}/{os.path.splitext(os.path.basename(path))[0]}", "path": path,
+                     "label": label, "split": None, "error": None if os.path.exists(path) else f"no such file: {path}"})
     _dedupe_ids(rows)
     return Corpus(rows=rows, classes=sorted({r["label"] for r in rows}))
 
@@ -123,8 +145,8 @@ def _restrict(corpus: Corpus, dataset: dict[str, Any]) -> Corpus:
         wanted = list(dataset["classes"])
         unknown = [c for c in wanted if c not in set(classes)]
         if unknown:
-            raise ValueError(f"config key 'dataset.classes': unknown classes {unknown}; the corpus has {classes[:20]}"
-                             f"{' ...' if len(classes) > 20 else ''}")
+            raise ParameterError("classes", wanted, f"unknown classes {unknown}; the corpus has {classes[:20]}"
+                                                    f"{' ...' if len(classes) > 20 else ''}")
         rows = [r for r in rows if r["label"] in set(wanted)]
         classes = sorted(wanted)
     if dataset.get("splits"):

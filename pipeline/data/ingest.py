@@ -1,25 +1,32 @@
-"""Ingestion of one video: decode its clip once and record what `videos.parquet` holds.
+"""Ingestion of one video: decode its clip once and record what `videos.parquet` holds; and
+the clip of a `videos.parquet` row read again by a later stage, checked against that record.
 
-A pure function of (manifest row, clip spec); the Ray layer fans it out.
+Pure functions of (row, clip spec); the Ray layer fans them out.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pipeline import schemas
-from pipeline.data.video import ClipSpec, VideoError, read_clip
+from pipeline.data.video import Clip, ClipSpec, VideoError, read_clip
+
+
+def video_row(row: dict[str, Any], spec: ClipSpec, error: Optional[str] = None) -> dict[str, Any]:
+    """The `videos.parquet` row of a manifest row before its clip is read: `failed` with
+    `error` (or the manifest's own reason) until ingestion says otherwise."""
+    return {
+        "video_id": row["video_id"], "path": row["path"], "label": row["label"], "split": row.get("split"),
+        "status": schemas.FAILED, "error": error or row.get("error"), "num_frames": None, "fps": None,
+        "height": None, "width": None, "clip_frame_indices": None,
+        "clip_height": spec.height, "clip_width": spec.width,
+    }
 
 
 def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
     """The `videos.parquet` row of one manifest row: `ok` with the stream's metadata and the
     clip's source frame indices, or `failed` with the reason. Never raises for a bad video."""
-    out: dict[str, Any] = {
-        "video_id": row["video_id"], "path": row["path"], "label": row["label"], "split": row.get("split"),
-        "status": schemas.FAILED, "error": row.get("error"), "num_frames": None, "fps": None,
-        "height": None, "width": None, "clip_frame_indices": None,
-        "clip_height": spec.height, "clip_width": spec.width,
-    }
+    out = video_row(row, spec)
     if out["error"]:
         return out
     try:
@@ -34,3 +41,13 @@ def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
     out.update(status=schemas.OK, error=None, num_frames=info.num_frames, fps=info.fps, height=info.height,
                width=info.width, clip_frame_indices=clip.frame_indices.tolist())
     return out
+
+
+def read_ingested_clip(row: dict[str, Any], spec: ClipSpec) -> Clip:
+    """The clip of a `videos.parquet` row, checked against the source frames ingestion
+    recorded (a video replaced since then fails, rather than explaining other frames)."""
+    clip = read_clip(row["path"], spec)
+    expected = row.get("clip_frame_indices")
+    if expected is not None and list(clip.frame_indices) != list(expected):
+        raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
+    return clip

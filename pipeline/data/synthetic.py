@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.data.video import write_video
+from pipeline.params import require
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,16 @@ GROUND_TRUTH_SCHEMA = pa.schema(
 )
 
 
-@dataclass(frozen=True)
+@dataclass
 class SyntheticParams:
-    """What decides the corpus; two corpora with equal params are identical."""
+    """What decides the corpus; two corpora with equal params are identical (the config group
+    `dataset.synthetic`).
+
+    videos_per_class: videos per class, all splits together (>= 2).
+    num_frames: frames per video (>= 4). size: frames are size x size pixels (>= 32).
+    fps: the frame rate written into the files. num_distractors: shapes besides the actor.
+    seed: the corpus's seed.
+    """
 
     videos_per_class: int = 24
     num_frames: int = 16
@@ -62,6 +70,12 @@ class SyntheticParams:
     fps: int = 8
     num_distractors: int = 3
     seed: int = 0
+
+    def check(self) -> None:
+        """Raise ParameterError naming the first field out of range."""
+        require(self.videos_per_class >= 2, "videos_per_class", self.videos_per_class, "must be >= 2")
+        require(self.num_frames >= 4, "num_frames", self.num_frames, "must be >= 4")
+        require(self.size >= 32, "size", self.size, "must be >= 32")
 
 
 @dataclass
@@ -261,7 +275,3 @@ def load_ground_truth_mask(dataset_root: str, video_id: str) -> np.ndarray:
     shape = tuple(table.column("shape")[0].as_py())
     bits = np.frombuffer(table.column("mask_bits")[0].as_py(), dtype=np.uint8)
     return np.unpackbits(bits, count=int(np.prod(shape))).astype(bool).reshape(shape)
-
-
-def params_from_config(syn: dict) -> SyntheticParams:
-    return SyntheticParams(**{k: int(syn[k]) for k in SyntheticParams.__dataclass_fields__})

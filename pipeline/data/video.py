@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import av
 import numpy as np
+
+from pipeline.params import require
 
 
 class VideoError(Exception):
@@ -21,27 +23,36 @@ class VideoError(Exception):
     in the `failed` row."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class ClipSpec:
-    """How to sample a clip; mirrors `ClipConfig` (see there for the units)."""
+    """How a clip is sampled from a video and resized (method step 1; the config group `clip`).
+
+    num_frames: frames in the clip (may exceed the model window).
+    frame_stride: take every `frame_stride`-th decoded frame (ignored when `fps` is set).
+    fps: resample to this frame rate (None: use `frame_stride`).
+    start: `centre` | `start` | a time in seconds where the clip begins (as a string or a
+        number); for csv corpora `start` is taken relative to `time_start`.
+    height, width: every frame is resized to this size (pixels), with no crop, as the paper does.
+    """
 
     num_frames: int = 16
     frame_stride: int = 1
     fps: Optional[float] = None
-    start: Union[str, float] = "centre"
+    start: str = "centre"
     height: int = 112
     width: int = 112
 
-    @classmethod
-    def from_config(cls, clip: dict) -> "ClipSpec":
-        return cls(
-            num_frames=int(clip["num_frames"]),
-            frame_stride=int(clip["frame_stride"]),
-            fps=None if clip.get("fps") is None else float(clip["fps"]),
-            start=clip.get("start", "centre"),
-            height=int(clip["height"]),
-            width=int(clip["width"]),
-        )
+    def check(self) -> None:
+        """Raise ParameterError naming the first field out of range."""
+        for name in ("num_frames", "frame_stride", "height", "width"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(self.fps is None or self.fps > 0, "fps", self.fps, "must be > 0")
+        if str(self.start) not in ("centre", "center", "start"):
+            try:
+                seconds = float(self.start)
+            except ValueError:
+                seconds = -1.0
+            require(seconds >= 0, "start", self.start, "must be 'centre', 'start' or a time in seconds >= 0")
 
 
 @dataclass(frozen=True)

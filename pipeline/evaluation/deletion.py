@@ -15,7 +15,28 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from pipeline.params import require
+
 DELETE, INSERT = "delete", "insert"
+
+
+@dataclass
+class EvaluateParams:
+    """The paper's deletion/insertion experiments and causal concept importance (method step
+    10; the config group `evaluate`), on the scoring videos of every class, per explained layer.
+
+    max_k: curves run k = 0 .. min(concepts, max_k); random_draws: seeded random orders per
+    curve; seed: their seed. Removed voxels get the mean pixel `ActivateParams.fill`.
+    """
+
+    max_k: int = 10
+    random_draws: int = 3
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ParameterError naming the first field out of range."""
+        require(self.max_k >= 1, "max_k", self.max_k, "must be >= 1")
+        require(self.random_draws >= 1, "random_draws", self.random_draws, "must be >= 1")
 
 
 def concept_voxels(labels: np.ndarray, supervoxel_ids: Sequence[int],

@@ -3,7 +3,7 @@ concept cover what decides the class, and where does voxel importance fall?"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 from scipy.ndimage import binary_dilation
@@ -52,3 +52,85 @@ def video_actor_tube(dataset_root: str, video: dict, pixels: int = 3) -> np.ndar
     mask = clip_mask(load_ground_truth_mask(dataset_root, video["video_id"]), video["clip_frame_indices"],
                      video["clip_height"], video["clip_width"])
     return actor_tube(mask, pixels)
+
+
+# --- the reports the job writes on the synthetic corpus ------------------------------------
+# Reported, never used to change a score. `volumes[vid]` is a video's label volumes
+# [R, T, H, W], `tube(vid)` its dilated actor tube [T, H, W].
+
+def actor_concept_report(concepts: Sequence[dict[str, Any]], members: Sequence[dict[str, Any]],
+                         importance: Sequence[dict[str, Any]], pairs: Iterable[tuple[str, str]],
+                         volumes: dict[str, np.ndarray], tube: Callable[[str], np.ndarray],
+                         dilation: int) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (class, layer): the concept whose members lie most inside the actor tube (the "actor
+    concept") with its rank, TCAV score and p-value, how many concepts lie mostly on the actor,
+    and the share of positive voxel-importance mass inside the tube. `concepts`, `members`,
+    `importance`: rows of concepts.parquet, concept_members.parquet, voxel_importance/."""
+    from pipeline.scoring.voxel_importance import importance_map
+    from pipeline.segmentation.supervoxels import supervoxel_mask
+
+    fractions: dict[str, list[float]] = {}
+    for m in members:
+        fractions.setdefault(m["concept"], []).append(
+            inside_fraction(supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"]), tube(m["video_id"])))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for k, layer in pairs:
+        rows = [r for r in concepts if r["target_class"] == k and r["layer"] == layer]
+        scored = [r for r in importance if r["target_class"] == k and r["layer"] == layer]
+        gt: dict[str, Any] = {"dilation_px": dilation}
+        if rows:
+            best = max(rows, key=lambda r: np.mean(fractions[r["concept"]]))
+            gt.update(actor_concept=best["concept"], actor_fraction=round(float(np.mean(fractions[best["concept"]])), 3),
+                      actor_concept_rank=best["rank"], actor_concept_tcav=best["tcav_mean"],
+                      actor_concept_p_value=best["p_value"], actor_concept_significant=best["significant"],
+                      concepts_mostly_on_actor=sum(np.mean(fractions[r["concept"]]) >= 0.5 for r in rows))
+        shares = [positive_mass_inside(importance_map(volumes[r["video_id"]], r["supervoxel_ids"], r["scores"]),
+                                       tube(r["video_id"])) for r in scored]
+        shares = [s for s in shares if not np.isnan(s)]
+        gt["importance_mass_in_actor_tube"] = round(float(np.mean(shares)), 3) if shares else None
+        gt["actor_tube_volume_share"] = round(float(np.mean([tube(r["video_id"]).mean() for r in scored]
+                                                            or [np.nan])), 3)
+        out[(k, layer)] = gt
+    return out
+
+
+def importance_mass_report(rows: Sequence[dict[str, Any]], causal: dict[str, float], volumes: dict[str, np.ndarray],
+                           tubes: dict[str, np.ndarray]) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (class, layer), the share of positive voxel-importance mass inside the actor tube on
+    the class's own scoring videos (`rows`: their voxel_importance rows), with concepts scored
+    by causal importance, by TCAV, and by two reference scorings made from the ground truth, for
+    scale: every supervoxel scored by its own share of actor voxels; every concept scored 1 if
+    its supervoxels lie mostly on the actor, else 0."""
+    from pipeline.scoring.voxel_importance import causal_scores, importance_map
+    from pipeline.segmentation.supervoxels import split_supervoxel_id
+
+    # each supervoxel's own share of voxels inside the tube (per resolution, one bincount)
+    share_of = {vid: [np.bincount(lab.ravel(), weights=tubes[vid].ravel(), minlength=int(lab.max()) + 1)
+                      / np.maximum(np.bincount(lab.ravel(), minlength=int(lab.max()) + 1), 1) for lab in labels]
+                for vid, labels in volumes.items()}
+
+    def own_share(vid: str, sid: int) -> float:
+        resolution, label = split_supervoxel_id(int(sid))
+        return float(share_of[vid][resolution][label])
+
+    concept_share: dict[str, list[float]] = {}
+    for r in rows:
+        for sid, cn in zip(r["supervoxel_ids"], r["concepts"]):
+            if cn is not None:
+                concept_share.setdefault(cn, []).append(own_share(r["video_id"], sid))
+    on_actor = {cn: float(np.mean(v)) >= 0.5 for cn, v in concept_share.items()}
+    shares: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for r in rows:
+        vid = r["video_id"]
+        scores = {
+            "causal": causal_scores(r["concepts"], causal),
+            "tcav": r["scores"],
+            "oracle_supervoxel_share": [own_share(vid, sid) for sid in r["supervoxel_ids"]],
+            "oracle_actor_concepts": [float(on_actor.get(cn, False)) if cn is not None else 0.0 for cn in r["concepts"]],
+        }
+        for name, values in scores.items():
+            share = positive_mass_inside(importance_map(volumes[vid], r["supervoxel_ids"], values), tubes[vid])
+            if not np.isnan(share):
+                shares.setdefault((r["target_class"], r["layer"]), {}).setdefault(name, []).append(share)
+    return {kl: {f"importance_mass_in_actor_tube_{name}": round(float(np.mean(v)), 3) for name, v in by_score.items()}
+            for kl, by_score in shares.items()}

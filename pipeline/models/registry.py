@@ -23,6 +23,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from pipeline.params import ParameterError
+
 CHECKPOINT_FORMAT = "pipeline-checkpoint-v1"
 DEMO_CHECKPOINT = os.path.join(os.path.dirname(__file__), "weights", "demo.pt")
 
@@ -135,8 +137,9 @@ FILE_KINDS = ("checkpoint", "torchscript", "factory")
 MODEL_NAMES = tuple(REGISTRY) + FILE_KINDS
 
 
-class ModelConfigError(ValueError):
-    """The model config names something that cannot be loaded; the message says which key."""
+class ModelConfigError(ParameterError):
+    """The model's settings name something that cannot be loaded: `name` is the setting
+    (`layers`, `path`, `pretrained`, ...), the message says why."""
 
 
 def check_layers(module: nn.Module, layers: Sequence[str], model_name: str) -> None:
@@ -147,10 +150,9 @@ def check_layers(module: nn.Module, layers: Sequence[str], model_name: str) -> N
         if layer not in known:
             close = difflib.get_close_matches(layer, names, n=5, cutoff=0.5)
             top = [n for n in names if "." not in n]
-            raise ModelConfigError(
-                f"config key 'model.layers': layer {layer!r} is not a module of model {model_name!r}. "
-                f"Close matches: {close or 'none'}. Top-level modules: {top}"
-            )
+            raise ModelConfigError("layers", list(layers),
+                                   f"layer {layer!r} is not a module of model {model_name!r}. "
+                                   f"Close matches: {close or 'none'}. Top-level modules: {top}")
 
 
 def _load_hub_state(url: str, key: Optional[str]) -> dict[str, torch.Tensor]:
@@ -159,10 +161,8 @@ def _load_hub_state(url: str, key: Optional[str]) -> dict[str, torch.Tensor]:
         ckpt = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
     except Exception as e:  # offline with an empty cache, or an unsafe checkpoint
         cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-        raise ModelConfigError(
-            f"config key 'model.pretrained': cannot load the weights from {url} "
-            f"(expected in the cache at {cache}): {type(e).__name__}: {e}"
-        ) from None
+        raise ModelConfigError("pretrained", True, f"cannot load the weights from {url} (expected in the cache at "
+                                                   f"{cache}): {type(e).__name__}: {e}") from None
     return ckpt[key] if key else ckpt
 
 
@@ -190,15 +190,13 @@ def _load_project_checkpoint(path: str) -> tuple[nn.Module, ModelSpec, list[str]
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelConfigError(f"config key 'model.path': cannot read checkpoint {path}: {e}") from None
+        raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ModelConfigError(
-            f"config key 'model.path': {path} is not a project checkpoint (format {CHECKPOINT_FORMAT}); "
-            "use model=torchscript for TorchScript files or model=factory for other code"
-        )
+        raise ModelConfigError("path", path, f"not a project checkpoint (format {CHECKPOINT_FORMAT}); use model "
+                                             "torchscript for TorchScript files or factory for other code")
     arch = ckpt["arch"]
     if arch not in REGISTRY or REGISTRY[arch].builder is None:
-        raise ModelConfigError(f"config key 'model.path': checkpoint {path} has unknown architecture {arch!r}")
+        raise ModelConfigError("path", path, f"the checkpoint has an unknown architecture {arch!r}")
     base = REGISTRY[arch]
     class_names = list(ckpt["class_names"])
     module = base.builder(num_classes=len(class_names), **ckpt.get("arch_kwargs", {}))
@@ -209,18 +207,25 @@ def _load_project_checkpoint(path: str) -> tuple[nn.Module, ModelSpec, list[str]
     return module, spec, class_names, dict(ckpt.get("extra", {}))
 
 
-def check_model_config(model_cfg: dict[str, Any]) -> None:
-    """Fail before any work when `model.layers` names a module the model does not have.
+def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = None) -> None:
+    """Fail before any work when `layers` names a module the model does not have.
 
     The model is built on torch's meta device (no memory, no weights, no download); only its
-    module names are looked at.
+    module names are looked at. `module`: the model itself (name `module`), as the Python API
+    is handed it.
     """
     layers = list(model_cfg.get("layers") or [])
     name = model_cfg["name"]
-    if name in ("torchscript", "factory"):
+    if name == "module":
+        if not isinstance(module, nn.Module):
+            raise ModelConfigError("model", type(module).__name__, "must be a registry name or a torch.nn.Module")
         if not layers:
-            raise ModelConfigError(f"config key 'model.layers': model={name} has no recommended layers; "
-                                   "name the layers to explain, e.g. model.layers=[layer3]")
+            raise ModelConfigError("layers", layers, "an nn.Module has no recommended layers; name the layers to "
+                                                     "explain, e.g. layers=['layer3']")
+    elif name in ("torchscript", "factory"):
+        if not layers:
+            raise ModelConfigError("layers", layers, f"model {name!r} has no recommended layers; name the layers to "
+                                                     "explain, e.g. [layer3]")
         module = load_model({**model_cfg, "pretrained": False}).module
     else:
         if name in ("demo", "checkpoint"):
@@ -228,14 +233,12 @@ def check_model_config(model_cfg: dict[str, Any]) -> None:
             try:
                 ckpt = torch.load(path, map_location="meta", weights_only=True)
             except Exception as e:
-                raise ModelConfigError(f"config key 'model.path': cannot read checkpoint {path}: {e}") from None
+                raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
             if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-                raise ModelConfigError(f"config key 'model.path': {path} is not a project checkpoint "
-                                       f"(format {CHECKPOINT_FORMAT})")
+                raise ModelConfigError("path", path, f"not a project checkpoint (format {CHECKPOINT_FORMAT})")
             spec = REGISTRY.get(ckpt.get("arch", ""))
             if spec is None or spec.builder is None:
-                raise ModelConfigError(f"config key 'model.path': checkpoint {path} has unknown architecture "
-                                       f"{ckpt.get('arch')!r}")
+                raise ModelConfigError("path", path, f"the checkpoint has an unknown architecture {ckpt.get('arch')!r}")
             layers = layers or list(ckpt["layers"])
             kwargs = {"num_classes": len(ckpt["class_names"]), **ckpt.get("arch_kwargs", {})}
         else:
@@ -258,21 +261,27 @@ def model_window(model_cfg: dict[str, Any]) -> int:
         try:
             return int(torch.load(path, map_location="cpu", weights_only=True)["window"])
         except Exception as e:
-            raise ModelConfigError(f"config key 'model.path': cannot read checkpoint {path}: {e}") from None
+            raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
     if name in REGISTRY:
         return REGISTRY[name].window
     return 16
 
 
-def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
-    """Build the model a `model` config section describes, weights loaded, in eval mode.
+def load_model(model_cfg: dict[str, Any], module: Optional[nn.Module] = None) -> LoadedModel:
+    """Build the model a `model` config section describes, weights loaded, in eval mode (name
+    `module`: wrap `module`, the model the Python API was handed, as it is).
 
     Overrides in the config (window, height, width, mean, std, layers, class_names) take
     precedence over the registry's values. Layer names are checked against the model.
     """
     name = model_cfg["name"]
     meta: dict[str, Any] = {}
-    if name == "demo":
+    if name == "module":
+        if not isinstance(module, nn.Module):
+            raise ModelConfigError("model", type(module).__name__, "must be a registry name or a torch.nn.Module")
+        spec = _custom_spec("module")
+        class_names = []
+    elif name == "demo":
         module, spec, class_names, meta = _load_project_checkpoint(model_cfg.get("path") or DEMO_CHECKPOINT)
     elif name == "checkpoint":
         module, spec, class_names, meta = _load_project_checkpoint(model_cfg["path"])
@@ -280,7 +289,7 @@ def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
         try:
             module = torch.jit.load(model_cfg["path"], map_location="cpu")
         except Exception as e:
-            raise ModelConfigError(f"config key 'model.path': cannot load TorchScript {model_cfg['path']}: {e}") from None
+            raise ModelConfigError("path", model_cfg["path"], f"cannot load it as TorchScript: {e}") from None
         spec = _custom_spec("torchscript")
         class_names = []
     elif name == "factory":
@@ -296,7 +305,7 @@ def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
         class_names = list(kinetics400_classes()) if spec.num_classes == 400 else []
     else:
         close = difflib.get_close_matches(name, MODEL_NAMES, n=3)
-        raise ModelConfigError(f"config key 'model.name': unknown model {name!r}; close matches: {close}")
+        raise ModelConfigError("name", name, f"unknown model; close matches: {close}")
 
     spec = _apply_overrides(spec, model_cfg)
     if model_cfg.get("class_names"):
@@ -306,7 +315,7 @@ def load_model(model_cfg: dict[str, Any]) -> LoadedModel:
         class_names = [f"class_{i}" for i in range(n)] if n else []
     layers = list(model_cfg.get("layers") or spec.layers)
     if not layers:
-        raise ModelConfigError(f"config key 'model.layers': model {name!r} has no recommended layers; name some")
+        raise ModelConfigError("layers", layers, f"model {name!r} has no recommended layers; name some")
     check_layers(module, layers, name)
     module.eval()
     return LoadedModel(module=module, spec=spec, class_names=class_names, layers=layers, meta=meta)
@@ -333,10 +342,10 @@ def _from_factory(path: str) -> nn.Module:
     try:
         fn = getattr(importlib.import_module(mod_name), fn_name)
     except (ImportError, AttributeError) as e:
-        raise ModelConfigError(f"config key 'model.factory': cannot import {path!r}: {e}") from None
+        raise ModelConfigError("factory", path, f"cannot import it: {e}") from None
     module = fn()
     if not isinstance(module, nn.Module):
-        raise ModelConfigError(f"config key 'model.factory': {path} returned {type(module).__name__}, not an nn.Module")
+        raise ModelConfigError("factory", path, f"returned {type(module).__name__}, not an nn.Module")
     return module
 
 

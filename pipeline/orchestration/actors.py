@@ -1,6 +1,11 @@
 """Ray actors that hold the model: one per GPU (or CPU actors where there is none), fed one
-video at a time. Only the video's path, its label volumes and its supervoxel table travel to
-an actor; the clip is decoded there and every patch is built on the actor's device."""
+video at a time. Only the video's row, its label volumes and its supervoxel table travel to an
+actor; the clip is decoded there and every patch is built on the actor's device.
+
+`ModelActors` is a stage's pool: started once, used by every pass of the stage, killed when the
+stage ends (or fails). Actor methods raise when a video fails; `call_actors` turns that into
+an `Outcome`.
+"""
 
 from __future__ import annotations
 
@@ -12,42 +17,42 @@ from typing import Any, Iterable, Iterator, Optional
 import ray
 
 from pipeline.activations.extract import choose_batch_size, resolve_autocast
-from pipeline.activations.video import ActivateParams, VideoActivations, activate_video, pick_device, prepare_model
-from pipeline.data.video import ClipSpec, read_clip
+from pipeline.activations.params import ActivateParams
+from pipeline.activations.patches import patch_spec
+from pipeline.activations.video import VideoActivations, activate_video, pick_device, prepare_model
+from pipeline.data.ingest import read_ingested_clip
+from pipeline.data.video import ClipSpec
 from pipeline.models.registry import load_model
+from pipeline.orchestration.fanout import Outcome, call_actors
 
 log = logging.getLogger("pipeline")
 
 
 class ModelActor:
-    """Loads the model once (`__init__`), then `activate` maps a video to its vectors."""
+    """Loads the model once (`__init__`), then maps videos to vectors (`activate`), to
+    randomised-model gradients (`randomised_gradients`) or to plan outcomes (`evaluate`)."""
 
     def __init__(self, model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
-                 torch_threads: int) -> None:
+                 pad_short: bool, torch_threads: int, module: Any = None) -> None:
         import torch
 
         # Ray sets OMP_NUM_THREADS to the actor's CPUs; the stages run one after the other, so
         # a CPU actor may use the node's cores.
         torch.set_num_threads(torch_threads or len(os.sched_getaffinity(0)))
         self.device = pick_device(model_cfg.get("device", "auto"))
-        self.model = prepare_model(load_model(model_cfg), self.device, channels_last=params.channels_last)
-        self.clip_spec = ClipSpec.from_config(clip_cfg)
+        self.model = prepare_model(load_model(model_cfg, module), self.device, channels_last=params.channels_last)
+        self.clip_spec = ClipSpec(**clip_cfg)
+        self.pad_short = pad_short
         self.batch_timings: dict[int, float] = {}
         bf16 = resolve_autocast(params.autocast, self.device)
         batch = params.batch_size or (32 if self.device.type == "cuda" else 4)
         if params.measure_batch:  # the fastest per window on this device, within its memory
-            spec = params.patch_spec(self.model)
+            spec = patch_spec(self.model, params, pad_short)
             batch, self.batch_timings = choose_batch_size(self.model.module, spec, self.model.layers, self.device,
                                                           bf16)
         self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False, autocast=bf16)
+        self.spec = patch_spec(self.model, self.params, pad_short)
         self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
-
-    def _clip(self, row: dict[str, Any]) -> Any:
-        """The video's clip, checked against the frames ingestion recorded."""
-        clip = read_clip(row["path"], self.clip_spec)
-        if row.get("clip_frame_indices") is not None and list(clip.frame_indices) != list(row["clip_frame_indices"]):
-            raise RuntimeError("the video changed since ingestion: its clip frame indices differ")
-        return clip
 
     def _class_index(self, row: dict[str, Any]) -> int:
         """The model's index of the video's label (a video scored for its own class)."""
@@ -55,65 +60,6 @@ class ModelActor:
         if label not in self.model.class_names:
             raise ValueError(f"label {label!r} is not one of the model's classes")
         return self.model.class_names.index(label)
-
-    def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
-        """The video's class-logit gradient at each layer from a copy of the model whose every
-        weight after that layer is re-initialised (the model-randomisation check). Returns
-        {layer: vector} or {"error": reason}."""
-        import torch
-
-        from pipeline.activations.extract import clip_outputs
-        from pipeline.activations.video import _to_device
-        from pipeline.scoring.randomisation import randomised_copy
-
-        try:
-            k = self._class_index(row)
-            spec = self.params.patch_spec(self.model)
-            t_clip = _to_device(self._clip(row).frames, self.device)
-            out: dict[str, Any] = {}
-            for layer in layers:
-                if (layer, seed) not in self._randomised:
-                    example = torch.zeros((1, 3, spec.window, spec.height, spec.width), device=self.device)
-                    self._randomised[(layer, seed)] = randomised_copy(self.model.module, layer, example, seed)[0]
-                res = clip_outputs(self._randomised[(layer, seed)], t_clip, spec, [layer], k,
-                                   self.params.batch_size, self.params.autocast)
-                out[layer] = res.gradients[layer]
-            return out
-        except Exception as e:
-            return {"error": f"{type(e).__name__}: {e}"}
-
-    def evaluate(self, row: dict[str, Any], labels: Any, assignments: dict[str, tuple[list[int], list[Optional[str]]]],
-                 plans: dict[str, list[Any]], fill: float, chunk: int = 16) -> dict[str, Any]:
-        """The video's class probability and correctness under each plan (method step 10 and
-        causal importance): `assignments[layer]` = (supervoxel ids, concept of each or None),
-        `plans[layer]` = deletion / insertion plans (pipeline.evaluation.deletion.Plan).
-        Returns {layer: {"prob": [...], "correct": [...]}} or {"error": reason}."""
-        import numpy as np
-        import torch
-
-        from pipeline.activations.extract import clips_logits
-        from pipeline.activations.video import _to_device
-        from pipeline.evaluation.deletion import apply_plan, concept_voxels
-
-        try:
-            k = self._class_index(row)
-            clip = self._clip(row).frames
-            spec = self.params.patch_spec(self.model)
-            out: dict[str, Any] = {}
-            for layer, layer_plans in plans.items():
-                voxels = concept_voxels(labels, *assignments[layer])
-                probs, correct = [], []
-                for start in range(0, len(layer_plans), chunk):
-                    clips = [_to_device(apply_plan(clip, voxels, p, fill), self.device)
-                             for p in layer_plans[start:start + chunk]]
-                    logits = clips_logits(self.model.module, clips, spec, self.params.batch_size, self.params.autocast)
-                    p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-                    probs += p[:, k].tolist()
-                    correct += (np.argmax(logits, axis=1) == k).tolist()
-                out[layer] = {"prob": probs, "correct": correct}
-            return out
-        except Exception as e:
-            return {"error": f"{type(e).__name__}: {e}"}
 
     def describe(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
@@ -123,69 +69,105 @@ class ModelActor:
                 "class_names": list(self.model.class_names), "layers": list(self.model.layers)}
 
     def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
+        """Method steps 3-4 for one video: `activate_video` on its clip."""
+        clip = read_ingested_clip(row, self.clip_spec)
+        return activate_video(self.model, row["video_id"], clip.frames, labels, table, row.get("label"),
+                              self.params, self.device, self.pad_short)
+
+    def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
+        """The video's class-logit gradient at each layer from a copy of the model whose every
+        weight after that layer is re-initialised (the model-randomisation check): {layer: vector}."""
+        import torch
+
+        from pipeline.activations.extract import clip_outputs
+        from pipeline.activations.video import to_device
+        from pipeline.scoring.randomisation import randomised_copy
+
+        k = self._class_index(row)
+        t_clip = to_device(read_ingested_clip(row, self.clip_spec).frames, self.device)
+        out: dict[str, Any] = {}
+        for layer in layers:
+            if (layer, seed) not in self._randomised:
+                example = torch.zeros((1, 3, self.spec.window, self.spec.height, self.spec.width), device=self.device)
+                self._randomised[(layer, seed)] = randomised_copy(self.model.module, layer, example, seed)[0]
+            res = clip_outputs(self._randomised[(layer, seed)], t_clip, self.spec, [layer], k,
+                               self.params.batch_size, self.params.autocast)
+            out[layer] = res.gradients[layer]
+        return out
+
+    def evaluate(self, row: dict[str, Any], labels: Any, assignments: dict[str, tuple[list[int], list[Optional[str]]]],
+                 plans: dict[str, list[Any]], fill: float, chunk: int = 16) -> dict[str, Any]:
+        """The video's class probability and correctness under each plan (method step 10 and
+        causal importance): `assignments[layer]` = (supervoxel ids, concept of each or None),
+        `plans[layer]` = deletion / insertion plans (pipeline.evaluation.deletion.Plan).
+        Returns {layer: {"prob": [...], "correct": [...]}}."""
+        import numpy as np
+        import torch
+
+        from pipeline.activations.extract import clips_logits
+        from pipeline.activations.video import to_device
+        from pipeline.evaluation.deletion import apply_plan, concept_voxels
+
+        k = self._class_index(row)
+        clip = read_ingested_clip(row, self.clip_spec).frames
+        out: dict[str, Any] = {}
+        for layer, layer_plans in plans.items():
+            voxels = concept_voxels(labels, *assignments[layer])
+            probs, correct = [], []
+            for start in range(0, len(layer_plans), chunk):
+                clips = [to_device(apply_plan(clip, voxels, p, fill), self.device)
+                         for p in layer_plans[start:start + chunk]]
+                logits = clips_logits(self.model.module, clips, self.spec, self.params.batch_size, self.params.autocast)
+                p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+                probs += p[:, k].tolist()
+                correct += (np.argmax(logits, axis=1) == k).tolist()
+            out[layer] = {"prob": probs, "correct": correct}
+        return out
+
+
+class ModelActors:
+    """A stage's fixed-size pool of model actors: one per GPU (num_gpus=1) when the cluster has
+    GPUs, else `activate.num_actors` (default 1) CPU actors; killed when the `with` block ends.
+    `described` holds each actor's `describe()` (device, batch size, precision, classes, layers)."""
+
+    def __init__(self, c: dict[str, Any], params: ActivateParams, module: Any = None) -> None:
+        self.c, self.params, self.module = c, params, module
+        self.actors: list[Any] = []
+        self.described: list[dict[str, Any]] = []
+
+    def __enter__(self) -> "ModelActors":
+        a = self.c["activate"]
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        remote = ray.remote(max_restarts=1, max_task_retries=1)(ModelActor)
+        if gpus:
+            n, options = a["num_actors"] or gpus, {"num_gpus": 1, "num_cpus": 1}
+        else:
+            n, options = a["num_actors"] or 1, {"num_cpus": int(a["cpus_per_actor"])}
+        pad_short = self.c["segment"]["short_supervoxels"] == "pad"
+        self.actors = [remote.options(**options).remote(self.c["model"], self.c["clip"], self.params, pad_short,
+                                                        int(a["torch_threads"]), self.module) for _ in range(n)]
         try:
-            clip = self._clip(row)
-            return activate_video(self.model, row["video_id"], clip.frames, labels, table, row.get("label"),
-                                  self.params, self.device)
-        except Exception as e:  # recorded as a failed video, the run goes on
-            return VideoActivations(row["video_id"], error=f"activation failed: {type(e).__name__}: {e}")
+            self.described = ray.get([actor.describe.remote() for actor in self.actors])
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
 
-def start_actors(model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
-                 num_actors: Optional[int], cpus_per_actor: int, torch_threads: int) -> list[Any]:
-    """A fixed-size pool: one actor per GPU (num_gpus=1) when the cluster has GPUs, else
-    `num_actors` (default 1) CPU actors."""
-    gpus = int(ray.cluster_resources().get("GPU", 0))
-    remote = ray.remote(max_restarts=1, max_task_retries=1)(ModelActor)
-    if gpus:
-        n = num_actors or gpus
-        options = {"num_gpus": 1, "num_cpus": 1}
-    else:
-        n = num_actors or 1
-        options = {"num_cpus": cpus_per_actor}
-    actors = [remote.options(**options).remote(model_cfg, clip_cfg, params, torch_threads) for _ in range(n)]
-    return actors
+    def call(self, method: str, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
+        """`method(*args)` on the actors for each (key, args) item, two calls in flight per actor."""
+        return call_actors(self.actors, method, items)
 
+    @property
+    def bf16(self) -> bool | str:
+        """Whether the actors run bf16: True, False, or "mixed"."""
+        kinds = {bool(d["bf16"]) for d in self.described}
+        return kinds.pop() if len(kinds) == 1 else "mixed"
 
-def call_actors(actors: list[Any], method: str, work: Iterable[tuple[str, tuple]],
-                per_actor: int = 2) -> Iterator[tuple[str, Any]]:
-    """Call `actor.<method>(*args)` for each (key, args) item, at most `per_actor` calls in
-    flight on each actor (so the next item is already queued while one runs), the least
-    loaded actor first; yield (key, result) as they finish. When the actor dies the result
-    is the `RayError`, not raised: the caller decides what a lost item means."""
-    load = {i: 0 for i in range(len(actors))}
-    pending: dict[ray.ObjectRef, tuple[int, str]] = {}
-    items = iter(work)
-    exhausted = False
-    while True:
-        while not exhausted and len(pending) < per_actor * len(actors):
-            try:
-                key, args = next(items)
-            except StopIteration:
-                exhausted = True
-                break
-            i = min(load, key=load.get)  # type: ignore[arg-type]
-            pending[getattr(actors[i], method).remote(*args)] = (i, key)
-            load[i] += 1
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            i, key = pending.pop(ref)
-            load[i] -= 1
-            try:
-                yield key, ray.get(ref)
-            except ray.exceptions.RayError as e:
-                yield key, e
-
-
-def run_on_actors(actors: list[Any], work: Iterable[tuple[dict[str, Any], Any, dict[str, Any]]],
-                  per_actor: int = 2) -> Iterator[VideoActivations]:
-    """Activate (row, labels, table) items on the actors; yield results as they finish. An
-    actor that dies fails its videos with the reason; the others go on."""
-    items = ((row["video_id"], (row, labels, table)) for row, labels, table in work)
-    for video_id, result in call_actors(actors, "activate", items, per_actor):
-        if isinstance(result, ray.exceptions.RayError):
-            result = VideoActivations(video_id, error=f"activation failed: the model actor died: "
-                                                      f"{type(result).__name__}")
-        yield result
+    @property
+    def devices(self) -> list[str]:
+        return sorted({d["device"] for d in self.described})

@@ -1,12 +1,12 @@
-"""Ray plumbing shared by the stages: starting or joining a cluster, fanning a pure
-function out over tasks with bounded memory, and progress the user can follow."""
+"""Ray plumbing shared by the stages: starting or joining a cluster, node labels, and progress
+the user can follow (the fan-outs are in `pipeline.orchestration.fanout`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Sequence
 
 import ray
 
@@ -78,51 +78,3 @@ class Progress:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.start
-
-
-def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
-    """`fn` run in a task, its result returned with the id of the node that ran it."""
-    def run(*args: Any) -> tuple[str, Any]:
-        return ray.get_runtime_context().get_node_id(), fn(*args)
-
-    run.__name__ = run.__qualname__ = fn.__name__  # the task's name in Ray's tools
-    return run
-
-
-def map_tasks(fn: Callable[..., Any], items: Iterable[Any], *args: Any, stage: str, num_cpus: float = 1,
-              max_in_flight: Optional[int] = None, progress: Optional[Progress] = None,
-              nodes: Optional[dict[str, int]] = None, label_selector: Optional[dict[str, str]] = None) -> Iterator[Any]:
-    """Run `fn(item, *args)` as one Ray task per item; yield results as they finish.
-
-    At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs),
-    so memory stays bounded however long the list is; `items` may be a generator (then give
-    `progress`), consumed only as tasks are queued. `args` are put in the object store
-    once and shared by every task. A task that dies with its worker is retried (twice).
-    `nodes`, if given, counts the tasks per node id that ran them; `label_selector` restricts
-    them to nodes with those Ray labels.
-    """
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(_on_node(fn))
-    if label_selector:
-        remote = remote.options(label_selector=dict(label_selector))
-    shared = [ray.put(a) for a in args]
-    if max_in_flight is None:
-        max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    progress = progress or Progress(stage, len(items))  # type: ignore[arg-type]  # a sized iterable
-    pending: list[ray.ObjectRef] = []
-    it: Iterable[Any] = iter(items)
-    exhausted = False
-    while True:
-        while not exhausted and len(pending) < max_in_flight:
-            try:
-                pending.append(remote.remote(next(it), *shared))  # type: ignore[call-overload]
-            except StopIteration:
-                exhausted = True
-        if not pending:
-            return
-        ready, pending = ray.wait(pending, num_returns=1)
-        for ref in ready:
-            node, result = ray.get(ref)
-            if nodes is not None:
-                nodes[node] = nodes.get(node, 0) + 1
-            progress.update()
-            yield result

@@ -9,11 +9,13 @@ one by one: the reference's quadratic float-mask loop gives the same decisions (
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 from skimage.segmentation import slic
+
+from pipeline.params import require
 
 # Status of a candidate supervoxel in the table.
 KEPT = "kept"
@@ -65,7 +67,7 @@ def supervoxel_mask(labels: np.ndarray, sid: int) -> np.ndarray:
 
 
 def slic_labels(clip: np.ndarray, n_segments: int, compactness: float, sigma: float,
-                spacing: Sequence[float], max_num_iter: int = 10) -> np.ndarray:
+                spacing: Sequence[float], max_num_iter: int) -> np.ndarray:
     """3D SLIC of a clip [L, H, W, 3] uint8 -> uint16 labels [L, H, W] numbered 0..n-1."""
     labels = slic(clip, n_segments=n_segments, compactness=compactness, sigma=sigma,
                   spacing=np.asarray(spacing, dtype=np.float64), max_num_iter=max_num_iter,
@@ -137,29 +139,54 @@ def dedupe(labels: np.ndarray, counts: Sequence[int], candidate: Sequence[np.nda
     return kept, best_iou, best_with
 
 
-def segment_clip(clip: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), compactness: float = 20.0,
-                 sigma: float = 1.0, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                 min_volume_fraction: float = 0.001, iou_threshold: float = 0.5,
-                 min_frames: Optional[int] = None, max_num_iter: int = 10) -> Segmentation:
+@dataclass
+class SegmentParams:
+    """Supervoxels of a clip (method step 2; the science fields of the config group `segment`).
+
+    n_segments: SLIC's approximate number of supervoxels per resolution, coarsest first. The
+        order is the dedupe order: a supervoxel of an earlier resolution wins. The reference
+        uses [15, 50, 80].
+    compactness: SLIC's balance of colour against distance (higher: more regular shapes).
+    sigma: Gaussian smoothing (voxels) before SLIC.
+    spacing: voxel spacing (t, y, x) SLIC uses for distances: a larger t makes supervoxels
+        shorter in time.
+    min_volume_fraction: candidates smaller than this fraction of the clip volume are dropped.
+    iou_threshold: a candidate whose voxel IoU with a kept supervoxel exceeds this is a duplicate.
+    max_num_iter: SLIC's iterations.
+    """
+
+    n_segments: list[int] = field(default_factory=lambda: [15, 50, 80])
+    compactness: float = 20.0
+    sigma: float = 1.0
+    spacing: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    min_volume_fraction: float = 0.001
+    iou_threshold: float = 0.5
+    max_num_iter: int = 10
+
+    def check(self) -> None:
+        """Raise ParameterError naming the first field out of range."""
+        n = list(self.n_segments)
+        require(bool(n) and min(n) >= 1, "n_segments", n, "must be a non-empty list of positive integers")
+        require(self.compactness > 0, "compactness", self.compactness, "must be > 0")
+        require(self.sigma >= 0, "sigma", self.sigma, "must be >= 0")
+        spacing = list(self.spacing)
+        require(len(spacing) == 3 and min(spacing) > 0, "spacing", spacing, "must be 3 positive numbers (t, y, x)")
+        require(0 <= self.min_volume_fraction < 1, "min_volume_fraction", self.min_volume_fraction,
+                "must be in [0, 1)")
+        require(0 <= self.iou_threshold <= 1, "iou_threshold", self.iou_threshold, "must be in [0, 1]")
+        require(self.max_num_iter >= 1, "max_num_iter", self.max_num_iter, "must be >= 1")
+
+
+def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
+                 min_frames: Optional[int] = None) -> Segmentation:
     """Supervoxels of a clip at several resolutions.
 
     Parameters
     ----------
     clip : uint8 [L, H, W, 3]
         The clip, RGB, 0-255.
-    n_segments : sequence of int, default (15, 50, 80)
-        SLIC's approximate number of supervoxels per resolution, coarsest first. The order is
-        the dedupe order: a supervoxel of an earlier resolution wins.
-    compactness : float, default 20
-        SLIC's balance of colour against distance (higher: more regular shapes).
-    sigma : float, default 1
-        Gaussian smoothing (voxels) before SLIC.
-    spacing : (t, y, x), default (1, 1, 1)
-        Voxel spacing SLIC uses for distances: a larger `t` makes supervoxels shorter in time.
-    min_volume_fraction : float, default 0.001
-        Candidates smaller than this fraction of the clip volume are dropped.
-    iou_threshold : float, default 0.5
-        A candidate whose voxel IoU with a kept supervoxel exceeds this is a duplicate.
+    params : SegmentParams, default SegmentParams()
+        The resolutions, SLIC's settings and the dedupe rules (see there).
     min_frames : int or None
         Supervoxels spanning fewer frames than this (the model window) are marked
         `dropped_short`; they still count for dedupe, as in the reference, where the temporal
@@ -169,17 +196,16 @@ def segment_clip(clip: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), com
     -------
     Segmentation
     """
+    params = params or SegmentParams()
+    params.check()
+    n_segments, spacing = [int(n) for n in params.n_segments], [float(v) for v in params.spacing]
+    compactness, sigma, max_num_iter = params.compactness, params.sigma, params.max_num_iter
+    min_volume_fraction, iou_threshold = params.min_volume_fraction, params.iou_threshold
     clip = np.asarray(clip)
     if clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"clip must be [L, H, W, 3], got shape {clip.shape}")
     if clip.dtype != np.uint8:
         raise ValueError(f"clip must be uint8 (0-255), got {clip.dtype}")
-    if not n_segments or min(n_segments) < 1:
-        raise ValueError(f"n_segments must be positive integers, got {list(n_segments)}")
-    if len(spacing) != 3 or min(spacing) <= 0:
-        raise ValueError(f"spacing must be 3 positive numbers (t, y, x), got {list(spacing)}")
-    if not 0 <= iou_threshold <= 1:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
 
     labels = np.stack([slic_labels(clip, n, compactness, sigma, spacing, max_num_iter) for n in n_segments])
     counts = [int(labels[r].max()) + 1 for r in range(len(n_segments))]

@@ -1,0 +1,233 @@
+"""The Python API: explain a video model from a notebook, and read a finished run.
+
+    from pipeline import explain, open_run
+    run = explain(videos="/data/ucf101", model="demo", output_dir="/tmp/ucf")  # or a torch.nn.Module
+    run.concepts.sort_values(["target_class", "layer", "rank"])
+    heat = run.voxel_importance("walk/v0001")                                 # float32 [T, H, W]
+    run = open_run("s3://bucket/runs/k400")                                   # a finished run, anywhere
+
+`explain` is the job `python -m pipeline` with the same defaults (conf/) and checks; its
+errors name the argument that holds the bad value.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cached_property
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from pipeline import io
+from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
+from pipeline.run_folder import (ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS, REPORT_INDEX,
+                                 RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder)
+
+log = logging.getLogger("pipeline")
+
+Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
+
+
+def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str] = None, *,
+            layers: Optional[Sequence[str]] = None, stages: Optional[Sequence[str]] = None,
+            model_options: Optional[dict[str, Any]] = None, **overrides: Any) -> "Run":
+    """Run 3D ACE on `videos` with `model`; returns the finished `Run`.
+
+    videos: None (the embedded synthetic corpus), a folder of class folders
+        (`<folder>/<class>/<video>.mp4`), a Kinetics-style CSV file (its videos under its own
+        folder unless `dataset={"root": ...}`), or a list of video files (each labelled by the
+        name of its folder).
+    model: a registry name (`"demo"`, `"x3d_m"`, `"r3d_18"`, ...; see conf/model/) or a
+        `torch.nn.Module` taking `B x 3 x T x H x W` (give `layers`; its input geometry and
+        normalisation default to 16 x 112 x 112 and Kinetics' mean/std, see `model_options`).
+    output_dir: the run folder, a path or a filesystem URI (default: the CLI's,
+        `outputs/<dataset>-<model>`). A rerun with the same settings resumes it.
+    layers: the layers to explain (module names; default: the registry's recommended ones).
+    stages: the stages to run (default: all).
+    model_options: the model's other settings (`{"class_names": [...], "window": 8,
+        "pretrained": False, "device": "cpu"}`: the keys of `pipeline.config.ModelConfig`).
+    overrides: the other config groups, each a preset name (`segment="reference"`,
+        `ray="cluster"`) or a dict of its keys (`clip={"num_frames": 32}`, `concepts={"k": 10}`):
+        the README and `pipeline.config` list them with their defaults.
+
+    A bad value raises ValueError naming the argument (`clip["num_frames"] = 0: must be >= 1`);
+    an unknown key raises it with the close matches.
+    """
+    import torch
+
+    groups = [g for g in GROUPS if g != "model"]
+    unknown = sorted(set(overrides) - set(groups))
+    if unknown:
+        raise TypeError(f"explain() got an unexpected keyword argument {unknown[0]!r}; config groups: {groups} "
+                        "and model_options")
+    if model_options is not None:
+        if not isinstance(model_options, dict):
+            raise ValueError(f"model_options = {model_options!r}: must be a dict of model settings")
+        overrides = {**overrides, "model": dict(model_options)}
+    module = model if isinstance(model, torch.nn.Module) else None
+    if module is None and not isinstance(model, str):
+        raise ValueError(f"model = {model!r}: must be a registry name or a torch.nn.Module")
+    try:
+        cfg = _compose(videos, model if module is None else MODULE, output_dir, layers, stages, overrides)
+        from pipeline.job import run_job
+
+        _show_progress()
+        record = run_job(cfg, module)
+    except ConfigError as e:
+        raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
+    return Run(record["run_dir"])
+
+
+def _shown(e: ConfigError) -> str:
+    return "" if e.value is ConfigError._UNSET else f" = {e.value!r}"
+
+
+def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers: Optional[Sequence[str]],
+             stages: Optional[Sequence[str]], overrides: dict[str, Any]) -> Any:
+    """The job's config: conf/ with the presets chosen, then every dict merged on top."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_configs()
+    dataset, dataset_keys = _dataset(videos)
+    presets = [f"dataset={dataset}"] + ([] if model_name == MODULE else [f"model={model_name}"])
+    presets += [f"{group}={value}" for group, value in overrides.items() if isinstance(value, str)]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            cfg = compose("config", overrides=presets)
+        except Exception as e:  # Hydra: an unknown preset
+            raise ValueError(f"{', '.join(presets)}: {str(e).splitlines()[0]}") from None
+    layers_ = {"model": {"layers": list(layers)}} if layers is not None else {}
+    updates = [{"dataset": dataset_keys}, layers_,
+               {"run": {"output_dir": str(output_dir)}} if output_dir is not None else {},
+               {"run": {"stages": list(stages)}} if stages is not None else {},
+               *({group: value} for group, value in overrides.items() if isinstance(value, dict))]
+    for group, value in overrides.items():
+        if not isinstance(value, (str, dict)):
+            raise ValueError(f"{group} = {value!r}: must be a preset name or a dict of {group} keys")
+    if model_name == MODULE:
+        with open_dict(cfg):
+            cfg.model.name = MODULE
+    for update in updates:
+        try:
+            cfg = OmegaConf.merge(cfg, update)
+        except OmegaConfBaseException as e:
+            key = str(getattr(e, "full_key", "") or "")
+            raise ConfigError(key or "?", str(e).splitlines()[0]) from None
+    return cfg
+
+
+def _dataset(videos: Videos) -> tuple[str, dict[str, Any]]:
+    """The dataset preset and keys for the `videos` argument."""
+    if videos is None:
+        return "synthetic", {}
+    if isinstance(videos, (str, os.PathLike)):
+        path = os.path.abspath(os.path.expanduser(str(videos)))
+        if os.path.isfile(path) and path.lower().endswith(".csv"):
+            return "csv", {"csv": path, "root": os.path.dirname(path)}
+        if os.path.isdir(path):
+            return "folder", {"root": path}
+        raise ValueError(f"videos = {str(videos)!r}: no such folder or CSV file")
+    paths = [os.path.abspath(os.path.expanduser(str(p))) for p in videos]
+    return "list", {"videos": paths}
+
+
+def argument_for(key: str, overrides: dict[str, Any]) -> str:
+    """The explain() argument that holds a config key's value."""
+    group, _, rest = key.partition(".")
+    if group == "dataset" and rest.split(".")[0] in ("root", "csv", "videos", "kind"):
+        return "videos"
+    if key == "model.name":
+        return "model"
+    if key.startswith("model.layers") and "layers" not in (overrides.get("model") or {}):
+        return "layers"
+    if group == "model":
+        group = "model_options"
+    if key == "run.output_dir":
+        return "output_dir"
+    if key.startswith("run.stages"):
+        return "stages" + key[len("run.stages"):]
+    if not rest:
+        return group
+    parts = rest.replace("]", "").replace("[", ".").split(".")
+    return group + "".join(f"[{p}]" if p.isdigit() else f"[{p!r}]" for p in parts)
+
+
+def _show_progress() -> None:
+    """Progress lines on stderr when nothing else shows the pipeline's log (a notebook)."""
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+def open_run(path: Union[str, os.PathLike]) -> "Run":
+    """A finished (or partly finished) run, from its folder: a path or a filesystem URI."""
+    root = str(path) if io.is_uri(str(path)) else os.path.abspath(os.path.expanduser(str(path)))
+    if not io.exists(io.join(root, RUN_JSON)):
+        raise FileNotFoundError(f"{root} is not a run folder (no {RUN_JSON})")
+    return Run(root)
+
+
+class Run:
+    """A run folder read back: its tables as pandas DataFrames (read once, when first used),
+    its maps as numpy arrays, and where its report is."""
+
+    def __init__(self, path: str) -> None:
+        self.path = str(path)
+        self.folder = RunFolder(self.path)
+
+    def __repr__(self) -> str:
+        counts = self.record.get("counts", {})
+        return (f"Run({self.path!r}: {counts.get('videos_in', 0)} videos, {counts.get('concepts_found', 0)} concepts, "
+                f"stages {list(self.record.get('stages', {}))})")
+
+    @cached_property
+    def record(self) -> dict[str, Any]:
+        """run.json: the resolved config, versions, per-stage figures and counts."""
+        return io.read_json(self.folder.path(RUN_JSON))
+
+    def table(self, name: str, columns: Optional[list[str]] = None) -> Any:
+        """Any output dataset by its name in the README's Outputs table (`"videos"`,
+        `"supervoxels"`, `"concepts"`, ...), as a DataFrame."""
+        datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, PREDICTIONS, CONCEPTS,
+                                                             CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE, EVALUATION)}
+        if name not in datasets:
+            raise KeyError(f"no dataset {name!r}; datasets: {sorted(datasets)}")
+        if not self.folder.exists(datasets[name]):
+            raise FileNotFoundError(f"{self.path} has no {datasets[name]} (its stage has not run)")
+        return self.folder.read(datasets[name], columns=columns).to_pandas()
+
+    videos = cached_property(lambda self: self.table("videos"))
+    supervoxels = cached_property(lambda self: self.table("supervoxels"))
+    predictions = cached_property(lambda self: self.table("predictions"))
+    concepts = cached_property(lambda self: self.table("concepts"))
+    concept_members = cached_property(lambda self: self.table("concept_members"))
+    tcav = cached_property(lambda self: self.table("tcav"))
+    evaluation = cached_property(lambda self: self.table("evaluation"))
+
+    def activations(self, layer: Optional[str] = None) -> Any:
+        """The activation vectors (one row per video or supervoxel and layer), of one layer or all."""
+        import pyarrow.dataset as ds
+
+        flt = None if layer is None else ds.field("layer") == layer
+        return self.folder.read(ACTIVATIONS, filter=flt).to_pandas()
+
+    def voxel_importance(self, video_id: str, layer: Optional[str] = None, score: str = "tcav",
+                         target_class: Optional[str] = None) -> np.ndarray:
+        """A scoring video's voxel importance, float32 [T, H, W] in clip coordinates: `score`
+        `tcav` (the paper's) or `causal`; `layer` None: the first explained layer."""
+        return self.folder.voxel_importance(video_id, layer=layer, target_class=target_class, score=score)
+
+    def supervoxel_mask(self, video_id: str, supervoxel_id: int) -> np.ndarray:
+        """The voxels of one supervoxel, bool [T, H, W] in clip coordinates."""
+        return self.folder.supervoxel_mask(video_id, supervoxel_id)
+
+    @property
+    def report_path(self) -> Optional[str]:
+        """report/index.html, when the report stage has run."""
+        return self.folder.path(REPORT_INDEX) if self.folder.exists(REPORT_INDEX) else None

@@ -1,0 +1,62 @@
+"""The concept stage's parameter set (method steps 5-8): discovery, CAVs, TCAV, significance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.params import require
+
+RULES = ("3dace", "ace")
+CAV_MODELS = ("torch", "sgd", "logistic")
+CORRECTIONS = ("none", "holm")
+
+
+@dataclass
+class ConceptParams:
+    """Concept discovery and TCAV scoring, per class and layer (the config group `concepts`).
+
+    discovery_fraction: share of a class's videos used for discovery; the rest score it.
+    k, niter, nredo: FAISS k-means (clusters, iterations, best of nredo runs). The reference
+        uses K = 25.
+    rules: acceptance rules, `3dace` (0.4 / 0.1,0.1 / 0.08,0.35) or `ace` (0.5 / 0.25,0.25 /
+        0.1,0.5). min_videos: a cluster needs more members than this; max_videos: members a
+        concept keeps (nearest the centre).
+    num_random_exp: random sets (of random_set_size whole clips of other classes' videos),
+        plus one extra set for the random-vs-random baseline.
+    cav_model: torch (the reference SGDClassifier's algorithm, run for all of a class's CAVs at
+        once in torch) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic; cav_alpha:
+        the L2 penalty.
+    p_threshold, correction (none | holm): when a concept is significant.
+    randomisation_check: score the same CAVs again on gradients from the model with every
+        weight after the layer re-initialised, and report how much the ranking moves.
+    seed: the seed of the split, the random sets, k-means and the CAV fits.
+    """
+
+    discovery_fraction: float = 0.5
+    k: int = 25
+    niter: int = 20
+    nredo: int = 5
+    rules: str = "3dace"
+    min_videos: int = 5
+    max_videos: int = 40
+    num_random_exp: int = 20
+    random_set_size: int = 40
+    cav_model: str = "torch"
+    cav_alpha: float = 0.01
+    p_threshold: float = 0.01
+    correction: str = "none"
+    randomisation_check: bool = False
+    seed: int = 0
+
+    def check(self) -> None:
+        """Raise ParameterError naming the first field out of range."""
+        require(0 < self.discovery_fraction < 1, "discovery_fraction", self.discovery_fraction, "must be in (0, 1)")
+        for name in ("k", "niter", "nredo", "num_random_exp", "random_set_size", "max_videos"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        require(self.num_random_exp >= 2, "num_random_exp", self.num_random_exp,
+                "must be >= 2 (the t-test pairs the random sets)")
+        require(self.min_videos >= 0, "min_videos", self.min_videos, "must be >= 0")
+        require(self.rules in RULES, "rules", self.rules, "must be 3dace or ace")
+        require(self.cav_model in CAV_MODELS, "cav_model", self.cav_model, "must be torch, sgd or logistic")
+        require(self.correction in CORRECTIONS, "correction", self.correction, "must be none or holm")
+        require(0 < self.p_threshold < 1, "p_threshold", self.p_threshold, "must be in (0, 1)")

@@ -1,0 +1,139 @@
+"""The evaluation's science as pure functions: whether the model recognises a class, causal
+concept importance from the one-concept-removed clips, the curves' plans, and per (class,
+layer) the curve points, their areas and the summary figures run.json records.
+
+`outcomes[video][layer][plan] = (class probability, correct)`: what the model actors measured.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from pipeline.evaluation.deletion import DELETE, INSERT, EvaluateParams, Plan, auc, curve_plans, orderings
+
+log = logging.getLogger("pipeline")
+
+Key = tuple[str, str]  # (class, layer)
+Curve = tuple[str, str, str, list[Plan]]  # (ranking, order, mode, plans)
+
+
+def class_recognition(correct: Sequence[bool], num_classes: int, alpha: float = 0.05) -> tuple[float, float, bool]:
+    """(accuracy, chance, recognised) of a class's scoring videos: recognised when the accuracy
+    is above chance (1 / classes) by a one-sided binomial test at `alpha`."""
+    from scipy.stats import binomtest
+
+    chance = 1.0 / num_classes
+    if not len(correct):
+        return float("nan"), chance, False
+    hits = int(np.sum(correct))
+    recognised = binomtest(hits, len(correct), chance, alternative="greater").pvalue <= alpha
+    return float(np.mean(correct)), chance, bool(recognised)
+
+
+def single_concept_plans(names: Sequence[str]) -> list[Plan]:
+    """The clip as it is, then with each concept removed in turn (causal importance)."""
+    return [Plan(DELETE, frozenset())] + [Plan(DELETE, frozenset([cn])) for cn in names]
+
+
+def causal_importance(ranked: dict[Key, list[str]], outcomes: dict[str, dict[str, dict[Plan, tuple[float, bool]]]],
+                      class_of: dict[str, str]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Per concept, the mean drop in class probability when its voxels are removed from its
+    class's scoring videos, and per concept the videos' correctness with it removed."""
+    drops: dict[str, list[float]] = {}
+    correct_without: dict[str, list[float]] = {}
+    for vid, by_layer in outcomes.items():
+        for layer, measured in by_layer.items():
+            base = measured[Plan(DELETE, frozenset())][0]
+            for cn in ranked[(class_of[vid], layer)]:
+                p, ok = measured[Plan(DELETE, frozenset([cn]))]
+                drops.setdefault(cn, []).append(base - p)
+                correct_without.setdefault(cn, []).append(float(ok))
+    return {cn: float(np.mean(v)) for cn, v in drops.items()}, correct_without
+
+
+def curves(ranked: dict[Key, list[str]], causal: dict[str, float], params: EvaluateParams) -> dict[Key, list[Curve]]:
+    """Every curve of every (class, layer): concepts in TCAV order (the paper's) and in causal
+    order, top / bottom / random orders, deletion and insertion, k = 0 .. max_k."""
+    out: dict[Key, list[Curve]] = {}
+    for kl, names in ranked.items():
+        by_causal = sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
+        for ranking, order_base in (("tcav", names), ("causal", by_causal)):
+            for order, ordered in orderings(order_base, params.random_draws, params.seed).items():
+                for mode in (DELETE, INSERT):
+                    out.setdefault(kl, []).append((ranking, order, mode, curve_plans(ordered[:params.max_k], mode)))
+    return out
+
+
+def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
+              names: list[str], tcav_mean: dict[str, float], causal: dict[str, float],
+              correct_without: dict[str, list[float]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """evaluation.parquet's rows of one (class, layer) and its run.json summary.
+    `outcomes[video][plan]`: the class's scoring videos at this layer; `names`: its concepts in
+    rank order."""
+    from scipy.stats import spearmanr
+
+    vids = list(outcomes)
+    points: dict[tuple[str, str, str], list[tuple[list[float], list[float]]]] = {}
+    for ranking, order, mode, plans in curve_list:
+        name = "random" if order.startswith("random") else order
+        acc = [float(np.mean([outcomes[v][p][1] for v in vids])) for p in plans]
+        prob = [float(np.mean([outcomes[v][p][0] for v in vids])) for p in plans]
+        points.setdefault((ranking, mode, name), []).append((acc, prob))
+    rows: list[dict[str, Any]] = []
+    accuracy: dict[tuple[str, str, str], np.ndarray] = {}  # (ranking, mode, order) -> accuracy at each k
+    areas: dict[tuple[str, str, str], float] = {}
+    for (ranking, mode, order), draws in points.items():
+        acc = np.mean([d[0] for d in draws], axis=0)
+        prob = np.mean([d[1] for d in draws], axis=0)
+        accuracy[(ranking, mode, order)], areas[(ranking, mode, order)] = acc, auc(acc)
+        base = {"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
+                "n_videos": len(vids)}
+        for kk, (a_, p_) in enumerate(zip(acc, prob)):
+            rows.append({**base, "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_)})
+        rows.append({**base, "kind": "auc", "k": None, "accuracy": auc(acc), "mean_prob": auc(prob)})
+    tcav_means = [tcav_mean[cn] for cn in names]
+    causal_values = [causal.get(cn, 0.0) for cn in names]
+    rho = float("nan")
+    if len(names) >= 2 and np.ptp(tcav_means) > 0 and np.ptp(causal_values) > 0:
+        rho = float(spearmanr(tcav_means, causal_values).statistic)
+    # "a random concept" at k = 1: the exact expectation, i.e. the mean accuracy over the
+    # class's videos with each of its concepts removed in turn, not the draws
+    removed = [correct_without[cn] for cn in names if cn in correct_without]
+    random_top1 = float(np.mean(np.concatenate(removed)))
+    # the most any ordering can get at k = 1 on these videos: the concept whose removal costs
+    # the most accuracy (in-sample, so an upper bound, not a ranking to use)
+    best_top1 = round(random_top1 - min(float(np.mean(v)) for v in removed), 4)
+
+    def at_k1(ranking: str, order: str) -> Optional[float]:
+        curve = accuracy.get((ranking, DELETE, order))
+        return None if curve is None or len(curve) < 2 else float(curve[1])
+
+    def top1_drop(ranking: str, baseline: Optional[float]) -> Optional[float]:
+        top = at_k1(ranking, "top")
+        return None if top is None or baseline is None else round(baseline - top, 4)
+
+    # the model's answer for a wholly mean-filled clip (insertion at k = 0): a class it
+    # predicts there can hardly lose accuracy when concepts are deleted
+    empty = accuracy.get(("tcav", INSERT, "top"))
+    empty_accuracy = None if empty is None else round(float(empty[0]), 4)
+    if empty_accuracy is not None and empty_accuracy >= 0.5:
+        log.warning("evaluate: %s/%s: the model predicts %r for %.0f%% of its wholly mean-filled scoring clips, so "
+                    "deleting concepts can hardly take the class away: its deletion figures say little", k, layer,
+                    k, 100 * empty_accuracy)
+    summary = {
+        "spearman_tcav_causal": rho, "videos": len(vids),
+        "mean_filled_clip_accuracy": empty_accuracy,
+        "random_top1_deletion_accuracy": round(random_top1, 4),
+        "best_single_concept_top1_deletion_accuracy_drop_vs_random": best_top1,
+        **{f"{ranking}_{what}": value for ranking in ("tcav", "causal") for what, value in (
+            ("top1_deletion_accuracy_drop_vs_random", top1_drop(ranking, random_top1)),
+            ("top1_deletion_accuracy_drop_vs_random_draws", top1_drop(ranking, at_k1(ranking, "random"))),
+            ("deletion_auc_top", areas.get((ranking, DELETE, "top"))),
+            ("deletion_auc_bottom", areas.get((ranking, DELETE, "bottom"))),
+            ("insertion_auc_top", areas.get((ranking, INSERT, "top"))),
+            ("insertion_auc_bottom", areas.get((ranking, INSERT, "bottom"))))},
+    }
+    return rows, summary

@@ -1,0 +1,156 @@
+"""The main job, `python -m pipeline`: the method's steps as stages, top to bottom.
+
+    ingest    resolve the corpus, decode every video's clip once       -> videos.parquet
+    segment   3D SLIC at several resolutions, dedupe (CPU tasks)        -> supervoxels/, label_volumes/
+    activate  patches built on the device, model layers (actor pool)    -> activations/, predictions/
+    concepts  k-means, acceptance rules, CAVs, TCAV, significance (a task per class and layer)
+              -> concepts.parquet, concept_members.parquet, tcav.parquet, voxel_importance/
+    evaluate  causal importance, deletion/insertion curves (actor pool) -> evaluation.parquet
+    report    report/index.html (a task per class)
+
+`run_job` validates the config, takes the run folder's lease, runs the configured stages
+(`pipeline.stages`) and writes run.json after each: the resolved config, versions, per-stage
+wall time, throughput and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import console, io
+from pipeline.config import CONF_DIR, STAGES, ConfigError, register_configs, to_plain, validate
+from pipeline.lease import Lease, LeaseError, new_run_id
+from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError, fingerprints
+from pipeline.stages import stage
+from pipeline.stages.base import Job
+
+log = logging.getLogger("pipeline")
+
+VERSIONED_PACKAGES = ("pipeline", "ray", "torch", "torchvision", "pytorchvideo", "scikit-image", "faiss-cpu",
+                      "pyarrow", "numpy", "av", "hydra-core", "scikit-learn", "scipy")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def absolutise(cfg: DictConfig) -> None:
+    """Relative paths in the config are taken from the current directory, once, in the driver:
+    tasks and actors may run anywhere."""
+    for key in ("run.output_dir", "dataset.root", "dataset.csv", "model.path"):
+        value = OmegaConf.select(cfg, key)
+        if value and not io.is_uri(str(value)):  # a URI (s3://...) is absolute already
+            OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))))
+
+
+def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
+    """Validate, then run the configured stages; returns the run record (run.json). `module`:
+    the nn.Module to explain when `model.name` is `module` (the Python API)."""
+    from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector
+
+    validate(cfg, module)
+    absolutise(cfg)
+    c = to_plain(cfg)
+    run_id = new_run_id()
+    folder = RunFolder(c["run"]["output_dir"], run_id)
+    logging.getLogger("pipeline").setLevel(c["run"]["log_level"].upper())
+    record: dict[str, Any] = {
+        "run_dir": folder.root,
+        "run_id": run_id,
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": None,
+        "command": " ".join(sys.argv),
+        "config": c,
+        "versions": versions(),
+        "stages": {},
+        "counts": {},
+    }
+    with Lease(folder.root, run_id) as lease:
+        folder.lease = lease
+        keep_earlier_stages(record, folder, c["run"]["stages"])
+        init_ray(c["ray"])
+        check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
+        job = Job(c, folder, record, window=_window(c), fingerprints={}, module=_module_ref(module))
+        job.fingerprints = fingerprints(c, job.window, model_digest(module) if module is not None else None)
+        t0 = time.monotonic()
+        for name in c["run"]["stages"]:
+            stage(name)(job)
+            folder.write_json(RUN_JSON, record)
+        record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record["wall_s"] = round(time.monotonic() - t0, 3)
+        folder.write_json(RUN_JSON, record)
+    console.print_summary(record)
+    return record
+
+
+def _window(c: dict[str, Any]) -> int:
+    from pipeline.models.registry import model_window
+
+    return model_window(c["model"])
+
+
+def _module_ref(module: Any) -> Optional[Any]:
+    """The module in Ray's object store, once for every actor of the run."""
+    if module is None:
+        return None
+    import ray
+
+    return ray.put(module)
+
+
+def model_digest(module: Any) -> str:
+    """A digest of a module's class and weights: what an nn.Module computes, for the fingerprint."""
+    import hashlib
+
+    h = hashlib.sha256(f"{type(module).__module__}.{type(module).__qualname__}".encode())
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def keep_earlier_stages(record: dict[str, Any], folder: RunFolder, stages: list[str]) -> None:
+    """A run of some stages keeps what run.json said about the stages before the first one it
+    runs (their outputs are still in the folder, unchanged), marked with the run that made
+    them; what later stages said is dropped, as it may no longer hold."""
+    if not folder.exists(RUN_JSON):
+        return
+    try:
+        old = io.read_json(folder.path(RUN_JSON))
+    except (ValueError, OSError):
+        return
+    first = min(STAGES.index(s) for s in stages)
+    for name, entry in (old.get("stages") or {}).items():
+        if name in STAGES and STAGES.index(name) < first and isinstance(entry, dict):
+            record["stages"][name] = {**entry, "from_run_started": entry.get("from_run_started", old.get("started"))}
+    record["counts"] = {**(old.get("counts") or {}), **record["counts"]}
+    if "concept_table" in old and first > STAGES.index("concepts"):
+        record["concept_table"] = old["concept_table"]
+
+
+register_configs()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        run_job(cfg)
+    except (ConfigError, RunFolderError, LeaseError, FileNotFoundError) as e:  # FileNotFoundError: an input missing
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,38 @@
+"""What every parameter set of the method shares: its checks raise `ParameterError` in the
+set's own terms (the field's name), and it is read from a plain config section.
+
+A parameter set is a dataclass beside the functions that use it (`SegmentParams` in
+`pipeline.segmentation.supervoxels`, `ConceptParams` in `pipeline.concepts.params`, ...): the
+one place that defines its fields, units and defaults, and its `check()`. The config schema
+(`pipeline.config`) reuses these dataclasses as its groups and turns a `ParameterError` into a
+`ConfigError` naming the config key; the Python API turns it into an error naming the argument.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+T = TypeVar("T")
+
+
+class ParameterError(ValueError):
+    """A parameter holds a value the method cannot run with. `name` is the field's name in its
+    parameter set (`n_segments`, `layers`, ...), `value` the value, `why` the rule it breaks."""
+
+    def __init__(self, name: str, value: Any, why: str) -> None:
+        self.name, self.value, self.why = name, value, why
+        super().__init__(f"{name} = {value!r}: {why}")
+
+
+def require(ok: bool, name: str, value: Any, why: str) -> None:
+    """Raise `ParameterError(name, value, why)` unless `ok`."""
+    if not ok:
+        raise ParameterError(name, value, why)
+
+
+def from_section(cls: type[T], section: Mapping[str, Any]) -> T:
+    """An instance of the parameter set `cls` from a plain config section (a dict that may hold
+    more keys than the set has fields: a config group adds its scheduling settings)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in section.items() if k in names})

@@ -1,0 +1,54 @@
+"""What every stage gets (`Job`) and the small things every stage does with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from pipeline.orchestration.runtime import label_selector
+from pipeline.run_folder import RunFolder
+
+
+@dataclass
+class Job:
+    """One run of the job, as its stages see it.
+
+    c: the resolved config as plain dicts; folder: the run folder; record: run.json as it is
+    being written (a stage adds `record["stages"][name]` and updates `record["counts"]`);
+    window: the model's input frames; fingerprints: per resumable stage, the settings its
+    outputs depend on (`pipeline.run_folder.fingerprints`); module: the object-store reference
+    of an nn.Module handed to the Python API (None: the config names the model).
+    """
+
+    c: dict[str, Any]
+    folder: RunFolder
+    record: dict[str, Any]
+    window: int
+    fingerprints: dict[str, str]
+    module: Any = None
+    started: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, Any]:
+        return self.record["counts"]
+
+    @property
+    def cpu_selector(self) -> dict[str, str]:
+        """The Ray label selector of the CPU stages' tasks (`ray.cpu_label_selector`)."""
+        return label_selector(self.c["ray"]["cpu_label_selector"])
+
+    def begin(self, stage: str) -> None:
+        self.started[stage] = time.monotonic()
+
+    def wall(self, stage: str) -> float:
+        return time.monotonic() - self.started[stage]
+
+    def finish(self, stage: str, **entry: Any) -> dict[str, Any]:
+        """Record the stage's run.json entry: its wall time first, then `entry`."""
+        self.record["stages"][stage] = {"wall_s": round(self.wall(stage), 3), **entry}
+        return self.record["stages"][stage]
+
+
+def per_second(n: int, seconds: float) -> Optional[float]:
+    return round(n / seconds, 3) if seconds > 0 else None
