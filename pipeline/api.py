@@ -111,12 +111,28 @@ def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers:
         with open_dict(cfg):
             cfg.model.name = MODULE
     for update in updates:
+        _check_keys(cfg, update)
         try:
             cfg = OmegaConf.merge(cfg, update)
         except OmegaConfBaseException as e:
             key = str(getattr(e, "full_key", "") or "")
             raise ConfigError(key or "?", str(e).splitlines()[0]) from None
     return cfg
+
+
+def _check_keys(node: Any, update: dict[str, Any], prefix: str = "") -> None:
+    """An unknown key in an override fails naming it, with the close matches."""
+    import difflib
+
+    from omegaconf import DictConfig
+
+    for key, value in update.items():
+        if key not in node:
+            known = [str(k) for k in node.keys()]
+            close = difflib.get_close_matches(str(key), known, n=3)
+            raise ConfigError(prefix + str(key), f"unknown key; close matches: {close or 'none'}; known: {known}")
+        if isinstance(value, dict) and isinstance(node[key], DictConfig):
+            _check_keys(node[key], value, f"{prefix}{key}.")
 
 
 def _dataset(videos: Videos) -> tuple[str, dict[str, Any]]:

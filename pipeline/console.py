@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
+
+from pipeline import io
+from pipeline.run_folder import RUN_JSON
 
 
 def concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[str, Any]], top: int = 3) -> list[str]:
@@ -86,4 +88,4 @@ def print_summary(record: dict[str, Any]) -> None:
             print("  " + line)
     for name, s in record["stages"].items():
         print(f"  {name:<8} {s['wall_s']:8.1f} s" + ("  (an earlier run)" if "from_run_started" in s else ""))
-    print(f"run record: {os.path.join(record['run_dir'], 'run.json')}", flush=True)
+    print(f"run record: {io.join(record['run_dir'], RUN_JSON)}", flush=True)

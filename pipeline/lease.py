@@ -23,8 +23,8 @@ from datetime import datetime, timezone
 from typing import Any, Optional
 
 from pipeline import io
+from pipeline.run_folder import LEASE
 
-LEASE = "lease.json"
 TTL_SECONDS = 60.0
 
 

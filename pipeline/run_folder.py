@@ -40,6 +40,7 @@ EVALUATION = "evaluation.parquet"
 REPORT = "report"
 REPORT_INDEX = "report/index.html"
 RUN_JSON = "run.json"
+LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 
 SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
                   "max_num_iter")

@@ -95,7 +95,8 @@ def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, exp
     assert "ingest:" not in res.stdout + res.stderr
 
 
-@pytest.mark.parametrize("stage, needs", [("evaluate", "concepts.parquet"), ("concepts", "no dataset at")])
+@pytest.mark.parametrize("stage, needs", [("evaluate", "run the concepts stage first"),
+                                         ("concepts", "run the activate stage first")])
 def test_a_stage_run_before_its_inputs_exist_says_what_is_missing(tmp_path, stage, needs):
     res = run_cli(f"run.output_dir={tmp_path / 'run'}", f"run.stages=[{stage}]")
     assert res.returncode == 2

@@ -41,7 +41,7 @@ def test_missing_pretrained_weights_name_the_cache_path(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",
                         lambda *a, **k: (_ for _ in ()).throw(RuntimeError("offline")))
-    with pytest.raises(ModelConfigError, match="model.pretrained.*X3D_XS.pyth"):
+    with pytest.raises(ModelConfigError, match="^pretrained = True: .*X3D_XS.pyth"):
         load_model(_cfg(name="x3d_xs", pretrained=True))
 
 
@@ -55,7 +55,7 @@ def test_every_registry_model_builds_with_its_recommended_layers():
 
 def test_layer_names_are_checked_with_close_matches():
     loaded = load_model(_cfg())
-    with pytest.raises(ModelConfigError, match=r"model.layers.*'layer_2'.*Close matches: \['layer2'"):
+    with pytest.raises(ModelConfigError, match=r"^layers = .*'layer_2'.*Close matches: \['layer2'"):
         check_layers(loaded.module, ["layer_2"], "demo")
     with pytest.raises(ModelConfigError, match="Close matches"):
         load_model(_cfg(layers=["layers3"]))
@@ -85,7 +85,7 @@ def test_demo_checkpoint_round_trip_and_other_sources(tmp_path):
 def test_bad_checkpoint_files_fail_clearly(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(ModelConfigError, match="model.path"):
+    with pytest.raises(ModelConfigError, match="^path = "):
         load_model(_cfg(name="checkpoint", path=str(junk)))
     other = tmp_path / "sd.pt"
     torch.save({"weight": torch.zeros(2)}, other)

@@ -1,6 +1,6 @@
 """Resume and fault tolerance, as a user meets them: the driver killed during the activation
-stage and the job run again; a Ray worker killed while it segments a video. Both end with the
-outputs of an uninterrupted run."""
+stage and the job run again on a bigger share of the machine (other scheduling settings); a Ray
+worker killed while it segments a video. Both end with the outputs of an uninterrupted run."""
 
 from __future__ import annotations
 
@@ -63,12 +63,19 @@ def _same_outputs(a: str, b: str) -> None:
     sv = [read_parts(os.path.join(d, "supervoxels")).to_pandas().sort_values(["video_id", "supervoxel_id"])
           .reset_index(drop=True) for d in (a, b)]
     assert sv[0].equals(sv[1])
-    for name in ("concepts.parquet", "concept_members.parquet", "tcav.parquet"):
+    for name in ("concepts.parquet", "concept_members.parquet", "tcav.parquet", "evaluation.parquet",
+                 "voxel_importance"):
         pd.testing.assert_frame_equal(pq.read_table(os.path.join(a, name)).to_pandas(),
                                       pq.read_table(os.path.join(b, name)).to_pandas())
 
 
-def test_a_driver_killed_during_activation_resumes_without_redoing_work(clean_run):
+# Scheduling settings: they change how the work is cut and spread, never an output, so a run
+# folder may be resumed with others (a bigger cluster, say).
+OTHER_SCHEDULING = ["segment.videos_per_part=5", "activate.videos_per_part=3", "activate.num_actors=2",
+                    "activate.cpus_per_actor=1"]
+
+
+def test_a_driver_killed_during_activation_resumes_with_other_scheduling_without_redoing_work(clean_run):
     out = str(clean_run["base"] / "killed")
     args = _args(clean_run["corpus"], out)
     proc = _start(args, out + ".log")
@@ -84,12 +91,13 @@ def test_a_driver_killed_during_activation_resumes_without_redoing_work(clean_ru
     done = sum(pq.read_metadata(p).num_rows for p in glob.glob(os.path.join(out, "predictions", "part-*.parquet")))
     assert 0 < done < 12
     assert not os.path.exists(os.path.join(out, "concepts.parquet"))
-    res = run_cli(*args)
+    res = run_cli(*args, *OTHER_SCHEDULING)
     assert res.returncode == 0, res.stderr[-3000:]
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]
     assert stage["segment"]["videos_segmented"] == 0 and stage["segment"]["videos_skipped_done"] == 12
     assert stage["activate"]["videos_skipped_done"] == done  # completed work not redone
     assert stage["activate"]["videos_activated"] == 12 - done
+    assert stage["activate"]["actors"] == 2
     _same_outputs(clean_run["out"], out)
 
 
@@ -118,4 +126,26 @@ def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
     record = json.load(open(os.path.join(out, "run.json")))
     assert record["counts"]["videos_in"] == 12 and record["counts"]["videos_ok"] == 12
     assert record["stages"]["segment"]["videos_segmented"] == 12
+    _same_outputs(clean_run["out"], out)
+
+
+def test_a_second_driver_on_a_live_run_folder_is_refused_naming_the_first(clean_run):
+    """Two drivers on one run folder: the second stops before any work, naming the run that
+    holds the folder; the first finishes with an uninterrupted run's outputs and lets go."""
+    out = str(clean_run["base"] / "two")
+    args = _args(clean_run["corpus"], out)
+    first = _start(args, out + ".log")
+    lease = os.path.join(out, "lease.json")
+    deadline = time.monotonic() + 300
+    while not os.path.exists(lease) and time.monotonic() < deadline and first.poll() is None:
+        time.sleep(0.1)
+    assert first.poll() is None, "the first run ended before a second could start: " + open(out + ".log").read()[-2000:]
+    holder = json.load(open(lease))
+    assert holder["pid"] == first.pid
+    second = run_cli(*args)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by run {holder['run_id']!r} (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert first.wait(timeout=600) == 0, open(out + ".log").read()[-3000:]
+    assert not os.path.exists(lease)  # let go at the end
     _same_outputs(clean_run["out"], out)

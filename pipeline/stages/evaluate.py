@@ -88,8 +88,9 @@ def run_plans(job: Job, pool: ModelActors, videos: dict[str, dict[str, Any]],
               assignments: dict[str, dict[str, Assignment]], plans: dict[str, dict[str, list[Plan]]],
               label: str) -> dict[str, dict[str, dict[Plan, tuple[float, bool]]]]:
     """Every video's plans on the model actors: {video: {layer: {plan: (class probability,
-    correct)}}}, in the order the videos finished. Label volumes are read one part at a time
-    and each video's travel with it; a video that fails stops the stage, naming it."""
+    correct)}}}, by video id (whatever order they finished in, so that the means over videos
+    do not depend on the scheduling). Label volumes are read one part at a time and each
+    video's travel with it; a video that fails stops the stage, naming it."""
     fill = float(job.c["activate"]["fill"])
     items: Iterable[tuple[str, tuple]] = (
         (vid, (videos[vid], labels, assignments[vid], plans[vid], fill))
@@ -105,7 +106,7 @@ def run_plans(job: Job, pool: ModelActors, videos: dict[str, dict[str, Any]],
     missing = sorted(set(plans) - set(out))
     if missing:
         raise RuntimeError(f"{label}: no label volumes for {len(missing)} videos, e.g. {missing[:3]}")
-    return out
+    return dict(sorted(out.items()))
 
 
 def ground_truth(job: Job, videos: dict[str, dict[str, Any]], vi: list[dict[str, Any]], causal: dict[str, float],

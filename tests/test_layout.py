@@ -1,0 +1,107 @@
+"""The package's shape, read from its source: no import cycle among its modules (imports inside
+functions count), no module longer than 400 lines, the algorithm layer free of Ray, and the
+run folder's names written in one module only."""
+
+from __future__ import annotations
+
+import ast
+import os
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "pipeline")
+ALGORITHM = ("pipeline.data", "pipeline.segmentation", "pipeline.activations", "pipeline.concepts",
+             "pipeline.scoring", "pipeline.evaluation", "pipeline.models", "pipeline.params")
+
+
+def _modules() -> dict[str, str]:
+    out = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                out[module.removesuffix(".__init__")] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: str) -> set[str]:
+    """The package modules `module` imports, anywhere in its source (ancestor packages left out)."""
+    is_package = path.endswith("__init__.py")
+    found = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = module.split(".")[: None if is_package else -1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in node.names]
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):
+                found.add(name)
+    return found
+
+
+def test_no_import_cycle_among_the_package_modules():
+    graph = {m: _imports(m, p) for m, p in MODULES.items()}
+    assert len(graph) > 40
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                cycle = path[path.index(n):] + [n]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_module_is_longer_than_400_lines():
+    lengths = {m: sum(1 for _ in open(p)) for m, p in MODULES.items()}
+    assert max(lengths.values()) > 100  # the count reads real files
+    assert {m: n for m, n in lengths.items() if n > 400} == {}
+
+
+def test_the_algorithm_layer_does_not_import_ray():
+    for module, path in MODULES.items():
+        if module.startswith(ALGORITHM):
+            tree = ast.parse(open(path).read())
+            names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+            names |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+            assert not {n for n in names if n == "ray" or n.startswith("ray.")}, module
+
+
+def test_the_run_folder_names_are_written_in_one_module():
+    from pipeline import run_folder as rf
+
+    # the files, and the folders whose names are no column or config key too
+    names = {rf.VIDEOS, rf.CONCEPTS, rf.CONCEPT_MEMBERS, rf.TCAV, rf.EVALUATION, rf.RUN_JSON, rf.REPORT_INDEX,
+             rf.LEASE, rf.LABEL_VOLUMES, rf.VOXEL_IMPORTANCE}
+    assert {"videos.parquet", "label_volumes", "concepts.parquet", "run.json"} <= names
+    for module, path in MODULES.items():
+        if module == "pipeline.run_folder":
+            continue
+        tree = ast.parse(open(path).read())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        literals = {n.value for n in ast.walk(tree)
+                    if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings}
+        assert not literals & names, (module, sorted(literals & names))
