@@ -218,7 +218,7 @@ def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = 
     name = model_cfg["name"]
     if name == "module":
         if not isinstance(module, nn.Module):
-            raise ModelConfigError("model", type(module).__name__, "must be a registry name or a torch.nn.Module")
+            raise ModelConfigError("name", "module", f"needs a torch.nn.Module, got {type(module).__name__}")
         if not layers:
             raise ModelConfigError("layers", layers, "an nn.Module has no recommended layers; name the layers to "
                                                      "explain, e.g. layers=['layer3']")
@@ -278,7 +278,7 @@ def load_model(model_cfg: dict[str, Any], module: Optional[nn.Module] = None) ->
     meta: dict[str, Any] = {}
     if name == "module":
         if not isinstance(module, nn.Module):
-            raise ModelConfigError("model", type(module).__name__, "must be a registry name or a torch.nn.Module")
+            raise ModelConfigError("name", "module", f"needs a torch.nn.Module, got {type(module).__name__}")
         spec = _custom_spec("module")
         class_names = []
     elif name == "demo":

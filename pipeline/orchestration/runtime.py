@@ -49,8 +49,8 @@ def check_label_selector(selector: dict[str, str]) -> None:
     from pipeline.config import ConfigError
 
     wanted = [f"{k}:{v}" for k, v in selector.items()]
-    raise ConfigError(f"config key 'ray.cpu_label_selector' = {wanted}: no node of the cluster has these labels "
-                      "(label the CPU nodes, as cluster.yaml does, or set ray.cpu_label_selector=[])")
+    raise ConfigError("ray.cpu_label_selector", "no node of the cluster has these labels (label the CPU nodes, as "
+                      "cluster.yaml does, or set ray.cpu_label_selector=[])", wanted)
 
 
 class Progress:
