@@ -22,7 +22,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Optional
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -62,7 +62,7 @@ def absolutise(cfg: DictConfig) -> None:
 def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
     """Validate, then run the configured stages; returns the run record (run.json). `module`:
     the nn.Module to explain when `model.name` is `module` (the Python API)."""
-    from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector
+    from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector, share
 
     validate(cfg, module)
     absolutise(cfg)
@@ -86,8 +86,10 @@ def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
         keep_earlier_stages(record, folder, c["run"]["stages"])
         init_ray(c["ray"])
         check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
-        job = Job(c, folder, record, window=_window(c), fingerprints={}, module=_module_ref(module))
-        job.fingerprints = fingerprints(c, job.window, model_digest(module) if module is not None else None)
+        window = _window(c)
+        digest = model_digest(module) if module is not None else None
+        job = Job(c, folder, record, window, fingerprints(c, window, digest),
+                  module=share(module) if module is not None else None)
         t0 = time.monotonic()
         for name in c["run"]["stages"]:
             stage(name)(job)
@@ -103,15 +105,6 @@ def _window(c: dict[str, Any]) -> int:
     from pipeline.models.registry import model_window
 
     return model_window(c["model"])
-
-
-def _module_ref(module: Any) -> Optional[Any]:
-    """The module in Ray's object store, once for every actor of the run."""
-    if module is None:
-        return None
-    import ray
-
-    return ray.put(module)
 
 
 def model_digest(module: Any) -> str:

@@ -65,8 +65,8 @@ def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = N
         "ingest": _canonical({"clip": c["clip"]}),
         "segment": _canonical({"clip": c["clip"], "segment": segment,
                                "min_frames": window if seg["short_supervoxels"] == "drop" else None}),
-        "activate": _canonical({"clip": c["clip"], "segment": {**segment, "short_supervoxels": seg["short_supervoxels"]},
-                                "activate": activate, "model": model}),
+        "activate": _canonical({"clip": c["clip"], "activate": activate, "model": model,
+                                "segment": {**segment, "short_supervoxels": seg["short_supervoxels"]}}),
     }
 
 

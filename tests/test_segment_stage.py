@@ -3,6 +3,7 @@ vectors for every kept supervoxel and clip, resume, failures."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -124,10 +125,15 @@ def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     assert pq.read_table(os.path.join(other, "concept_members.parquet")).to_pandas().equals(members)
 
 
+def _parts(out: str, dataset: str) -> list[str]:
+    """A dataset's part files in the order they were written (their names: the run's id, a counter)."""
+    return sorted(glob.glob(os.path.join(out, dataset, "part-*.parquet")))
+
+
 def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     out, args = segmented_run["out"], segmented_run["args"]
     before = read_parts(os.path.join(out, "supervoxels")).to_pandas()
-    os.remove(os.path.join(out, "supervoxels", "part-00002.parquet"))  # as if the run had crashed there
+    os.remove(_parts(out, "supervoxels")[2])  # as if the run had crashed there
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     seg = json.load(open(os.path.join(out, "run.json")))["stages"]["segment"]
@@ -146,13 +152,13 @@ def test_changed_settings_do_not_mix_with_old_outputs(segmented_run):
 
 def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
     out, args = segmented_run["out"], segmented_run["args"]
-    pred_dir = os.path.join(out, "predictions")
-    victim = pq.read_table(os.path.join(pred_dir, "part-00000.parquet")).column("video_id")[0].as_py()
+    first = _parts(out, "predictions")[0]
+    victim = pq.read_table(first).column("video_id")[0].as_py()
     folder = [a for a in args if a.startswith("dataset.root=")][0].split("=", 1)[1]
     with open(os.path.join(folder, victim + ".mp4"), "r+b") as f:  # corrupt it after segmentation
         f.seek(0)
         f.write(b"\x00" * 4096)
-    os.remove(os.path.join(pred_dir, "part-00000.parquet"))
+    os.remove(first)
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]

@@ -53,6 +53,12 @@ def check_label_selector(selector: dict[str, str]) -> None:
                       "cluster.yaml does, or set ray.cpu_label_selector=[])", wanted)
 
 
+def share(obj: Any) -> Any:
+    """`obj` in Ray's object store, once for every task and actor that takes it (an nn.Module
+    handed to the Python API goes to every model actor this way)."""
+    return ray.put(obj)
+
+
 class Progress:
     """Logs `stage: done/total units, rate, eta` at most every `every` seconds and at the end."""
 
