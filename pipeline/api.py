@@ -51,8 +51,8 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         `ray="cluster"`) or a dict of its keys (`clip={"num_frames": 32}`, `concepts={"k": 10}`):
         the README and `pipeline.config` list them with their defaults.
 
-    A bad value raises ValueError naming the argument (`clip["num_frames"] = 0: must be >= 1`);
-    an unknown key raises it with the close matches.
+    A bad value raises ValueError naming the argument (`clip['num_frames'] = 0: must be >= 1`);
+    an unknown key or preset raises it with the close matches.
     """
     import torch
 
@@ -94,11 +94,10 @@ def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers:
     dataset, dataset_keys = _dataset(videos)
     presets = [f"dataset={dataset}"] + ([] if model_name == MODULE else [f"model={model_name}"])
     presets += [f"{group}={value}" for group, value in overrides.items() if isinstance(value, str)]
+    for preset in presets:
+        _check_preset(*preset.split("=", 1))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        try:
-            cfg = compose("config", overrides=presets)
-        except Exception as e:  # Hydra: an unknown preset
-            raise ValueError(f"{', '.join(presets)}: {str(e).splitlines()[0]}") from None
+        cfg = compose("config", overrides=presets)
     layers_ = {"model": {"layers": list(layers)}} if layers is not None else {}
     updates = [{"dataset": dataset_keys}, layers_,
                {"run": {"output_dir": str(output_dir)}} if output_dir is not None else {},
@@ -118,6 +117,17 @@ def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers:
             key = str(getattr(e, "full_key", "") or "")
             raise ConfigError(key or "?", str(e).splitlines()[0]) from None
     return cfg
+
+
+def _check_preset(group: str, name: str) -> None:
+    """A preset is a file conf/<group>/<name>.yaml; another name fails with the close matches."""
+    import difflib
+
+    known = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        raise ConfigError(group if group != "model" else "model.name",
+                          f"unknown preset; close matches: {close or 'none'}; known: {known}", name)
 
 
 def _check_keys(node: Any, update: dict[str, Any], prefix: str = "") -> None:

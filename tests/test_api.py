@@ -77,6 +77,8 @@ def test_an_nn_module_gives_the_named_models_explanation(example):
     (dict(model_options={"device": "tpu"}), "model_options['device'] = 'tpu': must be auto, cpu or cuda"),
     (dict(stages=["ingest", "explain"]), "stages[1] = 'explain': unknown stage"),
     (dict(model=3), "model = 3: must be a registry name or a torch.nn.Module"),
+    (dict(model="x3d_mm"), "model = 'x3d_mm': unknown preset; close matches: ['x3d_m'"),
+    (dict(segment="finer"), "segment = 'finer': unknown preset; close matches: ['fine'"),
     (dict(segmnt="reference"), "unexpected keyword argument 'segmnt'"),
 ])
 def test_bad_arguments_fail_before_any_work_naming_the_argument(tmp_path, kwargs, message):
