@@ -110,11 +110,11 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
             pool_vec = np.stack([clip_vec[layer][vid] for vid in pool_ids])
             randoms = [pool_vec[s] for s in sets[:-1]]
             gr = np.stack([grads[layer][vid] for vid in scoring])
-            base = [tcav_score(gr, fit_cav(pool_vec[sets[-1]], rs, seed=SEED + i).direction)
+            base = [tcav_score(gr, fit_cav(pool_vec[sets[-1]], rs, seed=SEED + i, alpha=0.01).direction)
                     for i, rs in enumerate(randoms)]
             importance = []
             for c in concepts:
-                scores = [tcav_score(gr, fit_cav(x[c.members], rs, seed=SEED + i).direction)
+                scores = [tcav_score(gr, fit_cav(x[c.members], rs, seed=SEED + i, alpha=0.01).direction)
                           for i, rs in enumerate(randoms)]
                 significance(scores, base)
                 importance.append(float(np.mean(scores)))

@@ -74,7 +74,7 @@ def test_batched_cavs_agree_with_sklearn_on_the_runs_activations(small_run):
     grads = np.stack(clips.loc[scoring].gradient)
     concepts = [vectors[c.members] for c in found.concepts]
     assert len(concepts) >= 5
-    runs = {name: score_concepts(concepts, sets[:-1], sets[-1], grads, seed=seed, model=model)[0]
+    runs = {name: score_concepts(concepts, sets[:-1], sets[-1], grads, seed=seed, model=model, alpha=0.01)[0]
             for name, model, seed in (("torch", "torch", 0), ("sgd", "sgd", 0), ("sgd2", "sgd", 1000))}
 
     def gap(a: str, b: str, what) -> float:

@@ -16,7 +16,7 @@ def test_cav_points_toward_the_concept_and_is_accurate():
     concept = rng.normal(0, 1, (60, 32)) + 5 * axis
     random = rng.normal(0, 1, (60, 32))
     for model, least in (("sgd", 0.75), ("logistic", 0.9)):  # SGD's solution is a noisy one
-        cav = fit_cav(concept, random, seed=1, model=model)
+        cav = fit_cav(concept, random, seed=1, model=model, alpha=0.01)
         assert cav.accuracy >= least
         assert np.isclose(np.linalg.norm(cav.direction), 1.0, atol=1e-5)
         assert cav.direction[3] > 0.7  # toward the concept, along the planted axis
@@ -38,10 +38,11 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not():
     grads = rng.normal(0, 0.3, (40, dim)) + axis  # the class logit grows along axis 0
     random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
     extra = rng.normal(0, 1, (30, dim))
-    baseline, _ = random_baseline(random_sets, extra, grads, seed=3)
+    FIT = {"seed": 3, "model": "torch", "alpha": 0.01}  # the reference classifier, as the job fits it
+    baseline, _ = random_baseline(random_sets, extra, grads, **FIT)
     assert 0.1 < baseline.mean() < 0.9  # random CAVs point anywhere
-    used = score_concept(rng.normal(0, 1, (30, dim)) + 2 * axis, random_sets, grads, baseline, seed=3)
-    unused = score_concept(rng.normal(0, 1, (30, dim)), random_sets, grads, baseline, seed=3)
+    used = score_concept(rng.normal(0, 1, (30, dim)) + 2 * axis, random_sets, grads, baseline, **FIT)
+    unused = score_concept(rng.normal(0, 1, (30, dim)), random_sets, grads, baseline, **FIT)
     assert used.mean > 0.95 and used.p_value <= 0.01
     assert unused.p_value > 0.01
     assert used.cav_accuracies.mean() >= 0.7
@@ -72,7 +73,8 @@ def test_batched_trainer_is_sklearns_sgd_step_for_step():
     sizes = [(30, 40), (12, 40), (25, 25), (40, 18)]  # uneven pairs share one padded batch
     pos = [rng.normal(0, 1, (m, 16)) + rng.normal(0, 1, 16) for m, _ in sizes]
     neg = [rng.normal(0, 1, (n, 16)) for _, n in sizes]
-    _, acc, w, b, splits, epochs = fit_cavs_batched(pos, neg, [0, 1, 2, 3], shuffle=False, return_model=True)
+    _, acc, w, b, splits, epochs = fit_cavs_batched(pos, neg, [0, 1, 2, 3], alpha=0.01, shuffle=False,
+                                                    return_model=True)
     for i, (p, n) in enumerate(zip(pos, neg)):
         x, y = np.concatenate([p, n]), np.r_[np.ones(len(p)), np.zeros(len(n))]
         train, test = splits[i]

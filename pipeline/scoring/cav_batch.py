@@ -26,8 +26,6 @@ from typing import Sequence
 
 import numpy as np
 
-from pipeline.concepts.params import ConceptParams as P  # the defaults
-
 
 def split_pair(n_pos: int, n_neg: int, seed: int, test_size: float = 0.33) -> tuple[np.ndarray, np.ndarray]:
     """The reference's 33% stratified hold-out (sklearn's `train_test_split` with the same
@@ -40,7 +38,7 @@ def split_pair(n_pos: int, n_neg: int, seed: int, test_size: float = 0.33) -> tu
 
 
 def fit_cavs_batched(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], seeds: Sequence[int],
-                     alpha: float = P.cav_alpha, test_size: float = 0.33, max_iter: int = 1000, tol: float = 1e-3,
+                     *, alpha: float, test_size: float = 0.33, max_iter: int = 1000, tol: float = 1e-3,
                      n_iter_no_change: int = 5, shuffle: bool = True, t0: float | None = None, device: str = "cpu",
                      return_model: bool = False):
     """CAVs of P pairs: pair p separates positives[p] (the concept, label +1) from negatives[p]

@@ -15,8 +15,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipeline.concepts.params import ConceptParams as P  # the defaults
-
 
 @dataclass
 class CAV:
@@ -24,8 +22,8 @@ class CAV:
     accuracy: float  # hold-out accuracy of the classifier
 
 
-def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = P.seed, model: str = "sgd",
-            alpha: float = P.cav_alpha, test_size: float = 0.33) -> CAV:
+def fit_cav(concept: np.ndarray, random: np.ndarray, *, seed: int, alpha: float, model: str = "sgd",
+            test_size: float = 0.33) -> CAV:
     """The reference CAV: `SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)` (or logistic
     regression) on the concept's vectors (label 1) against the random set's (label 0), with a
     33% stratified hold-out for its accuracy."""
@@ -50,7 +48,7 @@ def fit_cav(concept: np.ndarray, random: np.ndarray, seed: int = P.seed, model: 
 
 
 def fit_cavs(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], seeds: Sequence[int],
-             model: str = P.cav_model, alpha: float = P.cav_alpha) -> tuple[np.ndarray, np.ndarray]:
+             *, model: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """CAVs of many (concept, random set) pairs: (unit directions [P, C], hold-out accuracies [P]).
 
     `torch` runs the reference SGDClassifier's algorithm for all pairs at once in torch
@@ -129,8 +127,8 @@ class ConceptScores:
 
 
 def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndarray], extra: np.ndarray,
-                   gradients: np.ndarray, seed: int = P.seed, model: str = P.cav_model,
-                   alpha: float = P.cav_alpha) -> tuple[list[ConceptScores], ConceptScores]:
+                   gradients: np.ndarray, *, seed: int, model: str,
+                   alpha: float) -> tuple[list[ConceptScores], ConceptScores]:
     """Every CAV of one (class, layer) in one fit: each concept against each random set, and the
     random-vs-random baseline (the extra set against each random set). Random set i is fitted
     with seed + i in every pair. Returns (per-concept scores with their p-value against the
@@ -163,7 +161,7 @@ def rescore(scored: Sequence[ConceptScores], baseline: ConceptScores,
 
 
 def random_baseline(random_sets: Sequence[np.ndarray], extra: np.ndarray, gradients: np.ndarray,
-                    seed: int = P.seed, model: str = P.cav_model, alpha: float = P.cav_alpha) -> tuple[np.ndarray, np.ndarray]:
+                    *, seed: int, model: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """Scores of the random-vs-random CAVs: the extra random set against each random set.
     Returns (scores [N], CAV accuracies [N])."""
     _, baseline = score_concepts([], random_sets, extra, gradients, seed=seed, model=model, alpha=alpha)
@@ -171,8 +169,7 @@ def random_baseline(random_sets: Sequence[np.ndarray], extra: np.ndarray, gradie
 
 
 def score_concept(concept: np.ndarray, random_sets: Sequence[np.ndarray], gradients: np.ndarray,
-                  baseline_scores: np.ndarray, seed: int = P.seed, model: str = P.cav_model,
-                  alpha: float = P.cav_alpha) -> ConceptScores:
+                  baseline_scores: np.ndarray, *, seed: int, model: str, alpha: float) -> ConceptScores:
     """A concept's CAV against each random set, its TCAV scores, and the p-value against the
     random baseline's scores (paired by random set)."""
     n = len(random_sets)
