@@ -24,7 +24,6 @@ from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_conf
 from pipeline.run_folder import (ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS, REPORT_INDEX,
                                  RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder)
 
-log = logging.getLogger("pipeline")
 
 Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
@@ -98,14 +97,14 @@ def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers:
         _check_preset(*preset.split("=", 1))
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=presets)
+    for group, value in overrides.items():
+        if not isinstance(value, (str, dict)):
+            raise ValueError(f"{group} = {value!r}: must be a preset name or a dict of {group} keys")
     layers_ = {"model": {"layers": list(layers)}} if layers is not None else {}
     updates = [{"dataset": dataset_keys}, layers_,
                {"run": {"output_dir": str(output_dir)}} if output_dir is not None else {},
                {"run": {"stages": list(stages)}} if stages is not None else {},
                *({group: value} for group, value in overrides.items() if isinstance(value, dict))]
-    for group, value in overrides.items():
-        if not isinstance(value, (str, dict)):
-            raise ValueError(f"{group} = {value!r}: must be a preset name or a dict of {group} keys")
     if model_name == MODULE:
         with open_dict(cfg):
             cfg.model.name = MODULE

@@ -325,11 +325,11 @@ def check_group(group: str, section: Any) -> None:
         raise ConfigError.from_parameter(group, e) from None
 
 
-def validate(cfg: DictConfig, module: Any = None) -> None:
+def validate(cfg: DictConfig, module: Any = None) -> int:
     """Check what the schema's types cannot: every group's own checks, then the model (built on
     torch's meta device, or `module` when the Python API was handed one) against the clip.
 
-    Raises ConfigError naming the first bad key.
+    Returns the model's input frames (its window). Raises ConfigError naming the first bad key.
     """
     from omegaconf.errors import MissingMandatoryValue
 
@@ -354,6 +354,7 @@ def validate(cfg: DictConfig, module: Any = None) -> None:
     if "activate" in obj.run.stages and obj.clip.num_frames < window:
         raise ConfigError("clip.num_frames", f"shorter than the model's window of {window} frames: no clip or "
                                              "supervoxel could be activated", obj.clip.num_frames)
+    return window
 
 
 def to_plain(cfg: DictConfig) -> dict[str, Any]:

@@ -34,7 +34,6 @@ from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError, fingerprint
 from pipeline.stages import stage
 from pipeline.stages.base import Job
 
-log = logging.getLogger("pipeline")
 
 VERSIONED_PACKAGES = ("pipeline", "ray", "torch", "torchvision", "pytorchvideo", "scikit-image", "faiss-cpu",
                       "pyarrow", "numpy", "av", "hydra-core", "scikit-learn", "scipy")
@@ -64,7 +63,7 @@ def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
     the nn.Module to explain when `model.name` is `module` (the Python API)."""
     from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector, share
 
-    validate(cfg, module)
+    window = validate(cfg, module)
     absolutise(cfg)
     c = to_plain(cfg)
     run_id = new_run_id()
@@ -86,7 +85,6 @@ def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
         keep_earlier_stages(record, folder, c["run"]["stages"])
         init_ray(c["ray"])
         check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
-        window = _window(c)
         digest = model_digest(module) if module is not None else None
         job = Job(c, folder, record, window, fingerprints(c, window, digest),
                   module=share(module) if module is not None else None)
@@ -99,12 +97,6 @@ def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
         folder.write_json(RUN_JSON, record)
     console.print_summary(record)
     return record
-
-
-def _window(c: dict[str, Any]) -> int:
-    from pipeline.models.registry import model_window
-
-    return model_window(c["model"])
 
 
 def model_digest(module: Any) -> str:

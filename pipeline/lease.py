@@ -7,12 +7,14 @@ when its holder ran on this host and its process is gone (a crashed or killed ru
 without waiting). A driver that finds its lease taken over (it was suspended longer than `ttl`)
 stops before its next write instead of overwriting the other run's work.
 
-On a local disk the lease is created with O_EXCL (two drivers starting together cannot both
-take it); on an object store, where there is no exclusive create, it is written and read back.
+On a local disk the lease file is created whole or not at all (a hard link of a written
+temporary file: two drivers starting together cannot both take it); on an object store, where
+there is no exclusive create, it is written and read back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
@@ -56,11 +58,12 @@ class Lease:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.lost: Optional[str] = None
+        self.started: Optional[str] = None
 
     def _record(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
                 "command": " ".join(sys.argv), "renewed": time.time(), "ttl_s": self.ttl,
-                "started": getattr(self, "_started", None)}
+                "started": self.started}
 
     def _read(self) -> Optional[dict[str, Any]]:
         try:
@@ -78,7 +81,7 @@ class Lease:
 
     def acquire(self) -> None:
         """Take the lease, or raise LeaseError naming the run that holds it."""
-        self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         io.makedirs(self.root)
         other = self._read()
         if other is not None and other.get("run_id") != self.run_id and self.holder_alive(other):
@@ -96,8 +99,6 @@ class Lease:
     def _create_locally(self, stale: Optional[dict[str, Any]]) -> None:
         """Create the lease file whole or not at all (a hard link of a written temporary file
         fails when the lease exists): of two drivers starting together, one gets it."""
-        import json
-
         if stale is not None and self._read() == stale:  # a dead run's lease, still the same one
             try:
                 os.remove(self.path)

@@ -140,10 +140,10 @@ class RunFolder:
                     io.remove(path)
         return done
 
-    def write_parts(self, tables: Sequence[tuple[str, pa.Table]], fingerprint: str) -> str:
+    def write_parts(self, tables: Sequence[tuple[str, pa.Table]], fingerprint: str) -> None:
         """One batch: a part of each dataset, all under one new name (the run's id and a
         counter: two writers never collide), written in order, so the last is the batch's
-        marker. Returns the part's file name."""
+        marker."""
         assert self.run_id, "a RunFolder writes parts only with a run_id"
         self._check_lease()
         name = f"part-{self.run_id}-{self._parts_written:05d}.parquet"
@@ -151,7 +151,6 @@ class RunFolder:
         for dataset, table in tables:
             meta = {**(table.schema.metadata or {}), b"settings": fingerprint.encode()}
             io.write_table(table.replace_schema_metadata(meta), self.path(dataset, name))
-        return name
 
     def write_table(self, name: str, table: pa.Table) -> None:
         """A whole-run table (concepts.parquet, ...), replaced atomically."""
@@ -169,8 +168,8 @@ class RunFolder:
     def read(self, dataset: str, columns: Optional[list[str]] = None, filter: Any = None) -> pa.Table:
         """A dataset (a table or a folder of parts) as one table."""
         if dataset.endswith(".parquet"):
-            return io.read_table(self.path(dataset), columns=columns) if filter is None else \
-                io.read_table(self.path(dataset), columns=columns).filter(filter)
+            table = io.read_table(self.path(dataset), columns=columns)
+            return table if filter is None else table.filter(filter)
         return io.read_parts(self.path(dataset), columns=columns, filter=filter)
 
     def _check_lease(self) -> None:
@@ -189,9 +188,9 @@ class RunFolder:
     def iter_label_volumes(self, video_ids: set[str]) -> Iterator[tuple[str, np.ndarray]]:
         """(video_id, label volumes) of the wanted videos, one label-volume part at a time (the
         driver holds one part's worth)."""
+        wanted = ds.field("video_id").isin(sorted(video_ids))
         for path in io.part_files(self.path(LABEL_VOLUMES)):
-            part = [r for r in io.read_table(path).to_pylist() if r["video_id"] in video_ids]
-            yield from stack_label_volumes(part).items()
+            yield from stack_label_volumes(io.read_table(path).filter(wanted).to_pylist()).items()
 
     def label_volume(self, video_id: str, resolution: int) -> np.ndarray:
         """The SLIC label volume uint16 [L, H, W] of one video at one resolution."""

@@ -10,7 +10,6 @@ an `Outcome`.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 from typing import Any, Iterable, Iterator, Optional
 
@@ -25,7 +24,6 @@ from pipeline.data.video import ClipSpec
 from pipeline.models.registry import load_model
 from pipeline.orchestration.fanout import Outcome, call_actors
 
-log = logging.getLogger("pipeline")
 
 
 class ModelActor:

@@ -9,7 +9,6 @@ in one place what a failed unit means (a failed row, or a stop).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -17,7 +16,6 @@ import ray
 
 from pipeline.orchestration.runtime import Progress
 
-log = logging.getLogger("pipeline")
 
 
 @dataclass

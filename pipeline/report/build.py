@@ -14,7 +14,6 @@ Ray tasks and writes index.html from their fragments.
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Iterator, Optional
 
@@ -27,10 +26,10 @@ from pipeline.run_folder import (CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, 
                                  VOXEL_IMPORTANCE, RunFolder, RunFolderError)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
-log = logging.getLogger("pipeline")
 
 
-def plan_jobs(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -> tuple[int, Iterator[ClassJob]]:
+def plan_jobs(folder: RunFolder, c: dict[str, Any], record: dict[str, Any],
+              video_rows: list[dict[str, Any]]) -> tuple[int, Iterator[ClassJob]]:
     """The number of classes and a job per class, made lazily (each class's label volumes are
     read when its job is made, so the driver holds one class's at a time). The classes are the
     concepts stage's (with or without concepts), else those in concepts.parquet."""
@@ -39,7 +38,7 @@ def plan_jobs(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -> t
     rep = c["report"]
     concepts = folder.read(CONCEPTS).to_pylist()
     members = folder.read(CONCEPT_MEMBERS).to_pylist()
-    videos = {r["video_id"]: r for r in folder.read_videos()}
+    videos = {r["video_id"]: r for r in video_rows}
     vi: dict[str, list[dict[str, Any]]] = {}
     if folder.exists(VOXEL_IMPORTANCE):
         for r in folder.read(VOXEL_IMPORTANCE).to_pylist():
@@ -104,7 +103,8 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
     t0 = time.monotonic()
     if record is None:
         record = io.read_json(folder.path(RUN_JSON)) if folder.exists(RUN_JSON) else {}
-    n, jobs = plan_jobs(folder, c, record)
+    video_rows = folder.read_videos()
+    n, jobs = plan_jobs(folder, c, record, video_rows)
     assets = folder.path(REPORT, "assets")
     if io.exists(assets):  # images of an earlier report (another format, other concepts) go
         fs, path = io.resolve(assets)
@@ -121,7 +121,7 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
         section.files = {}
         sections.append(section)
     sections.sort(key=lambda s: s.index)
-    page = index_html(folder.root, c, record, sections, folder.read_videos())
+    page = index_html(folder.root, c, record, sections, video_rows)
     folder.write_bytes(REPORT_INDEX, page.encode())
     return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(sections), "assets": files,
             "path": folder.path(REPORT_INDEX)}

@@ -74,10 +74,7 @@ def run(job: Job) -> None:
                 buffer = []
         if buffer:
             folder.write_parts(activation_tables(buffer, ok, class_names), fingerprint)
-    if failures:
-        rows = folder.record_failures(failures, "activate")
-        job.counts.update(videos_ok=sum(r["status"] == schemas.OK for r in rows),
-                          videos_failed=sum(r["status"] == schemas.FAILED for r in rows))
+    job.record_failures(failures, "activate")
     wall = job.wall("activate")
     activated = len(todo) - len(failures)
     windows = stats["supervoxel_windows"] + stats["clip_windows"]

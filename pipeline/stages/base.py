@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from pipeline import schemas
 from pipeline.orchestration.runtime import label_selector
 from pipeline.run_folder import RunFolder
 
@@ -37,6 +38,13 @@ class Job:
     def cpu_selector(self) -> dict[str, str]:
         """The Ray label selector of the CPU stages' tasks (`ray.cpu_label_selector`)."""
         return label_selector(self.c["ray"]["cpu_label_selector"])
+
+    def record_failures(self, failures: dict[str, str], stage: str) -> None:
+        """Mark the videos that failed in `stage` in videos.parquet, with their reasons, and count them."""
+        if failures:
+            rows = self.folder.record_failures(failures, stage)
+            self.counts.update(videos_ok=sum(r["status"] == schemas.OK for r in rows),
+                               videos_failed=sum(r["status"] == schemas.FAILED for r in rows))
 
     def begin(self, stage: str) -> None:
         self.started[stage] = time.monotonic()

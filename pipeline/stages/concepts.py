@@ -46,12 +46,13 @@ def run(job: Job) -> None:
     clip_rows = act[act.supervoxel_id == -1].set_index(["layer", "video_id"])
     sv_rows = act[act.supervoxel_id >= 0]
 
+    by_id = known.set_index("video_id")
     class_info: dict[str, dict[str, Any]] = {}
     splits: dict[str, tuple[list[str], list[str], list[np.ndarray]]] = {}
     for k in classes:
         discovery, scoring = split_videos(sorted(known.video_id[known.label == k]), params.discovery_fraction,
                                           params.seed)
-        accuracy, chance, recognised = class_recognition(list(known.set_index("video_id").loc[scoring].correct),
+        accuracy, chance, recognised = class_recognition(list(by_id.loc[scoring].correct),
                                                          num_model_classes)
         sets = draw_random_sets(np.array(pool_ids[k]), params.num_random_exp + 1, params.random_set_size, params.seed)
         splits[k] = (discovery, scoring, sets)
@@ -63,7 +64,8 @@ def run(job: Job) -> None:
                         "%.2f): its concepts say little about the model", k, accuracy, len(scoring), chance)
     randomised: dict[tuple[str, str], np.ndarray] = {}
     if params.randomisation_check:
-        randomised = randomised_gradients(job, videos, [v for k in classes for v in splits[k][1]], layers)
+        randomised = randomised_gradients(job, videos, [v for k in classes for v in splits[k][1]], layers,
+                                          params.seed)
 
     def tasks() -> Iterator[tuple[tuple[str, str], tuple]]:
         """The (class, layer) tasks' inputs, made as each task is queued."""
@@ -134,12 +136,11 @@ def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],
              "scores": [r["score"] for r in rows]} for vid, rows in by_video.items()]
 
 
-def randomised_gradients(job: Job, videos: dict[str, dict[str, Any]], video_ids: list[str],
-                         layers: list[str]) -> dict[tuple[str, str], np.ndarray]:
+def randomised_gradients(job: Job, videos: dict[str, dict[str, Any]], video_ids: list[str], layers: list[str],
+                         seed: int) -> dict[tuple[str, str], np.ndarray]:
     """The model-randomisation check's gradients: for every scoring video and layer, the
     class-logit gradient from the model with every weight after that layer re-initialised,
     computed by model actors. Returns {(video_id, layer): vector}."""
-    seed = int(job.c["concepts"]["seed"])
     params = from_section(ActivateParams, {**job.c["activate"], "gradients": True, "measure_batch": False})
     progress = Progress("randomisation check", len(video_ids))
     out: dict[tuple[str, str], np.ndarray] = {}

@@ -34,7 +34,7 @@ def run(job: Job) -> None:
         previous = folder.read(VIDEOS)
         same_inputs = [(r["video_id"], r["path"]) for r in corpus.rows] == list(
             zip(previous.column("video_id").to_pylist(), previous.column("path").to_pylist()))
-        if same_inputs and folder.videos_fingerprint() == fingerprint:
+        if same_inputs and (previous.schema.metadata or {}).get(b"settings", b"").decode() == fingerprint:
             log.info("ingest: videos.parquet already covers these %d videos with these clip settings; reused",
                      len(corpus.rows))
             _count(job, previous.to_pylist(), reused=True)

@@ -63,10 +63,7 @@ def run(job: Job) -> None:
             buffer = []
     if buffer:
         folder.write_parts(segment_tables(buffer, params.n_segments), fingerprint)
-    if failures:
-        rows = folder.record_failures(failures, "segment")
-        job.counts.update(videos_ok=sum(r["status"] == schemas.OK for r in rows),
-                          videos_failed=sum(r["status"] == schemas.FAILED for r in rows))
+    job.record_failures(failures, "segment")
     segmented = len(todo) - len(failures)
     job.finish("segment", videos_segmented=segmented, videos_skipped_done=len(done), videos_failed=len(failures),
                videos_per_s=per_second(segmented, job.wall("segment")),
