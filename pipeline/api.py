@@ -21,8 +21,9 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
-from pipeline.run_folder import (ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS, REPORT_INDEX,
-                                 RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder)
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS,
+                                 REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder,
+                                 partition)
 
 
 Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -219,8 +220,9 @@ class Run:
     def table(self, name: str, columns: Optional[list[str]] = None) -> Any:
         """Any output dataset by its name in the README's Outputs table (`"videos"`,
         `"supervoxels"`, `"concepts"`, ...), as a DataFrame."""
-        datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, PREDICTIONS, CONCEPTS,
-                                                             CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE, EVALUATION)}
+        datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, CLIP_ACTIVATIONS,
+                                                             PREDICTIONS, CONCEPTS, CONCEPT_MEMBERS, TCAV,
+                                                             VOXEL_IMPORTANCE, EVALUATION)}
         if name not in datasets:
             raise KeyError(f"no dataset {name!r}; datasets: {sorted(datasets)}")
         if not self.folder.exists(datasets[name]):
@@ -235,12 +237,17 @@ class Run:
     tcav = cached_property(lambda self: self.table("tcav"))
     evaluation = cached_property(lambda self: self.table("evaluation"))
 
-    def activations(self, layer: Optional[str] = None) -> Any:
-        """The activation vectors (one row per video or supervoxel and layer), of one layer or all."""
-        import pyarrow.dataset as ds
-
-        flt = None if layer is None else ds.field("layer") == layer
-        return self.folder.read(ACTIVATIONS, filter=flt).to_pandas()
+    def activations(self, layer: Optional[str] = None, target_class: Optional[str] = None,
+                    clips: bool = False) -> Any:
+        """Activation vectors, one row per (supervoxel, layer) (`clips=True`: per (whole clip,
+        layer), with the class-logit gradients), of one layer or all, one class's videos or all:
+        only that partition is read."""
+        keys = {k: v for k, v in (("layer", layer), ("target_class", target_class)) if v is not None}
+        if target_class is not None and layer is None:
+            raise ValueError("activations(target_class=...) needs a layer (the partitions are layer=/class=)")
+        name = f"{CLIP_ACTIVATIONS if clips else ACTIVATIONS}/{partition(**keys)}" if keys else (
+            CLIP_ACTIVATIONS if clips else ACTIVATIONS)
+        return self.folder.read(name).to_pandas()
 
     def voxel_importance(self, video_id: str, layer: Optional[str] = None, score: str = "tcav",
                          target_class: Optional[str] = None) -> np.ndarray:

@@ -86,9 +86,20 @@ def _write_atomically(path: str, write: Any) -> None:
     fs.move(p + ".part", p)
 
 
-def write_table(table: pa.Table, path: str) -> None:
-    """Write a Parquet file atomically."""
-    _write_atomically(path, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs))
+def write_table(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
+    """Write a Parquet file atomically (`row_group_size` rows per row group)."""
+    _write_atomically(path, lambda fs, tmp: pq.write_table(table, tmp, filesystem=fs, row_group_size=row_group_size))
+
+
+def write_row_groups(tables: list[pa.Table], path: str) -> None:
+    """Write a Parquet file atomically, each table one row group (a reader of one video reads
+    only its group)."""
+    def write(fs: pafs.FileSystem, tmp: str) -> None:
+        with pq.ParquetWriter(tmp, tables[0].schema, filesystem=fs) as w:
+            for t in tables:
+                w.write_table(t, row_group_size=max(1, t.num_rows))
+
+    _write_atomically(path, write)
 
 
 def write_bytes(data: bytes, path: str) -> None:
@@ -108,11 +119,25 @@ def write_json(obj: Any, path: str) -> None:
 # --- datasets written in parts (supervoxels/, label_volumes/, ...) ---------------------
 
 def part_files(folder: str) -> list[str]:
-    """The complete part files of a dataset folder, in order (`*.part` leftovers excluded)."""
+    """The complete part files of a dataset folder and of its partition folders
+    (`layer=.../class=.../`), in order (`*.part` leftovers excluded)."""
     fs, p = resolve(folder)
-    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True))
-    names = [posixpath.basename(i.path) for i in infos if i.type == pafs.FileType.File]
-    return sorted(join(folder, n) for n in names if n.startswith("part-") and n.endswith(".parquet"))
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True, recursive=True))
+    rels = [posixpath.relpath(i.path, p) for i in infos if i.type == pafs.FileType.File]
+    return sorted(join(folder, *r.split("/")) for r in rels
+                  if posixpath.basename(r).startswith("part-") and r.endswith(".parquet"))
+
+
+def open_input_file(path: str) -> Any:
+    """A random-access file (what a Parquet reader reads one row group of)."""
+    fs, p = resolve(path)
+    return fs.open_input_file(p)
+
+
+def read_row_groups(path: str, row_groups: list[int], columns: list[str] | None = None) -> pa.Table:
+    """Only the given row groups of a Parquet file (its footer, then those groups' bytes)."""
+    with open_input_file(path) as f:
+        return pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
 
 
 def part_metadata(path: str) -> dict[str, str]:
@@ -122,11 +147,18 @@ def part_metadata(path: str) -> dict[str, str]:
 
 def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
     """All complete parts of a dataset folder as one table (optionally filtered)."""
-    import pyarrow.dataset as ds
 
     files = part_files(folder)
     if not files:
         raise FileNotFoundError(f"no dataset at {folder} (no part-*.parquet files)")
-    fs, _ = resolve(folder)
+    return read_files(files, columns, filter)
+
+
+def read_files(files: list[str], columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+    """Several Parquet files of one schema as one table, read in parallel (optionally filtered;
+    row groups whose statistics exclude the filter are skipped)."""
+    import pyarrow.dataset as ds
+
+    fs, _ = resolve(files[0])
     return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).to_table(columns=columns,
                                                                                                filter=filter)

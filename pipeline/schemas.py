@@ -163,3 +163,21 @@ EVALUATION = pa.schema(
         pa.field("n_videos", pa.int32()),
     ]
 )
+
+
+# _done/<stage>/: the markers of a stage's finished units of work, written last by whoever did
+# the unit (see pipeline.run_folder). One row per video of a per-video unit (its status, and
+# where its rows are: `part` and `row_group` of the unit's parts), or one row per unit of a
+# reduction (its small result in `record`, JSON).
+MARKERS = pa.schema(
+    [
+        pa.field("unit", pa.string(), nullable=False),
+        pa.field("part", pa.string(), nullable=False),  # the unit's part file name in every dataset it wrote
+        pa.field("video_id", pa.string()),
+        pa.field("status", pa.string()),  # ok | failed
+        pa.field("error", pa.string()),
+        pa.field("row_group", pa.int32()),  # the video's row group in the unit's parts
+        pa.field("record", pa.string()),  # JSON: the unit's small result
+        pa.field("settings", pa.string()),  # the stage's fingerprint
+    ]
+)

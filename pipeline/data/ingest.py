@@ -1,4 +1,5 @@
-"""Ingestion of one video: decode its clip once and record what `videos.parquet` holds; and
+"""Ingestion of one video: read its container's metadata (no decoding) and record what
+`videos.parquet` holds, with the source frames its clip takes; and
 the clip of a `videos.parquet` row read again by a later stage, checked against that record.
 
 Pure functions of (row, clip spec); the Ray layer fans them out.
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pipeline import schemas
-from pipeline.data.video import Clip, ClipSpec, VideoError, read_clip
+from pipeline.data.video import Clip, ClipSpec, VideoError, probe_clip, read_clip
 
 
 def video_row(row: dict[str, Any], spec: ClipSpec, error: Optional[str] = None) -> dict[str, Any]:
@@ -25,21 +26,21 @@ def video_row(row: dict[str, Any], spec: ClipSpec, error: Optional[str] = None) 
 
 def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
     """The `videos.parquet` row of one manifest row: `ok` with the stream's metadata and the
-    clip's source frame indices, or `failed` with the reason. Never raises for a bad video."""
+    clip's source frame indices, or `failed` with the reason. Never raises for a bad video. Only
+    the container is read: a stream that cannot be decoded fails in the segment stage."""
     out = video_row(row, spec)
     if out["error"]:
         return out
     try:
-        clip = read_clip(row["path"], spec)
+        info, indices = probe_clip(row["path"], spec)
     except VideoError as e:
         out["error"] = str(e)
         return out
     except Exception as e:  # a decoder bug must not take the run down: record it
         out["error"] = f"{type(e).__name__}: {e}"
         return out
-    info = clip.info
     out.update(status=schemas.OK, error=None, num_frames=info.num_frames, fps=info.fps, height=info.height,
-               width=info.width, clip_frame_indices=clip.frame_indices.tolist())
+               width=info.width, clip_frame_indices=indices.tolist())
     return out
 
 

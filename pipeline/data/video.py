@@ -124,6 +124,29 @@ def sample_indices(num_source_frames: int, source_fps: float, spec: ClipSpec) ->
     return first + np.floor(np.arange(spec.num_frames) * step + 1e-9).astype(np.int64)
 
 
+def _open(path: str) -> "av.container.InputContainer":
+    if not os.path.exists(path):
+        raise VideoError(f"no such file: {path}")
+    if os.path.getsize(path) == 0:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        return av.open(path)
+    except av.error.FFmpegError as e:  # not a video / unreadable header
+        raise VideoError(f"cannot open as a video: {e}") from None
+
+
+def probe_clip(path: str, spec: ClipSpec) -> tuple[VideoInfo, np.ndarray]:
+    """What the container says about the video and the source frames the clip `spec`
+    describes would take, without decoding a frame (the packets are counted when the container
+    does not give the number of frames). Raises VideoError as `read_clip` does for a file that
+    is not a video or is too short; a stream that cannot be decoded fails later, in `read_clip`."""
+    with _open(path) as container:
+        stream, info = _probe(container, path)
+        if info.num_frames <= 0:
+            info = VideoInfo(_count_frames(container, stream), info.fps, info.height, info.width)
+        return info, sample_indices(info.num_frames, info.fps, spec)
+
+
 def read_clip(path: str, spec: ClipSpec) -> Clip:
     """Decode the clip `spec` describes from the video at `path`.
 
@@ -132,14 +155,7 @@ def read_clip(path: str, spec: ClipSpec) -> Clip:
     readable reason for an empty, truncated or non-video file, a file without a video
     stream, or a video shorter than the clip.
     """
-    if not os.path.exists(path):
-        raise VideoError(f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        raise VideoError("empty file (0 bytes)")
-    try:
-        container = av.open(path)
-    except av.error.FFmpegError as e:  # not a video / unreadable header
-        raise VideoError(f"cannot open as a video: {e}") from None
+    container = _open(path)
     with container:
         stream, info = _probe(container, path)
         if info.num_frames <= 0:

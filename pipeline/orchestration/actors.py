@@ -66,6 +66,11 @@ class ModelActor:
                 "batch_seconds_per_window": {str(k): round(v, 5) for k, v in self.batch_timings.items()},
                 "class_names": list(self.model.class_names), "layers": list(self.model.layers)}
 
+    def run(self, fn: Any, *args: Any) -> Any:
+        """`fn(self, *args)`: a stage's unit of work on this actor (the stage's module defines it;
+        it uses the model loaded here and writes its own parts)."""
+        return fn(self, *args)
+
     def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
         """Method steps 3-4 for one video: `activate_video` on its clip."""
         clip = read_ingested_clip(row, self.clip_spec)
@@ -94,11 +99,11 @@ class ModelActor:
         return out
 
     def evaluate(self, row: dict[str, Any], labels: Any, assignments: dict[str, tuple[list[int], list[Optional[str]]]],
-                 plans: dict[str, list[Any]], fill: float, chunk: int = 16) -> dict[str, Any]:
+                 plans: dict[str, list[Any]], fill: float, chunk: int = 16, clip: Any = None) -> dict[str, Any]:
         """The video's class probability and correctness under each plan (method step 10 and
         causal importance): `assignments[layer]` = (supervoxel ids, concept of each or None),
         `plans[layer]` = deletion / insertion plans (pipeline.evaluation.deletion.Plan).
-        Returns {layer: {"prob": [...], "correct": [...]}}."""
+        `clip`: its frames when already decoded. Returns {layer: {"prob": [...], "correct": [...]}}."""
         import numpy as np
         import torch
 
@@ -107,7 +112,7 @@ class ModelActor:
         from pipeline.evaluation.deletion import apply_plan, concept_voxels
 
         k = self._class_index(row)
-        clip = read_ingested_clip(row, self.clip_spec).frames
+        clip = read_ingested_clip(row, self.clip_spec).frames if clip is None else clip
         out: dict[str, Any] = {}
         for layer, layer_plans in plans.items():
             voxels = concept_voxels(labels, *assignments[layer])
@@ -159,6 +164,11 @@ class ModelActors:
     def call(self, method: str, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
         """`method(*args)` on the actors for each (key, args) item, two calls in flight per actor."""
         return call_actors(self.actors, method, items)
+
+    def map_units(self, fn: Any, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
+        """`fn(actor, *args)` on the actors for each (key, args) item (`ModelActor.run`), two
+        units in flight per actor."""
+        return call_actors(self.actors, "run", ((key, (fn, *args)) for key, args in items))
 
     @property
     def bf16(self) -> bool | str:

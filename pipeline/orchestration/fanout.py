@@ -9,6 +9,7 @@ in one place what a failed unit means (a failed row, or a stop).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -70,7 +71,7 @@ def _bounded(submit: Callable[[Any, tuple], ray.ObjectRef], items: Iterable[tupl
             yield pending.pop(ref), ref
 
 
-def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *shared: Any, progress: Progress,
+def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *shared: Any, progress: Optional[Progress],
               num_cpus: float = 1, max_in_flight: Optional[int] = None,
               label_selector: Optional[dict[str, str]] = None) -> Iterator[Outcome]:
     """Run `fn(*args, *shared)` as one Ray task per (key, args) item; yield Outcomes as they finish.
@@ -79,7 +80,8 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
     memory stays bounded however many items there are; `items` may be a generator, consumed
     only as tasks are queued. `shared` values go into the object store once, for every task. A
     task whose worker dies is retried (twice) before its Outcome says so; `label_selector`
-    restricts the tasks to nodes with those Ray labels.
+    restricts the tasks to nodes with those Ray labels. `progress` counts one per item (None: the
+    caller counts).
     """
     remote = ray.remote(num_cpus=num_cpus, max_retries=2)(_on_node(fn))
     if label_selector:
@@ -93,27 +95,70 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
             out = Outcome(key, value=value, node=node)
         except ray.exceptions.RayError as e:
             out = Outcome(key, error=describe_failure(e))
-        progress.update()
+        if progress is not None:
+            progress.update()
         yield out
+
+
+class ActorQueue:
+    """Calls on a fixed set of actors, submitted while the caller reads results: `put(key,
+    args)` queues `actor.<method>(*args)` (the driver keeps the queue; at most `per_actor` calls
+    are in flight on each actor, the least loaded first), iterating yields Outcomes as calls
+    finish, and the caller may `put` more while it iterates (a pass that depends on the one
+    before, a class opened when the queue runs low)."""
+
+    def __init__(self, actors: list[Any], method: str, per_actor: int = 2) -> None:
+        self.actors, self.method, self.per_actor = actors, method, per_actor
+        self.queued: deque[tuple[Any, tuple]] = deque()
+        self.pending: dict[ray.ObjectRef, tuple[Any, int]] = {}
+        self.load = {i: 0 for i in range(len(actors))}
+
+    def put(self, key: Any, args: tuple, first: bool = False) -> None:
+        (self.queued.appendleft if first else self.queued.append)((key, args))
+
+    @property
+    def backlog(self) -> int:
+        """Calls queued or in flight."""
+        return len(self.queued) + len(self.pending)
+
+    def _submit(self) -> None:
+        while self.queued and len(self.pending) < self.per_actor * len(self.actors):
+            key, args = self.queued.popleft()
+            i = min(self.load, key=self.load.get)  # type: ignore[arg-type]
+            self.load[i] += 1
+            self.pending[getattr(self.actors[i], self.method).remote(*args)] = (key, i)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        while True:
+            self._submit()
+            if not self.pending:
+                return
+            done, _ = ray.wait(list(self.pending), num_returns=1)
+            key, i = self.pending.pop(done[0])
+            self.load[i] -= 1
+            try:
+                out = Outcome(key, value=ray.get(done[0]))
+            except ray.exceptions.RayError as e:
+                out = Outcome(key, error=describe_failure(e, "model actor"))
+            yield out
 
 
 def call_actors(actors: list[Any], method: str, items: Iterable[tuple[Any, tuple]],
                 per_actor: int = 2) -> Iterator[Outcome]:
     """Call `actor.<method>(*args)` for each (key, args) item, at most `per_actor` calls in
     flight on each actor (so the next item is already queued while one runs), the least loaded
-    actor first; yield Outcomes as they finish."""
-    load = {i: 0 for i in range(len(actors))}
-    where: dict[Any, int] = {}
+    actor first; yield Outcomes as they finish. `items` is consumed only as calls are submitted."""
+    queue = ActorQueue(actors, method, per_actor)
+    it = iter(items)
 
-    def submit(key: Any, args: tuple) -> ray.ObjectRef:
-        i = min(load, key=load.get)  # type: ignore[arg-type]
-        load[i] += 1
-        where[key] = i
-        return getattr(actors[i], method).remote(*args)
+    def top_up() -> None:
+        while len(queue.queued) + len(queue.pending) < per_actor * len(actors):
+            try:
+                queue.put(*next(it))
+            except StopIteration:
+                return
 
-    for key, ref in _bounded(submit, items, per_actor * len(actors)):
-        load[where.pop(key)] -= 1
-        try:
-            yield Outcome(key, value=ray.get(ref))
-        except ray.exceptions.RayError as e:
-            yield Outcome(key, error=describe_failure(e, "model actor"))
+    top_up()
+    for out in queue:
+        yield out
+        top_up()

@@ -31,6 +31,11 @@ def init_ray(ray_cfg: dict[str, Any]) -> None:
     )
 
 
+def cluster_cpus() -> int:
+    """The CPUs of the Ray cluster (at least 1)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 1)))
+
+
 def label_selector(items: Sequence[str]) -> dict[str, str]:
     """`ray.cpu_label_selector`'s `key:value` strings as Ray's label selector."""
     return dict(item.split(":", 1) for item in items)

@@ -8,79 +8,76 @@ voxel-importance heat maps of a few scoring videos. Static HTML and image files 
 links: it opens from disk, with no server, no script and no network.
 
 Rendering is a pure function per class (`render_class`); the stage fans the classes out over
-Ray tasks and writes index.html from their fragments.
+Ray tasks, each reading its class's partitions and writing its images and its section (in its
+marker), and writes index.html from the sections.
 """
 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
-from pipeline import io
+import pyarrow.compute as pc
+
+from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.report.page import index_html
-from pipeline.report.render import ClassJob, render_class
+from pipeline.report.render import ClassJob, ClassSection, render_class
 from pipeline.run_folder import (CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_INDEX, RUN_JSON,
-                                 VOXEL_IMPORTANCE, RunFolder, RunFolderError)
+                                 VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition, unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
 
 
-def plan_jobs(folder: RunFolder, c: dict[str, Any], record: dict[str, Any],
-              video_rows: list[dict[str, Any]]) -> tuple[int, Iterator[ClassJob]]:
-    """The number of classes and a job per class, made lazily (each class's label volumes are
-    read when its job is made, so the driver holds one class's at a time). The classes are the
-    concepts stage's (with or without concepts), else those in concepts.parquet."""
-    if not folder.exists(CONCEPTS):
-        raise RunFolderError(f"the report needs {CONCEPTS} in {folder.root}: run the concepts stage first")
-    rep = c["report"]
-    concepts = folder.read(CONCEPTS).to_pylist()
-    members = folder.read(CONCEPT_MEMBERS).to_pylist()
-    videos = {r["video_id"]: r for r in video_rows}
-    vi: dict[str, list[dict[str, Any]]] = {}
-    if folder.exists(VOXEL_IMPORTANCE):
-        for r in folder.read(VOXEL_IMPORTANCE).to_pylist():
-            if videos.get(r["video_id"], {}).get("label") == r["target_class"]:  # a class's own scoring videos
-                vi.setdefault(r["target_class"], []).append(r)
-    curves: dict[str, list[dict[str, Any]]] = {}
-    if folder.exists(EVALUATION):
-        for r in folder.read(EVALUATION).to_pylist():
-            curves.setdefault(r["target_class"], []).append(r)
+def class_job(folder: RunFolder, index: int, k: str, settings: dict[str, Any], info: dict[str, Any],
+              evaluated: dict[str, Any], concepts: list[dict[str, Any]]) -> ClassJob:
+    """Everything one class's section needs, read from the class's own partitions (its members,
+    its scoring videos' voxel importance, its curves) and one row group per video it shows."""
+    rep = settings["report"]
+    members = _class_rows(folder, CONCEPT_MEMBERS, k)
+    shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in concepts)
+             for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[: int(rep["max_concepts"])]]
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
-    by_class: dict[str, list[dict[str, Any]]] = {}
-    for r in concepts:
-        by_class.setdefault(r["target_class"], []).append(r)
-    stages = record.get("stages", {})
-    class_info = (stages.get("concepts") or {}).get("classes") or {}
-    evaluated = (stages.get("evaluate") or {}).get("classes") or {}
-    classes = list(dict.fromkeys([*class_info, *(r["target_class"] for r in concepts)]))
-    settings = {"report": rep, "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
-                "dataset_root": c["dataset"]["root"]}
+    exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
+    vi = _class_rows(folder, VOXEL_IMPORTANCE, k)
+    own = set(r["video_id"] for r in folder.video_rows(sorted({r["video_id"] for r in vi})) if r["label"] == k)
+    vi = [r for r in vi if r["video_id"] in own]  # the class's own scoring videos
+    heat_vids = sorted({r["video_id"] for r in vi})[: int(rep["heatmap_videos"])]
+    heatmaps = [r for r in vi if r["video_id"] in heat_vids]
+    wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
+    volumes = folder.label_volumes(wanted)
+    masks = {(m["video_id"], int(m["supervoxel_id"])): supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"])
+             for ms in exemplars.values() for m in ms if m["video_id"] in volumes}
+    return ClassJob(index=index, target_class=k, settings=settings, info=info, evaluated=evaluated, concepts=concepts,
+                    exemplars=exemplars, masks=masks, heatmaps=heatmaps,
+                    volumes={v: volumes[v] for v in heat_vids if v in volumes},
+                    curves=_class_rows(folder, EVALUATION, k),
+                    videos={r["video_id"]: r for r in folder.video_rows(wanted)})
 
-    def jobs() -> Iterator[ClassJob]:
-        for i, k in enumerate(classes):
-            rows = by_class.get(k, [])
-            shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in rows)
-                     for r in sorted((x for x in rows if x["layer"] == layer),
-                                     key=lambda x: x["rank"])[: int(rep["max_concepts"])]]
-            exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
-            heat_vids = sorted({r["video_id"] for r in vi.get(k, [])})[: int(rep["heatmap_videos"])]
-            heatmaps = [r for r in vi.get(k, []) if r["video_id"] in heat_vids]
-            wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
-            volumes = folder.label_volumes(wanted)
-            masks = {(m["video_id"], int(m["supervoxel_id"])):
-                     supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"])
-                     for ms in exemplars.values() for m in ms if m["video_id"] in volumes}
-            yield ClassJob(index=i, target_class=k, settings=settings, info=class_info.get(k, {}),
-                           evaluated=evaluated.get(k, {}), concepts=rows, exemplars=exemplars, masks=masks,
-                           heatmaps=heatmaps, volumes={v: volumes[v] for v in heat_vids if v in volumes},
-                           curves=curves.get(k, []), videos={v: videos[v] for v in wanted if v in videos})
 
-    return len(classes), jobs()
+def _class_rows(folder: RunFolder, dataset: str, k: str) -> list[dict[str, Any]]:
+    """A dataset's rows of one class (its class=<k> partition; none when it has no partition)."""
+    files = io.part_files(folder.path(dataset, partition(target_class=k)))
+    return io.read_files(files).to_pylist() if files else []
+
+
+def render_unit(folder: RunFolder, index: int, k: str, settings: dict[str, Any], info: dict[str, Any],
+                evaluated: dict[str, Any], concepts: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+    """One class of the report (in a Ray task): read its rows, render it, write its images and
+    its marker (holding the section's HTML); returns the section's record."""
+    section = render_class(class_job(folder, index, k, settings, info, evaluated, concepts))
+    for rel, data in section.files.items():
+        folder.write_bytes(f"{REPORT}/{rel}", data)
+    record = {"class": k, "index": index, "html": section.html, "summary": section.summary,
+              "files": len(section.files)}
+    folder.write_unit("report", unit_key(k), [], [{"record": record}], fingerprint)
+    return record
 
 
 def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
@@ -97,31 +94,52 @@ def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]
 
 
 def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Write report/index.html and its images (report/assets/, emptied first); returns counts
-    for run.json. `render_class` runs over the classes in Ray tasks; the images come back and
-    are written here."""
+    """Write report/index.html and its images (report/assets/); returns counts for run.json.
+    One Ray task per class reads that class's rows, renders it and writes its images; a rerun
+    over the same results with the same report settings reuses the classes already rendered."""
     t0 = time.monotonic()
     if record is None:
         record = io.read_json(folder.path(RUN_JSON)) if folder.exists(RUN_JSON) else {}
-    video_rows = folder.read_videos()
-    n, jobs = plan_jobs(folder, c, record, video_rows)
+    if not folder.exists(CONCEPTS):
+        raise RunFolderError(f"the report needs {CONCEPTS} in {folder.root}: run the concepts stage first")
+    concepts = folder.read(CONCEPTS).drop_columns(["centroid"]).to_pylist()
+    stages = record.get("stages", {})
+    class_info = (stages.get("concepts") or {}).get("classes") or {}
+    evaluated = (stages.get("evaluate") or {}).get("classes") or {}
+    classes = list(dict.fromkeys([*class_info, *(r["target_class"] for r in concepts)]))
+    by_class: dict[str, list[dict[str, Any]]] = {}
+    for r in concepts:
+        by_class.setdefault(r["target_class"], []).append(r)
+    settings = {"report": c["report"], "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
+                "dataset_root": c["dataset"]["root"]}
+    fingerprint = report_fingerprint(settings, concepts, class_info, evaluated, classes)
+    done = folder.done_units("report", [], fingerprint, "report", stale="discard")
+    sections = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
     assets = folder.path(REPORT, "assets")
-    if io.exists(assets):  # images of an earlier report (another format, other concepts) go
+    if not sections and io.exists(assets):  # images of an earlier report (other settings, other concepts) go
         fs, path = io.resolve(assets)
         fs.delete_dir_contents(path)
-    sections, files = [], 0
-    for out in map_tasks(render_class, ((job.target_class, (job,)) for job in jobs),
-                         progress=Progress("report", n, unit="classes")):
+    todo = [(i, k) for i, k in enumerate(classes) if k not in sections]
+    items = ((k, (folder, i, k, settings, class_info.get(k, {}), evaluated.get(k, {}), by_class.get(k, []),
+                  fingerprint)) for i, k in todo)
+    for out in map_tasks(render_unit, items, progress=Progress("report", len(todo), unit="classes")):
         if not out.ok:
             raise RuntimeError(f"report: class {out.key!r}: {out.error}")
-        section = out.value
-        for rel, data in section.files.items():
-            folder.write_bytes(f"{REPORT}/{rel}", data)
-        files += len(section.files)
-        section.files = {}
-        sections.append(section)
-    sections.sort(key=lambda s: s.index)
-    page = index_html(folder.root, c, record, sections, video_rows)
+        sections[out.key] = out.value
+    shown = [ClassSection(index=r["index"], target_class=r["class"], html=r["html"], files={}, summary=r["summary"])
+             for r in sorted(sections.values(), key=lambda r: r["index"])]
+    videos = folder.read_videos()
+    failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED)).to_pylist()
+    page = index_html(folder.root, c, record, shown, failed, videos.num_rows)
     folder.write_bytes(REPORT_INDEX, page.encode())
-    return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(sections), "assets": files,
+    return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
+            "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),
             "path": folder.path(REPORT_INDEX)}
+
+
+def report_fingerprint(settings: dict[str, Any], concepts: list[dict[str, Any]], class_info: dict[str, Any],
+                       evaluated: dict[str, Any], classes: list[str]) -> str:
+    """What the report's sections depend on: its settings and the run's results."""
+    digest = hashlib.sha256(json.dumps([settings, concepts, class_info, evaluated, classes], sort_keys=True,
+                                       default=str).encode()).hexdigest()
+    return digest[:32]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import schemas
 from pipeline.report.render import ClassSection, esc, fmt
 
 CSS = """
@@ -29,8 +28,8 @@ caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding
 
 
 def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections: list[ClassSection],
-               videos: list[dict[str, Any]]) -> str:
-    failed = [v for v in videos if v["status"] == schemas.FAILED]
+               failed: list[dict[str, Any]], total: int) -> str:
+    """The page: `failed` the failed videos' rows of videos.parquet, `total` the videos in."""
     model = c.get("model", {}).get("name", "?")
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
@@ -65,7 +64,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
 <html lang="en"><head><meta charset="utf-8"><title>3D ACE report: {esc(dataset)} / {esc(model)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><header class="top"><h1>3D ACE: spatio-temporal concepts of {esc(model)} on {esc(dataset)}</h1>
-<p>{len(videos)} videos ({len(videos) - len(failed)} ok, {len(failed)} failed) &middot; {len(sections)} classes
+<p>{total} videos ({total - len(failed)} ok, {len(failed)} failed) &middot; {len(sections)} classes
 &middot; run started {esc(record.get("started", "?"))} &middot; {timing}</p>
 <p>run folder <code>{esc(run_dir)}</code></p></header>
 <main><nav>classes: {nav}{' · <a href="#failed">failed videos</a>' if failed else ""}</nav>

@@ -1,100 +1,179 @@
 """Steps 3-4, activate: every kept supervoxel and every whole clip through the model, in the
-model actors (patches built on the actor's device from the clip and its label volumes), written
-in parts of `activate.videos_per_part` videos: activations/ (vectors, and the whole clips'
-class-logit gradients) and predictions/ (logits). A rerun skips the videos already done."""
+model actors. A unit is up to `activate.videos_per_part` videos of one segment part; the actor
+reads their supervoxel tables and label volumes itself (one row group per video), decodes the
+next clip in a thread while the model works on this one, builds the patches on its device and
+writes the unit's parts: activations/layer=<layer>/class=<label>/ (supervoxel vectors),
+clip_activations/layer=<layer>/class=<label>/ (whole clips: vectors and class-logit
+gradients) and predictions/ (logits), then its marker. A rerun skips the units already done."""
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import math
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from pipeline import schemas
+from pipeline import io, schemas
 from pipeline.activations.params import ActivateParams
-from pipeline.activations.video import VideoActivations
+from pipeline.activations.video import VideoActivations, activate_video
+from pipeline.data.ingest import read_ingested_clip
 from pipeline.orchestration.actors import ModelActors
+from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import ACTIVATIONS, PREDICTIONS, SUPERVOXELS
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
+                                 partition)
 from pipeline.segmentation.supervoxels import KEPT
 from pipeline.stages.base import Job
+from pipeline.stages.segment import rows_of, unit_failures
 
 log = logging.getLogger("pipeline")
 
 BOX = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1"]
+UNLABELLED = "_unlabelled"  # the class partition of a video without a label
 
 
 def run(job: Job) -> None:
     job.begin("activate")
     c, folder = job.c, job.folder
-    rows = folder.read_videos()
-    ok = {r["video_id"]: r for r in rows if r["status"] == schemas.OK}
     params = from_section(ActivateParams, c["activate"])
     fingerprint = job.fingerprints["activate"]
-    done = folder.done_videos(PREDICTIONS, [ACTIVATIONS], fingerprint, "clip/segment/activate/model")
-
-    candidates = folder.read(SUPERVOXELS, columns=["video_id", "status", *BOX]).to_pandas()
-    segmented = set(candidates.video_id)  # every segmented video has candidate rows, kept or not
-    kept = candidates[candidates.status == KEPT]
-    tables = {vid: {k: g[k].to_numpy() for k in BOX} for vid, g in kept.groupby("video_id", sort=False)}
-    todo = [vid for vid in ok if vid in segmented and vid not in done]
-    log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done),
+    done = folder.done_units("activate", [ACTIVATIONS, CLIP_ACTIVATIONS, PREDICTIONS], fingerprint,
+                             "clip/segment/activate/model")
+    done_ids = set(done.column("video_id").to_pylist())
+    videos = folder.read_videos()
+    videos = videos.filter(pc.equal(videos.column("status"), schemas.OK))
+    where = folder.label_index()  # every segmented video: (segment part, row group)
+    todo = [v for v in videos.column("video_id").to_pylist() if v in where and v not in done_ids]
+    log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done_ids),
              c["model"]["name"])
     if not todo:
-        job.finish("activate", videos_activated=0, videos_skipped_done=len(done))
+        job.finish("activate", videos_activated=0, videos_skipped_done=len(done_ids))
         return
 
-    per_part = int(c["activate"]["videos_per_part"])
-    buffer: list[VideoActivations] = []
-    failures: dict[str, str] = {}
     stats = {"supervoxel_vectors": 0, "supervoxel_windows": 0, "clip_windows": 0, "actor_seconds": 0.0}
+    failures: dict[str, str] = {}
     with ModelActors(c, params, job.module) as pool:
         described = pool.described
         log.info("activate: %d model actor(s) on %s, batch size %d, %s", len(described), ", ".join(pool.devices),
                  described[0]["batch_size"], {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
-        class_names = described[0]["class_names"]
-        items = ((vid, (ok[vid], labels, tables.get(vid, {}))) for vid, labels in folder.iter_label_volumes(set(todo)))
+        units = activate_units(todo, where, int(c["activate"]["videos_per_part"]), 2 * len(described))
         progress = Progress("activate", len(todo))
-        for out in pool.call("activate", items):
-            progress.update()
+        items = ((n, (folder, f"{n:05d}", rows_of(videos, ids), {v: where[v] for v in ids}, fingerprint))
+                 for n, ids in enumerate(units))
+        for out in pool.map_units(activate_unit, items):
+            ids = units[out.key]
+            progress.update(len(ids))
             if not out.ok:
-                failures[out.key] = f"activation failed: {out.error}"
-                log.warning("activate: %s failed: %s", out.key, failures[out.key])
+                failures.update({v: f"activation failed: {out.error}" for v in ids})
                 continue
-            result = out.value
-            stats["supervoxel_vectors"] += len(result.supervoxel_ids)
-            stats["supervoxel_windows"] += int(result.supervoxel_windows.sum())
-            stats["clip_windows"] += result.clip_windows
-            stats["actor_seconds"] += result.seconds
-            buffer.append(result)
-            if len(buffer) >= per_part:
-                folder.write_parts(activation_tables(buffer, ok, class_names), fingerprint)
-                buffer = []
-        if buffer:
-            folder.write_parts(activation_tables(buffer, ok, class_names), fingerprint)
+            for k in stats:
+                stats[k] += out.value[k]
+    failures.update(unit_failures(folder, "activate"))
+    for vid, why in sorted(failures.items()):
+        log.warning("activate: %s failed: %s", vid, why)
     job.record_failures(failures, "activate")
     wall = job.wall("activate")
-    activated = len(todo) - len(failures)
+    new_failures = sum(1 for v in todo if v in failures)
+    activated = len(todo) - new_failures
     windows = stats["supervoxel_windows"] + stats["clip_windows"]
-    job.finish("activate", videos_activated=activated, videos_skipped_done=len(done), videos_failed=len(failures),
-               actors=len(described), devices=pool.devices, batch_size=described[0]["batch_size"], bf16=pool.bf16,
-               layers=described[0]["layers"], batch_seconds_per_window=described[0]["batch_seconds_per_window"],
+    job.finish("activate", videos_activated=activated, videos_skipped_done=len(done_ids), videos_failed=new_failures,
+               units=len(units), actors=len(described), devices=pool.devices, batch_size=described[0]["batch_size"],
+               bf16=pool.bf16, layers=described[0]["layers"],
+               batch_seconds_per_window=described[0]["batch_seconds_per_window"],
                supervoxel_vectors=stats["supervoxel_vectors"], windows=windows,
                windows_per_s=round(windows / wall, 2) if wall > 0 else None,
                actor_seconds_per_video=round(stats["actor_seconds"] / activated, 4) if activated else None,
                actor_nodes=[d["node_id"] for d in described])
 
 
-def activation_tables(results: list[VideoActivations], videos: dict[str, dict[str, Any]],
+def activate_units(video_ids: list[str], where: dict[str, tuple[str, int]], per_part: int,
+                   min_units: int) -> list[list[str]]:
+    """The videos to activate in units: each within one segment part (its tables and label
+    volumes are in one file), at most `per_part` videos, and at least `min_units` units while
+    there are videos enough (two in flight per actor)."""
+    size = max(1, min(per_part, math.ceil(len(video_ids) / max(1, min_units))))
+    by_part: dict[str, list[str]] = {}
+    for v in video_ids:
+        by_part.setdefault(where[v][0], []).append(v)
+    return [ids[i:i + size] for ids in by_part.values() for i in range(0, len(ids), size)]
+
+
+def activate_unit(actor: Any, folder: RunFolder, unit: str, rows: list[dict[str, Any]],
+                  where: dict[str, tuple[str, int]], fingerprint: str) -> dict[str, Any]:
+    """One unit on a model actor (`ModelActor.run`): method steps 3-4 for its videos, the next
+    clip decoded while the model works; writes the unit's parts and marker, returns counts."""
+    ids = [r["video_id"] for r in rows]
+    part = where[ids[0]][0]
+    groups = sorted({where[v][1] for v in ids})
+    sv = io.read_row_groups(folder.path(SUPERVOXELS, part), groups, columns=["video_id", "status", *BOX])
+    sv = sv.filter(pc.equal(sv.column("status"), KEPT))
+    tables: dict[str, dict[str, np.ndarray]] = {}
+    for name, g in sv.to_pandas().groupby("video_id", sort=False):
+        tables[str(name)] = {k: g[k].to_numpy() for k in BOX}
+
+    def load(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        vid = row["video_id"]
+        return read_ingested_clip(row, actor.clip_spec).frames, folder.label_volumes([vid], where)[vid]
+
+    results: list[VideoActivations] = []
+    markers: list[dict[str, Any]] = []
+    layers = json.dumps(list(actor.model.layers))
+    for row, loaded in prefetched(rows, load):
+        vid = row["video_id"]
+        try:
+            if isinstance(loaded, Exception):
+                raise loaded
+            frames, labels = loaded
+            res = activate_video(actor.model, vid, frames, labels, tables.get(vid, {}), row.get("label"),
+                                 actor.params, actor.device, actor.pad_short)
+        except Exception as e:  # a video that fails fails alone, with the reason
+            markers.append({"video_id": vid, "status": schemas.FAILED,
+                            "error": f"activation failed: {type(e).__name__}: {e}"})
+            continue
+        markers.append({"video_id": vid, "record": layers})  # the layers, in the model's order
+        results.append(res)
+    labels_of = {r["video_id"]: r.get("label") for r in rows}
+    outputs = activation_tables(results, labels_of, list(actor.model.class_names)) if results else []
+    folder.write_unit("activate", unit, outputs, markers, fingerprint)
+    return {"supervoxel_vectors": sum(len(r.supervoxel_ids) for r in results),
+            "supervoxel_windows": sum(int(r.supervoxel_windows.sum()) for r in results),
+            "clip_windows": sum(r.clip_windows for r in results), "actor_seconds": sum(r.seconds for r in results)}
+
+
+def activated_layers(folder: RunFolder) -> list[str]:
+    """The explained layers, in the model's order, from the activate stage's markers."""
+    t = folder.read(f"{DONE}/activate", columns=["record"])
+    records = pc.drop_null(t.column("record"))
+    if not len(records):
+        raise RunFolderError(f"no video of {folder.root} has activations: nothing to explain")
+    return json.loads(records[0].as_py())
+
+
+def class_partition(label: Optional[str]) -> str:
+    return label if label is not None else UNLABELLED
+
+
+def activation_tables(results: list[VideoActivations], labels: dict[str, Optional[str]],
                       class_names: list[str]) -> list[tuple[str, pa.Table]]:
-    """One part: the activations, then the predictions (the batch's marker), of a batch of videos."""
-    act: dict[str, list] = {name: [] for name in schemas.ACTIVATIONS.names}
+    """One unit's parts: supervoxel vectors and whole-clip vectors per (layer, class)
+    partition, then the predictions."""
+    sv: dict[tuple[str, str], dict[str, list]] = {}
+    clips: dict[tuple[str, str], dict[str, list]] = {}
     pred: dict[str, list] = {name: [] for name in schemas.PREDICTIONS.names}
+
+    def columns(into: dict, key: tuple[str, str]) -> dict[str, list]:
+        return into.setdefault(key, {name: [] for name in schemas.ACTIVATIONS.names})
+
     for res in results:
+        k = class_partition(labels[res.video_id])
         for layer, vec in res.clip_vectors.items():
             grad = res.gradients.get(layer)
+            act = columns(clips, (layer, k))
             act["video_id"].append(res.video_id)
             act["supervoxel_id"].append(-1)
             act["layer"].append(layer)
@@ -104,6 +183,7 @@ def activation_tables(results: list[VideoActivations], videos: dict[str, dict[st
             act["gradient_class"].append(res.gradient_class if grad is not None else None)
         for layer, vecs in res.supervoxel_vectors.items():
             n = len(res.supervoxel_ids)
+            act = columns(sv, (layer, k))
             act["video_id"].extend([res.video_id] * n)
             act["supervoxel_id"].extend(res.supervoxel_ids.tolist())
             act["layer"].extend([layer] * n)
@@ -111,7 +191,7 @@ def activation_tables(results: list[VideoActivations], videos: dict[str, dict[st
             act["n_windows"].extend(res.supervoxel_windows.tolist())
             act["gradient"].extend([None] * n)
             act["gradient_class"].extend([None] * n)
-        label = videos[res.video_id]["label"]
+        label = labels[res.video_id]
         label_index = class_names.index(label) if label in class_names else -1
         predicted = int(np.argmax(res.logits))
         pred["video_id"].append(res.video_id)
@@ -124,7 +204,11 @@ def activation_tables(results: list[VideoActivations], videos: dict[str, dict[st
         pred["supervoxels"].append(len(res.supervoxel_ids))
         pred["seconds"].append(res.seconds)
         pred["device"].append(res.device)
-    return [(ACTIVATIONS, _table(act, schemas.ACTIVATIONS)), (PREDICTIONS, _table(pred, schemas.PREDICTIONS))]
+    outputs = [(f"{ACTIVATIONS}/{partition(layer=layer, target_class=k)}", _table(cols, schemas.ACTIVATIONS))
+               for (layer, k), cols in sv.items()]
+    outputs += [(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=k)}", _table(cols, schemas.ACTIVATIONS))
+                for (layer, k), cols in clips.items()]
+    return outputs + [(PREDICTIONS, _table(pred, schemas.PREDICTIONS))]
 
 
 def _table(columns: dict[str, list], schema: pa.Schema) -> pa.Table:

@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import pyarrow.compute as pc
+
 from pipeline import schemas
 from pipeline.orchestration.runtime import label_selector
 from pipeline.run_folder import RunFolder
@@ -42,9 +44,9 @@ class Job:
     def record_failures(self, failures: dict[str, str], stage: str) -> None:
         """Mark the videos that failed in `stage` in videos.parquet, with their reasons, and count them."""
         if failures:
-            rows = self.folder.record_failures(failures, stage)
-            self.counts.update(videos_ok=sum(r["status"] == schemas.OK for r in rows),
-                               videos_failed=sum(r["status"] == schemas.FAILED for r in rows))
+            status = self.folder.record_failures(failures, stage).column("status")
+            self.counts.update(videos_ok=int(pc.sum(pc.equal(status, schemas.OK)).as_py() or 0),
+                               videos_failed=int(pc.sum(pc.equal(status, schemas.FAILED)).as_py() or 0))
 
     def begin(self, stage: str) -> None:
         self.started[stage] = time.monotonic()

@@ -1,18 +1,29 @@
 """Steps 5-9, concepts: per class the model knows and per explained layer, one Ray task that
 discovers concepts (k-means, acceptance rules), fits CAVs against random sets, scores them with
 TCAV, tests them against the random baseline and assigns the scoring videos' supervoxels to them
-(voxel importance). Writes concepts.parquet, concept_members.parquet, tcav.parquet and
-voxel_importance/; recomputed on every run (a reduction of the activations)."""
+(voxel importance).
+
+Each (class, layer) task reads only its own partition of activations/ and clip_activations/,
+and the whole-clip vectors of its random sets from a per-layer pool that one task loads into
+the object store; it writes its own parts (concept_members/, tcav/, voxel_importance/ under
+class=<k>/layer=<layer>/, its concepts in _concepts/) and its marker. The driver holds video ids
+and per-class summaries; a rerun with the same settings over the same activations skips the
+finished pairs (other settings: the pairs are recomputed). concepts.parquet, the whole-run
+table of concepts, is assembled at the end."""
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Iterator
+import posixpath
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 
-from pipeline import console, schemas
+from pipeline import console, io, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.concepts.explain import draw_random_sets, explain_class_layer, split_videos
 from pipeline.concepts.params import ConceptParams
@@ -21,10 +32,16 @@ from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, PREDICTIONS, TCAV, VOXEL_IMPORTANCE
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, PREDICTIONS,
+                                 RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, partition,
+                                 reduction_fingerprint, unit_key)
+from pipeline.stages.activate import activated_layers, class_partition
 from pipeline.stages.base import Job
 
 log = logging.getLogger("pipeline")
+
+PAIR_CONCEPTS = "_concepts"  # each (class, layer)'s concept rows; concepts.parquet is their union
+OUTPUTS = (PAIR_CONCEPTS, CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE)
 
 
 def run(job: Job) -> None:
@@ -32,97 +49,172 @@ def run(job: Job) -> None:
     c, folder = job.c, job.folder
     params = from_section(ConceptParams, c["concepts"])
     folder.require(PREDICTIONS, "concepts", "activate")
-    pred = folder.read(PREDICTIONS).to_pandas()
-    # Sorted: the concepts do not depend on how the activations were split into parts (a
-    # resumed run writes other parts than an uninterrupted one).
-    act = folder.read(ACTIVATIONS).to_pandas()
-    layers = list(dict.fromkeys(act.layer))  # the model's order, as the actors wrote them
-    act = act.sort_values(["layer", "video_id", "supervoxel_id"], kind="stable").reset_index(drop=True)
-    videos = {r["video_id"]: r for r in folder.read_videos()}
-    num_model_classes = int(len(pred.logits.iloc[0]))
-    known = pred[pred.label_index >= 0]
-    classes = sorted(known.label.unique())
-    pool_ids = {k: sorted(pred.video_id[pred.label != k]) for k in classes}
-    clip_rows = act[act.supervoxel_id == -1].set_index(["layer", "video_id"])
-    sv_rows = act[act.supervoxel_id >= 0]
+    pred = folder.read(PREDICTIONS, columns=["video_id", "label", "label_index", "correct"]).sort_by("video_id")
+    layers = activated_layers(folder)
+    num_model_classes = len(io.read_row_groups(io.part_files(folder.path(PREDICTIONS))[0], [0],
+                                               columns=["logits"]).column("logits")[0].as_py())
+    all_ids = np.asarray(pred.column("video_id").to_pylist(), dtype=object)  # sorted
+    all_labels = np.asarray(pred.column("label").to_pylist(), dtype=object)
+    label_index = pred.column("label_index").to_numpy(zero_copy_only=False)
+    correct = dict(zip(all_ids.tolist(), pred.column("correct").to_pylist()))
+    known = label_index >= 0
+    classes = sorted(set(all_labels[known].tolist()))
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"],
+                                        {"concepts": c["concepts"], "ground_truth": _ground_truth_root(c)},
+                                        list(zip(all_ids.tolist(), all_labels.tolist())))
+    done = folder.done_units("concepts", OUTPUTS, fingerprint, "concepts", stale="discard")
+    records = {(r["class"], r["layer"]): r for r in map(json.loads, done.column("record").to_pylist())}
 
-    by_id = known.set_index("video_id")
     class_info: dict[str, dict[str, Any]] = {}
-    splits: dict[str, tuple[list[str], list[str], list[np.ndarray]]] = {}
+    splits: dict[str, tuple[list[str], list[str], list[list[str]], int]] = {}
     for k in classes:
-        discovery, scoring = split_videos(sorted(known.video_id[known.label == k]), params.discovery_fraction,
-                                          params.seed)
-        accuracy, chance, recognised = class_recognition(list(by_id.loc[scoring].correct),
-                                                         num_model_classes)
-        sets = draw_random_sets(np.array(pool_ids[k]), params.num_random_exp + 1, params.random_set_size, params.seed)
-        splits[k] = (discovery, scoring, sets)
+        mine = known & (all_labels == k)
+        discovery, scoring = split_videos(all_ids[mine].tolist(), params.discovery_fraction, params.seed)
+        accuracy, chance, recognised = class_recognition([correct[v] for v in scoring], num_model_classes)
+        pool = all_ids[all_labels != k]  # sorted: the random sets are drawn from every other video
+        sets = [pool[i].tolist() for i in draw_random_sets(pool, params.num_random_exp + 1, params.random_set_size,
+                                                           params.seed)]
+        splits[k] = (discovery, scoring, sets, int(label_index[mine][0]))
         class_info[k] = {"discovery_videos": len(discovery), "scoring_videos": len(scoring),
                          "scoring_accuracy": accuracy, "chance": chance, "recognised": recognised,
-                         "random_pool_videos": len(pool_ids[k]), "random_set_size": int(len(sets[0])) if sets else 0}
+                         "random_pool_videos": len(pool), "random_set_size": len(sets[0]) if sets else 0}
         if not recognised:
             log.warning("concepts: the model does not recognise class %r (accuracy %.2f on %d scoring videos, chance "
                         "%.2f): its concepts say little about the model", k, accuracy, len(scoring), chance)
-    randomised: dict[tuple[str, str], np.ndarray] = {}
-    if params.randomisation_check:
-        randomised = randomised_gradients(job, videos, [v for k in classes for v in splits[k][1]], layers,
-                                          params.seed)
-
-    def tasks() -> Iterator[tuple[tuple[str, str], tuple]]:
-        """The (class, layer) tasks' inputs, made as each task is queued."""
-        for k in classes:
-            discovery, scoring, sets = splits[k]
-            gradient_class = known.label_index[known.label == k].iloc[0]
-            for layer in layers:
-                sv = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(discovery)]
-                grads = clip_rows.loc[layer].loc[scoring]
-                grads = np.stack(grads.gradient[grads.gradient_class == gradient_class])
-                pool_vectors = np.stack(clip_rows.loc[layer].loc[pool_ids[k]].vector)
-                sc = sv_rows[(sv_rows.layer == layer) & sv_rows.video_id.isin(scoring)]
-                rand = np.stack([randomised[(v, layer)] for v in scoring]) if randomised else None
-                yield (k, layer), (k, layer, np.stack(sv.vector), list(sv.video_id), list(sv.supervoxel_id),
-                                   len(discovery), grads, [pool_vectors[i] for i in sets[:-1]], pool_vectors[sets[-1]],
-                                   params, np.stack(sc.vector) if len(sc) else None, list(sc.video_id),
-                                   list(sc.supervoxel_id), rand)
 
     pairs = [(k, layer) for k in classes for layer in layers]
-    results: dict[tuple[str, str], dict[str, Any]] = {}
-    for out in map_tasks(explain_class_layer, tasks(), progress=Progress("concepts", len(pairs),
-                                                                         unit="(class, layer) pairs")):
-        if not out.ok:
-            raise RuntimeError(f"concepts: {out.key[0]}/{out.key[1]}: {out.error}")
-        results[out.key] = out.value
+    todo = [p for p in pairs if p not in records]
+    log.info("concepts: %d (class, layer) pairs to explain (%d already done)", len(todo), len(records))
+    if todo:
+        todo_classes = sorted({k for k, _ in todo})
+        if params.randomisation_check:
+            randomised_gradients(job, todo_classes, {k: splits[k][1] for k in todo_classes}, layers, params.seed)
+        videos = folder.read_videos(["video_id", "clip_frame_indices", "clip_height", "clip_width"])
+        wanted = set(v for k in todo_classes for v in splits[k][1])
+        shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
+                  for r in videos.filter(pc.is_in(videos.column("video_id"), pa.array(sorted(wanted)))).to_pylist()}
+        del videos
+        where = folder.label_index() if _ground_truth_root(c) else {}
+        pools = {layer: load_clip_pool.remote(folder, layer) for layer in sorted({lay for _, lay in todo})}
 
-    concepts, members, tcav, importance = [], [], [], []
-    shapes = {vid: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
-              for vid, r in videos.items() if r["status"] == schemas.OK}
+        def tasks() -> Iterator[tuple[tuple[str, str], tuple]]:
+            for k, layer in todo:
+                discovery, scoring, sets, gradient_class = splits[k]
+                info = {"class_accuracy": class_info[k]["scoring_accuracy"],
+                        "class_recognised": class_info[k]["recognised"]}
+                yield (k, layer), (folder, k, layer, discovery, scoring, sets, gradient_class, pools[layer], params,
+                                   info, {v: shapes[v] for v in scoring},
+                                   {v: where[v] for v in discovery + scoring if v in where}, _ground_truth_root(c),
+                                   fingerprint)
+
+        for out in map_tasks(explain_pair, tasks(), progress=Progress("concepts", len(todo),
+                                                                      unit="(class, layer) pairs"),
+                             label_selector=job.cpu_selector):
+            if not out.ok:
+                raise RuntimeError(f"concepts: {out.key[0]}/{out.key[1]}: {out.error}")
+            records[out.key] = out.value
+        del pools
+
     for (k, layer) in pairs:  # the pairs' order, whatever finished first
-        res = results[(k, layer)]
-        for note in res["notes"]:
+        rec = records[(k, layer)]
+        for note in rec["info"]["notes"]:
             log.warning("concepts: %s/%s: %s", k, layer, note)
-        for row in res["concepts"]:
-            row.update(class_accuracy=class_info[k]["scoring_accuracy"], class_recognised=class_info[k]["recognised"])
-        concepts += res["concepts"]
-        members += res["members"]
-        tcav += res["tcav"]
-        importance += importance_rows(k, layer, res["supervoxel_scores"], shapes)
-        info = class_info[k].setdefault("layers", {})
-        info[layer] = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
-                       "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
-        if res["randomisation"] is not None:
-            check = dict(res["randomisation"])
-            for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
-                row["tcav_mean_randomised"] = after
-            info[layer]["randomisation"] = check
-    folder.write_table(CONCEPTS, pa.Table.from_pylist(concepts, schema=schemas.CONCEPTS))
-    folder.write_table(CONCEPT_MEMBERS, pa.Table.from_pylist(members, schema=schemas.CONCEPT_MEMBERS))
-    folder.write_table(TCAV, pa.Table.from_pylist(tcav, schema=schemas.TCAV))
-    folder.write_table(f"{VOXEL_IMPORTANCE}/part-00000.parquet",
-                       pa.Table.from_pylist(importance, schema=schemas.VOXEL_IMPORTANCE))
-    if c["dataset"]["kind"] == "synthetic":
-        ground_truth(job, videos, concepts, members, importance, pairs, class_info)
-    job.finish("concepts", pairs=len(pairs), classes=class_info)
-    job.counts.update(concepts_found=len(concepts), concepts_significant=sum(r["significant"] for r in concepts))
-    job.record["concept_table"] = console.concept_table(concepts, class_info)
+        class_info[k].setdefault("layers", {})[layer] = rec["info"]
+    concepts = assemble_concepts(folder, [records[p]["part"] for p in pairs])
+    folder.write_table(CONCEPTS, concepts)
+    rows = concepts.drop_columns(["centroid"]).to_pylist()
+    job.finish("concepts", pairs=len(pairs), pairs_skipped_done=len(pairs) - len(todo), classes=class_info)
+    job.counts.update(concepts_found=len(rows), concepts_significant=sum(r["significant"] for r in rows))
+    job.record["concept_table"] = console.concept_table(rows, class_info)
+
+
+def _ground_truth_root(c: dict[str, Any]) -> Optional[str]:
+    """The synthetic corpus's folder (its actor masks are the ground truth), else None."""
+    return c["dataset"]["root"] if c["dataset"]["kind"] == "synthetic" else None
+
+
+def assemble_concepts(folder: RunFolder, parts: list[str]) -> pa.Table:
+    """concepts.parquet: every pair's concepts, in the pairs' order."""
+    files = {posixpath.basename(f): f for f in io.part_files(folder.path(PAIR_CONCEPTS))}
+    tables = [io.read_table(files[p]) for p in parts if p in files]
+    empty = pa.Table.from_pylist([], schema=schemas.CONCEPTS)
+    return pa.concat_tables([t.cast(schemas.CONCEPTS) for t in tables]) if tables else empty
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def load_clip_pool(folder: RunFolder, layer: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every activated video's whole-clip vector at one layer, sorted by video id: (ids, [N, C]
+    float32), held once in the object store for every (class, layer) task of that layer."""
+    t = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer)}", columns=["video_id", "vector"]).sort_by("video_id")
+    ids = np.asarray(t.column("video_id").to_pylist(), dtype=object)
+    vectors = t.column("vector").combine_chunks()
+    return ids, vectors.values.to_numpy().reshape(len(ids), -1).astype(np.float32, copy=False)
+
+
+def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], scoring: list[str],
+                 random_sets: list[list[str]], gradient_class: int, pool: tuple[np.ndarray, np.ndarray],
+                 params: ConceptParams, class_columns: dict[str, Any], shapes: dict[str, list[int]],
+                 where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],
+                 fingerprint: str) -> dict[str, Any]:
+    """One (class, layer), in a Ray task: read its partition, explain it
+    (`explain_class_layer`), write its parts and marker; returns its small record."""
+    sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
+                     columns=["video_id", "supervoxel_id", "vector"]).sort_by([("video_id", "ascending"),
+                                                                                ("supervoxel_id", "ascending")])
+    disc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(discovery, type=pa.string())))
+    sc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(scoring, type=pa.string())))
+    clips = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
+                        columns=["video_id", "gradient", "gradient_class"])
+    grad_of = {v: g for v, g, gc in zip(*(clips.column(n).to_pylist() for n in clips.column_names))
+               if gc == gradient_class}
+    gradients = np.asarray([grad_of[v] for v in scoring if v in grad_of], dtype=np.float32)
+    ids, vectors = pool
+    sets = [vectors[np.searchsorted(ids, np.asarray(s, dtype=object))] for s in random_sets]
+    randomised = None
+    if params.randomisation_check:
+        rg = folder.read(f"{RANDOMISED_GRADIENTS}/{partition(target_class=class_partition(k))}",
+                         filter=pc.field("layer") == layer)
+        by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
+        randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
+    res = explain_class_layer(k, layer, _matrix(disc), disc.column("video_id").to_pylist(),
+                              disc.column("supervoxel_id").to_pylist(), len(discovery), gradients, sets[:-1], sets[-1],
+                              params, _matrix(sc) if sc.num_rows else None, sc.column("video_id").to_pylist(),
+                              sc.column("supervoxel_id").to_pylist(), randomised)
+    for row in res["concepts"]:
+        row.update(class_columns)
+    info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
+            "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
+    if res["randomisation"] is not None:
+        check = dict(res["randomisation"])
+        for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
+            row["tcav_mean_randomised"] = after
+        info["randomisation"] = check
+    importance = importance_rows(k, layer, res["supervoxel_scores"], shapes)
+    if ground_truth_root:
+        from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
+
+        rows = {r["video_id"]: r for r in folder.video_rows(sorted(where))}
+        volumes = folder.label_volumes(sorted(where), where)
+        report = actor_concept_report(res["concepts"], res["members"], importance, [(k, layer)], volumes,
+                                      lambda v: video_actor_tube(ground_truth_root, rows[v], 3), 3)
+        info["ground_truth"] = report[(k, layer)]
+    where_part = partition(target_class=k, layer=layer)
+    outputs = [(f"{PAIR_CONCEPTS}/{where_part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),
+               (f"{CONCEPT_MEMBERS}/{where_part}", pa.Table.from_pylist(res["members"], schema=schemas.CONCEPT_MEMBERS)),
+               (f"{TCAV}/{where_part}", pa.Table.from_pylist(res["tcav"], schema=schemas.TCAV))]
+    if importance:  # one row group per scoring video: a reader of one video reads one group
+        outputs.append((f"{VOXEL_IMPORTANCE}/{where_part}",
+                        [pa.Table.from_pylist([r], schema=schemas.VOXEL_IMPORTANCE)
+                         for r in sorted(importance, key=lambda r: r["video_id"])]))
+    unit = unit_key(k, layer)
+    record = {"class": k, "layer": layer, "part": folder.part_name(unit), "info": info}
+    folder.write_unit("concepts", unit, outputs, [{"record": record}], fingerprint)
+    return record
+
+
+def _matrix(t: pa.Table) -> np.ndarray:
+    col = t.column("vector").combine_chunks()
+    return col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
 
 
 def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],
@@ -136,39 +228,39 @@ def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],
              "scores": [r["score"] for r in rows]} for vid, rows in by_video.items()]
 
 
-def randomised_gradients(job: Job, videos: dict[str, dict[str, Any]], video_ids: list[str], layers: list[str],
-                         seed: int) -> dict[tuple[str, str], np.ndarray]:
-    """The model-randomisation check's gradients: for every scoring video and layer, the
-    class-logit gradient from the model with every weight after that layer re-initialised,
-    computed by model actors. Returns {(video_id, layer): vector}."""
+def randomised_gradients(job: Job, classes: list[str], scoring: dict[str, list[str]], layers: list[str],
+                         seed: int) -> None:
+    """The model-randomisation check's gradients, one unit per class on the model actors: for
+    every scoring video and layer, the class-logit gradient from the model with every weight
+    after that layer re-initialised, written to randomised_gradients/class=<k>/."""
+    folder = job.folder
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"], {"seed": seed, "layers": layers},
+                                        [(v, k) for k in classes for v in scoring[k]])
+    done = folder.done_units("randomise", [RANDOMISED_GRADIENTS], fingerprint, "randomisation", stale="discard")
+    finished = {json.loads(r)["class"] for r in done.column("record").to_pylist()}
+    todo = [k for k in classes if k not in finished]
+    if not todo:
+        return
     params = from_section(ActivateParams, {**job.c["activate"], "gradients": True, "measure_batch": False})
-    progress = Progress("randomisation check", len(video_ids))
-    out: dict[tuple[str, str], np.ndarray] = {}
+    progress = Progress("randomisation check", sum(len(scoring[k]) for k in todo))
     with ModelActors(job.c, params, job.module) as pool:
-        for res in pool.call("randomised_gradients", ((v, (videos[v], layers, seed)) for v in video_ids)):
-            progress.update()
+        items = ((k, (folder, k, scoring[k], layers, seed, fingerprint)) for k in todo)
+        for res in pool.map_units(randomise_class, items):
+            progress.update(len(scoring[res.key]))
             if not res.ok:
-                raise RuntimeError(f"randomisation check: video {res.key!r}: {res.error}")
-            for layer in layers:
-                out[(res.key, layer)] = np.asarray(res.value[layer])
-    return out
+                raise RuntimeError(f"randomisation check: class {res.key!r}: {res.error}")
 
 
-def ground_truth(job: Job, videos: dict[str, dict[str, Any]], concepts: list[dict[str, Any]],
-                 members: list[dict[str, Any]], importance: list[dict[str, Any]], pairs: list[tuple[str, str]],
-                 class_info: dict[str, dict[str, Any]], dilation: int = 3) -> None:
-    """On the synthetic corpus, the explanation against the actor's voxels, per (class, layer)
-    into run.json (`pipeline.evaluation.ground_truth.actor_concept_report`)."""
-    from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
-
-    volumes = job.folder.label_volumes(sorted({m["video_id"] for m in members} | {r["video_id"] for r in importance}))
-    tubes: dict[str, np.ndarray] = {}
-
-    def tube(vid: str) -> np.ndarray:
-        if vid not in tubes:
-            tubes[vid] = video_actor_tube(job.c["dataset"]["root"], videos[vid], dilation)
-        return tubes[vid]
-
-    for (k, layer), gt in actor_concept_report(concepts, members, importance, pairs, volumes, tube, dilation).items():
-        class_info[k]["layers"][layer]["ground_truth"] = gt
+def randomise_class(actor: Any, folder: RunFolder, k: str, video_ids: list[str], layers: list[str], seed: int,
+                    fingerprint: str) -> None:
+    """One class's randomised-model gradients on a model actor, written with its marker."""
+    rows: list[dict[str, Any]] = []
+    for row in folder.video_rows(video_ids):
+        for layer, grad in actor.randomised_gradients(row, layers, seed).items():
+            rows.append({"video_id": row["video_id"], "layer": layer, "gradient": np.asarray(grad, np.float32)})
+    schema = pa.schema([("video_id", pa.string()), ("layer", pa.string()), ("gradient", pa.list_(pa.float32()))])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    unit = unit_key(k)
+    folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=class_partition(k))}",
+                                           table)], [{"record": {"class": k}}], fingerprint)
 

@@ -1,29 +1,47 @@
-"""Step 10, evaluate (the paper's experiments), on every class's scoring videos, per layer, in
+"""Step 10, evaluate (the paper's experiments), per class on its scoring videos, per layer, in
 one pool of model actors: causal concept importance (the drop in class probability when one
 concept's voxels are mean-filled), then deletion and insertion curves with concepts in TCAV
-order (the paper's) and in causal order, against bottom-first and random orders. Writes
-evaluation.parquet and causal_importance in concepts.parquet; run.json gets the summaries."""
+order (the paper's) and in causal order, against bottom-first and random orders.
+
+A class is the unit: its videos go to the actors in chunks (the actor reads each video's label
+volumes and concept assignments itself and decodes the next clip while the model works); once
+its first pass is in, its curves are queued; once those are in, a Ray task summarises the class
+and writes evaluation/class=<k>/ and its marker. The driver keeps a few classes open at a time
+and holds their class probabilities only. A rerun skips finished classes. At the end
+causal_importance goes into concepts.parquet and run.json gets the summaries."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from typing import Any, Iterable, Optional
+import math
+from typing import Any, Optional
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import ray
 
 from pipeline import console, schemas
 from pipeline.activations.params import ActivateParams
+from pipeline.data.ingest import read_ingested_clip
 from pipeline.evaluation.deletion import EvaluateParams, Plan
 from pipeline.evaluation.summary import causal_importance, curves, single_concept_plans, summarise
 from pipeline.orchestration.actors import ModelActors
+from pipeline.orchestration.fanout import ActorQueue
+from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import CONCEPTS, EVALUATION, VOXEL_IMPORTANCE
+from pipeline.run_folder import (CONCEPTS, EVALUATION, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint,
+                                 unit_key)
 from pipeline.stages.base import Job
+from pipeline.stages.segment import rows_of
 
 log = logging.getLogger("pipeline")
 
-Assignment = tuple[list[int], list[Optional[str]]]  # a video's supervoxel ids and the concept of each (or None)
+Outcomes = dict[str, dict[str, dict[Plan, tuple[float, bool]]]]  # video -> layer -> plan -> (prob, correct)
+CHUNK = 8  # videos per actor call at most
 
 
 def run(job: Job) -> None:
@@ -31,93 +49,236 @@ def run(job: Job) -> None:
     c, folder = job.c, job.folder
     for needed in (CONCEPTS, VOXEL_IMPORTANCE):
         folder.require(needed, "evaluate", "concepts")
-    concepts = folder.read(CONCEPTS).to_pylist()
-    vi = folder.read(VOXEL_IMPORTANCE).to_pylist()
-    videos = {r["video_id"]: r for r in folder.read_videos()}
+    concepts = folder.read(CONCEPTS)
+    light = concepts.select(["target_class", "layer", "concept", "rank", "tcav_mean"]).to_pylist()
     ranked: dict[tuple[str, str], list[str]] = {}
-    for row in sorted(concepts, key=lambda r: r["rank"]):
+    for row in sorted(light, key=lambda r: r["rank"]):
         ranked.setdefault((row["target_class"], row["layer"]), []).append(row["concept"])
-    # Each scoring video, scored for its own class: its supervoxels' concepts per layer.
-    assignments: dict[str, dict[str, Assignment]] = {}
-    for row in vi:
-        if videos[row["video_id"]]["label"] == row["target_class"] and (row["target_class"], row["layer"]) in ranked:
-            assignments.setdefault(row["video_id"], {})[row["layer"]] = (row["supervoxel_ids"], row["concepts"])
-    if not assignments:
-        log.warning("evaluate: no scoring video has concepts to remove; nothing to evaluate")
-        job.finish("evaluate", videos=0)
-        return
-    class_of = {vid: videos[vid]["label"] for vid in assignments}
+    tcav_mean = {r["concept"]: r["tcav_mean"] for r in light}
     params = from_section(EvaluateParams, c["evaluate"])
-    actor_params = from_section(ActivateParams, {**c["activate"], "gradients": False, "measure_batch": False})
-    with ModelActors(c, actor_params, job.module) as pool:
-        # Pass 1: causal importance, one concept removed at a time.
-        single = {vid: {layer: single_concept_plans(ranked[(class_of[vid], layer)]) for layer in a}
-                  for vid, a in assignments.items()}
-        first = run_plans(job, pool, videos, assignments, single, "evaluate (causal importance)")
-        causal, correct_without = causal_importance(ranked, first, class_of)
-        # Pass 2: the curves, both rankings, every order, both modes; a plan already run is not run again.
-        curve_sets = curves(ranked, causal, params)
-        todo = {vid: {layer: [p for p in dict.fromkeys(p for *_, ps in curve_sets[(class_of[vid], layer)] for p in ps)
-                              if p not in first[vid][layer]] for layer in a} for vid, a in assignments.items()}
-        second = run_plans(job, pool, videos, assignments, todo, "evaluate (deletion/insertion)")
+    fill = float(c["activate"]["fill"])
+    digest = hashlib.sha256(json.dumps(sorted((r["concept"], r["rank"], r["tcav_mean"]) for r in light)).encode())
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"] + digest.hexdigest(),
+                                        {"evaluate": c["evaluate"], "fill": fill,
+                                         "ground_truth": c["dataset"]["root"] if _synthetic(c) else None}, [])
+    done = folder.done_units("evaluate", [EVALUATION], fingerprint, "evaluate", stale="discard")
+    records = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
+    classes = list(dict.fromkeys(k for k, _ in ranked))
+    todo = [k for k in classes if k not in records]
+    log.info("evaluate: %d classes to evaluate (%d already done)", len(todo), len(records))
 
-    tcav_mean = {r["concept"]: r["tcav_mean"] for r in concepts}
-    rows: list[dict[str, Any]] = []
+    if todo:
+        videos = folder.read_videos()
+        where = folder.label_index()
+        actor_params = from_section(ActivateParams, {**c["activate"], "gradients": False, "measure_batch": False})
+        with ModelActors(c, actor_params, job.module) as pool:
+            runner = ClassRunner(job, pool, videos, where, ranked, params, fill, fingerprint, tcav_mean)
+            records.update(runner.run(todo))
+
     summary: dict[str, dict[str, Any]] = {}
-    for (k, layer), curve_list in curve_sets.items():
-        outcomes = {v: {**first[v][layer], **second[v][layer]} for v in second
-                    if class_of[v] == k and layer in second[v]}
-        if not outcomes:
-            continue
-        points, summary.setdefault(k, {})[layer] = summarise(k, layer, curve_list, outcomes, ranked[(k, layer)],
-                                                             tcav_mean, causal, correct_without)
-        rows += points
-    folder.write_table(EVALUATION, pa.Table.from_pylist(rows, schema=schemas.EVALUATION))
-    for row in concepts:
-        row["causal_importance"] = causal.get(row["concept"])
-    folder.write_table(CONCEPTS, pa.Table.from_pylist(concepts, schema=schemas.CONCEPTS))
-    job.finish("evaluate", videos=len(assignments),
-               plans=sum(len(p) for w in (single, todo) for by_layer in w.values() for p in by_layer.values()),
+    causal: dict[str, float] = {}
+    plans = videos_done = 0
+    for k in classes:
+        if k in records:
+            if records[k]["summary"]:
+                summary[k] = records[k]["summary"]
+            causal.update(records[k]["causal"])
+            plans += records[k]["plans"]
+            videos_done += records[k]["videos"]
+    if not summary:
+        log.warning("evaluate: no scoring video has concepts to remove; nothing to evaluate")
+    values = [causal.get(cn) for cn in concepts.column("concept").to_pylist()]
+    concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance"), "causal_importance",
+                                   pa.array(values, type=pa.float64()))
+    folder.write_table(CONCEPTS, concepts)
+    job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
-    if c["dataset"]["kind"] == "synthetic":
-        ground_truth(job, videos, vi, causal, summary)
     job.record["evaluation_table"] = console.evaluation_table(summary)
 
 
-def run_plans(job: Job, pool: ModelActors, videos: dict[str, dict[str, Any]],
-              assignments: dict[str, dict[str, Assignment]], plans: dict[str, dict[str, list[Plan]]],
-              label: str) -> dict[str, dict[str, dict[Plan, tuple[float, bool]]]]:
-    """Every video's plans on the model actors: {video: {layer: {plan: (class probability,
-    correct)}}}, by video id (whatever order they finished in, so that the means over videos
-    do not depend on the scheduling). Label volumes are read one part at a time and each
-    video's travel with it; a video that fails stops the stage, naming it."""
-    fill = float(job.c["activate"]["fill"])
-    items: Iterable[tuple[str, tuple]] = (
-        (vid, (videos[vid], labels, assignments[vid], plans[vid], fill))
-        for vid, labels in job.folder.iter_label_volumes(set(plans)))
-    out: dict[str, dict[str, dict[Plan, tuple[float, bool]]]] = {}
-    progress = Progress(label, len(plans))
-    for res in pool.call("evaluate", items):
-        if not res.ok:
-            raise RuntimeError(f"{label}: video {res.key!r}: {res.error}")
-        out[res.key] = {layer: dict(zip(plans[res.key][layer], zip(r["prob"], r["correct"])))
-                        for layer, r in res.value.items()}
-        progress.update()
-    missing = sorted(set(plans) - set(out))
-    if missing:
-        raise RuntimeError(f"{label}: no label volumes for {len(missing)} videos, e.g. {missing[:3]}")
-    return dict(sorted(out.items()))
+def _synthetic(c: dict[str, Any]) -> bool:
+    return c["dataset"]["kind"] == "synthetic"
 
 
-def ground_truth(job: Job, videos: dict[str, dict[str, Any]], vi: list[dict[str, Any]], causal: dict[str, float],
-                 summary: dict[str, dict[str, Any]], dilation: int = 3) -> None:
-    """On the synthetic corpus, the share of positive voxel-importance mass inside the dilated
-    actor tube per (class, layer), for causal and TCAV scores and two ground-truth scorings."""
-    from pipeline.evaluation.ground_truth import importance_mass_report, video_actor_tube
+class ClassRunner:
+    """The evaluate stage's scheduler: classes opened a few at a time, each class's two passes
+    on the shared actor queue, each finished class summarised and written by a Ray task."""
 
-    rows = [r for r in vi if videos[r["video_id"]]["label"] == r["target_class"]]
-    volumes = job.folder.label_volumes(sorted({r["video_id"] for r in rows}))
-    tubes = {vid: video_actor_tube(job.c["dataset"]["root"], videos[vid], dilation) for vid in volumes}
-    for (k, layer), shares in importance_mass_report(rows, causal, volumes, tubes).items():
-        if k in summary and layer in summary[k]:
-            summary[k][layer].update(shares)
+    def __init__(self, job: Job, pool: ModelActors, videos: pa.Table, where: dict[str, tuple[str, int]],
+                 ranked: dict[tuple[str, str], list[str]], params: EvaluateParams, fill: float, fingerprint: str,
+                 tcav_mean: dict[str, float]) -> None:
+        self.job, self.pool, self.videos, self.where = job, pool, videos, where
+        self.ranked, self.params, self.fill, self.fingerprint, self.tcav_mean = ranked, params, fill, fingerprint, tcav_mean
+        self.queue = ActorQueue(pool.actors, "run")
+        self.open: dict[str, dict[str, Any]] = {}
+        self.finishing: dict[str, ray.ObjectRef] = {}
+        self.label = dict(zip(videos.column("video_id").to_pylist(), videos.column("label").to_pylist()))
+
+    def run(self, classes: list[str]) -> dict[str, dict[str, Any]]:
+        pending = list(classes)
+        progress = Progress("evaluate", len(classes), unit="classes")
+        while pending and self.queue.backlog < 2 * len(self.pool.actors):
+            self._open(pending.pop(0))
+        records: dict[str, dict[str, Any]] = {}
+        for out in self.queue:
+            k, chunk = out.key
+            state = self.open[k]
+            if out.ok:
+                for vid, by_layer in out.value["outcomes"].items():
+                    state["outcomes"][vid] = {layer: {**state["outcomes"].get(vid, {}).get(layer, {}), **m}
+                                              for layer, m in by_layer.items()}
+                for vid, why in out.value["failed"].items():
+                    state["failed"][vid] = why
+            else:
+                for vid in chunk:
+                    state["failed"][vid] = out.error
+            state["waiting"] -= 1
+            if state["waiting"] == 0:
+                self._next_pass(k)
+            while pending and self.queue.backlog < 2 * len(self.pool.actors):
+                self._open(pending.pop(0))
+            records.update(self._collect(progress, block=False))
+        records.update(self._collect(progress, block=True))
+        return records
+
+    def _open(self, k: str) -> None:
+        """Queue a class's first pass: each scoring video with every concept removed in turn."""
+        vi = self.job.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+        layers_of: dict[str, list[str]] = {}
+        for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
+            if (k, layer) in self.ranked:
+                layers_of.setdefault(vid, []).append(layer)
+        vids = sorted(v for v in layers_of if self.label.get(v) == k)  # a class's own scoring videos
+        plans = {v: {layer: single_concept_plans(self.ranked[(k, layer)]) for layer in layers_of[v]} for v in vids}
+        self.open[k] = {"videos": vids, "outcomes": {}, "failed": {}, "pass": 1, "waiting": 0, "first": plans}
+        if not vids:
+            self._finish(k)
+            return
+        self._queue(k, plans)
+
+    def _queue(self, k: str, plans: dict[str, dict[str, list[Plan]]]) -> None:
+        state = self.open[k]
+        vids = [v for v in state["videos"] if v not in state["failed"]]
+        size = max(1, min(CHUNK, math.ceil(len(vids) / len(self.pool.actors))))
+        chunks = [vids[i:i + size] for i in range(0, len(vids), size)]
+        state["waiting"] = len(chunks)
+        for chunk in chunks:
+            self.queue.put((k, tuple(chunk)), (evaluate_videos, self.job.folder, k, rows_of(self.videos, chunk),
+                                               {v: plans[v] for v in chunk}, {v: self.where[v] for v in chunk},
+                                               self.fill), first=state["pass"] == 2)
+        if not chunks:
+            self._finish(k)
+
+    def _next_pass(self, k: str) -> None:
+        state = self.open[k]
+        if state["pass"] == 2:
+            self._finish(k)
+            return
+        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
+        class_of = {v: k for v in state["outcomes"]}
+        causal, _ = causal_importance(ranked, state["outcomes"], class_of) if state["outcomes"] else ({}, {})
+        state["curves"] = curves(ranked, causal, self.params)
+        second = {v: {layer: [p for p in dict.fromkeys(p for *_, ps in state["curves"][(k, layer)] for p in ps)
+                              if p not in by_layer[layer]] for layer in by_layer}
+                  for v, by_layer in state["outcomes"].items()}
+        state["pass"], state["second"] = 2, second
+        self._queue(k, second)
+
+    def _finish(self, k: str) -> None:
+        """Hand a class whose passes are in to a Ray task that summarises and writes it."""
+        state = self.open.pop(k)
+        for vid, why in sorted(state["failed"].items()):
+            log.warning("evaluate: %s/%s left out: %s", k, vid, why)
+        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
+        plans = sum(len(p) for key in ("first", "second") for by_layer in state.get(key, {}).values()
+                    for p in by_layer.values())
+        root = self.job.c["dataset"]["root"] if _synthetic(self.job.c) else None
+        outcomes = {v: o for v, o in state["outcomes"].items() if v not in state["failed"]}
+        self.finishing[k] = finish_class.remote(
+            self.job.folder, k, ranked, outcomes, {cn: self.tcav_mean[cn] for names in ranked.values()
+                                                            for cn in names},
+            self.params, state["failed"], plans, {v: self.where[v] for v in outcomes}, root, self.fingerprint)
+
+    def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
+        if not self.finishing:
+            return {}
+        refs = list(self.finishing.values())
+        ready, _ = ray.wait(refs, num_returns=len(refs) if block else 1, timeout=None if block else 0)
+        out: dict[str, dict[str, Any]] = {}
+        for k in [k for k, ref in self.finishing.items() if ref in ready]:
+            out[k] = ray.get(self.finishing.pop(k))
+            progress.update()
+        return out
+
+
+def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, Any]],
+                    plans: dict[str, dict[str, list[Plan]]], where: dict[str, tuple[str, int]],
+                    fill: float) -> dict[str, Any]:
+    """A chunk of one class's videos on a model actor (`ModelActor.run`): each video's class
+    probability under each plan; the next video's clip, label volumes and concept assignments
+    loaded while the model works."""
+    def load(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[list[int], list[Optional[str]]]]]:
+        vid = row["video_id"]
+        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), filter=pc.field("video_id") == vid,
+                         columns=["layer", "supervoxel_ids", "concepts"]).to_pylist()
+        assignments = {r["layer"]: (r["supervoxel_ids"], r["concepts"]) for r in vi}
+        return (read_ingested_clip(row, actor.clip_spec).frames, folder.label_volumes([vid], where)[vid], assignments)
+
+    outcomes: Outcomes = {}
+    failed: dict[str, str] = {}
+    for row, loaded in prefetched(rows, load):
+        vid = row["video_id"]
+        try:
+            if isinstance(loaded, Exception):
+                raise loaded
+            clip, labels, assignments = loaded
+            res = actor.evaluate(row, labels, assignments, plans[vid], fill, clip=clip)
+        except Exception as e:  # this video is left out of its class's figures, with the reason
+            failed[vid] = f"{type(e).__name__}: {e}"
+            continue
+        outcomes[vid] = {layer: dict(zip(plans[vid][layer], zip(r["prob"], r["correct"]))) for layer, r in res.items()}
+    return {"outcomes": outcomes, "failed": failed}
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]], outcomes: Outcomes,
+                 tcav_mean: dict[str, float], params: EvaluateParams, failed: dict[str, str], plans: int,
+                 where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],
+                 fingerprint: str) -> dict[str, Any]:
+    """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
+    curves' points and summaries, the ground-truth shares on the synthetic corpus; writes
+    evaluation/class=<k>/ and the class's marker, returns its record."""
+    outcomes = dict(sorted(outcomes.items()))  # by video id: the means do not depend on scheduling
+    class_of = {v: k for v in outcomes}
+    causal, correct_without = causal_importance(ranked, outcomes, class_of) if outcomes else ({}, {})
+    curve_sets = curves(ranked, causal, params)
+    rows: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {}
+    for (_, layer), curve_list in curve_sets.items():
+        mine = {v: by_layer[layer] for v, by_layer in outcomes.items() if layer in by_layer}
+        if not mine:
+            continue
+        points, summary[layer] = summarise(k, layer, curve_list, mine, ranked[(k, layer)], tcav_mean, causal,
+                                           correct_without)
+        rows += points
+    if ground_truth_root and outcomes:
+        from pipeline.evaluation.ground_truth import importance_mass_report, video_actor_tube
+
+        vids = sorted(outcomes)
+        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k),
+                         filter=pc.is_in(pc.field("video_id"), pa.array(vids, type=pa.string()))).to_pylist()
+        volumes = folder.label_volumes(vids, where)
+        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in folder.video_rows(vids)}
+        for (kk, layer), shares in importance_mass_report(vi, causal, volumes, tubes).items():
+            if kk == k and layer in summary:
+                summary[layer].update(shares)
+    if failed:
+        for layer in summary.values():
+            layer["videos_failed"] = len(failed)
+    record = {"class": k, "summary": summary, "causal": causal, "plans": plans, "videos": len(outcomes),
+              "failed": failed}
+    table = pa.Table.from_pylist(rows, schema=schemas.EVALUATION)
+    folder.write_unit("evaluate", unit_key(k), [(f"{EVALUATION}/{partition(target_class=k)}", table)],
+                      [{"record": record}], fingerprint)
+    return json.loads(json.dumps(record, default=float))
+

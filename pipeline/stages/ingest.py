@@ -1,11 +1,17 @@
-"""Step 1, ingest: resolve the corpus into one row per input video, decode every clip once in
-Ray tasks, and write videos.parquet (ok, or failed with the reason). Reused as it is when the
+"""Step 1, ingest: resolve the corpus into one row per input video, read each video's container
+metadata in Ray tasks (units of `segment.videos_per_part` videos, each writing its rows to
+_videos/ and its marker: an ingest of a large corpus resumes after a crash) and write
+videos.parquet in the manifest's order (ok, or failed with the reason). Reused as it is when the
 inputs and the clip settings are unchanged."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.config import ConfigError
@@ -15,10 +21,13 @@ from pipeline.data.video import ClipSpec
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import ParameterError
-from pipeline.run_folder import VIDEOS
+from pipeline.run_folder import VIDEOS, RunFolder
 from pipeline.stages.base import Job, per_second
+from pipeline.stages.segment import unit_batches
 
 log = logging.getLogger("pipeline")
+
+INGESTED = "_videos"  # each unit's videos.parquet rows, until videos.parquet is written
 
 
 def run(job: Job) -> None:
@@ -30,35 +39,76 @@ def run(job: Job) -> None:
         raise ConfigError.from_parameter("dataset", e) from None
     spec = ClipSpec(**c["clip"])
     fingerprint = job.fingerprints["ingest"]
+    ids = [r["video_id"] for r in corpus.rows]
+    paths = [r["path"] for r in corpus.rows]
     if folder.exists(VIDEOS):
-        previous = folder.read(VIDEOS)
-        same_inputs = [(r["video_id"], r["path"]) for r in corpus.rows] == list(
-            zip(previous.column("video_id").to_pylist(), previous.column("path").to_pylist()))
-        if same_inputs and (previous.schema.metadata or {}).get(b"settings", b"").decode() == fingerprint:
+        previous = folder.read_videos(["video_id", "path"])
+        same_inputs = ids == previous.column("video_id").to_pylist() and paths == previous.column("path").to_pylist()
+        if same_inputs and folder.videos_fingerprint() == fingerprint:
             log.info("ingest: videos.parquet already covers these %d videos with these clip settings; reused",
-                     len(corpus.rows))
-            _count(job, previous.to_pylist(), reused=True)
+                     len(ids))
+            _count(job, folder.read_videos(["label", "status"]), reused=True)
             return
-    log.info("ingest: %d videos in %d classes from %s", len(corpus.rows), len(corpus.classes),
+    log.info("ingest: %d videos in %d classes from %s", len(ids), len(corpus.classes),
              c["dataset"]["root"] or c["dataset"]["csv"] or "a list of files")
-    manifest = {r["video_id"]: r for r in corpus.rows}
-    by_id: dict[str, dict[str, Any]] = {}
-    for out in map_tasks(ingest_video, ((r["video_id"], (r,)) for r in corpus.rows), spec,
-                         progress=Progress("ingest", len(corpus.rows)), label_selector=job.cpu_selector):
-        by_id[out.key] = out.value if out.ok else video_row(manifest[out.key], spec, f"ingest failed: {out.error}")
-    rows = [by_id[r["video_id"]] for r in corpus.rows]  # manifest order, whatever finished first
+    done = folder.done_units("ingest", [INGESTED], fingerprint, "clip", stale="discard")
+    have = set()
+    if done.num_rows:
+        got = folder.read(INGESTED, columns=["video_id", "path"])
+        have = set(zip(got.column("video_id").to_pylist(), got.column("path").to_pylist()))
+    todo = [r for r in corpus.rows if (r["video_id"], r["path"]) not in have]
+    if have:
+        log.info("ingest: %d videos already read by an earlier run, %d to go", len(ids) - len(todo), len(todo))
+    units = unit_batches(todo, int(c["segment"]["videos_per_part"]) * 4)
+    progress = Progress("ingest", len(todo))
+    for out in map_tasks(ingest_unit, ((n, (folder, f"{n:05d}", rows)) for n, rows in enumerate(units)), spec,
+                         fingerprint, progress=None, label_selector=job.cpu_selector):
+        progress.update(len(units[out.key]))
+        if not out.ok:
+            rows = [video_row(r, spec, f"ingest failed: {out.error}") for r in units[out.key]]
+            folder.write_unit("ingest", f"{out.key:05d}", [(INGESTED, _rows_table(rows))],
+                              [{"video_id": r["video_id"]} for r in rows], fingerprint)
+    table = manifest_order(folder.read(INGESTED), ids, paths)
+    failed = table.filter(pc.equal(table.column("status"), schemas.FAILED))
+    for vid, why in zip(failed.column("video_id").to_pylist(), failed.column("error").to_pylist()):
+        log.warning("ingest: %s failed: %s", vid, why)
+    folder.write_videos(table, fingerprint)
+    _count(job, table, reused=False)
+
+
+def ingest_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec,
+                fingerprint: str) -> int:
+    """One unit (in a Ray task): each video's row from its container, written with the marker."""
+    out = [ingest_video(r, spec) for r in rows]
+    folder.write_unit("ingest", unit, [(INGESTED, _rows_table(out))], [{"video_id": r["video_id"]} for r in out],
+                      fingerprint)
+    return len(out)
+
+
+def _rows_table(rows: list[dict[str, Any]]) -> pa.Table:
     for r in rows:
         r["failed_stage"] = "ingest" if r["status"] == schemas.FAILED else None
-        if r["status"] == schemas.FAILED:
-            log.warning("ingest: %s failed: %s", r["video_id"], r["error"])
-    folder.write_videos(rows, fingerprint)
-    _count(job, rows, reused=False)
+    return pa.Table.from_pylist(rows, schema=schemas.VIDEOS)
 
 
-def _count(job: Job, rows: list[dict[str, Any]], reused: bool) -> None:
-    failed = sum(r["status"] == schemas.FAILED for r in rows)
+def manifest_order(table: pa.Table, ids: list[str], paths: list[str]) -> pa.Table:
+    """The ingested rows of the manifest's videos, one each, in the manifest's order."""
+    position = {(v, p): i for i, (v, p) in enumerate(zip(ids, paths))}
+    keys = zip(table.column("video_id").to_pylist(), table.column("path").to_pylist())
+    pos = np.asarray([position.get(k, -1) for k in keys], dtype=np.int64)
+    keep = np.flatnonzero(pos >= 0)
+    first = keep[np.unique(pos[keep], return_index=True)[1]]  # one row per manifest entry
+    order = first[np.argsort(pos[first], kind="stable")]
+    if len(order) != len(ids):
+        raise RuntimeError(f"ingest: {len(ids) - len(order)} videos of the manifest have no ingested row")
+    return table.take(pa.array(order))
+
+
+def _count(job: Job, table: pa.Table, reused: bool) -> None:
+    n = table.num_rows
+    failed = int(pc.sum(pc.equal(table.column("status"), schemas.FAILED)).as_py() or 0)
     wall = job.wall("ingest")
-    job.finish("ingest", reused=reused, videos_per_s=None if reused else per_second(len(rows), wall),
-               videos_in=len(rows), videos_ok=len(rows) - failed, videos_failed=failed)
-    job.counts.update(videos_in=len(rows), videos_ok=len(rows) - failed, videos_failed=failed,
-                      classes=len({r["label"] for r in rows}))
+    job.finish("ingest", reused=reused, videos_per_s=None if reused else per_second(n, wall),
+               videos_in=n, videos_ok=n - failed, videos_failed=failed)
+    job.counts.update(videos_in=n, videos_ok=n - failed, videos_failed=failed,
+                      classes=len(set(table.column("label").to_pylist())))

@@ -1,11 +1,15 @@
 """Step 2, segment: every ok video's clip into supervoxels (3D SLIC at several resolutions,
-small and duplicate candidates dropped), one Ray CPU task per video, written in parts of
-`segment.videos_per_part` videos: supervoxels/ (every candidate, with its status) and
-label_volumes/. A rerun skips the videos already done."""
+small and duplicate candidates dropped). One Ray CPU task per unit of up to
+`segment.videos_per_part` videos decodes and segments them and writes the unit's parts itself:
+supervoxels/ (every candidate, with its status) and label_volumes/, one row group per video,
+then its marker. The driver sees only counts. A rerun skips the units already done."""
 
 from __future__ import annotations
 
 import logging
+import math
+import time
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -14,85 +18,138 @@ import pyarrow.compute as pc
 from pipeline import schemas
 from pipeline.data.video import ClipSpec
 from pipeline.orchestration.fanout import map_tasks
-from pipeline.orchestration.runtime import Progress
+from pipeline.orchestration.runtime import Progress, cluster_cpus
 from pipeline.params import from_section
-from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS
+from pipeline.run_folder import DONE, LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
 from pipeline.stages.base import Job, per_second
 
 log = logging.getLogger("pipeline")
 
+STATUSES = (KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT)
+
 
 def run(job: Job) -> None:
     job.begin("segment")
     c, folder = job.c, job.folder
-    rows = folder.read_videos()
     spec = ClipSpec(**c["clip"])
     params = from_section(SegmentParams, c["segment"])
     min_frames = job.window if c["segment"]["short_supervoxels"] == "drop" else None
     fingerprint = job.fingerprints["segment"]
-    # The supervoxel part of a batch is written after its label-volume part: it marks the batch done.
-    done = folder.done_videos(SUPERVOXELS, [LABEL_VOLUMES], fingerprint, "clip/segment")
-    todo = [r for r in rows if r["status"] == schemas.OK and r["video_id"] not in done]
-    log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done),
+    done = folder.done_units("segment", [SUPERVOXELS, LABEL_VOLUMES], fingerprint, "clip/segment")
+    done_ids = set(done.column("video_id").to_pylist())
+    videos = folder.read_videos()
+    videos = videos.filter(pc.equal(videos.column("status"), schemas.OK))
+    todo = [v for v in videos.column("video_id").to_pylist() if v not in done_ids]
+    log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done_ids),
              list(params.n_segments))
 
-    per_part = int(c["segment"]["videos_per_part"])
-    buffer: list[SegmentedVideo] = []
-    failures: dict[str, str] = {}
-    stats = {"candidates": 0, KEPT: 0, DROPPED_SMALL: 0, DROPPED_DUPLICATE: 0, DROPPED_SHORT: 0}
+    units = unit_batches(todo, int(c["segment"]["videos_per_part"]))
+    progress = Progress("segment", len(todo))
+    stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     seconds: list[float] = []
     nodes: dict[str, int] = {}
-    for out in map_tasks(segment_video, ((r["video_id"], (r,)) for r in todo), spec, params, min_frames,
-                         progress=Progress("segment", len(todo)), label_selector=job.cpu_selector):
-        if not out.ok:
-            failures[out.key] = f"segmentation failed: {out.error}"
-            log.warning("segment: %s failed: %s", out.key, failures[out.key])
+    failures: dict[str, str] = {}
+    items = ((n, (folder, f"{n:05d}", rows_of(videos, ids))) for n, ids in enumerate(units))
+    for out in map_tasks(segment_unit, items, spec, params, min_frames, fingerprint, progress=None,
+                         label_selector=job.cpu_selector):
+        ids = units[out.key]
+        progress.update(len(ids))
+        if not out.ok:  # the unit's task died (twice retried): its videos fail with the reason
+            failures.update({v: f"segmentation failed: {out.error}" for v in ids})
             continue
         nodes[out.node] = nodes.get(out.node, 0) + 1
-        result = out.value
-        seconds.append(result.seconds)
-        status = result.table["status"]
-        stats["candidates"] += len(status)
-        for key in (KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT):
-            stats[key] += int((status == key).sum())
-        buffer.append(result)
-        if len(buffer) >= per_part:
-            folder.write_parts(segment_tables(buffer, params.n_segments), fingerprint)
-            buffer = []
-    if buffer:
-        folder.write_parts(segment_tables(buffer, params.n_segments), fingerprint)
+        for k, v in out.value["stats"].items():
+            stats[k] += v
+        seconds += out.value["seconds"]
+    failures.update(unit_failures(folder, "segment"))
+    for vid, why in sorted(failures.items()):
+        log.warning("segment: %s failed: %s", vid, why)
     job.record_failures(failures, "segment")
-    segmented = len(todo) - len(failures)
-    job.finish("segment", videos_segmented=segmented, videos_skipped_done=len(done), videos_failed=len(failures),
-               videos_per_s=per_second(segmented, job.wall("segment")),
+    new_failures = sum(1 for v in todo if v in failures)
+    segmented = len(todo) - new_failures
+    job.finish("segment", videos_segmented=segmented, videos_skipped_done=len(done_ids),
+               videos_failed=new_failures, units=len(units), videos_per_s=per_second(segmented, job.wall("segment")),
                seconds_per_clip_in_task=round(float(np.mean(seconds)), 4) if seconds else None,
                n_segments=list(params.n_segments), supervoxels=stats,
                kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, tasks_per_node=nodes)
-    if segmented or done:
+    if segmented or done_ids:
         status = folder.read(SUPERVOXELS, columns=["status"]).column("status")
         job.counts["supervoxels_kept"] = int(pc.sum(pc.equal(status, KEPT)).as_py() or 0)
 
 
-def segment_tables(results: list[SegmentedVideo], n_segments: list[int]) -> list[tuple[str, pa.Table]]:
-    """One part: the label volumes, then the supervoxel table (the batch's marker), of a batch
-    of segmented videos."""
-    lv_rows: dict[str, list] = {name: [] for name in schemas.LABEL_VOLUMES.names}
-    sv_cols: dict[str, list] = {name: [] for name in schemas.SUPERVOXELS.names}
+def unit_batches(video_ids: list[str], per_part: int, min_units: Optional[int] = None) -> list[list[str]]:
+    """The videos in units of at most `per_part`, and at least two units per CPU of the cluster
+    while there are videos enough (so a small corpus still keeps every core busy)."""
+    if not video_ids:
+        return []
+    min_units = min_units if min_units is not None else 2 * cluster_cpus()
+    size = max(1, min(per_part, math.ceil(len(video_ids) / min_units)))
+    return [video_ids[i:i + size] for i in range(0, len(video_ids), size)]
+
+
+def rows_of(videos: pa.Table, video_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of a few videos of a videos table, in the order asked (what a unit's task gets)."""
+    t = videos.filter(pc.is_in(videos.column("video_id"), pa.array(video_ids, type=pa.string())))
+    by_id = {r["video_id"]: r for r in t.to_pylist()}
+    return [by_id[v] for v in video_ids]
+
+
+def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:
+    """The failed videos in a stage's markers, with their reasons (the markers written by
+    earlier runs of this folder included)."""
+    if not folder.exists(DONE, stage):
+        return {}
+    t = folder.read(f"{DONE}/{stage}", columns=["video_id", "status", "error"])
+    t = t.filter(pc.equal(t.column("status"), schemas.FAILED))
+    return dict(zip(t.column("video_id").to_pylist(), t.column("error").to_pylist()))
+
+
+def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec, params: SegmentParams,
+                 min_frames: Optional[int], fingerprint: str) -> dict[str, Any]:
+    """One unit (in a Ray task): segment its videos, write their supervoxels and label volumes
+    (one row group per video) and the unit's marker; return the counts."""
+    results: list[SegmentedVideo] = []
+    markers: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            res = segment_video(row, spec, params, min_frames)
+        except Exception as e:  # a video that cannot be read or segmented fails alone
+            markers.append({"video_id": row["video_id"], "status": schemas.FAILED,
+                            "error": f"segmentation failed: {type(e).__name__}: {e}"})
+            continue
+        markers.append({"video_id": row["video_id"], "row_group": len(results)})
+        results.append(res)
+    stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     for res in results:
+        status = res.table["status"]
+        stats["candidates"] += len(status)
+        for key in STATUSES:
+            stats[key] += int((status == key).sum())
+    outputs = segment_tables(results, params.n_segments) if results else []
+    t0 = time.perf_counter()
+    folder.write_unit("segment", unit, outputs, markers, fingerprint)
+    return {"stats": stats, "seconds": [r.seconds for r in results], "write_s": time.perf_counter() - t0}
+
+
+def segment_tables(results: list[SegmentedVideo], n_segments: list[int]) -> list[tuple[str, list[pa.Table]]]:
+    """A unit's parts: the label volumes, then the supervoxel table, each a row group per video."""
+    label_groups, sv_groups = [], []
+    for res in results:
+        lv: dict[str, list] = {name: [] for name in schemas.LABEL_VOLUMES.names}
         for r in range(res.labels.shape[0]):
-            lv_rows["video_id"].append(res.video_id)
-            lv_rows["resolution"].append(r)
-            lv_rows["n_segments"].append(n_segments[r])
-            lv_rows["shape"].append(list(res.labels.shape[1:]))
-            lv_rows["labels"].append(np.ascontiguousarray(res.labels[r], dtype=np.uint16).tobytes())
+            lv["video_id"].append(res.video_id)
+            lv["resolution"].append(r)
+            lv["n_segments"].append(n_segments[r])
+            lv["shape"].append(list(res.labels.shape[1:]))
+            lv["labels"].append(np.ascontiguousarray(res.labels[r], dtype=np.uint16).tobytes())
+        label_groups.append(pa.table(lv, schema=schemas.LABEL_VOLUMES))
         n = len(res.table["supervoxel_id"])
-        sv_cols["video_id"].append(np.full(n, res.video_id, dtype=object))
-        sv_cols["n_segments"].append(np.asarray(n_segments, dtype=np.int32)[res.table["resolution"]])
+        cols = {"video_id": pa.array([res.video_id] * n, type=pa.string()),
+                "n_segments": pa.array(np.asarray(n_segments, dtype=np.int32)[res.table["resolution"]])}
         for name in schemas.SUPERVOXELS.names:
-            if name not in ("video_id", "n_segments"):
-                sv_cols[name].append(res.table[name])
-    supervoxels = pa.table({k: pa.array(np.concatenate(v), type=schemas.SUPERVOXELS.field(k).type)
-                            for k, v in sv_cols.items()}, schema=schemas.SUPERVOXELS)
-    return [(LABEL_VOLUMES, pa.table(lv_rows, schema=schemas.LABEL_VOLUMES)), (SUPERVOXELS, supervoxels)]
+            if name not in cols:
+                cols[name] = pa.array(res.table[name], type=schemas.SUPERVOXELS.field(name).type)
+        sv_groups.append(pa.table({k: cols[k] for k in schemas.SUPERVOXELS.names}, schema=schemas.SUPERVOXELS))
+    return [(LABEL_VOLUMES, label_groups), (SUPERVOXELS, sv_groups)]
