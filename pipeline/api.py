@@ -233,9 +233,9 @@ class Run:
     supervoxels = cached_property(lambda self: self.table("supervoxels"))
     predictions = cached_property(lambda self: self.table("predictions"))
     concepts = cached_property(lambda self: self.table("concepts"))
-    concept_members = cached_property(lambda self: self.table("concept_members"))
-    tcav = cached_property(lambda self: self.table("tcav"))
-    evaluation = cached_property(lambda self: self.table("evaluation"))
+    concept_members = cached_property(lambda self: self.table(CONCEPT_MEMBERS))
+    tcav = cached_property(lambda self: self.table(TCAV))
+    evaluation = cached_property(lambda self: self.table(EVALUATION))
 
     def activations(self, layer: Optional[str] = None, target_class: Optional[str] = None,
                     clips: bool = False) -> Any:

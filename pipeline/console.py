@@ -77,13 +77,13 @@ def print_summary(record: dict[str, Any]) -> None:
         print(f"supervoxels kept: {counts['supervoxels_kept']}  (supervoxels/, label_volumes/)")
     if "concepts_found" in counts:
         print(f"concepts: {counts['concepts_found']} found, {counts['concepts_significant']} significant "
-              "(concepts.parquet, concept_members.parquet, tcav.parquet)")
+              "(concepts.parquet, concept_members/, tcav_scores/)")
         for line in record.get("concept_table", []):
             print("  " + line)
     if record["stages"].get("report", {}).get("path"):
         print(f"report: {record['stages']['report']['path']}")
     if record.get("evaluation_table"):
-        print("evaluation (evaluation.parquet; concepts.parquet causal_importance):")
+        print("evaluation (evaluation/; concepts.parquet causal_importance):")
         for line in record["evaluation_table"]:
             print("  " + line)
     for name, s in record["stages"].items():

@@ -1,11 +1,12 @@
 """The main job, `python -m pipeline`: the method's steps as stages, top to bottom.
 
-    ingest    resolve the corpus, decode every video's clip once       -> videos.parquet
+    ingest    resolve the corpus, read each container's metadata (tasks) -> videos.parquet
     segment   3D SLIC at several resolutions, dedupe (CPU tasks)        -> supervoxels/, label_volumes/
-    activate  patches built on the device, model layers (actor pool)    -> activations/, predictions/
+    activate  patches built on the device, model layers (actor pool)    -> activations/, clip_activations/,
+                                                                           predictions/
     concepts  k-means, acceptance rules, CAVs, TCAV, significance (a task per class and layer)
-              -> concepts.parquet, concept_members.parquet, tcav.parquet, voxel_importance/
-    evaluate  causal importance, deletion/insertion curves (actor pool) -> evaluation.parquet
+              -> concepts.parquet, concept_members/, tcav_scores/, voxel_importance/
+    evaluate  causal importance, deletion/insertion curves (actor pool) -> evaluation/
     report    report/index.html (a task per class)
 
 `run_job` validates the config, takes the run folder's lease, runs the configured stages

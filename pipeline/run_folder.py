@@ -36,7 +36,7 @@ ACTIVATIONS = "activations"
 PREDICTIONS = "predictions"
 CONCEPTS = "concepts.parquet"
 CONCEPT_MEMBERS = "concept_members"
-TCAV = "tcav"
+TCAV = "tcav_scores"
 VOXEL_IMPORTANCE = "voxel_importance"
 EVALUATION = "evaluation"
 REPORT = "report"
@@ -357,10 +357,15 @@ class RunFolder:
 
 
 def partition(**keys: Optional[str]) -> str:
-    """The partition folder of a dataset for these keys (`layer=...`, `class=...`), each value
-    percent-encoded (class names hold spaces, slashes, apostrophes)."""
-    names = {"target_class": "class"}
-    return "/".join(f"{names.get(k, k)}={quote(str(v), safe='')}" for k, v in keys.items())
+    """The partition folder of a dataset for these keys, in the order given (`layer`,
+    `target_class`): one folder level per key, named by its value, percent-encoded (class names
+    hold spaces, slashes, apostrophes). Plain names, not Hive's `key=value`: a reader that
+    guesses Hive partitions (pandas, DuckDB) would add the keys again as columns."""
+    def name(v: Optional[str]) -> str:
+        q = quote(str(v), safe="")
+        return "%2E" + q[1:] if q.startswith(".") else q  # never "." or "..", never hidden
+
+    return "/".join(name(v) for v in keys.values())
 
 
 def _json_default(obj: Any) -> Any:

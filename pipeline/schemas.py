@@ -62,7 +62,8 @@ LABEL_VOLUMES = pa.schema(
     ]
 )
 
-# activations/: one row per (video or supervoxel, layer).
+# activations/<layer>/<class>/: one row per (kept supervoxel, layer); clip_activations/<layer>/<class>/
+# (same schema): one row per (whole clip, layer), supervoxel_id -1, with the gradient.
 ACTIVATIONS = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
@@ -117,7 +118,7 @@ CONCEPTS = pa.schema(
     ]
 )
 
-# concept_members.parquet: one row per member supervoxel of a concept.
+# concept_members/<class>/<layer>/: one row per member supervoxel of a concept.
 CONCEPT_MEMBERS = pa.schema(
     [
         pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
@@ -125,7 +126,7 @@ CONCEPT_MEMBERS = pa.schema(
     ]
 )
 
-# tcav.parquet: one row per (concept or the random baseline, random set).
+# tcav_scores/<class>/<layer>/: one row per (concept or the random baseline, random set).
 TCAV = pa.schema(
     [
         pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
@@ -151,7 +152,7 @@ VOXEL_IMPORTANCE = pa.schema(
 )
 
 
-# evaluation.parquet: one row per curve point of the deletion/insertion experiments, plus one
+# evaluation/<class>/: one row per curve point of the deletion/insertion experiments, plus one
 # area-under-the-curve row per curve (kind "auc", k null, accuracy and mean_prob holding the
 # areas over k scaled to [0, 1]). ranking: the concept order the curves follow (tcav, the
 # paper's, or causal); order: top (most important first), bottom, random (mean of the draws).

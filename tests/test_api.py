@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pipeline import explain, open_run
+from pipeline.io import read_parts
 from tests.conftest import ROOT
 
 
@@ -51,7 +52,12 @@ def test_the_readme_example_runs_and_its_run_reads_back(example):
     assert run.supervoxel_mask(kept.video_id, int(kept.supervoxel_id)).sum() == kept.volume
     again = ns["again"]
     assert again.record == run.record and repr(again).startswith(f"Run({run.path!r}: 12 videos")
-    pd.testing.assert_frame_equal(again.evaluation, pd.read_parquet(os.path.join(run.path, "evaluation.parquet")))
+    pd.testing.assert_frame_equal(again.evaluation, read_parts(os.path.join(run.path, "evaluation")).to_pandas())
+    layer = run.concepts.layer[0]
+    one = run.activations(layer, target_class="advance")  # one partition read
+    assert set(one.layer) == {layer} and set(run.videos.set_index("video_id").label[one.video_id]) == {"advance"}
+    clips = run.activations(layer, clips=True)
+    assert (clips.supervoxel_id == -1).all() and len(clips) == len(run.predictions)
 
 
 def test_an_nn_module_gives_the_named_models_explanation(example):

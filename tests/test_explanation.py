@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -25,7 +26,7 @@ def test_every_class_has_an_actor_concept(small_run):
     out, record = small_run["out"], small_run["record"]
     root = record["config"]["dataset"]["root"]
     videos = {r["video_id"]: r for r in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()}
-    members = pq.read_table(os.path.join(out, "concept_members.parquet")).to_pandas()
+    members = read_parts(os.path.join(out, "concept_members")).to_pandas()
     volumes = RunFolder(out).label_volumes(sorted(set(members.video_id)))
     tubes = {}
     best: dict[tuple[str, str], float] = {}
@@ -60,7 +61,7 @@ def test_batched_cavs_agree_with_sklearn_on_the_runs_activations(small_run):
     from pipeline.scoring.tcav import score_concepts
 
     out = small_run["out"]
-    act = read_parts(os.path.join(out, "activations")).to_pandas()
+    act = pd.concat([read_parts(os.path.join(out, name)).to_pandas() for name in ("activations", "clip_activations")])
     pred = read_parts(os.path.join(out, "predictions")).to_pandas()
     k, layer = "advance", "layer2"
     discovery, scoring = split_videos(sorted(pred.video_id[pred.label == k]), 0.5, 0)
@@ -110,7 +111,7 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     removing the most important concept first never helps less than a random one and the top-k
     deletion curve lies no higher than the bottom-k one."""
     out, record = small_run["out"], small_run["record"]
-    ev = pq.read_table(os.path.join(out, "evaluation.parquet")).to_pandas()
+    ev = read_parts(os.path.join(out, "evaluation")).to_pandas()
     concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
     assert concepts.causal_importance.notna().all()
     points = ev[ev.kind == "point"]
@@ -149,4 +150,55 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     run = open_run(out)
     tcav, causal = run.voxel_importance(vid), run.voxel_importance(vid, score="causal")
     assert tcav.shape == causal.shape == (16, 112, 112) and not np.array_equal(tcav, causal)
-    assert "evaluation (evaluation.parquet" in small_run["stdout"]
+    assert "evaluation (evaluation/" in small_run["stdout"]
+
+
+def test_a_reader_of_one_video_reads_one_row_group(small_run, monkeypatch):
+    """Label volumes, a supervoxel's mask and a video's voxel importance: each read takes the
+    file's footer and that video's row group, not its part file (bytes counted at the file)."""
+    import io as pyio
+
+    from pipeline import io
+    from pipeline.run_folder import RunFolder
+
+    out = small_run["out"]
+    folder = RunFolder(out)
+    vid, (part, group) = sorted(folder.label_index().items())[0]
+    path = os.path.join(out, "label_volumes", part)
+    meta = pq.ParquetFile(path).metadata
+    assert meta.num_row_groups >= 4
+    rg = meta.row_group(group)
+    its_group = sum(rg.column(i).total_compressed_size for i in range(rg.num_columns))
+    read = []
+    opened = io.open_input_file
+
+    class Counting(pyio.RawIOBase):
+        def __init__(self, f):
+            self.f = f
+
+        def readable(self):
+            return True
+
+        def seekable(self):
+            return True
+
+        def seek(self, offset, whence=0):
+            return self.f.seek(offset, whence)
+
+        def tell(self):
+            return self.f.tell()
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+    monkeypatch.setattr(io, "open_input_file", lambda p: Counting(opened(p)))
+    assert folder.label_volumes([vid])[vid].shape[0] == len(small_run["record"]["config"]["segment"]["n_segments"])
+    assert its_group <= sum(read) <= its_group + meta.serialized_size + 64 * 1024  # its group and the footer
+    assert sum(read) < os.path.getsize(path) / 2
+    read.clear()
+    sid = int(pq.read_table(os.path.join(out, "supervoxels", part), filters=[("video_id", "==", vid)])
+              .column("supervoxel_id")[0].as_py())
+    assert folder.supervoxel_mask(vid, sid).any()
+    assert sum(read) < 2 * (its_group + meta.serialized_size) + 128 * 1024  # and its supervoxel rows

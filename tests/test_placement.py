@@ -44,8 +44,8 @@ def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(thre
     assert ray.is_initialized()
     seg, act = record["stages"]["segment"], record["stages"]["activate"]
     assert seg["videos_segmented"] == 9 and act["videos_activated"] == 9
-    assert sum(seg["tasks_per_node"].values()) == 9
-    assert set(seg["tasks_per_node"]) <= three_node_cluster["cpu"], seg["tasks_per_node"]
+    assert sum(seg["videos_per_node"].values()) == 9
+    assert set(seg["videos_per_node"]) <= three_node_cluster["cpu"], seg["videos_per_node"]
     assert act["actor_nodes"] == [three_node_cluster["gpu"]]
 
 

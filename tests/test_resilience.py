@@ -1,6 +1,8 @@
 """Resume and fault tolerance, as a user meets them: the driver killed during the activation
-stage and the job run again on a bigger share of the machine (other scheduling settings); a Ray
-worker killed while it segments a video. Both end with the outputs of an uninterrupted run."""
+stage and the job run again on a bigger share of the machine (other scheduling settings); the
+driver killed during the concepts stage, then during evaluate; a Ray worker killed while it
+segments. Each ends with the outputs of an uninterrupted run, and a rerun redoes only the units
+of work that were not finished."""
 
 from __future__ import annotations
 
@@ -54,19 +56,43 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+KEYS = {"concepts.parquet": ["target_class", "layer", "concept"],
+        "concept_members": ["concept", "video_id", "supervoxel_id"],
+        "tcav_scores": ["target_class", "layer", "concept", "random_set"],
+        "evaluation": ["target_class", "layer", "ranking", "mode", "order", "kind", "k"],
+        "voxel_importance": ["video_id", "target_class", "layer"]}
+
+
 def _same_outputs(a: str, b: str) -> None:
+    """Two run folders hold the same results (whatever parts their work was cut into)."""
     key = ["layer", "video_id", "supervoxel_id"]
-    act_a = read_parts(os.path.join(a, "activations")).to_pandas().sort_values(key).reset_index(drop=True)
-    act_b = read_parts(os.path.join(b, "activations")).to_pandas().sort_values(key).reset_index(drop=True)
-    assert len(act_a) == len(act_b) and act_a[key].equals(act_b[key])
-    assert all((x == y).all() for x, y in zip(act_a.vector, act_b.vector))
+    for name in ("activations", "clip_activations"):
+        act_a = read_parts(os.path.join(a, name)).to_pandas().sort_values(key).reset_index(drop=True)
+        act_b = read_parts(os.path.join(b, name)).to_pandas().sort_values(key).reset_index(drop=True)
+        assert len(act_a) == len(act_b) and act_a[key].equals(act_b[key])
+        assert all((x == y).all() for x, y in zip(act_a.vector, act_b.vector))
     sv = [read_parts(os.path.join(d, "supervoxels")).to_pandas().sort_values(["video_id", "supervoxel_id"])
           .reset_index(drop=True) for d in (a, b)]
     assert sv[0].equals(sv[1])
-    for name in ("concepts.parquet", "concept_members.parquet", "tcav.parquet", "evaluation.parquet",
-                 "voxel_importance"):
-        pd.testing.assert_frame_equal(pq.read_table(os.path.join(a, name)).to_pandas(),
-                                      pq.read_table(os.path.join(b, name)).to_pandas())
+    for name, k in KEYS.items():
+        x, y = ((pq.read_table(os.path.join(d, name)) if name.endswith(".parquet") else read_parts(os.path.join(d, name)))
+                .to_pandas().sort_values(k).reset_index(drop=True) for d in (a, b))
+        pd.testing.assert_frame_equal(x, y)
+
+
+def _markers(out: str, stage: str) -> int:
+    """Units of a stage marked done in a run folder (rows of its markers)."""
+    return sum(pq.read_metadata(p).num_rows for p in glob.glob(os.path.join(out, "_done", stage, "part-*.parquet")))
+
+
+def _kill_when(proc: subprocess.Popen, out: str, stage: str, at_least: int, log: str) -> int:
+    """Kill the driver (and its Ray) once `at_least` units of `stage` are done; returns how many were."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None and _markers(out, stage) < at_least:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"the run ended before {stage} could be interrupted: " + open(log).read()[-2000:]
+    _kill_tree(proc)
+    return _markers(out, stage)
 
 
 # Scheduling settings: they change how the work is cut and spread, never an output, so a run
@@ -79,16 +105,7 @@ def test_a_driver_killed_during_activation_resumes_with_other_scheduling_without
     out = str(clean_run["base"] / "killed")
     args = _args(clean_run["corpus"], out)
     proc = _start(args, out + ".log")
-    deadline = time.monotonic() + 300
-    parts: list[str] = []
-    while time.monotonic() < deadline and proc.poll() is None:
-        parts = glob.glob(os.path.join(out, "predictions", "part-*.parquet"))
-        if len(parts) >= 2:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be interrupted: " + open(out + ".log").read()[-2000:]
-    _kill_tree(proc)
-    done = sum(pq.read_metadata(p).num_rows for p in glob.glob(os.path.join(out, "predictions", "part-*.parquet")))
+    done = _kill_when(proc, out, "activate", 2, out + ".log")
     assert 0 < done < 12
     assert not os.path.exists(os.path.join(out, "concepts.parquet"))
     res = run_cli(*args, *OTHER_SCHEDULING)
@@ -98,6 +115,24 @@ def test_a_driver_killed_during_activation_resumes_with_other_scheduling_without
     assert stage["activate"]["videos_skipped_done"] == done  # completed work not redone
     assert stage["activate"]["videos_activated"] == 12 - done
     assert stage["activate"]["actors"] == 2
+    _same_outputs(clean_run["out"], out)
+
+
+def test_a_driver_killed_during_concepts_then_during_evaluate_redoes_only_unfinished_units(clean_run):
+    out = str(clean_run["base"] / "reductions")
+    args = _args(clean_run["corpus"], out)
+    pairs_done = _kill_when(_start(args, out + ".log"), out, "concepts", 1, out + ".log")
+    assert 0 < pairs_done < 6  # 3 classes x 2 layers
+    assert not os.path.exists(os.path.join(out, "concepts.parquet"))
+    classes_done = _kill_when(_start(args, out + ".2.log"), out, "evaluate", 1, out + ".2.log")
+    record = json.load(open(os.path.join(out, "run.json")))  # the second run's, up to the concepts stage
+    assert record["stages"]["concepts"]["pairs_skipped_done"] == pairs_done
+    assert 0 < classes_done < 3
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    stage = json.load(open(os.path.join(out, "run.json")))["stages"]
+    assert stage["concepts"]["pairs_skipped_done"] == 6
+    assert stage["evaluate"]["classes_skipped_done"] == classes_done
     _same_outputs(clean_run["out"], out)
 
 
@@ -116,7 +151,7 @@ def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
                 cmd = " ".join(p.cmdline())
             except psutil.Error:
                 continue
-            if cmd.startswith("ray::segment_video"):
+            if cmd.startswith("ray::segment_unit"):
                 p.kill()  # a worker in the middle of segmenting a video
                 killed = cmd
                 break

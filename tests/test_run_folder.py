@@ -15,17 +15,47 @@ import pyarrow as pa
 import pytest
 
 from pipeline.lease import Lease, LeaseError
-from pipeline.run_folder import LEASE, RunFolder, fingerprints
+from pipeline.run_folder import LEASE, RunFolder, RunFolderError, fingerprints
+
+
+def _unit(folder: RunFolder, n: int, fingerprint: str = "x") -> None:
+    folder.write_unit("stage", f"{n:05d}", [("data", pa.table({"video_id": [f"v{n}"]}))], [{"video_id": f"v{n}"}],
+                      fingerprint)
 
 
 def test_two_writers_of_one_dataset_never_collide(tmp_path):
     a, b = RunFolder(str(tmp_path), "20260101T000000-aaaaaa"), RunFolder(str(tmp_path), "20260101T000000-bbbbbb")
     for folder, n in ((a, 1), (b, 2), (a, 3)):
-        folder.write_parts([("data", pa.table({"video_id": [f"v{n}"]}))], fingerprint="x")
+        _unit(folder, n)
     files = sorted(os.listdir(tmp_path / "data"))
     assert len(files) == 3 and len(set(files)) == 3
     assert sorted(a.read("data").column("video_id").to_pylist()) == ["v1", "v2", "v3"]
-    assert a.done_videos("data", [], "x", "test") == {"v1", "v2", "v3"}
+    assert sorted(a.done_units("stage", ["data"], "x", "test").column("video_id").to_pylist()) == ["v1", "v2", "v3"]
+
+
+def test_a_unit_without_its_marker_is_removed_and_other_settings_are_refused_or_discarded(tmp_path):
+    folder = RunFolder(str(tmp_path), "run-a")
+    _unit(folder, 1)
+    (tmp_path / "data" / "part-run-a-00002.parquet").write_bytes(
+        (tmp_path / "data" / "part-run-a-00001.parquet").read_bytes())  # a crash before its marker
+    assert folder.done_units("stage", ["data"], "x", "test").column("video_id").to_pylist() == ["v1"]
+    assert sorted(os.listdir(tmp_path / "data")) == ["part-run-a-00001.parquet"]
+    with pytest.raises(RunFolderError, match="other test settings"):
+        folder.done_units("stage", ["data"], "y", "test")
+    assert folder.done_units("stage", ["data"], "y", "test", stale="discard").num_rows == 0
+    assert os.listdir(tmp_path / "data") == [] and os.listdir(tmp_path / "_done" / "stage") == []
+
+
+def test_a_worker_of_a_driver_that_lost_the_folder_writes_nothing(tmp_path):
+    import pickle
+
+    worker = pickle.loads(pickle.dumps(RunFolder(str(tmp_path), "run-a")))  # as a Ray task gets it
+    _lease_file(tmp_path, run_id="run-a")
+    _unit(worker, 1)
+    _lease_file(tmp_path, run_id="run-b")  # another driver took the folder over
+    with pytest.raises(RunFolderError, match="no longer holds"):
+        _unit(worker, 2)
+    assert RunFolder(str(tmp_path)).read("data").column("video_id").to_pylist() == ["v1"]
 
 
 def _lease_file(root, **fields) -> None:
@@ -61,13 +91,13 @@ def test_a_driver_that_lost_its_lease_stops_before_its_next_write(tmp_path):
     folder = RunFolder(str(tmp_path), "run-a")
     with Lease(str(tmp_path), "run-a", ttl=0.4) as lease:
         folder.lease = lease
-        folder.write_parts([("data", pa.table({"video_id": ["v1"]}))], fingerprint="x")
+        _unit(folder, 1)
         _lease_file(tmp_path, run_id="run-b")  # taken over (this run looked dead)
         deadline = time.monotonic() + 10
         while lease.lost is None and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(LeaseError, match="lost its lease.*'run-b'"):
-            folder.write_parts([("data", pa.table({"video_id": ["v2"]}))], fingerprint="x")
+            _unit(folder, 2)
     assert json.loads((tmp_path / LEASE).read_text())["run_id"] == "run-b"  # not released by the loser
     assert folder.read("data").column("video_id").to_pylist() == ["v1"]
 

@@ -9,6 +9,7 @@ import os
 import shutil
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -46,7 +47,10 @@ def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_ru
     sv = read_parts(os.path.join(out, "supervoxels")).to_pylist()
     ok_ids = {v["video_id"] for v in videos if v["status"] == "ok"}
     assert {r["video_id"] for r in sv} == ok_ids  # every ok video segmented, the failed one not
-    assert len(os.listdir(os.path.join(out, "supervoxels"))) == 3  # 12 videos, 4 per part
+    parts = sorted(os.listdir(os.path.join(out, "supervoxels")))
+    assert len(parts) == 4  # 12 videos in units of at most 4 (videos_per_part), at least two per CPU: 4 of 3
+    for name in ("supervoxels", "label_volumes"):  # one row group per video
+        assert [pq.ParquetFile(os.path.join(out, name, p)).num_row_groups for p in parts] == [3, 3, 3, 3]
     kept = [r for r in sv if r["status"] == "kept"]
     assert len(kept) >= 12 * 10
     from pipeline.segmentation.supervoxels import split_supervoxel_id
@@ -73,7 +77,7 @@ def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
     out = segmented_run["out"]
     sv = read_parts(os.path.join(out, "supervoxels")).to_pandas()
     kept = sv[sv.status == "kept"]
-    act = read_parts(os.path.join(out, "activations")).to_pandas()
+    act = pd.concat([read_parts(os.path.join(out, name)).to_pandas() for name in ("activations", "clip_activations")])
     for layer in ("layer2", "layer3"):  # the demo model's recommended layers
         rows = act[act.layer == layer]
         got = set(zip(rows.video_id, rows.supervoxel_id))
@@ -92,8 +96,7 @@ def test_every_kept_supervoxel_and_every_clip_has_vectors(segmented_run):
 def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     out = segmented_run["out"]
     concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
-    members = pq.read_table(os.path.join(out, "concept_members.parquet")).to_pandas()
-    tcav = pq.read_table(os.path.join(out, "tcav.parquet")).to_pandas()
+    members, tcav = (_sorted(out, name) for name in ("concept_members", "tcav_scores"))
     for col in ("target_class", "layer", "concept", "rank", "size", "num_videos", "tcav_mean", "tcav_std", "p_value",
                 "significant", "cav_accuracy", "centroid"):
         assert col in concepts.columns
@@ -121,23 +124,32 @@ def test_concepts_tables_and_same_seed_same_outputs(segmented_run):
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert pq.read_table(os.path.join(other, "concepts.parquet")).to_pandas().equals(concepts)
-    assert pq.read_table(os.path.join(other, "tcav.parquet")).to_pandas().equals(tcav)
-    assert pq.read_table(os.path.join(other, "concept_members.parquet")).to_pandas().equals(members)
+    assert _sorted(other, "tcav_scores").equals(tcav)
+    assert _sorted(other, "concept_members").equals(members)
 
 
-def _parts(out: str, dataset: str) -> list[str]:
-    """A dataset's part files in the order they were written (their names: the run's id, a counter)."""
-    return sorted(glob.glob(os.path.join(out, dataset, "part-*.parquet")))
+def _sorted(out: str, dataset: str) -> pd.DataFrame:
+    """A dataset written in parts, in a stable order (the parts' order is the scheduling's)."""
+    df = read_parts(os.path.join(out, dataset)).to_pandas()
+    return df.sort_values([c for c in ("target_class", "layer", "concept", "random_set", "video_id", "supervoxel_id")
+                           if c in df.columns]).reset_index(drop=True)
+
+
+def _markers(out: str, stage: str) -> list[str]:
+    """A stage's marker files in the order they were written (their names: the run's id, a counter)."""
+    return sorted(glob.glob(os.path.join(out, "_done", stage, "part-*.parquet")))
 
 
 def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     out, args = segmented_run["out"], segmented_run["args"]
     before = read_parts(os.path.join(out, "supervoxels")).to_pandas()
-    os.remove(_parts(out, "supervoxels")[2])  # as if the run had crashed there
+    lost = _markers(out, "segment")[2]
+    n = pq.read_metadata(lost).num_rows
+    os.remove(lost)  # as if the run had crashed before this unit's marker: its parts are leftovers
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     seg = json.load(open(os.path.join(out, "run.json")))["stages"]["segment"]
-    assert seg["videos_skipped_done"] == 8 and seg["videos_segmented"] == 4
+    assert seg["videos_skipped_done"] == 12 - n and seg["videos_segmented"] == n
     after = read_parts(os.path.join(out, "supervoxels")).to_pandas()
     key = ["video_id", "supervoxel_id"]
     assert after.sort_values(key).reset_index(drop=True).equals(before.sort_values(key).reset_index(drop=True))
@@ -152,8 +164,9 @@ def test_changed_settings_do_not_mix_with_old_outputs(segmented_run):
 
 def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
     out, args = segmented_run["out"], segmented_run["args"]
-    first = _parts(out, "predictions")[0]
+    first = _markers(out, "activate")[0]
     victim = pq.read_table(first).column("video_id")[0].as_py()
+    n = pq.read_metadata(first).num_rows
     folder = [a for a in args if a.startswith("dataset.root=")][0].split("=", 1)[1]
     with open(os.path.join(folder, victim + ".mp4"), "r+b") as f:  # corrupt it after segmentation
         f.seek(0)
@@ -162,7 +175,7 @@ def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["activate"]
-    assert stage["videos_failed"] == 1 and stage["videos_activated"] == 3 and stage["videos_skipped_done"] == 8
+    assert stage["videos_failed"] == 1 and stage["videos_activated"] == n - 1 and stage["videos_skipped_done"] == 12 - n
     row = {v["video_id"]: v for v in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist()}[victim]
     assert row["status"] == "failed" and row["failed_stage"] == "activate"
     assert "activation failed" in row["error"]

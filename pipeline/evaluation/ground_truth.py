@@ -65,7 +65,7 @@ def actor_concept_report(concepts: Sequence[dict[str, Any]], members: Sequence[d
     """Per (class, layer): the concept whose members lie most inside the actor tube (the "actor
     concept") with its rank, TCAV score and p-value, how many concepts lie mostly on the actor,
     and the share of positive voxel-importance mass inside the tube. `concepts`, `members`,
-    `importance`: rows of concepts.parquet, concept_members.parquet, voxel_importance/."""
+    `importance`: rows of concepts.parquet, concept_members/, voxel_importance/."""
     from pipeline.scoring.voxel_importance import importance_map
     from pipeline.segmentation.supervoxels import supervoxel_mask
 

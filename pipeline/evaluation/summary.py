@@ -70,7 +70,7 @@ def curves(ranked: dict[Key, list[str]], causal: dict[str, float], params: Evalu
 def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
               names: list[str], tcav_mean: dict[str, float], causal: dict[str, float],
               correct_without: dict[str, list[float]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """evaluation.parquet's rows of one (class, layer) and its run.json summary.
+    """evaluation/ rows of one (class, layer) and its run.json summary.
     `outcomes[video][plan]`: the class's scoring videos at this layer; `names`: its concepts in
     rank order."""
     from scipy.stats import spearmanr

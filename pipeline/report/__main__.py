@@ -52,13 +52,14 @@ def main(argv: list[str]) -> int:
             raise ConfigError(str(unknown[0]), "unknown; known: run_dir, report.*")
         overrides = cli.get("report") or {}
         report_settings(overrides)  # a bad key fails before anything is read
-        folder = RunFolder(run_dir)
+        run_id = new_run_id()
+        folder = RunFolder(run_dir, run_id)
         if not folder.exists(RUN_JSON):
             raise RunFolderError(f"{run_dir} is not a run folder (no {RUN_JSON})")
         record = io.read_json(folder.path(RUN_JSON))
         c = record["config"]
         c["report"] = report_settings(c.get("report") or {}, overrides)
-        with Lease(run_dir, new_run_id()) as lease:
+        with Lease(run_dir, run_id) as lease:
             folder.lease = lease
             init_ray({**c.get("ray", {}), "address": None})
             out = build_report(folder, c, record)

@@ -72,7 +72,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
 <p class="meta">Concepts are ranked by mean TCAV score (the paper's ordering); causal importance is the mean drop in
 class probability when the concept's voxels are mean-filled in the class's scoring videos. Each card's clips are the
 members nearest the concept's centroid, the supervoxel outlined in yellow on its source clip, everything else
-dimmed. Curves and tables are in evaluation.parquet; scores in concepts.parquet.</p>
+dimmed. Curves and tables are in evaluation/; scores in concepts.parquet.</p>
 {"".join(overview)}
 {"".join(s.html for s in sections)}
 {fails}

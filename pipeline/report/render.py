@@ -33,7 +33,7 @@ class ClassJob:
     masks: dict[tuple[str, int], np.ndarray]  # (video, supervoxel) of each exemplar -> bool [T, H, W]
     heatmaps: list[dict[str, Any]]  # voxel_importance rows of the class's own scoring videos
     volumes: dict[str, np.ndarray]  # label volumes of the heat-map videos
-    curves: list[dict[str, Any]]  # evaluation.parquet rows of the class
+    curves: list[dict[str, Any]]  # evaluation/ rows of the class
     videos: dict[str, dict[str, Any]] = field(default_factory=dict)  # videos.parquet rows it uses
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -55,9 +57,17 @@ class Job:
         return time.monotonic() - self.started[stage]
 
     def finish(self, stage: str, **entry: Any) -> dict[str, Any]:
-        """Record the stage's run.json entry: its wall time first, then `entry`."""
-        self.record["stages"][stage] = {"wall_s": round(self.wall(stage), 3), **entry}
+        """Record the stage's run.json entry: its wall time first, then `entry`, and the
+        driver's peak resident memory so far (what bounds the driver's state)."""
+        self.record["stages"][stage] = {"wall_s": round(self.wall(stage), 3), **entry,
+                                        "driver_peak_rss_mb": driver_peak_rss_mb()}
         return self.record["stages"][stage]
+
+
+def driver_peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def per_second(n: int, seconds: float) -> Optional[float]:

@@ -240,7 +240,9 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
     return {"outcomes": outcomes, "failed": failed}
 
 
-@ray.remote(num_cpus=1, max_retries=2)
+# No CPU reserved: it must run while the model actors hold every CPU of a small machine (its
+# work, a class's summaries, is small beside theirs).
+@ray.remote(num_cpus=0, max_retries=2)
 def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]], outcomes: Outcomes,
                  tcav_mean: dict[str, float], params: EvaluateParams, failed: dict[str, str], plans: int,
                  where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],

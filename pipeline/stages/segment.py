@@ -59,7 +59,7 @@ def run(job: Job) -> None:
         if not out.ok:  # the unit's task died (twice retried): its videos fail with the reason
             failures.update({v: f"segmentation failed: {out.error}" for v in ids})
             continue
-        nodes[out.node] = nodes.get(out.node, 0) + 1
+        nodes[out.node] = nodes.get(out.node, 0) + len(ids)
         for k, v in out.value["stats"].items():
             stats[k] += v
         seconds += out.value["seconds"]
@@ -73,7 +73,7 @@ def run(job: Job) -> None:
                videos_failed=new_failures, units=len(units), videos_per_s=per_second(segmented, job.wall("segment")),
                seconds_per_clip_in_task=round(float(np.mean(seconds)), 4) if seconds else None,
                n_segments=list(params.n_segments), supervoxels=stats,
-               kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, tasks_per_node=nodes)
+               kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, videos_per_node=nodes)
     if segmented or done_ids:
         status = folder.read(SUPERVOXELS, columns=["status"]).column("status")
         job.counts["supervoxels_kept"] = int(pc.sum(pc.equal(status, KEPT)).as_py() or 0)
