@@ -8,7 +8,14 @@ the host with numpy/PIL and sent through the model on its own, sklearn KMeans, s
 per-video voxel maps from float masks (as the authors' script works, less its pickles).
 Project: `python -m pipeline`'s stages ingest -> segment -> activate -> concepts on a local Ray
 cluster (started before the clock starts). Both sides use the same segment preset (`--segment`,
-the job's default `fine`: five resolutions, short supervoxels padded to a window). The last line is `e2e_speedup_vs_reference=<ratio>`.
+the job's default `fine`: five resolutions, short supervoxels padded to a window).
+
+The limit: what the work costs with no system around it, measured in this process on all
+cores: bare skimage SLIC of the same clips at the same resolutions (a process per core), plus
+the bare batched forward of the same number of windows (the job's batch size and precision,
+the model's hooks on) as the job ran. The last line is
+`e2e_speedup_vs_reference=<ratio> e2e_vs_limit=<the job's wall time / the limit>` (target for
+the second: at most 1.5).
 """
 
 from __future__ import annotations
@@ -137,6 +144,41 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
     return times
 
 
+def _slic_clip(args: tuple) -> int:
+    from pipeline.segmentation.supervoxels import slic_labels
+
+    path, seg = args
+    clip = read_clip(path, ClipSpec()).frames
+    for n in seg["n_segments"]:
+        slic_labels(clip, n, seg["compactness"], seg["sigma"], seg["spacing"], seg["max_num_iter"])
+    return len(seg["n_segments"])
+
+
+def limit_run(root: str, seg: dict, windows: int, batch_size: int, bf16: bool) -> dict[str, float]:
+    """The bare cost of the job's work: SLIC of every clip at every resolution on all cores,
+    and `windows` forward windows in batches (the model's layers tapped, as the actors run it)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = resolve_corpus({"kind": "folder", "root": root}).rows
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_slic_clip, [(r["path"], seg) for r in rows]))
+    times = {"slic": time.perf_counter() - t0}
+    from pipeline.activations.video import prepare_model
+
+    model = prepare_model(load_model({"name": "demo"}), torch.device("cpu"))  # as the actors run it (BN folded)
+    torch.set_num_threads(os.cpu_count() or 1)
+    clip = read_clip(rows[0]["path"], ClipSpec()).frames
+    x = clip_to_input(np.repeat(clip[None], batch_size, axis=0), model.spec.mean, model.spec.std)
+    with LayerTap(model.module, model.layers), torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+        model.module(x)  # warm
+        t0 = time.perf_counter()
+        for _ in range(-(-windows // batch_size)):
+            model.module(x)
+    times["forward"] = time.perf_counter() - t0
+    return times
+
+
 def compose_job(root: str, out: str, segment: str):
     from hydra import compose, initialize_config_dir
 
@@ -149,9 +191,9 @@ def compose_job(root: str, out: str, segment: str):
                                             f"segment={segment}", "run.stages=[ingest,segment,activate,concepts]"])
 
 
-def project_run(cfg) -> tuple[dict[str, float], float]:
+def project_run(cfg) -> tuple[dict[str, float], float, dict]:
     """The job's stages on a local Ray cluster started before the clock starts. Returns
-    (seconds per stage, seconds of the whole job)."""
+    (seconds per stage, seconds of the whole job, the activate stage's record)."""
     import ray
 
     from pipeline.job import run_job
@@ -163,7 +205,7 @@ def project_run(cfg) -> tuple[dict[str, float], float]:
         wall = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    return {name: s["wall_s"] for name, s in record["stages"].items()}, wall
+    return {name: s["wall_s"] for name, s in record["stages"].items()}, wall, record["stages"]["activate"]
 
 
 def main() -> None:
@@ -179,7 +221,9 @@ def main() -> None:
         cfg = compose_job(root, os.path.join(tmp, "run"), args.segment)
         seg = {k: cfg.segment[k] for k in cfg.segment}
         seg = {k: list(v) if hasattr(v, "__len__") and not isinstance(v, str) else v for k, v in seg.items()}
-        project, t_project = project_run(cfg)
+        project, t_project, act = project_run(cfg)
+        limit = limit_run(root, seg, int(act["windows"]), int(act["batch_size"]), bool(act["bf16"]))
+        t_limit = sum(limit.values())
         t0 = time.perf_counter()
         reference = reference_run(root, seg)
         t_reference = time.perf_counter() - t0
@@ -187,7 +231,9 @@ def main() -> None:
           f"(n_segments={seg['n_segments']}, short supervoxels: {seg['short_supervoxels']})")
     print("project (s):   " + "  ".join(f"{k} {v:.1f}" for k, v in project.items()) + f"  total {t_project:.1f}")
     print("reference (s): " + "  ".join(f"{k} {v:.1f}" for k, v in reference.items()) + f"  total {t_reference:.1f}")
-    print(f"e2e_speedup_vs_reference={t_reference / t_project:.2f}")
+    print("limit (s):     " + "  ".join(f"{k} {v:.1f}" for k, v in limit.items()) + f"  total {t_limit:.1f}"
+          f"  ({act['windows']} windows, batch {act['batch_size']}, bf16={act['bf16']})")
+    print(f"e2e_speedup_vs_reference={t_reference / t_project:.2f} e2e_vs_limit={t_project / t_limit:.2f}")
 
 
 if __name__ == "__main__":

@@ -162,3 +162,11 @@ def read_files(files: list[str], columns: list[str] | None = None, filter: Any =
     fs, _ = resolve(files[0])
     return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).to_table(columns=columns,
                                                                                                filter=filter)
+
+
+def count_rows(files: list[str], filter: Any = None) -> int:
+    """Rows of several Parquet files (that match `filter`), scanned batch by batch."""
+    import pyarrow.dataset as ds
+
+    fs, _ = resolve(files[0])
+    return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).count_rows(filter=filter)

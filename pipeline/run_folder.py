@@ -252,6 +252,11 @@ class RunFolder:
             return table if filter is None else table.filter(filter)
         return io.read_parts(self.path(dataset), columns=columns, filter=filter)
 
+    def count_rows(self, dataset: str, filter: Any = None) -> int:
+        """Rows of a dataset folder (that match `filter`), counted batch by batch."""
+        files = io.part_files(self.path(dataset))
+        return io.count_rows(files, filter) if files else 0
+
     def _check_lease(self) -> None:
         if self.lease is not None:
             self.lease.check()

@@ -28,8 +28,7 @@ from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
                                  partition)
 from pipeline.segmentation.supervoxels import KEPT
-from pipeline.stages.base import Job
-from pipeline.stages.segment import rows_of, unit_failures
+from pipeline.stages.base import Job, rows_of, unit_failures
 
 log = logging.getLogger("pipeline")
 

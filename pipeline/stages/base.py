@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.orchestration.runtime import label_selector
-from pipeline.run_folder import RunFolder
+from pipeline.orchestration.runtime import cluster_cpus, label_selector
+from pipeline.run_folder import DONE, RunFolder
 
 
 @dataclass
@@ -72,3 +74,30 @@ def driver_peak_rss_mb() -> float:
 
 def per_second(n: int, seconds: float) -> Optional[float]:
     return round(n / seconds, 3) if seconds > 0 else None
+
+
+def unit_batches(video_ids: list[str], per_part: int, min_units: Optional[int] = None) -> list[list[str]]:
+    """The videos in units of at most `per_part`, and at least two units per CPU of the cluster
+    while there are videos enough (so a small corpus still keeps every core busy)."""
+    if not video_ids:
+        return []
+    min_units = min_units if min_units is not None else 2 * cluster_cpus()
+    size = max(1, min(per_part, math.ceil(len(video_ids) / min_units)))
+    return [video_ids[i:i + size] for i in range(0, len(video_ids), size)]
+
+
+def rows_of(videos: pa.Table, video_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of a few videos of a videos table, in the order asked (what a unit's task gets)."""
+    t = videos.filter(pc.is_in(videos.column("video_id"), pa.array(video_ids, type=pa.string())))
+    by_id = {r["video_id"]: r for r in t.to_pylist()}
+    return [by_id[v] for v in video_ids]
+
+
+def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:
+    """The failed videos in a stage's markers, with their reasons (the markers written by
+    earlier runs of this folder included)."""
+    if not folder.exists(DONE, stage):
+        return {}
+    t = folder.read(f"{DONE}/{stage}", columns=["video_id", "status", "error"])
+    t = t.filter(pc.equal(t.column("status"), schemas.FAILED))
+    return dict(zip(t.column("video_id").to_pylist(), t.column("error").to_pylist()))

@@ -35,8 +35,7 @@ from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (CONCEPTS, EVALUATION, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint,
                                  unit_key)
-from pipeline.stages.base import Job
-from pipeline.stages.segment import rows_of
+from pipeline.stages.base import Job, rows_of
 
 log = logging.getLogger("pipeline")
 
@@ -124,14 +123,14 @@ class ClassRunner:
             k, chunk = out.key
             state = self.open[k]
             if out.ok:
-                for vid, by_layer in out.value["outcomes"].items():
-                    state["outcomes"][vid] = {layer: {**state["outcomes"].get(vid, {}).get(layer, {}), **m}
-                                              for layer, m in by_layer.items()}
-                for vid, why in out.value["failed"].items():
-                    state["failed"][vid] = why
+                for vid, by_layer in out.value["outcomes"].items():  # one pass's arrays, in plan order
+                    mine = state["results"].setdefault(vid, {})
+                    for layer, (prob, correct) in by_layer.items():
+                        mine.setdefault(layer, []).append((np.asarray(prob, dtype=np.float64),
+                                                           np.asarray(correct, dtype=bool)))
+                state["failed"].update(out.value["failed"])
             else:
-                for vid in chunk:
-                    state["failed"][vid] = out.error
+                state["failed"].update({vid: out.error for vid in chunk})
             state["waiting"] -= 1
             if state["waiting"] == 0:
                 self._next_pass(k)
@@ -142,47 +141,57 @@ class ClassRunner:
         return records
 
     def _open(self, k: str) -> None:
-        """Queue a class's first pass: each scoring video with every concept removed in turn."""
-        vi = self.job.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+        """Queue a class's first pass: each scoring video with every concept removed in turn.
+        A class's plans are the same for each of its videos: the driver keeps them once per
+        layer, and each video's outcomes as arrays in plan order (a few KB per video)."""
+        try:
+            vi = self.job.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+        except FileNotFoundError:  # no scoring video of the class was scored
+            vi = pa.table({"video_id": pa.array([], pa.string()), "layer": pa.array([], pa.string())})
         layers_of: dict[str, list[str]] = {}
         for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
             if (k, layer) in self.ranked:
                 layers_of.setdefault(vid, []).append(layer)
         vids = sorted(v for v in layers_of if self.label.get(v) == k)  # a class's own scoring videos
-        plans = {v: {layer: single_concept_plans(self.ranked[(k, layer)]) for layer in layers_of[v]} for v in vids}
-        self.open[k] = {"videos": vids, "outcomes": {}, "failed": {}, "pass": 1, "waiting": 0, "first": plans}
-        if not vids:
-            self._finish(k)
-            return
-        self._queue(k, plans)
+        plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
+        self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
+                        "pass": 1, "waiting": 0, "plans": [plans]}
+        self._queue(k)
 
-    def _queue(self, k: str, plans: dict[str, dict[str, list[Plan]]]) -> None:
+    def _queue(self, k: str) -> None:
+        """Queue the class's current pass in chunks of videos (or finish a class left without any)."""
         state = self.open[k]
         vids = [v for v in state["videos"] if v not in state["failed"]]
-        size = max(1, min(CHUNK, math.ceil(len(vids) / len(self.pool.actors))))
+        size = max(1, min(CHUNK, math.ceil(len(vids) / len(self.pool.actors)))) if vids else 1
         chunks = [vids[i:i + size] for i in range(0, len(vids), size)]
         state["waiting"] = len(chunks)
+        plans = state["plans"][-1]
         for chunk in chunks:
             self.queue.put((k, tuple(chunk)), (evaluate_videos, self.job.folder, k, rows_of(self.videos, chunk),
-                                               {v: plans[v] for v in chunk}, {v: self.where[v] for v in chunk},
-                                               self.fill), first=state["pass"] == 2)
+                                               {v: state["layers_of"][v] for v in chunk}, plans,
+                                               {v: self.where[v] for v in chunk}, self.fill), first=state["pass"] == 2)
         if not chunks:
             self._finish(k)
 
     def _next_pass(self, k: str) -> None:
+        """After the first pass: the class's causal importance orders its curves, whose plans
+        not already run make the second pass."""
         state = self.open[k]
         if state["pass"] == 2:
             self._finish(k)
             return
         ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
-        class_of = {v: k for v in state["outcomes"]}
-        causal, _ = causal_importance(ranked, state["outcomes"], class_of) if state["outcomes"] else ({}, {})
-        state["curves"] = curves(ranked, causal, self.params)
-        second = {v: {layer: [p for p in dict.fromkeys(p for *_, ps in state["curves"][(k, layer)] for p in ps)
-                              if p not in by_layer[layer]] for layer in by_layer}
-                  for v, by_layer in state["outcomes"].items()}
-        state["pass"], state["second"] = 2, second
-        self._queue(k, second)
+        first = outcome_dicts(state["plans"][:1], {v: r for v, r in state["results"].items()
+                                                   if v not in state["failed"]})
+        causal, _ = causal_importance(ranked, first, {v: k for v in first}) if first else ({}, {})
+        curve_sets = curves(ranked, causal, self.params)
+        second = {}
+        for (_, layer), curve_list in curve_sets.items():
+            done = set(state["plans"][0][layer])
+            second[layer] = [p for p in dict.fromkeys(p for *_, ps in curve_list for p in ps) if p not in done]
+        state["pass"] = 2
+        state["plans"].append(second)
+        self._queue(k)
 
     def _finish(self, k: str) -> None:
         """Hand a class whose passes are in to a Ray task that summarises and writes it."""
@@ -190,14 +199,13 @@ class ClassRunner:
         for vid, why in sorted(state["failed"].items()):
             log.warning("evaluate: %s/%s left out: %s", k, vid, why)
         ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
-        plans = sum(len(p) for key in ("first", "second") for by_layer in state.get(key, {}).values()
-                    for p in by_layer.values())
+        results = {v: r for v, r in state["results"].items() if v not in state["failed"]}
+        plans = sum(len(p[layer]) for v, by_layer in results.items() for layer in by_layer for p in state["plans"])
         root = self.job.c["dataset"]["root"] if _synthetic(self.job.c) else None
-        outcomes = {v: o for v, o in state["outcomes"].items() if v not in state["failed"]}
-        self.finishing[k] = finish_class.remote(
-            self.job.folder, k, ranked, outcomes, {cn: self.tcav_mean[cn] for names in ranked.values()
-                                                            for cn in names},
-            self.params, state["failed"], plans, {v: self.where[v] for v in outcomes}, root, self.fingerprint)
+        tcav = {cn: self.tcav_mean[cn] for names in ranked.values() for cn in names}
+        self.finishing[k] = finish_class.remote(self.job.folder, k, ranked, state["plans"], results, tcav, self.params,
+                                                state["failed"], plans, {v: self.where[v] for v in results}, root,
+                                                self.fingerprint)
 
     def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
         if not self.finishing:
@@ -211,12 +219,29 @@ class ClassRunner:
         return out
 
 
-def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, Any]],
-                    plans: dict[str, dict[str, list[Plan]]], where: dict[str, tuple[str, int]],
-                    fill: float) -> dict[str, Any]:
+Results = dict[str, dict[str, list[tuple[np.ndarray, np.ndarray]]]]  # video -> layer -> per pass (prob, correct)
+
+
+def outcome_dicts(plans: list[dict[str, list[Plan]]], results: Results) -> Outcomes:
+    """{video: {layer: {plan: (class probability, correct)}}}, videos by id (so that the means
+    over videos do not depend on the order the chunks finished in), from the passes' plan
+    lists and each video's arrays in plan order."""
+    out: Outcomes = {}
+    for vid in sorted(results):
+        out[vid] = {}
+        for layer, passes in results[vid].items():
+            merged: dict[Plan, tuple[float, bool]] = {}
+            for by_layer, (prob, correct) in zip(plans, passes):
+                merged.update(zip(by_layer[layer], zip(prob.tolist(), correct.tolist())))
+            out[vid][layer] = merged
+    return out
+
+
+def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, Any]], layers_of: dict[str, list[str]],
+                    plans: dict[str, list[Plan]], where: dict[str, tuple[str, int]], fill: float) -> dict[str, Any]:
     """A chunk of one class's videos on a model actor (`ModelActor.run`): each video's class
-    probability under each plan; the next video's clip, label volumes and concept assignments
-    loaded while the model works."""
+    probability and correctness under each plan of its layers (`plans[layer]`, in order); the
+    next video's clip, label volumes and concept assignments loaded while the model works."""
     def load(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[list[int], list[Optional[str]]]]]:
         vid = row["video_id"]
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), filter=pc.field("video_id") == vid,
@@ -224,7 +249,7 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
         assignments = {r["layer"]: (r["supervoxel_ids"], r["concepts"]) for r in vi}
         return (read_ingested_clip(row, actor.clip_spec).frames, folder.label_volumes([vid], where)[vid], assignments)
 
-    outcomes: Outcomes = {}
+    outcomes: dict[str, dict[str, tuple[list[float], list[bool]]]] = {}
     failed: dict[str, str] = {}
     for row, loaded in prefetched(rows, load):
         vid = row["video_id"]
@@ -232,25 +257,26 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
             if isinstance(loaded, Exception):
                 raise loaded
             clip, labels, assignments = loaded
-            res = actor.evaluate(row, labels, assignments, plans[vid], fill, clip=clip)
+            res = actor.evaluate(row, labels, assignments, {layer: plans[layer] for layer in layers_of[vid]}, fill,
+                                 clip=clip)
         except Exception as e:  # this video is left out of its class's figures, with the reason
             failed[vid] = f"{type(e).__name__}: {e}"
             continue
-        outcomes[vid] = {layer: dict(zip(plans[vid][layer], zip(r["prob"], r["correct"]))) for layer, r in res.items()}
+        outcomes[vid] = {layer: (r["prob"], r["correct"]) for layer, r in res.items()}
     return {"outcomes": outcomes, "failed": failed}
 
 
 # No CPU reserved: it must run while the model actors hold every CPU of a small machine (its
 # work, a class's summaries, is small beside theirs).
 @ray.remote(num_cpus=0, max_retries=2)
-def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]], outcomes: Outcomes,
-                 tcav_mean: dict[str, float], params: EvaluateParams, failed: dict[str, str], plans: int,
-                 where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],
-                 fingerprint: str) -> dict[str, Any]:
+def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]],
+                 pass_plans: list[dict[str, list[Plan]]], results: Results, tcav_mean: dict[str, float],
+                 params: EvaluateParams, failed: dict[str, str], plans: int, where: dict[str, tuple[str, int]],
+                 ground_truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
     """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
     curves' points and summaries, the ground-truth shares on the synthetic corpus; writes
-    evaluation/class=<k>/ and the class's marker, returns its record."""
-    outcomes = dict(sorted(outcomes.items()))  # by video id: the means do not depend on scheduling
+    evaluation/<k>/ and the class's marker, returns its record."""
+    outcomes = outcome_dicts(pass_plans, results)
     class_of = {v: k for v in outcomes}
     causal, correct_without = causal_importance(ranked, outcomes, class_of) if outcomes else ({}, {})
     curve_sets = curves(ranked, causal, params)

@@ -22,8 +22,7 @@ from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import ParameterError
 from pipeline.run_folder import VIDEOS, RunFolder
-from pipeline.stages.base import Job, per_second
-from pipeline.stages.segment import unit_batches
+from pipeline.stages.base import Job, per_second, unit_batches
 
 log = logging.getLogger("pipeline")
 

@@ -7,7 +7,6 @@ then its marker. The driver sees only counts. A rerun skips the units already do
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any, Optional
 
@@ -18,12 +17,12 @@ import pyarrow.compute as pc
 from pipeline import schemas
 from pipeline.data.video import ClipSpec
 from pipeline.orchestration.fanout import map_tasks
-from pipeline.orchestration.runtime import Progress, cluster_cpus
+from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import DONE, LABEL_VOLUMES, SUPERVOXELS, RunFolder
+from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
-from pipeline.stages.base import Job, per_second
+from pipeline.stages.base import Job, per_second, rows_of, unit_batches, unit_failures
 
 log = logging.getLogger("pipeline")
 
@@ -74,36 +73,8 @@ def run(job: Job) -> None:
                seconds_per_clip_in_task=round(float(np.mean(seconds)), 4) if seconds else None,
                n_segments=list(params.n_segments), supervoxels=stats,
                kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, videos_per_node=nodes)
-    if segmented or done_ids:
-        status = folder.read(SUPERVOXELS, columns=["status"]).column("status")
-        job.counts["supervoxels_kept"] = int(pc.sum(pc.equal(status, KEPT)).as_py() or 0)
-
-
-def unit_batches(video_ids: list[str], per_part: int, min_units: Optional[int] = None) -> list[list[str]]:
-    """The videos in units of at most `per_part`, and at least two units per CPU of the cluster
-    while there are videos enough (so a small corpus still keeps every core busy)."""
-    if not video_ids:
-        return []
-    min_units = min_units if min_units is not None else 2 * cluster_cpus()
-    size = max(1, min(per_part, math.ceil(len(video_ids) / min_units)))
-    return [video_ids[i:i + size] for i in range(0, len(video_ids), size)]
-
-
-def rows_of(videos: pa.Table, video_ids: list[str]) -> list[dict[str, Any]]:
-    """The rows of a few videos of a videos table, in the order asked (what a unit's task gets)."""
-    t = videos.filter(pc.is_in(videos.column("video_id"), pa.array(video_ids, type=pa.string())))
-    by_id = {r["video_id"]: r for r in t.to_pylist()}
-    return [by_id[v] for v in video_ids]
-
-
-def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:
-    """The failed videos in a stage's markers, with their reasons (the markers written by
-    earlier runs of this folder included)."""
-    if not folder.exists(DONE, stage):
-        return {}
-    t = folder.read(f"{DONE}/{stage}", columns=["video_id", "status", "error"])
-    t = t.filter(pc.equal(t.column("status"), schemas.FAILED))
-    return dict(zip(t.column("video_id").to_pylist(), t.column("error").to_pylist()))
+    if segmented or done_ids:  # counted in a streaming scan: the driver never holds the column
+        job.counts["supervoxels_kept"] = folder.count_rows(SUPERVOXELS, pc.field("status") == KEPT)
 
 
 def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec, params: SegmentParams,
