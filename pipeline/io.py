@@ -140,11 +140,6 @@ def read_row_groups(path: str, row_groups: list[int], columns: list[str] | None 
         return pq.ParquetFile(f).read_row_groups(row_groups, columns=columns)
 
 
-def part_metadata(path: str) -> dict[str, str]:
-    meta = read_schema(path).metadata or {}
-    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW")}
-
-
 def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
     """All complete parts of a dataset folder as one table (optionally filtered)."""
 
@@ -157,16 +152,16 @@ def read_parts(folder: str, columns: list[str] | None = None, filter: Any = None
 def read_files(files: list[str], columns: list[str] | None = None, filter: Any = None) -> pa.Table:
     """Several Parquet files of one schema as one table, read in parallel (optionally filtered;
     row groups whose statistics exclude the filter are skipped)."""
+    return _dataset(files).to_table(columns=columns, filter=filter)
+
+
+def _dataset(files: list[str]) -> Any:
     import pyarrow.dataset as ds
 
     fs, _ = resolve(files[0])
-    return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).to_table(columns=columns,
-                                                                                               filter=filter)
+    return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
 def count_rows(files: list[str], filter: Any = None) -> int:
     """Rows of several Parquet files (that match `filter`), scanned batch by batch."""
-    import pyarrow.dataset as ds
-
-    fs, _ = resolve(files[0])
-    return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs).count_rows(filter=filter)
+    return _dataset(files).count_rows(filter=filter)

@@ -7,9 +7,10 @@ stage output (see the README's Outputs table). This module owns:
 - the per-stage fingerprints: the settings that change a stage's outputs, and only those
   (scheduling settings such as the number of actors or the videos per part may change between
   runs of one folder);
-- the done markers: a batch of videos is done when its marker part (written last) exists with
-  the stage's fingerprint; data parts without their marker are crash leftovers and are removed;
-- the part writer: part names carry the writing run's id, so two writers never collide;
+- units of work: whoever does a unit (a task, an actor) writes its parts, then its marker rows
+  in `_done/<stage>/` with the stage's fingerprint (`write_unit`); a unit is done when its
+  marker exists, and parts without one are crash leftovers, removed (`done_units`); part names
+  carry the writing run's id and the unit's, so two writers never collide;
 - failure records: a video that fails a stage stays a row of videos.parquet, with the reason;
 - the lease (`pipeline.lease`): one live driver per folder;
 - the readers of a finished run (label volumes, supervoxel masks, voxel importance).
@@ -104,7 +105,6 @@ class RunFolder:
     def __init__(self, root: str, run_id: Optional[str] = None) -> None:
         self.root = str(root)
         self.run_id = run_id
-        self._parts_written = 0
         self.lease: Any = None  # pipeline.lease.Lease while a driver holds the folder
         self._worker = False
         self._index: Optional[dict[str, tuple[str, int]]] = None

@@ -1,10 +1,11 @@
-"""Ray actors that hold the model: one per GPU (or CPU actors where there is none), fed one
-video at a time. Only the video's row, its label volumes and its supervoxel table travel to an
-actor; the clip is decoded there and every patch is built on the actor's device.
+"""Ray actors that hold the model: one per GPU (or CPU actors where there is none), fed units
+of work: a stage's function runs on the actor (`ModelActor.run`) with a few videos' rows and
+where their label volumes are; it reads those, decodes the clips there, builds every patch on
+the actor's device and writes its own parts.
 
 `ModelActors` is a stage's pool: started once, used by every pass of the stage, killed when the
-stage ends (or fails). Actor methods raise when a video fails; `call_actors` turns that into
-an `Outcome`.
+stage ends (or fails). A unit that raises becomes an `Outcome` with the reason
+(`call_actors`, `ActorQueue`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ray
 from pipeline.activations.extract import choose_batch_size, resolve_autocast
 from pipeline.activations.params import ActivateParams
 from pipeline.activations.patches import patch_spec
-from pipeline.activations.video import VideoActivations, activate_video, pick_device, prepare_model
+from pipeline.activations.video import pick_device, prepare_model
 from pipeline.data.ingest import read_ingested_clip
 from pipeline.data.video import ClipSpec
 from pipeline.models.registry import load_model
@@ -70,12 +71,6 @@ class ModelActor:
         """`fn(self, *args)`: a stage's unit of work on this actor (the stage's module defines it;
         it uses the model loaded here and writes its own parts)."""
         return fn(self, *args)
-
-    def activate(self, row: dict[str, Any], labels: Optional[Any], table: dict[str, Any]) -> VideoActivations:
-        """Method steps 3-4 for one video: `activate_video` on its clip."""
-        clip = read_ingested_clip(row, self.clip_spec)
-        return activate_video(self.model, row["video_id"], clip.frames, labels, table, row.get("label"),
-                              self.params, self.device, self.pad_short)
 
     def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
         """The video's class-logit gradient at each layer from a copy of the model whose every
@@ -160,10 +155,6 @@ class ModelActors:
         for actor in self.actors:
             ray.kill(actor)
         self.actors = []
-
-    def call(self, method: str, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
-        """`method(*args)` on the actors for each (key, args) item, two calls in flight per actor."""
-        return call_actors(self.actors, method, items)
 
     def map_units(self, fn: Any, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
         """`fn(actor, *args)` on the actors for each (key, args) item (`ModelActor.run`), two

@@ -45,9 +45,7 @@ def class_job(folder: RunFolder, index: int, k: str, settings: dict[str, Any], i
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
     exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
-    vi = _class_rows(folder, VOXEL_IMPORTANCE, k)
-    own = set(r["video_id"] for r in folder.video_rows(sorted({r["video_id"] for r in vi})) if r["label"] == k)
-    vi = [r for r in vi if r["video_id"] in own]  # the class's own scoring videos
+    vi = _class_rows(folder, VOXEL_IMPORTANCE, k)  # the class's own scoring videos
     heat_vids = sorted({r["video_id"] for r in vi})[: int(rep["heatmap_videos"])]
     heatmaps = [r for r in vi if r["video_id"] in heat_vids]
     wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))

@@ -28,7 +28,7 @@ from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
                                  partition)
 from pipeline.segmentation.supervoxels import KEPT
-from pipeline.stages.base import Job, rows_of, unit_failures
+from pipeline.stages.base import Job, VideoRows, unit_failures
 
 log = logging.getLogger("pipeline")
 
@@ -44,10 +44,10 @@ def run(job: Job) -> None:
     done = folder.done_units("activate", [ACTIVATIONS, CLIP_ACTIVATIONS, PREDICTIONS], fingerprint,
                              "clip/segment/activate/model")
     done_ids = set(done.column("video_id").to_pylist())
-    videos = folder.read_videos()
-    videos = videos.filter(pc.equal(videos.column("status"), schemas.OK))
+    table = folder.read_videos()
+    videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
     where = folder.label_index()  # every segmented video: (segment part, row group)
-    todo = [v for v in videos.column("video_id").to_pylist() if v in where and v not in done_ids]
+    todo = [v for v in videos.ids if v in where and v not in done_ids]
     log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done_ids),
              c["model"]["name"])
     if not todo:
@@ -62,7 +62,7 @@ def run(job: Job) -> None:
                  described[0]["batch_size"], {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
         units = activate_units(todo, where, int(c["activate"]["videos_per_part"]), 2 * len(described))
         progress = Progress("activate", len(todo))
-        items = ((n, (folder, f"{n:05d}", rows_of(videos, ids), {v: where[v] for v in ids}, fingerprint))
+        items = ((n, (folder, f"{n:05d}", videos.rows(ids), {v: where[v] for v in ids}, fingerprint))
                  for n, ids in enumerate(units))
         for out in pool.map_units(activate_unit, items):
             ids = units[out.key]

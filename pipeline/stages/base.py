@@ -86,11 +86,18 @@ def unit_batches(video_ids: list[str], per_part: int, min_units: Optional[int] =
     return [video_ids[i:i + size] for i in range(0, len(video_ids), size)]
 
 
-def rows_of(videos: pa.Table, video_ids: list[str]) -> list[dict[str, Any]]:
-    """The rows of a few videos of a videos table, in the order asked (what a unit's task gets)."""
-    t = videos.filter(pc.is_in(videos.column("video_id"), pa.array(video_ids, type=pa.string())))
-    by_id = {r["video_id"]: r for r in t.to_pylist()}
-    return [by_id[v] for v in video_ids]
+class VideoRows:
+    """A videos table with an index by id: the driver keeps the Arrow table (not a dict per
+    video) and takes a unit's rows by position, without a scan of the table per unit."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.ids = table.column("video_id").to_pylist()
+        self.position = {v: i for i, v in enumerate(self.ids)}
+
+    def rows(self, video_ids: list[str]) -> list[dict[str, Any]]:
+        """The rows of a few videos, in the order asked (what a unit's task gets)."""
+        return self.table.take(pa.array([self.position[v] for v in video_ids], type=pa.int64())).to_pylist()
 
 
 def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:

@@ -90,11 +90,12 @@ def run(job: Job) -> None:
         if params.randomisation_check:
             randomised_gradients(job, todo_classes, {k: splits[k][1] for k in todo_classes}, layers, params.seed)
         videos = folder.read_videos(["video_id", "clip_frame_indices", "clip_height", "clip_width"])
-        wanted = set(v for k in todo_classes for v in splits[k][1])
-        shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
-                  for r in videos.filter(pc.is_in(videos.column("video_id"), pa.array(sorted(wanted)))).to_pylist()}
+        truth = _ground_truth_root(c)  # the ground truth also needs the discovery videos' clips
+        wanted = set(v for k in todo_classes for v in splits[k][1] + (splits[k][0] if truth else []))
+        clips = {r["video_id"]: r for r in
+                 videos.filter(pc.is_in(videos.column("video_id"), pa.array(sorted(wanted)))).to_pylist()}
         del videos
-        where = folder.label_index() if _ground_truth_root(c) else {}
+        where = folder.label_index() if truth else {}
         pools = {layer: load_clip_pool.remote(folder, layer) for layer in sorted({lay for _, lay in todo})}
 
         def tasks() -> Iterator[tuple[tuple[str, str], tuple]]:
@@ -103,9 +104,8 @@ def run(job: Job) -> None:
                 info = {"class_accuracy": class_info[k]["scoring_accuracy"],
                         "class_recognised": class_info[k]["recognised"]}
                 yield (k, layer), (folder, k, layer, discovery, scoring, sets, gradient_class, pools[layer], params,
-                                   info, {v: shapes[v] for v in scoring},
-                                   {v: where[v] for v in discovery + scoring if v in where}, _ground_truth_root(c),
-                                   fingerprint)
+                                   info, {v: clips[v] for v in (discovery + scoring if truth else scoring)},
+                                   {v: where[v] for v in discovery + scoring if v in where}, truth, fingerprint)
 
         for out in map_tasks(explain_pair, tasks(), progress=Progress("concepts", len(todo),
                                                                       unit="(class, layer) pairs"),
@@ -153,19 +153,20 @@ def load_clip_pool(folder: RunFolder, layer: str) -> tuple[np.ndarray, np.ndarra
 
 def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], scoring: list[str],
                  random_sets: list[list[str]], gradient_class: int, pool: tuple[np.ndarray, np.ndarray],
-                 params: ConceptParams, class_columns: dict[str, Any], shapes: dict[str, list[int]],
+                 params: ConceptParams, class_columns: dict[str, Any], clips: dict[str, dict[str, Any]],
                  where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],
                  fingerprint: str) -> dict[str, Any]:
     """One (class, layer), in a Ray task: read its partition, explain it
-    (`explain_class_layer`), write its parts and marker; returns its small record."""
+    (`explain_class_layer`), write its parts and marker; returns its small record. `clips`: the
+    videos.parquet clip columns of its scoring videos (and discovery videos, for the ground truth)."""
     sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
                      columns=["video_id", "supervoxel_id", "vector"]).sort_by([("video_id", "ascending"),
                                                                                 ("supervoxel_id", "ascending")])
     disc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(discovery, type=pa.string())))
     sc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(scoring, type=pa.string())))
-    clips = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
+    whole = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
                         columns=["video_id", "gradient", "gradient_class"])
-    grad_of = {v: g for v, g, gc in zip(*(clips.column(n).to_pylist() for n in clips.column_names))
+    grad_of = {v: g for v, g, gc in zip(*(whole.column(n).to_pylist() for n in whole.column_names))
                if gc == gradient_class}
     gradients = np.asarray([grad_of[v] for v in scoring if v in grad_of], dtype=np.float32)
     ids, vectors = pool
@@ -189,14 +190,14 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
         for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
             row["tcav_mean_randomised"] = after
         info["randomisation"] = check
+    shapes = {v: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]] for v, r in clips.items()}
     importance = importance_rows(k, layer, res["supervoxel_scores"], shapes)
     if ground_truth_root:
         from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
 
-        rows = {r["video_id"]: r for r in folder.video_rows(sorted(where))}
         volumes = folder.label_volumes(sorted(where), where)
         report = actor_concept_report(res["concepts"], res["members"], importance, [(k, layer)], volumes,
-                                      lambda v: video_actor_tube(ground_truth_root, rows[v], 3), 3)
+                                      lambda v: video_actor_tube(ground_truth_root, clips[v], 3), 3)
         info["ground_truth"] = report[(k, layer)]
     where_part = partition(target_class=k, layer=layer)
     outputs = [(f"{PAIR_CONCEPTS}/{where_part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),

@@ -35,7 +35,7 @@ from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (CONCEPTS, EVALUATION, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint,
                                  unit_key)
-from pipeline.stages.base import Job, rows_of
+from pipeline.stages.base import Job, VideoRows
 
 log = logging.getLogger("pipeline")
 
@@ -67,7 +67,7 @@ def run(job: Job) -> None:
     log.info("evaluate: %d classes to evaluate (%d already done)", len(todo), len(records))
 
     if todo:
-        videos = folder.read_videos()
+        videos = VideoRows(folder.read_videos())
         where = folder.label_index()
         actor_params = from_section(ActivateParams, {**c["activate"], "gradients": False, "measure_batch": False})
         with ModelActors(c, actor_params, job.module) as pool:
@@ -103,7 +103,7 @@ class ClassRunner:
     """The evaluate stage's scheduler: classes opened a few at a time, each class's two passes
     on the shared actor queue, each finished class summarised and written by a Ray task."""
 
-    def __init__(self, job: Job, pool: ModelActors, videos: pa.Table, where: dict[str, tuple[str, int]],
+    def __init__(self, job: Job, pool: ModelActors, videos: VideoRows, where: dict[str, tuple[str, int]],
                  ranked: dict[tuple[str, str], list[str]], params: EvaluateParams, fill: float, fingerprint: str,
                  tcav_mean: dict[str, float]) -> None:
         self.job, self.pool, self.videos, self.where = job, pool, videos, where
@@ -111,7 +111,6 @@ class ClassRunner:
         self.queue = ActorQueue(pool.actors, "run")
         self.open: dict[str, dict[str, Any]] = {}
         self.finishing: dict[str, ray.ObjectRef] = {}
-        self.label = dict(zip(videos.column("video_id").to_pylist(), videos.column("label").to_pylist()))
 
     def run(self, classes: list[str]) -> dict[str, dict[str, Any]]:
         pending = list(classes)
@@ -152,7 +151,7 @@ class ClassRunner:
         for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
             if (k, layer) in self.ranked:
                 layers_of.setdefault(vid, []).append(layer)
-        vids = sorted(v for v in layers_of if self.label.get(v) == k)  # a class's own scoring videos
+        vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
         plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
         self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
                         "pass": 1, "waiting": 0, "plans": [plans]}
@@ -167,7 +166,7 @@ class ClassRunner:
         state["waiting"] = len(chunks)
         plans = state["plans"][-1]
         for chunk in chunks:
-            self.queue.put((k, tuple(chunk)), (evaluate_videos, self.job.folder, k, rows_of(self.videos, chunk),
+            self.queue.put((k, tuple(chunk)), (evaluate_videos, self.job.folder, k, self.videos.rows(chunk),
                                                {v: state["layers_of"][v] for v in chunk}, plans,
                                                {v: self.where[v] for v in chunk}, self.fill), first=state["pass"] == 2)
         if not chunks:
@@ -205,7 +204,7 @@ class ClassRunner:
         tcav = {cn: self.tcav_mean[cn] for names in ranked.values() for cn in names}
         self.finishing[k] = finish_class.remote(self.job.folder, k, ranked, state["plans"], results, tcav, self.params,
                                                 state["failed"], plans, {v: self.where[v] for v in results}, root,
-                                                self.fingerprint)
+                                                self.videos.rows(sorted(results)) if root else [], self.fingerprint)
 
     def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
         if not self.finishing:
@@ -272,7 +271,7 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
 def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]],
                  pass_plans: list[dict[str, list[Plan]]], results: Results, tcav_mean: dict[str, float],
                  params: EvaluateParams, failed: dict[str, str], plans: int, where: dict[str, tuple[str, int]],
-                 ground_truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
+                 ground_truth_root: Optional[str], videos: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
     """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
     curves' points and summaries, the ground-truth shares on the synthetic corpus; writes
     evaluation/<k>/ and the class's marker, returns its record."""
@@ -296,7 +295,7 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k),
                          filter=pc.is_in(pc.field("video_id"), pa.array(vids, type=pa.string()))).to_pylist()
         volumes = folder.label_volumes(vids, where)
-        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in folder.video_rows(vids)}
+        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in videos}
         for (kk, layer), shares in importance_mass_report(vi, causal, volumes, tubes).items():
             if kk == k and layer in summary:
                 summary[layer].update(shares)

@@ -7,7 +7,6 @@ then its marker. The driver sees only counts. A rerun skips the units already do
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Optional
 
 import numpy as np
@@ -22,7 +21,7 @@ from pipeline.params import from_section
 from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
-from pipeline.stages.base import Job, per_second, rows_of, unit_batches, unit_failures
+from pipeline.stages.base import Job, VideoRows, per_second, unit_batches, unit_failures
 
 log = logging.getLogger("pipeline")
 
@@ -38,9 +37,9 @@ def run(job: Job) -> None:
     fingerprint = job.fingerprints["segment"]
     done = folder.done_units("segment", [SUPERVOXELS, LABEL_VOLUMES], fingerprint, "clip/segment")
     done_ids = set(done.column("video_id").to_pylist())
-    videos = folder.read_videos()
-    videos = videos.filter(pc.equal(videos.column("status"), schemas.OK))
-    todo = [v for v in videos.column("video_id").to_pylist() if v not in done_ids]
+    table = folder.read_videos()
+    videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
+    todo = [v for v in videos.ids if v not in done_ids]
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done_ids),
              list(params.n_segments))
 
@@ -50,7 +49,7 @@ def run(job: Job) -> None:
     seconds: list[float] = []
     nodes: dict[str, int] = {}
     failures: dict[str, str] = {}
-    items = ((n, (folder, f"{n:05d}", rows_of(videos, ids))) for n, ids in enumerate(units))
+    items = ((n, (folder, f"{n:05d}", videos.rows(ids))) for n, ids in enumerate(units))
     for out in map_tasks(segment_unit, items, spec, params, min_frames, fingerprint, progress=None,
                          label_selector=job.cpu_selector):
         ids = units[out.key]
@@ -99,9 +98,8 @@ def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec:
         for key in STATUSES:
             stats[key] += int((status == key).sum())
     outputs = segment_tables(results, params.n_segments) if results else []
-    t0 = time.perf_counter()
     folder.write_unit("segment", unit, outputs, markers, fingerprint)
-    return {"stats": stats, "seconds": [r.seconds for r in results], "write_s": time.perf_counter() - t0}
+    return {"stats": stats, "seconds": [r.seconds for r in results]}
 
 
 def segment_tables(results: list[SegmentedVideo], n_segments: list[int]) -> list[tuple[str, list[pa.Table]]]:
