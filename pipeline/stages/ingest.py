@@ -1,5 +1,5 @@
 """Step 1, ingest: resolve the corpus into one row per input video, read each video's container
-metadata in Ray tasks (units of `segment.videos_per_part` videos, each writing its rows to
+metadata in Ray tasks (units of 4 x `segment.videos_per_part` videos, each writing its rows to
 _videos/ and its marker: an ingest of a large corpus resumes after a crash) and write
 videos.parquet in the manifest's order (ok, or failed with the reason). Reused as it is when the
 inputs and the clip settings are unchanged."""
