@@ -15,6 +15,7 @@ import posixpath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -162,6 +163,13 @@ def _dataset(files: list[str]) -> Any:
     return ds.dataset([resolve(f)[1] for f in files], format="parquet", filesystem=fs)
 
 
-def count_rows(files: list[str], filter: Any = None) -> int:
-    """Rows of several Parquet files (that match `filter`), scanned batch by batch."""
-    return _dataset(files).count_rows(filter=filter)
+def count_equal(files: list[str], column: str, value: Any) -> int:
+    """Rows of several Parquet files whose `column` equals `value`: one file at a time, one
+    column, batch by batch, no thread pool (a dataset scan held about 20 MB of the driver's
+    memory for a few MB of files)."""
+    n = 0
+    for f in files:
+        with open_input_file(f) as src:
+            for batch in pq.ParquetFile(src).iter_batches(columns=[column], use_threads=False):
+                n += int(pc.sum(pc.equal(batch.column(0), value)).as_py() or 0)
+    return n

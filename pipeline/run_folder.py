@@ -252,10 +252,9 @@ class RunFolder:
             return table if filter is None else table.filter(filter)
         return io.read_parts(self.path(dataset), columns=columns, filter=filter)
 
-    def count_rows(self, dataset: str, filter: Any = None) -> int:
-        """Rows of a dataset folder (that match `filter`), counted batch by batch."""
-        files = io.part_files(self.path(dataset))
-        return io.count_rows(files, filter) if files else 0
+    def count_equal(self, dataset: str, column: str, value: Any) -> int:
+        """Rows of a dataset folder whose `column` equals `value`, counted batch by batch."""
+        return io.count_equal(io.part_files(self.path(dataset)), column, value)
 
     def _check_lease(self) -> None:
         if self.lease is not None:

@@ -73,7 +73,7 @@ def run(job: Job) -> None:
                n_segments=list(params.n_segments), supervoxels=stats,
                kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, videos_per_node=nodes)
     if segmented or done_ids:  # counted in a streaming scan: the driver never holds the column
-        job.counts["supervoxels_kept"] = folder.count_rows(SUPERVOXELS, pc.field("status") == KEPT)
+        job.counts["supervoxels_kept"] = folder.count_equal(SUPERVOXELS, "status", KEPT)
 
 
 def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec, params: SegmentParams,
