@@ -35,7 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.scale import corpus  # noqa: E402
+from bench.scale import class_folders, corpus  # noqa: E402
 
 
 def config(overrides: list[str]):
@@ -114,10 +114,11 @@ def ray_data_side(overrides: list[str], out: str, idiomatic: bool) -> float:
     def segment_batch(batch: pa.Table) -> pa.Table:
         results = [segment_video(row, spec, params, min_frames) for row in batch.to_pylist()]
         (_, label_groups), (_, sv_groups) = segment_tables(results, n_segments)
-        io.write_row_groups(os.path.join(sv_dir, f"part-{results[0].video_id.replace('/', '_')}.parquet"), sv_groups)
+        io.write_row_groups(sv_groups, os.path.join(sv_dir, f"part-{results[0].video_id.replace('/', '_')}.parquet"))
         return pa.concat_tables(label_groups)
 
-    rows = ray.data.from_arrow(videos.table).repartition(len(units))
+    blocks = [videos.table.take(pa.array([videos.position[v] for v in ids])) for ids in units]
+    rows = ray.data.from_arrow(blocks)  # a block per unit, as the tasks side has
     rows.map_batches(segment_batch, batch_size=per_part, batch_format="pyarrow", num_cpus=1,
                      zero_copy_batch=True).write_parquet(folder.path(LABEL_VOLUMES))
     return time.perf_counter() - t0
@@ -137,11 +138,7 @@ def main() -> None:
 
     work = a.work or tempfile.mkdtemp(prefix="fanout-")
     files = corpus(work, a.videos)
-    links = os.path.join(work, f"flat-{a.videos}")
-    if not os.path.isdir(links):
-        os.makedirs(links)
-        for i, f in enumerate(files):
-            os.symlink(f, os.path.join(links, f"{i:06d}.mp4"))
+    links = class_folders(work, files, len(files), 10)
     overrides = ["dataset=folder", f"dataset.root={links}", "segment=reference", "clip.height=56", "clip.width=56"]
     register_configs()
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
