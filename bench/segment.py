@@ -5,9 +5,8 @@
 (a) SLIC alone at the configured resolutions (the limit for this stage),
 (b) the project's `segment_clip` (SLIC + contingency-table dedupe + table),
 (c) the reference-style path (SLIC + float mask per supervoxel, mask-by-mask IoU),
-(d) the Ray segment stage (decode + segment + Parquet) with 1 and 2 worker CPUs,
-(e) the same per-video function through Ray Data (`map`, 2 CPUs), the alternative the stage
-    was measured against (it uses plain tasks).
+(d) the Ray segment stage (decode + segment + Parquet) with 1 and 2 worker CPUs.
+The stage's fan-out against Ray Data's is `bench/fanout.py`.
 
 Clips are the demo's: synthetic 16x112x112. It also times SLIC on a 64x112x112 clip (for the
 scale model in the README). The last line is
@@ -49,13 +48,12 @@ def timed(fn, clips) -> float:
     return (time.perf_counter() - t0) / len(clips)
 
 
-def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str, ray_data: bool = False) -> float:
-    """Wall time of the real segment stage on the corpus with `num_cpus` worker CPUs (or, with
-    `ray_data`, of the same per-video function mapped with Ray Data, results collected)."""
+def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str) -> float:
+    """Wall time of the real segment stage on the corpus with `num_cpus` worker CPUs."""
     import ray
     from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR, register_configs, to_plain
+    from pipeline.config import CONF_DIR, register_configs
     from pipeline.job import run_job
 
     register_configs()
@@ -66,7 +64,6 @@ def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str, ray_data: b
             return compose("config", overrides=["dataset=folder", f"dataset.root={corpus_root}",
                                                 f"run.output_dir={out}", f"run.stages=[{stage}]"])
 
-    c = to_plain(config("segment"))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         # Warm the workers (process start, imports) so both runs time the steady state.
@@ -79,38 +76,9 @@ def ray_stage_seconds(corpus_root: str, num_cpus: int, workdir: str, ray_data: b
 
         ray.get([warm.remote() for _ in range(num_cpus)])
         run_job(config("ingest"))
-        if ray_data:
-            return _ray_data_seconds(c, out)
         return run_job(config("segment"))["stages"]["segment"]["wall_s"]  # the stage's own wall time
     finally:
         ray.shutdown()
-
-
-def _ray_data_seconds(c: dict, out: str) -> float:
-    import pyarrow.parquet as pq
-    import ray
-
-    from pipeline.data.video import ClipSpec
-    from pipeline.models.registry import model_window
-    from pipeline.params import from_section
-    from pipeline.segmentation.supervoxels import SegmentParams
-    from pipeline.segmentation.video import segment_video
-
-    rows = [r for r in pq.read_table(os.path.join(out, "videos.parquet")).to_pylist() if r["status"] == "ok"]
-    spec = ClipSpec(**c["clip"])
-    params = from_section(SegmentParams, c["segment"])
-    min_frames = model_window(c["model"]) if c["segment"]["short_supervoxels"] == "drop" else None
-
-    def segment_row(row: dict) -> dict:
-        res = segment_video(row, spec, params, min_frames)
-        return {"video_id": res.video_id, "labels": res.labels, "kept": int((res.table["status"] == "kept").sum())}
-
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    t0 = time.perf_counter()
-    results = ray.data.from_items(rows, override_num_blocks=len(rows)).map(segment_row, num_cpus=1).take_all()
-    assert len(results) == len(rows)
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -144,11 +112,8 @@ def main() -> None:
         n_videos = 3 * args.ray_videos
         t1 = ray_stage_seconds(root, 1, tmp)
         t2 = ray_stage_seconds(root, 2, tmp)
-        t_data = ray_stage_seconds(root, 2, tmp + "/data", ray_data=True)
     print(f"(d) Ray segment stage, {n_videos} videos: 1 worker {t1:.2f} s ({n_videos / t1:.2f} videos/s), "
           f"2 workers {t2:.2f} s ({n_videos / t2:.2f} videos/s)")
-    print(f"(e) Ray Data map, 2 CPUs, same videos, results collected (no Parquet): {t_data:.2f} s "
-          f"({n_videos / t_data:.2f} videos/s)")
     print(f"segment_vs_slic={b / a:.3f} speedup_vs_reference={c / b:.2f} scaling_2_workers={t1 / t2:.2f}")
 
 
