@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.scoring.tcav import (fit_cav, gradients_are_constant, holm, random_baseline, score_concept,
-                                   significance, tcav_score)
+from pipeline.scoring.tcav import (fit_cav, fit_cavs, gradients_are_constant, holm, random_baseline, score_concept,
+                                   significance, stratified_split, tcav_score)
 
 
 def test_cav_points_toward_the_concept_and_is_accurate():
@@ -20,6 +20,27 @@ def test_cav_points_toward_the_concept_and_is_accurate():
         assert cav.accuracy >= least
         assert np.isclose(np.linalg.norm(cav.direction), 1.0, atol=1e-5)
         assert cav.direction[3] > 0.7  # toward the concept, along the planted axis
+
+
+def test_fastcav_is_the_concept_mean_minus_the_pair_mean():
+    rng = np.random.default_rng(4)
+    axis = np.zeros(16)
+    axis[5] = 1.0
+    concepts = [rng.normal(0, 1, (30, 16)) + 8 * axis, rng.normal(0, 1, (12, 16)) - 8 * axis]
+    randoms = [rng.normal(0, 1, (40, 16)), rng.normal(0, 1, (40, 16))]
+    directions, accuracies = fit_cavs(concepts, randoms, [7, 8], model="fastcav", alpha=0.01)
+    for p, n, seed, v, acc in zip(concepts, randoms, [7, 8], directions, accuracies):
+        (p_train, p_test), (n_train, n_test) = stratified_split(len(p), len(n), seed)
+        assert len(p_test) == round(0.33 * len(p)) and len(n_test) == round(0.33 * len(n))
+        assert not set(p_train) & set(p_test) and len(p_train) + len(p_test) == len(p)
+        train = np.concatenate([p[p_train], n[n_train]])
+        by_hand = p[p_train].mean(0) - train.mean(0)
+        np.testing.assert_allclose(v, by_hand / np.linalg.norm(by_hand), atol=1e-6)
+        middle = (p[p_train].mean(0) + n[n_train].mean(0)) / 2
+        right = ((p[p_test] - middle) @ v > 0).sum() + ((n[n_test] - middle) @ v <= 0).sum()
+        assert acc == right / (len(p_test) + len(n_test))
+    assert directions[0][5] > 0.9 and directions[1][5] < -0.9  # toward each concept, along the planted axis
+    assert accuracies.min() == 1.0  # planted 8 sigma apart: the hold-out is separated
 
 
 def test_tcav_counts_positive_directional_derivatives():
@@ -38,14 +59,16 @@ def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not():
     grads = rng.normal(0, 0.3, (40, dim)) + axis  # the class logit grows along axis 0
     random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
     extra = rng.normal(0, 1, (30, dim))
-    FIT = {"seed": 3, "model": "torch", "alpha": 0.01}  # the reference classifier, as the job fits it
-    baseline, _ = random_baseline(random_sets, extra, grads, **FIT)
-    assert 0.1 < baseline.mean() < 0.9  # random CAVs point anywhere
-    used = score_concept(rng.normal(0, 1, (30, dim)) + 2 * axis, random_sets, grads, baseline, **FIT)
-    unused = score_concept(rng.normal(0, 1, (30, dim)), random_sets, grads, baseline, **FIT)
-    assert used.mean > 0.95 and used.p_value <= 0.01
-    assert unused.p_value > 0.01
-    assert used.cav_accuracies.mean() >= 0.7
+    used_vectors, unused_vectors = rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+    for model in ("torch", "fastcav"):  # the reference classifier, as the job fits it; the closed form
+        FIT = {"seed": 3, "model": model, "alpha": 0.01}
+        baseline, _ = random_baseline(random_sets, extra, grads, **FIT)
+        assert 0.1 < baseline.mean() < 0.9  # random CAVs point anywhere
+        used = score_concept(used_vectors, random_sets, grads, baseline, **FIT)
+        unused = score_concept(unused_vectors, random_sets, grads, baseline, **FIT)
+        assert used.mean > 0.95 and used.p_value <= 0.01, model
+        assert unused.p_value > 0.01, model
+        assert used.cav_accuracies.mean() >= 0.7, model
 
 
 def test_significance_edge_cases_and_holm():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pipeline.params import require
 
 RULES = ("3dace", "ace")
-CAV_MODELS = ("torch", "sgd", "logistic")
+CAV_MODELS = ("torch", "fastcav", "sgd", "logistic")
 CORRECTIONS = ("none", "holm")
 
 
@@ -24,8 +24,9 @@ class ConceptParams:
     num_random_exp: random sets (of random_set_size whole clips of other classes' videos),
         plus one extra set for the random-vs-random baseline.
     cav_model: torch (the reference SGDClassifier's algorithm, run for all of a class's CAVs at
-        once in torch) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic; cav_alpha:
-        the L2 penalty.
+        once in torch) | fastcav (closed form: the concept's mean minus the pair's mean, no
+        training) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic; cav_alpha: the L2
+        penalty (torch and sgd).
     p_threshold, correction (none | holm): when a concept is significant.
     randomisation_check: score the same CAVs again on gradients from the model with every
         weight after the layer re-initialised, and report how much the ranking moves.
@@ -57,6 +58,6 @@ class ConceptParams:
                 "must be >= 2 (the t-test pairs the random sets)")
         require(self.min_videos >= 0, "min_videos", self.min_videos, "must be >= 0")
         require(self.rules in RULES, "rules", self.rules, "must be 3dace or ace")
-        require(self.cav_model in CAV_MODELS, "cav_model", self.cav_model, "must be torch, sgd or logistic")
+        require(self.cav_model in CAV_MODELS, "cav_model", self.cav_model, "must be torch, fastcav, sgd or logistic")
         require(self.correction in CORRECTIONS, "correction", self.correction, "must be none or holm")
         require(0 < self.p_threshold < 1, "p_threshold", self.p_threshold, "must be in (0, 1)")
