@@ -160,17 +160,30 @@ def read_files(files: list[str], columns: list[str] | None = None, filter: Any =
         fs, p = resolve(path)
         return pq.read_table(p, columns=columns, filters=filter, filesystem=fs, use_threads=False, pre_buffer=False)
 
-    if len(files) <= 1:
-        tables = [read(f) for f in files]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(READERS, len(files))) as pool:
-            tables = list(pool.map(read, files))
+    tables = [read(f) for f in files] if len(files) <= 1 else list(_readers().map(read, files))
     return pa.concat_tables(tables, promote_options="default")
 
 
-READERS = 8  # files read at once
+_READERS: Any = None
+
+
+def _readers() -> Any:
+    """The process's file readers: 8 threads, started on first use and kept (readers run on
+    actors' hot paths, a read per video)."""
+    global _READERS
+    if _READERS is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _READERS = ThreadPoolExecutor(8, thread_name_prefix="parquet-reader")
+    return _READERS
+
+
+def _forget_readers() -> None:
+    global _READERS
+    _READERS = None  # a forked child has none of its parent's threads: it starts its own
+
+
+os.register_at_fork(after_in_child=_forget_readers)
 
 
 def count_equal(files: list[str], column: str, value: Any) -> int:
