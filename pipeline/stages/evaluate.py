@@ -107,7 +107,8 @@ class ClassRunner:
                  ranked: dict[tuple[str, str], list[str]], params: EvaluateParams, fill: float, fingerprint: str,
                  tcav_mean: dict[str, float]) -> None:
         self.job, self.pool, self.videos, self.where = job, pool, videos, where
-        self.ranked, self.params, self.fill, self.fingerprint, self.tcav_mean = ranked, params, fill, fingerprint, tcav_mean
+        self.ranked, self.params, self.fill = ranked, params, fill
+        self.fingerprint, self.tcav_mean = fingerprint, tcav_mean
         self.queue = ActorQueue(pool.actors, "run")
         self.open: dict[str, dict[str, Any]] = {}
         self.finishing: dict[str, ray.ObjectRef] = {}
@@ -143,14 +144,9 @@ class ClassRunner:
         """Queue a class's first pass: each scoring video with every concept removed in turn.
         A class's plans are the same for each of its videos: the driver keeps them once per
         layer, and each video's outcomes as arrays in plan order (a few KB per video)."""
-        try:
-            vi = self.job.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
-        except FileNotFoundError:  # no scoring video of the class was scored
-            vi = pa.table({"video_id": pa.array([], pa.string()), "layer": pa.array([], pa.string())})
-        layers_of: dict[str, list[str]] = {}
-        for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
-            if (k, layer) in self.ranked:
-                layers_of.setdefault(vid, []).append(layer)
+        layers_of = {vid: [layer for layer in layers if (k, layer) in self.ranked]
+                     for vid, layers in ray.get(scored_layers.remote(self.job.folder, k)).items()}
+        layers_of = {vid: layers for vid, layers in layers_of.items() if layers}
         vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
         plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
         self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
@@ -265,8 +261,23 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
     return {"outcomes": outcomes, "failed": failed}
 
 
-# No CPU reserved: it must run while the model actors hold every CPU of a small machine (its
-# work, a class's summaries, is small beside theirs).
+# No CPU reserved (this and finish_class): they must run while the model actors hold every CPU
+# of a small machine, and their work is small beside the actors'.
+@ray.remote(num_cpus=0, max_retries=2)
+def scored_layers(folder: RunFolder, k: str) -> dict[str, list[str]]:
+    """A class's scored videos and the layers each was scored at, from its voxel_importance
+    partition, in a task: read in the driver, the two columns of a few hundred one-row groups
+    held about 10 MB of its memory per class after they were freed (bench/scale.py)."""
+    try:
+        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+    except FileNotFoundError:  # no scoring video of the class was scored
+        return {}
+    out: dict[str, list[str]] = {}
+    for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
+        out.setdefault(vid, []).append(layer)
+    return out
+
+
 @ray.remote(num_cpus=0, max_retries=2)
 def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]],
                  pass_plans: list[dict[str, list[Plan]]], results: Results, tcav_mean: dict[str, float],
