@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -69,8 +70,10 @@ def class_folders(base: str, files: list[str], n: int, classes: int) -> str:
 
 
 def run_job(base: str, files: list[str], n: int, classes: int) -> dict:
-    """The default job in a fresh process; returns its run.json."""
+    """The default job in a fresh process, from scratch (a run folder left by an earlier sweep
+    would resume: every stage skipped); returns its run.json."""
     out = os.path.join(base, f"run-n{n}-c{classes}")
+    shutil.rmtree(out, ignore_errors=True)
     names = ",".join(f"c{i:02d}" for i in range(classes))
     args = [sys.executable, "-m", "pipeline", f"run.output_dir={out}", "dataset=folder",
             f"dataset.root={class_folders(base, files, n, classes)}", "segment=reference", "clip.height=56",
