@@ -21,7 +21,8 @@ import numpy as np
 
 from pipeline import io
 from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
-from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS,
+from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
+                                 CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS,
                                  REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder,
                                  partition)
 
@@ -223,6 +224,8 @@ class Run:
         datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, CLIP_ACTIVATIONS,
                                                              PREDICTIONS, CONCEPTS, CONCEPT_MEMBERS, TCAV,
                                                              VOXEL_IMPORTANCE, EVALUATION)}
+        datasets.update({n.removesuffix(".parquet").replace("/", "_"): n for n in (
+            ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_ASSIGNMENTS, ATLAS_LINKS)})
         if name not in datasets:
             raise KeyError(f"no dataset {name!r}; datasets: {sorted(datasets)}")
         if not self.folder.exists(datasets[name]):
@@ -258,6 +261,26 @@ class Run:
     def supervoxel_mask(self, video_id: str, supervoxel_id: int) -> np.ndarray:
         """The voxels of one supervoxel, bool [T, H, W] in clip coordinates."""
         return self.folder.supervoxel_mask(video_id, supervoxel_id)
+
+    @cached_property
+    def atlas(self) -> Any:
+        """The run's global concept atlas, opened for search (`pipeline.atlas.search.Atlas`)."""
+        from pipeline.atlas.search import Atlas
+
+        return Atlas(self.folder)
+
+    def nearest(self, query: Any, k: int = 10, layer: Optional[str] = None, nprobe: Optional[int] = None) -> Any:
+        """The k supervoxels of the corpus nearest `query` in the atlas's index, nearest first,
+        as a DataFrame (rank, layer, video_id, supervoxel_id, target_class, global_concept,
+        distance). `query`: a vector; (video_id, supervoxel_id), itself left out; a global
+        concept (int, from its centroid); or a concept's name in concepts.parquet (from its
+        centroid, at its layer). `layer`: needed when several layers have an atlas and the
+        query does not say which."""
+        import pandas as pd
+
+        from pipeline.atlas.search import COLUMNS
+
+        return pd.DataFrame(self.atlas.nearest(query, k=k, layer=layer, nprobe=nprobe), columns=list(COLUMNS))
 
     @property
     def report_path(self) -> Optional[str]:

@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline.activations.params import ActivateParams
+from pipeline.atlas.params import AtlasParams
 from pipeline.concepts.params import ConceptParams
 from pipeline.data.synthetic import SyntheticParams
 from pipeline.data.video import ClipSpec
@@ -30,7 +31,7 @@ from pipeline.segmentation.supervoxels import SegmentParams
 # conf/ sits beside the package (an editable install, a source checkout, a Ray working_dir).
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
-STAGES = ("ingest", "segment", "activate", "concepts", "evaluate", "report")
+STAGES = ("ingest", "segment", "activate", "concepts", "atlas", "evaluate", "report")
 DATASET_KINDS = ("synthetic", "folder", "csv", "list")
 MODULE = "module"  # model.name of an nn.Module handed to the Python API
 
@@ -279,6 +280,7 @@ class Config:
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     activate: ActivateConfig = field(default_factory=ActivateConfig)
     concepts: ConceptParams = field(default_factory=ConceptParams)
+    atlas: AtlasParams = field(default_factory=AtlasParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportConfig = field(default_factory=ReportConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -291,7 +293,7 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-GROUPS = ("dataset", "clip", "segment", "activate", "concepts", "evaluate", "report", "model", "ray", "run")
+GROUPS = ("dataset", "clip", "segment", "activate", "concepts", "atlas", "evaluate", "report", "model", "ray", "run")
 
 
 def register_configs() -> None:

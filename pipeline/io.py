@@ -73,6 +73,12 @@ def read_schema(path: str) -> pa.Schema:
     return pq.read_schema(p, filesystem=fs)
 
 
+def read_metadata(path: str) -> Any:
+    """A Parquet file's footer (rows, row groups, statistics), without its data."""
+    fs, p = resolve(path)
+    return pq.read_metadata(p, filesystem=fs)
+
+
 def read_json(path: str) -> Any:
     fs, p = resolve(path)
     with fs.open_input_stream(p) as f:

@@ -47,6 +47,16 @@ LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 CLIP_ACTIVATIONS = "clip_activations"
 RANDOMISED_GRADIENTS = "randomised_gradients"
 DONE = "_done"  # _done/<stage>/part-<run>-<unit>.parquet: the markers of finished units
+# the atlas stage's (pipeline.stages.atlas)
+ATLAS_TRAINED = "atlas/_train"  # <layer>/: the trained, empty index
+ATLAS_ASSIGNMENTS = "atlas/assignments"  # <layer>/<class>/
+ATLAS_COUNTS = "atlas/_counts"  # <layer>/<class>/: a partition's members per global concept
+ATLAS_SHARDS = "atlas/_shards"  # <layer>/<class>.faiss: a partition's shard of the index, until merged
+ATLAS_INDEX = "atlas/index"  # <layer>.faiss
+ATLAS_LINKS = "atlas/concept_links"  # <layer>/<class>/
+ATLAS_CONCEPTS = "atlas/concepts.parquet"
+ATLAS_CLASS_CONCEPTS = "atlas/class_concepts.parquet"
+ATLAS_MANIFEST = "atlas/atlas.json"  # per layer: k, the index file, the partitions in id order
 
 SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
                   "max_num_iter")

@@ -115,6 +115,9 @@ CONCEPTS = pa.schema(
         # the mean drop in class probability when the concept's voxels are removed from the
         # class's scoring videos (the evaluate stage; null before it runs)
         pa.field("causal_importance", pa.float64()),
+        # the global concept (the atlas stage) that holds most of its members, and their share
+        # (null before the atlas stage runs); atlas/concept_links/ has the whole split
+        pa.field("global_concept", pa.int32()), pa.field("global_concept_share", pa.float64()),
     ]
 )
 
@@ -164,6 +167,71 @@ EVALUATION = pa.schema(
         pa.field("n_videos", pa.int32()),
     ]
 )
+
+
+# The atlas stage (pipeline.stages.atlas): per explained layer, global concepts found by FAISS
+# k-means over every kept supervoxel vector of every class.
+_EXEMPLARS = [pa.field("exemplar_video_ids", pa.list_(pa.string())),  # the members nearest the centroid
+              pa.field("exemplar_supervoxel_ids", pa.list_(pa.int64())),
+              pa.field("exemplar_distances", pa.list_(pa.float32()))]
+
+# atlas/assignments/<layer>/<class>/: one row per supervoxel vector, in the order of its class's
+# activations; atlas_id (partition ordinal << 32 | row) is its id in the layer's search index.
+ATLAS_ASSIGNMENTS = pa.schema(
+    [
+        pa.field("video_id", pa.string()), pa.field("supervoxel_id", pa.int64()), pa.field("layer", pa.string()),
+        pa.field("target_class", pa.string()), pa.field("global_concept", pa.int32()),
+        pa.field("distance", pa.float32()),  # L2 distance to the global concept's centroid
+        pa.field("atlas_id", pa.int64()),
+    ]
+)
+
+# atlas/concepts.parquet: one row per global concept of a layer.
+ATLAS_CONCEPTS = pa.schema(
+    [
+        pa.field("layer", pa.string()), pa.field("global_concept", pa.int32()),
+        pa.field("size", pa.int64()),  # supervoxel vectors assigned to it
+        pa.field("num_videos", pa.int64()),  # distinct videos among them
+        pa.field("num_classes", pa.int32()),
+        pa.field("classes", pa.list_(pa.string())),  # the classes it occurs in, largest share first
+        pa.field("class_shares", pa.list_(pa.float64())),  # each class's share of its members
+        pa.field("class_entropy", pa.float64()),  # of those shares, in bits: 0 = one class only
+        pa.field("top_class", pa.string()), pa.field("top_class_share", pa.float64()),  # its purity
+        pa.field("centroid", pa.list_(pa.float32())),
+    ]
+)
+
+# atlas/class_concepts.parquet: the class x global-concept matrix (its non-zero cells).
+ATLAS_CLASS_CONCEPTS = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("global_concept", pa.int32()),
+        pa.field("members", pa.int64()), pa.field("videos", pa.int64()),
+        pa.field("share_of_class", pa.float64()),  # of the class's vectors at that layer
+        pa.field("share_of_concept", pa.float64()),  # of the global concept's members
+        *_EXEMPLARS,
+    ]
+)
+
+# atlas/_counts/<layer>/<class>/: one partition's cells of that matrix (what the summary adds up).
+ATLAS_COUNTS = pa.schema(
+    [
+        pa.field("layer", pa.string()), pa.field("target_class", pa.string()), pa.field("global_concept", pa.int32()),
+        pa.field("members", pa.int64()), pa.field("videos", pa.int64()), *_EXEMPLARS,
+    ]
+)
+
+# atlas/concept_links/<layer>/<class>/: per concept of concepts.parquet, the global concepts its
+# members fall into.
+ATLAS_LINKS = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+        pa.field("global_concept", pa.int32()), pa.field("members", pa.int64()), pa.field("share", pa.float64()),
+    ]
+)
+
+# atlas/_train/<layer>/: the layer's trained, empty search index (FAISS's own serialisation),
+# whose coarse quantizer holds the global concepts' centroids.
+ATLAS_TRAINED = pa.schema([pa.field("layer", pa.string()), pa.field("index", pa.large_binary())])
 
 
 # _done/<stage>/: the markers of a stage's finished units of work, written last by whoever did

@@ -39,7 +39,8 @@ def small_run(tmp_path_factory):
     report tests."""
     base = tmp_path_factory.mktemp("explain")
     out = base / "run"
-    res = run_cli(f"run.output_dir={out}", f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12",
-                  "dataset.synthetic.seed=7", "concepts.randomisation_check=true")
+    args = [f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12", "dataset.synthetic.seed=7",
+            "concepts.randomisation_check=true"]
+    res = run_cli(f"run.output_dir={out}", *args)
     assert res.returncode == 0, res.stderr[-3000:]
-    return {"out": str(out), "stdout": res.stdout, "record": json.load(open(out / "run.json"))}
+    return {"out": str(out), "args": args, "stdout": res.stdout, "record": json.load(open(out / "run.json"))}

@@ -25,9 +25,10 @@ import pyarrow.compute as pc
 from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
+from pipeline.report.atlas_page import ATLAS_PAGE, atlas_unit
 from pipeline.report.page import index_html
 from pipeline.report.render import ClassJob, ClassSection, render_class
-from pipeline.run_folder import (CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_INDEX, RUN_JSON,
+from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_INDEX, RUN_JSON,
                                  VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition, unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
@@ -126,13 +127,20 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
         sections[out.key] = out.value
     shown = [ClassSection(index=r["index"], target_class=r["class"], html=r["html"], files={}, summary=r["summary"])
              for r in sorted(sections.values(), key=lambda r: r["index"])]
+    atlas = None
+    if folder.exists(ATLAS_MANIFEST):  # the atlas page: one task, remade with the report
+        actor = (stages.get("atlas") or {}).get("actor_concepts") or {}
+        for out in map_tasks(atlas_unit, [("atlas", (folder, settings, actor))], progress=None):
+            if not out.ok:
+                raise RuntimeError(f"report: the atlas page: {out.error}")
+            atlas = out.value
     videos = folder.read_videos()
     failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED)).to_pylist()
-    page = index_html(folder.root, c, record, shown, failed, videos.num_rows)
+    page = index_html(folder.root, c, record, shown, failed, videos.num_rows, atlas=atlas is not None)
     folder.write_bytes(REPORT_INDEX, page.encode())
     return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
             "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),
-            "path": folder.path(REPORT_INDEX)}
+            "path": folder.path(REPORT_INDEX), **({"atlas_page": folder.path(ATLAS_PAGE)} if atlas else {})}
 
 
 def report_fingerprint(settings: dict[str, Any], concepts: list[dict[str, Any]], class_info: dict[str, Any],

@@ -99,3 +99,24 @@ def curves_png(rows: list[dict[str, Any]], title: str) -> Optional[bytes]:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def share_heatmap_png(matrix: np.ndarray, rows: list[str], columns: list[str], title: str) -> bytes:
+    """A heat map of shares (rows x columns, 0..max) as a PNG, labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(min(18, 2 + 0.22 * len(columns)), min(14, 1.5 + 0.25 * len(rows))), dpi=90)
+    im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=max(float(matrix.max()), 1e-9))
+    ax.set_xticks(range(len(columns)), columns, fontsize=7, rotation=90)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_xlabel("global concept (largest first)")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, label="share of the class")
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()

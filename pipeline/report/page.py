@@ -28,8 +28,9 @@ caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding
 
 
 def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections: list[ClassSection],
-               failed: list[dict[str, Any]], total: int) -> str:
-    """The page: `failed` the failed videos' rows of videos.parquet, `total` the videos in."""
+               failed: list[dict[str, Any]], total: int, atlas: bool = False) -> str:
+    """The page: `failed` the failed videos' rows of videos.parquet, `total` the videos in;
+    `atlas`: link the atlas page (atlas.html)."""
     model = c.get("model", {}).get("name", "?")
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
@@ -67,7 +68,8 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
 <p>{total} videos ({total - len(failed)} ok, {len(failed)} failed) &middot; {len(sections)} classes
 &middot; run started {esc(record.get("started", "?"))} &middot; {timing}</p>
 <p>run folder <code>{esc(run_dir)}</code></p></header>
-<main><nav>classes: {nav}{' · <a href="#failed">failed videos</a>' if failed else ""}</nav>
+<main><nav>{'<a href="atlas.html">global concept atlas</a> · ' if atlas else ""}classes: {nav}\
+{' · <a href="#failed">failed videos</a>' if failed else ""}</nav>
 <h2>Overview</h2>
 <p class="meta">Concepts are ranked by mean TCAV score (the paper's ordering); causal importance is the mean drop in
 class probability when the concept's voxels are mean-filled in the class's scoring videos. Each card's clips are the

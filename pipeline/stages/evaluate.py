@@ -41,6 +41,7 @@ log = logging.getLogger("pipeline")
 
 Outcomes = dict[str, dict[str, dict[Plan, tuple[float, bool]]]]  # video -> layer -> plan -> (prob, correct)
 CHUNK = 8  # videos per actor call at most
+LISTED_AHEAD = 2  # classes whose scored videos are listed before they open
 
 
 def run(job: Job) -> None:
@@ -112,12 +113,14 @@ class ClassRunner:
         self.queue = ActorQueue(pool.actors, "run")
         self.open: dict[str, dict[str, Any]] = {}
         self.finishing: dict[str, ray.ObjectRef] = {}
+        self.lister = ClassLister.remote(job.folder)
+        self.listed: dict[str, ray.ObjectRef] = {}  # scored_layers of the classes about to open
 
     def run(self, classes: list[str]) -> dict[str, dict[str, Any]]:
         pending = list(classes)
         progress = Progress("evaluate", len(classes), unit="classes")
         while pending and self.queue.backlog < 2 * len(self.pool.actors):
-            self._open(pending.pop(0))
+            self._open(pending.pop(0), pending)
         records: dict[str, dict[str, Any]] = {}
         for out in self.queue:
             k, chunk = out.key
@@ -135,17 +138,22 @@ class ClassRunner:
             if state["waiting"] == 0:
                 self._next_pass(k)
             while pending and self.queue.backlog < 2 * len(self.pool.actors):
-                self._open(pending.pop(0))
+                self._open(pending.pop(0), pending)
             records.update(self._collect(progress, block=False))
         records.update(self._collect(progress, block=True))
+        ray.kill(self.lister)
         return records
 
-    def _open(self, k: str) -> None:
+    def _open(self, k: str, pending: list[str]) -> None:
         """Queue a class's first pass: each scoring video with every concept removed in turn.
         A class's plans are the same for each of its videos: the driver keeps them once per
-        layer, and each video's outcomes as arrays in plan order (a few KB per video)."""
+        layer, and each video's outcomes as arrays in plan order (a few KB per video). The
+        next classes' video lists are asked for now, so they are in when those classes open."""
+        for kk in [k, *pending[:LISTED_AHEAD]]:
+            if kk not in self.listed:
+                self.listed[kk] = self.lister.scored_layers.remote(kk)
         layers_of = {vid: [layer for layer in layers if (k, layer) in self.ranked]
-                     for vid, layers in ray.get(scored_layers.remote(self.job.folder, k)).items()}
+                     for vid, layers in ray.get(self.listed.pop(k)).items()}
         layers_of = {vid: layers for vid, layers in layers_of.items() if layers}
         vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
         plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
@@ -261,21 +269,29 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
     return {"outcomes": outcomes, "failed": failed}
 
 
-# No CPU reserved (this and finish_class): they must run while the model actors hold every CPU
-# of a small machine, and their work is small beside the actors'.
-@ray.remote(num_cpus=0, max_retries=2)
-def scored_layers(folder: RunFolder, k: str) -> dict[str, list[str]]:
-    """A class's scored videos and the layers each was scored at, from its voxel_importance
-    partition, in a task: read in the driver, the two columns of a few hundred one-row groups
-    held about 10 MB of its memory per class after they were freed (bench/scale.py)."""
-    try:
-        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
-    except FileNotFoundError:  # no scoring video of the class was scored
-        return {}
-    out: dict[str, list[str]] = {}
-    for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
-        out.setdefault(vid, []).append(layer)
-    return out
+# No CPU reserved (this actor and finish_class): they must run while the model actors hold
+# every CPU of a small machine, and their work is small beside the actors'.
+@ray.remote(num_cpus=0, max_restarts=2, max_task_retries=2)
+class ClassLister:
+    """Lists a class's scored videos for the driver, in a process of its own for the stage
+    (read in the driver, the two columns of a few hundred one-row groups held about 10 MB of its
+    memory per class after they were freed, bench/scale.py; a task per class paid for a new
+    worker process each time)."""
+
+    def __init__(self, folder: RunFolder) -> None:
+        self.folder = folder
+
+    def scored_layers(self, k: str) -> dict[str, list[str]]:
+        """The class's scored videos and the layers each was scored at (its voxel_importance
+        partition)."""
+        try:
+            vi = self.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+        except FileNotFoundError:  # no scoring video of the class was scored
+            return {}
+        out: dict[str, list[str]] = {}
+        for vid, layer in zip(vi.column("video_id").to_pylist(), vi.column("layer").to_pylist()):
+            out.setdefault(vid, []).append(layer)
+        return out
 
 
 @ray.remote(num_cpus=0, max_retries=2)
