@@ -42,6 +42,7 @@ VOXEL_IMPORTANCE = "voxel_importance"
 EVALUATION = "evaluation"
 REPORT = "report"
 REPORT_INDEX = "report/index.html"
+REPORT_ATLAS = "report/atlas.html"
 RUN_JSON = "run.json"
 LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 CLIP_ACTIVATIONS = "clip_activations"
@@ -93,6 +94,14 @@ def reduction_fingerprint(upstream: str, settings: Any, videos: Sequence[tuple[s
     digest = hashlib.sha256("\n".join(f"{v}\t{k}" for v, k in sorted(videos, key=str)).encode()).hexdigest()[:16]
     return _canonical({"upstream": hashlib.sha256(upstream.encode()).hexdigest()[:16], "settings": settings,
                        "videos": digest})
+
+
+UNLABELLED = "_unlabelled"  # the class partition of a video without a label
+
+
+def class_partition(label: Optional[str]) -> str:
+    """The class partition a video's rows go to (activations/<layer>/<class>/, ...)."""
+    return label if label is not None else UNLABELLED
 
 
 def unit_key(*names: str) -> str:

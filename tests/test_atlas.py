@@ -80,6 +80,16 @@ def test_the_index_lists_are_the_global_concepts_and_shards_merge_with_their_ids
     assert np.allclose(dist, np.linalg.norm(x - centroids[labels], axis=1), atol=1e-3)
 
 
+def test_kmeans_plus_plus_seeding_finds_every_separated_cluster():
+    x, truth = _clustered(6000, 16, 30, seed=2)
+    centres = np.stack([x[truth == c].mean(axis=0) for c in range(30)])
+    found = build.train(x, 30, AtlasParams(k=30), gpu=False)["centroids"]
+    nearest = np.linalg.norm(centres[:, None] - found[None], axis=2).min(axis=1)
+    assert nearest.max() < 0.5  # every true cluster has its own centroid (clusters are ~20 apart)
+    seeds = build.kmeans_plus_plus(x, 30, 0)
+    assert len({tuple(r) for r in seeds}) == 30 and all((x == r).all(axis=1).any() for r in seeds)
+
+
 def test_concept_table_shares_entropy_and_links_by_hand():
     centroids = np.zeros((3, 2), np.float32)
     ex = {"exemplar_video_ids": ["v"], "exemplar_supervoxel_ids": [1], "exemplar_distances": [0.5]}

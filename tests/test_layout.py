@@ -13,7 +13,7 @@ from tests.conftest import ROOT
 
 PACKAGE = os.path.join(ROOT, "pipeline")
 ALGORITHM = ("pipeline.data", "pipeline.segmentation", "pipeline.activations", "pipeline.concepts",
-             "pipeline.scoring", "pipeline.evaluation", "pipeline.models", "pipeline.params")
+             "pipeline.scoring", "pipeline.evaluation", "pipeline.models", "pipeline.params", "pipeline.atlas")
 
 
 def _modules() -> dict[str, str]:
@@ -93,7 +93,8 @@ def test_the_run_folder_names_are_written_in_one_module():
 
     # the files, and the folders whose names are no column or config key too
     names = {rf.VIDEOS, rf.CONCEPTS, rf.CONCEPT_MEMBERS, rf.TCAV, rf.EVALUATION, rf.RUN_JSON, rf.REPORT_INDEX,
-             rf.LEASE, rf.LABEL_VOLUMES, rf.VOXEL_IMPORTANCE}
+             rf.LEASE, rf.LABEL_VOLUMES, rf.VOXEL_IMPORTANCE, rf.ATLAS_CONCEPTS, rf.ATLAS_CLASS_CONCEPTS,
+             rf.ATLAS_ASSIGNMENTS, rf.ATLAS_MANIFEST, rf.ATLAS_INDEX, rf.ATLAS_LINKS, rf.REPORT_ATLAS}
     assert {"videos.parquet", "label_volumes", "concepts.parquet", "run.json"} <= names
     for module, path in MODULES.items():
         if module == "pipeline.run_folder":

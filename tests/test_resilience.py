@@ -60,7 +60,11 @@ KEYS = {"concepts.parquet": ["target_class", "layer", "concept"],
         "concept_members": ["concept", "video_id", "supervoxel_id"],
         "tcav_scores": ["target_class", "layer", "concept", "random_set"],
         "evaluation": ["target_class", "layer", "ranking", "mode", "order", "kind", "k"],
-        "voxel_importance": ["video_id", "target_class", "layer"]}
+        "voxel_importance": ["video_id", "target_class", "layer"],
+        "atlas/assignments": ["layer", "video_id", "supervoxel_id"],
+        "atlas/concepts.parquet": ["layer", "global_concept"],
+        "atlas/class_concepts.parquet": ["layer", "global_concept", "target_class"],
+        "atlas/concept_links": ["layer", "concept", "global_concept"]}
 
 
 def _same_outputs(a: str, b: str) -> None:
@@ -118,20 +122,34 @@ def test_a_driver_killed_during_activation_resumes_with_other_scheduling_without
     _same_outputs(clean_run["out"], out)
 
 
-def test_a_driver_killed_during_concepts_then_during_evaluate_redoes_only_unfinished_units(clean_run):
+def _atlas_assigned(out: str) -> int:
+    """Partitions the atlas stage has assigned (its assign units' markers)."""
+    return sum('"kind": "assign"' in pq.read_table(p).column("record")[0].as_py()
+               for p in glob.glob(os.path.join(out, "_done", "atlas", "part-*.parquet")))
+
+
+def test_a_driver_killed_during_concepts_atlas_and_evaluate_redoes_only_unfinished_units(clean_run):
     out = str(clean_run["base"] / "reductions")
     args = _args(clean_run["corpus"], out)
     pairs_done = _kill_when(_start(args, out + ".log"), out, "concepts", 1, out + ".log")
     assert 0 < pairs_done < 6  # 3 classes x 2 layers
     assert not os.path.exists(os.path.join(out, "concepts.parquet"))
-    classes_done = _kill_when(_start(args, out + ".2.log"), out, "evaluate", 1, out + ".2.log")
+    # the atlas: killed once its 2 layers are trained and a partition of 6 is assigned
+    _kill_when(_start(args, out + ".2.log"), out, "atlas", 3, out + ".2.log")
+    assigned = _atlas_assigned(out)
+    assert 0 < assigned <= 6
     record = json.load(open(os.path.join(out, "run.json")))  # the second run's, up to the concepts stage
     assert record["stages"]["concepts"]["pairs_skipped_done"] == pairs_done
+    classes_done = _kill_when(_start(args, out + ".3.log"), out, "evaluate", 1, out + ".3.log")
+    record = json.load(open(os.path.join(out, "run.json")))  # the third run's, up to the atlas stage
+    assert record["stages"]["atlas"]["partitions_assigned"] == 6 - assigned
+    assert record["stages"]["atlas"]["units_skipped_done"]["assign"] == assigned
     assert 0 < classes_done < 3
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]
     assert stage["concepts"]["pairs_skipped_done"] == 6
+    assert stage["atlas"]["partitions_assigned"] == 0
     assert stage["evaluate"]["classes_skipped_done"] == classes_done
     _same_outputs(clean_run["out"], out)
 

@@ -8,6 +8,7 @@ from pipeline.params import require
 
 INDEXES = ("auto", "ivf_flat", "ivf_pq")
 DEVICES = ("auto", "cpu", "gpu")
+INITS = ("kmeans++", "random")
 
 
 @dataclass
@@ -20,6 +21,8 @@ class AtlasParams:
     max_points_per_centroid: the training sample holds at most k times this many vectors,
         drawn uniformly from the whole layer (seeded); every vector is then assigned.
     niter, nredo: k-means iterations, and runs (the best is kept).
+    init: kmeans++ (seeded on init_points of the sample, at least 3 k) | random (FAISS's own:
+        k random vectors).
     spherical: cluster and search L2-normalised vectors (cosine geometry); False: the raw
         vectors, as the per-class concepts are found.
     index: auto | ivf_flat | ivf_pq. The index's inverted lists are the atlas's own concepts.
@@ -40,6 +43,8 @@ class AtlasParams:
     max_points_per_centroid: int = 256
     niter: int = 20
     nredo: int = 1
+    init: str = "kmeans++"
+    init_points: int = 10000
     spherical: bool = False
     index: str = "auto"
     index_flat_max_gb: float = 16.0
@@ -57,6 +62,8 @@ class AtlasParams:
         require(self.k_max >= self.k_min, "k_max", self.k_max, f"must be >= k_min ({self.k_min})")
         require(self.max_points_per_centroid >= self.min_points_per_centroid, "max_points_per_centroid",
                 self.max_points_per_centroid, f"must be >= min_points_per_centroid ({self.min_points_per_centroid})")
+        require(self.init in INITS, "init", self.init, f"must be one of {list(INITS)}")
+        require(self.init_points >= 1, "init_points", self.init_points, "must be >= 1")
         require(self.index in INDEXES, "index", self.index, f"must be one of {list(INDEXES)}")
         require(self.index_flat_max_gb > 0, "index_flat_max_gb", self.index_flat_max_gb, "must be > 0")
         require(self.pq_bytes >= 0, "pq_bytes", self.pq_bytes, "must be >= 0 (0: a quarter of the dimension)")

@@ -13,11 +13,11 @@ import numpy as np
 
 from pipeline.report.images import encode_animation, exemplar_frames, share_heatmap_png
 from pipeline.report.render import esc, fmt, slug
-from pipeline.run_folder import ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_MANIFEST, REPORT, RunFolder
+from pipeline.run_folder import (ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_MANIFEST, REPORT,
+                                 REPORT_ATLAS as ATLAS_PAGE, RunFolder)
 
 log = logging.getLogger("pipeline")
 
-ATLAS_PAGE = "report/atlas.html"
 ASSETS = "atlas_assets"  # under report/, remade with the page (the classes' images are in assets/)
 CARDS = 6  # global concepts per list (largest, most shared, most class-specific)
 HEATMAP_CONCEPTS = 60  # the largest global concepts in the heat map

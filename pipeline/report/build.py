@@ -25,11 +25,12 @@ import pyarrow.compute as pc
 from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.report.atlas_page import ATLAS_PAGE, atlas_unit
+from pipeline.report.atlas_page import atlas_unit
 from pipeline.report.page import index_html
 from pipeline.report.render import ClassJob, ClassSection, render_class
-from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_INDEX, RUN_JSON,
-                                 VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition, unit_key)
+from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_ATLAS,
+                                 REPORT_INDEX, RUN_JSON, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
+                                 unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
 
@@ -140,7 +141,7 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
     folder.write_bytes(REPORT_INDEX, page.encode())
     return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
             "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),
-            "path": folder.path(REPORT_INDEX), **({"atlas_page": folder.path(ATLAS_PAGE)} if atlas else {})}
+            "path": folder.path(REPORT_INDEX), **({"atlas_page": folder.path(REPORT_ATLAS)} if atlas else {})}
 
 
 def report_fingerprint(settings: dict[str, Any], concepts: list[dict[str, Any]], class_info: dict[str, Any],

@@ -26,14 +26,13 @@ from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
-                                 partition)
+                                 class_partition, partition)
 from pipeline.segmentation.supervoxels import KEPT
 from pipeline.stages.base import Job, VideoRows, unit_failures
 
 log = logging.getLogger("pipeline")
 
 BOX = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1"]
-UNLABELLED = "_unlabelled"  # the class partition of a video without a label
 
 
 def run(job: Job) -> None:
@@ -151,10 +150,6 @@ def activated_layers(folder: RunFolder) -> list[str]:
     if not len(records):
         raise RunFolderError(f"no video of {folder.root} has activations: nothing to explain")
     return json.loads(records[0].as_py())
-
-
-def class_partition(label: Optional[str]) -> str:
-    return label if label is not None else UNLABELLED
 
 
 def activation_tables(results: list[VideoActivations], labels: dict[str, Optional[str]],

@@ -112,6 +112,15 @@ def run(job: Job) -> None:
                      for layer in layers if plans[layer]}
     summary = ray.get(summarise.remote(folder, layer_records, {layer: plans[layer] for layer in layer_records},
                                        actor, fingerprint))
+    for layer, info in summary["layers"].items():
+        log.info("atlas: %s: %d global concepts, %d in one class only, mean class entropy %s bits; index %s, %.1f MB",
+                 layer, info["k"], info["single_class_concepts"], info["mean_class_entropy_bits"], info["index"],
+                 info["index_mb"])
+    for k, by_layer in summary["actor"].items():
+        for layer, a in by_layer.items():
+            log.info("atlas: %s/%s: the actor concept %s is %.0f%% in global concept %d (classes: %s)", k, layer,
+                     a["actor_concept"].rsplit("/", 1)[-1], 100 * a["share_of_actor_concept"], a["global_concept"],
+                     ", ".join(f"{c} {s:.2f}" for c, s in a["classes"].items()))
     job.finish("atlas", layers=summary["layers"], partitions_assigned=len(todo),
                units_skipped_done=skipped, concept_pairs_linked=links["linked"],
                concept_pairs_skipped_done=links["skipped"], **({"actor_concepts": summary["actor"]}
@@ -156,7 +165,10 @@ def plan_layer(folder: RunFolder, layer: str) -> list[dict[str, Any]]:
 
 
 def _vectors(folder: RunFolder, layer: str, part: str, columns: tuple[str, ...] = ()) -> tuple[pa.Table, np.ndarray]:
-    t = folder.read(f"{ACTIVATIONS}/{partition(layer=layer)}/{part}", columns=[*columns, "vector"])
+    """A partition's vectors in (video, supervoxel) order, whatever parts the activate stage cut
+    them into (the sample, the ids and so the atlas do not depend on how the work was split)."""
+    t = folder.read(f"{ACTIVATIONS}/{partition(layer=layer)}/{part}", columns=["video_id", "supervoxel_id", "vector"])
+    t = t.sort_by([("video_id", "ascending"), ("supervoxel_id", "ascending")]).select([*columns, "vector"])
     col = t.column("vector").combine_chunks()
     return t.drop_columns(["vector"]), col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
 

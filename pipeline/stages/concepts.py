@@ -33,9 +33,9 @@ from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, PREDICTIONS,
-                                 RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, partition,
-                                 reduction_fingerprint, unit_key)
-from pipeline.stages.activate import activated_layers, class_partition
+                                 RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, class_partition,
+                                 partition, reduction_fingerprint, unit_key)
+from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
 log = logging.getLogger("pipeline")
