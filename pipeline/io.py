@@ -118,6 +118,45 @@ def write_bytes(data: bytes, path: str) -> None:
     _write_atomically(path, write)
 
 
+def local_path(path: str) -> str | None:
+    """The path on this machine's disk of a local path or file:// URI, else None."""
+    fs, p = resolve(path)
+    return p if isinstance(fs, pafs.LocalFileSystem) else None
+
+
+def write_with(path: str, write: Any) -> None:
+    """A file that a library writes itself (`write(local_path)`: FAISS's write_index), atomically;
+    to an object store through a local temporary file, streamed."""
+    local = local_path(path)
+    if local is not None:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        write(local + ".part")
+        os.replace(local + ".part", local)
+        return
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write(os.path.join(tmp, "file"))
+
+        def upload(fs: pafs.FileSystem, dest: str) -> None:
+            with open(os.path.join(tmp, "file"), "rb") as src, fs.open_output_stream(dest) as out:
+                shutil.copyfileobj(src, out, 1 << 22)
+
+        _write_atomically(path, upload)
+
+
+def file_size(path: str) -> int:
+    fs, p = resolve(path)
+    return fs.get_file_info(p).size
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = resolve(path)
+    with fs.open_input_stream(p) as f:
+        return f.read()
+
+
 def write_json(obj: Any, path: str) -> None:
     """Write JSON atomically."""
     write_bytes((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode(), path)

@@ -48,16 +48,13 @@ LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 CLIP_ACTIVATIONS = "clip_activations"
 RANDOMISED_GRADIENTS = "randomised_gradients"
 DONE = "_done"  # _done/<stage>/part-<run>-<unit>.parquet: the markers of finished units
-# the atlas stage's (pipeline.stages.atlas)
-ATLAS_TRAINED = "atlas/_train"  # <layer>/: the trained, empty index
-ATLAS_ASSIGNMENTS = "atlas/assignments"  # <layer>/<class>/
-ATLAS_COUNTS = "atlas/_counts"  # <layer>/<class>/: a partition's members per global concept
-ATLAS_SHARDS = "atlas/_shards"  # <layer>/<class>.faiss: a partition's shard of the index, until merged
-ATLAS_INDEX = "atlas/index"  # <layer>.faiss
-ATLAS_LINKS = "atlas/concept_links"  # <layer>/<class>/
-ATLAS_CONCEPTS = "atlas/concepts.parquet"
-ATLAS_CLASS_CONCEPTS = "atlas/class_concepts.parquet"
-ATLAS_MANIFEST = "atlas/atlas.json"  # per layer: k, the index file, the partitions in id order
+UNLABELLED = "_unlabelled"  # the class partition of a video without a label
+# the atlas stage's: <layer>/ (the trained index), <layer>/<class>/ (assignments, counts, links),
+# <layer>/<class>.faiss (a shard, until merged), <layer>.faiss (the index), the tables, the manifest
+ATLAS_TRAINED, ATLAS_ASSIGNMENTS, ATLAS_COUNTS = "atlas/_train", "atlas/assignments", "atlas/_counts"
+ATLAS_SHARDS, ATLAS_INDEX, ATLAS_LINKS = "atlas/_shards", "atlas/index", "atlas/concept_links"
+ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS = "atlas/concepts.parquet", "atlas/class_concepts.parquet"
+ATLAS_MANIFEST = "atlas/atlas.json"
 
 SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
                   "max_num_iter")
@@ -94,9 +91,6 @@ def reduction_fingerprint(upstream: str, settings: Any, videos: Sequence[tuple[s
     digest = hashlib.sha256("\n".join(f"{v}\t{k}" for v, k in sorted(videos, key=str)).encode()).hexdigest()[:16]
     return _canonical({"upstream": hashlib.sha256(upstream.encode()).hexdigest()[:16], "settings": settings,
                        "videos": digest})
-
-
-UNLABELLED = "_unlabelled"  # the class partition of a video without a label
 
 
 def class_partition(label: Optional[str]) -> str:
@@ -260,6 +254,11 @@ class RunFolder:
         self._check_lease()
         io.write_bytes(data, self.path(name))
 
+    def write_with(self, name: str, write: Any) -> None:
+        """A file a library writes itself (`write(local_path)`), atomically (`io.write_with`)."""
+        self._check_lease()
+        io.write_with(self.path(name), write)
+
     def write_json(self, name: str, obj: Any) -> None:
         self._check_lease()
         io.write_json(obj, self.path(name))
@@ -305,6 +304,8 @@ class RunFolder:
                       where: Optional[dict[str, tuple[str, int]]] = None) -> dict[str, np.ndarray]:
         """The label volumes uint16 [R, L, H, W] of several videos: one row group each (`where`:
         their locations, as `label_index` gives them; read from the markers when not given)."""
+        from pipeline.segmentation.supervoxels import stack_label_volumes
+
         out: dict[str, np.ndarray] = {}
         by_part: dict[str, list[tuple[str, int]]] = {}
         for v in video_ids:
@@ -397,12 +398,3 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
-
-
-def stack_label_volumes(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    """Rows of `label_volumes/` -> uint16 [R, L, H, W] per video, resolutions in order."""
-    by_video: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for r in rows:
-        vol = np.frombuffer(r["labels"], dtype=np.uint16).reshape(r["shape"])
-        by_video.setdefault(r["video_id"], []).append((r["resolution"], vol))
-    return {vid: np.stack([v for _, v in sorted(vols, key=lambda x: x[0])]) for vid, vols in by_video.items()}

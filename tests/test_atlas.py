@@ -44,9 +44,9 @@ def test_the_sample_is_spread_over_partitions_in_proportion_and_is_seeded():
     assert not np.array_equal(a, build.sample_rows(1000, 50, 0, 4))
 
 
-def _clustered(n: int, d: int, centres: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _clustered(n: int, d: int, centres: int, seed: int = 0, scale: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    c = rng.normal(scale=4.0, size=(centres, d)).astype(np.float32)
+    c = rng.normal(scale=scale, size=(centres, d)).astype(np.float32)
     truth = rng.integers(0, centres, size=n)
     return (c[truth] + rng.normal(size=(n, d))).astype(np.float32), truth
 
@@ -81,13 +81,18 @@ def test_the_index_lists_are_the_global_concepts_and_shards_merge_with_their_ids
 
 
 def test_kmeans_plus_plus_seeding_finds_every_separated_cluster():
-    x, truth = _clustered(6000, 16, 30, seed=2)
+    x, truth = _clustered(6000, 16, 30, seed=2, scale=10.0)  # clusters ~50 apart, ~6 across
     centres = np.stack([x[truth == c].mean(axis=0) for c in range(30)])
     found = build.train(x, 30, AtlasParams(k=30), gpu=False)["centroids"]
-    nearest = np.linalg.norm(centres[:, None] - found[None], axis=2).min(axis=1)
-    assert nearest.max() < 0.5  # every true cluster has its own centroid (clusters are ~20 apart)
+    assert np.linalg.norm(centres[:, None] - found[None], axis=2).min(axis=1).max() < 0.5  # each has its own
     seeds = build.kmeans_plus_plus(x, 30, 0)
-    assert len({tuple(r) for r in seeds}) == 30 and all((x == r).all(axis=1).any() for r in seeds)
+    assert all((x == r).all(axis=1).any() for r in seeds)
+    assert len(set(np.linalg.norm(centres[:, None] - seeds[None], axis=2).argmin(axis=0).tolist())) == 30
+    # FAISS's own seeding (k random vectors) on the same data leaves some merged, others split
+    x, _ = _clustered(20000, 32, 200, seed=3)
+    inertia = {init: float(np.square(build.assign(x, build.train(x, 200, AtlasParams(k=200, init=init), gpu=False)[
+        "centroids"])[1]).sum()) for init in ("kmeans++", "random")}
+    assert inertia["kmeans++"] < inertia["random"]
 
 
 def test_concept_table_shares_entropy_and_links_by_hand():
@@ -139,7 +144,7 @@ def test_the_default_job_writes_the_atlas(small_run):
         if r.size:
             assert abs(sum(r.class_shares) - 1) < 1e-4 and r.top_class == r.classes[0]
     per_class = cells.groupby(["target_class", "layer"]).share_of_class.sum()
-    assert np.allclose(per_class.values, 1, atol=1e-4)
+    assert np.allclose(per_class.values, 1, atol=1e-3)
     # every concept of concepts.parquet is linked to the global concepts its members fall into
     run_concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
     links = read_parts(os.path.join(out, "atlas", "concept_links")).to_pandas()
@@ -161,7 +166,9 @@ def test_the_default_job_writes_the_atlas(small_run):
     assert set(actor) == set(run_concepts.target_class)
     for k, by_layer in actor.items():
         for layer, a in by_layer.items():
-            assert a["global_concept"] == top[a["actor_concept"]] and k in a["classes"]
+            first = a["global_concepts"][0]
+            assert first["global_concept"] == top[a["actor_concept"]] and k in first["classes"]
+            assert 0 <= a["other_classes_share"] <= 1
 
 
 def test_nearest_from_the_api_and_the_query_command(small_run):

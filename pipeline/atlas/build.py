@@ -74,21 +74,32 @@ def faiss_gpus() -> int:
 
 
 def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k-means++ seeding (each next centre drawn with probability proportional to its squared
-    distance to the nearest one chosen): k rows of x, float32 [k, d]."""
+    """Greedy k-means++ seeding (as scikit-learn's): each next centre is the best of 2 + log(k)
+    candidates drawn with probability proportional to their squared distance to the nearest
+    centre chosen, the one that lowers the sum of those distances most. k rows of x, float32."""
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
     norms = np.einsum("ij,ij->i", x, x)
-    centres = np.empty((k, x.shape[1]), dtype=np.float32)
-    centres[0] = x[rng.integers(len(x))]
-    d2 = np.maximum(norms - 2 * (x @ centres[0]) + norms.dtype.type(centres[0] @ centres[0]), 0)
-    for j in range(1, k):
+    trials = 2 + int(np.log(k))
+
+    def sq_dist(rows: np.ndarray) -> np.ndarray:  # [len(rows), n] squared distances to x
+        c = x[rows]
+        return np.maximum(norms[None, :] - 2 * (c @ x.T) + norms[rows, None], 0)
+
+    chosen = [int(rng.integers(n))]
+    d2 = sq_dist(np.asarray(chosen))[0]
+    for _ in range(1, k):
         total = float(d2.sum(dtype=np.float64))
-        i = int(np.searchsorted(np.cumsum(d2, dtype=np.float64), rng.random() * total)) if total > 0 else \
-            int(rng.integers(len(x)))
-        centres[j] = x[min(i, len(x) - 1)]
-        np.minimum(d2, np.maximum(norms - 2 * (x @ centres[j]) + centres[j] @ centres[j], 0), out=d2)
-    return centres
+        if total <= 0:  # fewer distinct points than k: the rest at random
+            chosen.append(int(rng.integers(n)))
+            continue
+        cand = np.minimum(np.searchsorted(np.cumsum(d2, dtype=np.float64), rng.random(trials) * total), n - 1)
+        new = np.minimum(d2[None, :], sq_dist(cand))
+        best = int(np.argmin(new.sum(axis=1, dtype=np.float64)))
+        chosen.append(int(cand[best]))
+        d2 = new[best]
+    return x[np.asarray(chosen)].copy()
 
 
 def train(sample: np.ndarray, k: int, p: AtlasParams, gpu: Optional[bool] = None) -> dict[str, Any]:
@@ -172,6 +183,27 @@ def deserialize(data: bytes) -> Any:
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
 
+def save(index: Any) -> Any:
+    """`write(local_path)` writing an index with FAISS's own writer (`RunFolder.write_with`):
+    no second copy of it in memory."""
+    import faiss
+
+    return lambda path: faiss.write_index(index, path)
+
+
+def load(path: str, mmap: bool = False) -> Any:
+    """An index file (a path or a URI). `mmap`: an IVF index's lists stay on disk, paged in as
+    searches read them (a local file only)."""
+    import faiss
+
+    from pipeline import io
+
+    local = io.local_path(path)
+    if local is not None:
+        return faiss.read_index(local, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0)
+    return deserialize(io.read_bytes(path))
+
+
 def atlas_ids(ordinal: int, n: int) -> np.ndarray:
     return (np.int64(ordinal) << ROW_BITS) | np.arange(n, dtype=np.int64)
 
@@ -196,12 +228,12 @@ def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> tuple[np
     return labels, dist
 
 
-def merge(shards: Iterable[bytes]) -> Any:
-    """One index from shards that share a trained empty index (their ids kept): holds the
-    merged index and one shard at a time."""
+def merge(shards: Iterable[Any]) -> Any:
+    """One index from shards (indexes, or their bytes) that share a trained empty index, their
+    ids kept: holds the merged index and one shard at a time."""
     index = None
-    for data in shards:
-        shard = deserialize(data)
+    for shard in shards:
+        shard = deserialize(shard) if isinstance(shard, bytes) else shard
         if index is None:
             index = shard
         else:
@@ -281,3 +313,16 @@ def concept_links(members: Sequence[dict[str, Any]], global_of: dict[tuple[str, 
             rows.append({"target_class": k, "layer": layer, "concept": concept, "global_concept": g, "members": n,
                          "share": round(n / total, 6)})
     return rows
+
+
+def placement(k: str, shares: Sequence[tuple[int, float]], classes_of: dict[int, dict[str, float]],
+              top: int = 3) -> dict[str, Any]:
+    """Where a concept of class k falls in the atlas: its largest global concepts (`shares`:
+    (global concept, share of the concept's members), largest first) with the classes of each,
+    and other_classes_share: over its members, the mean share of other classes among the
+    members of the global concept each falls in (0: its global concepts are k's alone)."""
+    other = sum(share * (1.0 - classes_of.get(g, {}).get(k, 0.0)) for g, share in shares)
+    return {"global_concepts": [{"global_concept": int(g), "share": round(float(share), 4),
+                                 "classes": {c: round(v, 4) for c, v in classes_of.get(g, {}).items()}}
+                                for g, share in shares[:top]],
+            "other_classes_share": round(float(other), 4)}

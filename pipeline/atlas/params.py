@@ -21,8 +21,11 @@ class AtlasParams:
     max_points_per_centroid: the training sample holds at most k times this many vectors,
         drawn uniformly from the whole layer (seeded); every vector is then assigned.
     niter, nredo: k-means iterations, and runs (the best is kept).
-    init: kmeans++ (seeded on init_points of the sample, at least 3 k) | random (FAISS's own:
-        k random vectors).
+    init: kmeans++ (greedy, on init_points of the sample, at least 3 k) | random (FAISS's own:
+        k random vectors). The seeding decides the quality: on bench/atlas.py's 1 M clustered
+        vectors, random seeding ends at twice the inertia, and k-means++ on 10,000 points 3.4%
+        above scikit-learn's MiniBatchKMeans, on 50,000 points 1.6% above, where more
+        iterations (40) or a larger sample (256 per centroid) change little.
     spherical: cluster and search L2-normalised vectors (cosine geometry); False: the raw
         vectors, as the per-class concepts are found.
     index: auto | ivf_flat | ivf_pq. The index's inverted lists are the atlas's own concepts.
@@ -40,11 +43,11 @@ class AtlasParams:
     k_min: int = 8
     k_max: int = 4096
     min_points_per_centroid: int = 20
-    max_points_per_centroid: int = 256
-    niter: int = 20
+    max_points_per_centroid: int = 128
+    niter: int = 10
     nredo: int = 1
     init: str = "kmeans++"
-    init_points: int = 10000
+    init_points: int = 50000
     spherical: bool = False
     index: str = "auto"
     index_flat_max_gb: float = 16.0

@@ -4,9 +4,9 @@ the assignments that say which video, supervoxel and class each id is.
 
     from pipeline import open_run
     run = open_run("outputs/synthetic-demo")
-    run.nearest(("a1b2c3d4e5f6", 65539), k=10)      # (video_id, supervoxel_id)
-    run.nearest(7, layer="layer2")                  # global concept 7's centroid
-    run.nearest("push/layer2/concept_3")            # a concept of concepts.parquet
+    run.nearest(("advance/v0000", 3), k=10, layer="layer2")  # (video_id, supervoxel_id)
+    run.nearest(7, layer="layer2")                           # global concept 7's centroid
+    run.nearest("advance/layer2/concept1")                   # a concept of concepts.parquet
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ class Atlas:
     def index(self, layer: str) -> Any:
         if layer not in self._indexes:
             info = self._layer(layer)
-            with io.open_input_file(self.folder.path(info["file"])) as f:
-                self._indexes[layer] = build.deserialize(f.read())
+            self._indexes[layer] = build.load(self.folder.path(info["file"]), mmap=True)
         return self._indexes[layer]
 
     def _layer(self, layer: Optional[str]) -> dict[str, Any]:

@@ -116,12 +116,16 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
         actors = {k: v[layer] for k, v in actor.items() if layer in v}
         if actors:
             html.append("<h3>Where each class's actor concept falls</h3><table><tr><th>class</th><th>actor concept"
-                        "</th><th>global concept (its members' share)</th><th>classes of that global concept</th>"
-                        "</tr>" + "".join(
-                            f'<tr><td>{esc(k)}</td><td>{esc(a["actor_concept"].rsplit("/", 1)[-1])}</td>'
-                            f'<td>#{a["global_concept"]} ({fmt(a["share_of_actor_concept"])})</td><td>'
-                            + ", ".join(f"{esc(c)} {fmt(s)}" for c, s in a["classes"].items()) + "</td></tr>"
-                            for k, a in sorted(actors.items())) + "</table>")
+                        "</th><th>its largest global concepts (share of its members): their classes</th>"
+                        "<th>other classes' share</th></tr>" + "".join(
+                            f'<tr><td>{esc(k)}</td><td>{esc(a["actor_concept"].rsplit("/", 1)[-1])}</td><td>'
+                            + "<br>".join(f'#{g["global_concept"]} ({fmt(g["share"])}): '
+                                          + ", ".join(f"{esc(c)} {fmt(s)}" for c, s in g["classes"].items())
+                                          for g in a["global_concepts"])
+                            + f'</td><td>{fmt(a["other_classes_share"])}</td></tr>'
+                            for k, a in sorted(actors.items()))
+                        + "<caption>other classes' share: over the actor concept's members, the mean share of "
+                          "other classes among the members of the global concept each falls in</caption></table>")
         titles = {"largest": "Largest", "shared": "Most shared across classes",
                   "specific": "Most class-specific"}
         for key, title in titles.items():

@@ -10,7 +10,7 @@ one by one: the reference's quadratic float-mask loop gives the same decisions (
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from skimage.segmentation import slic
@@ -244,3 +244,11 @@ def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
         columns["max_iou"].append(best_iou[r].astype(np.float32))
     table = {k: np.concatenate(v) for k, v in columns.items()}
     return Segmentation(labels=labels, n_segments=tuple(int(n) for n in n_segments), table=table)
+
+def stack_label_volumes(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Rows of `label_volumes/` -> uint16 [R, L, H, W] per video, resolutions in order."""
+    by_video: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for r in rows:
+        vol = np.frombuffer(r["labels"], dtype=np.uint16).reshape(r["shape"])
+        by_video.setdefault(r["video_id"], []).append((r["resolution"], vol))
+    return {vid: np.stack([v for _, v in sorted(vols, key=lambda x: x[0])]) for vid, vols in by_video.items()}

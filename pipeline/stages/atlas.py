@@ -118,9 +118,11 @@ def run(job: Job) -> None:
                  info["index_mb"])
     for k, by_layer in summary["actor"].items():
         for layer, a in by_layer.items():
-            log.info("atlas: %s/%s: the actor concept %s is %.0f%% in global concept %d (classes: %s)", k, layer,
-                     a["actor_concept"].rsplit("/", 1)[-1], 100 * a["share_of_actor_concept"], a["global_concept"],
-                     ", ".join(f"{c} {s:.2f}" for c, s in a["classes"].items()))
+            where = "; ".join(f"#{g['global_concept']} {g['share']:.2f} ("
+                              + ", ".join(f"{c} {s:.2f}" for c, s in g["classes"].items()) + ")"
+                              for g in a["global_concepts"])
+            log.info("atlas: %s/%s: the actor concept %s falls in %s; %.2f of its global concepts' members are other "
+                     "classes'", k, layer, a["actor_concept"].rsplit("/", 1)[-1], where, a["other_classes_share"])
     job.finish("atlas", layers=summary["layers"], partitions_assigned=len(todo),
                units_skipped_done=skipped, concept_pairs_linked=links["linked"],
                concept_pairs_skipped_done=links["skipped"], **({"actor_concepts": summary["actor"]}
@@ -131,6 +133,8 @@ def link_concepts(job: Job, layers: list[str], fingerprint: str) -> dict[str, in
     """The per-class concepts' links to the global ones, one task per (class, layer) pair
     with concepts; redone when the atlas or the concepts change."""
     folder = job.folder
+    if not folder.exists(CONCEPTS):  # the atlas runs on activations alone; links wait for concepts
+        return {"linked": 0, "skipped": 0}
     concept_parts = sorted(folder.read(f"{DONE}/concepts", columns=["part"]).column("part").to_pylist())
     links_fp = reduction_fingerprint(fingerprint, {"concepts": concept_parts}, [])
     done = folder.done_units("atlas_links", [LINKS], links_fp, "atlas links", stale="discard")
@@ -228,7 +232,7 @@ def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, sph
     labels, dist = build.assign(x, centroids)
     atlas_ids = build.atlas_ids(ordinal, len(x))
     index.add_with_ids(x, atlas_ids)
-    folder.write_bytes(shard_name(layer, part), build.serialize(index))
+    folder.write_with(shard_name(layer, part), build.save(index))
     del index
     k = unquote(part)
     vids, sids = ids.column("video_id").to_pylist(), ids.column("supervoxel_id").to_pylist()
@@ -252,17 +256,12 @@ def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, sph
 @ray.remote(num_cpus=1, max_retries=2)
 def build_index(folder: RunFolder, layer: str, partitions: list[str], fingerprint: str) -> dict[str, Any]:
     """The layer's shards merged into one index, written with FAISS's own serialisation."""
-    def shards():
-        for part in partitions:
-            with io.open_input_file(folder.path(shard_name(layer, part))) as f:
-                yield f.read()
-
-    index = build.merge(shards())
-    data = build.serialize(index)
+    index = build.merge(build.load(folder.path(shard_name(layer, part))) for part in partitions)
     name = f"{INDEX}/{partition(layer=layer)}.faiss"
-    folder.write_bytes(name, data)
-    record = {"kind": "index", "layer": layer, "file": name, "ntotal": int(index.ntotal), "bytes": len(data)}
-    del index, data
+    folder.write_with(name, build.save(index))
+    record = {"kind": "index", "layer": layer, "file": name, "ntotal": int(index.ntotal),
+              "bytes": int(io.file_size(folder.path(name)))}
+    del index
     folder.write_unit(ATLAS, unit_key(layer, "index"), [], [{"record": record}], fingerprint)
     return record
 
@@ -313,30 +312,34 @@ def summarise(folder: RunFolder, layers: dict[str, dict[str, Any]], plans: dict[
     folder.write_table(CLASS_CONCEPTS, pa.Table.from_pylist(cell_rows, schema=schemas.ATLAS_CLASS_CONCEPTS))
 
     links = folder.read(LINKS).to_pylist() if io.part_files(folder.path(LINKS)) else []
-    top: dict[str, tuple[int, float]] = {}
+    split: dict[str, list[tuple[int, float]]] = {}
     for row in links:  # largest share first within each concept
-        top.setdefault(row["concept"], (row["global_concept"], row["share"]))
-    concepts_table = folder.read(CONCEPTS)
-    names = concepts_table.column("concept").to_pylist()
-    for name, values in (("global_concept", pa.array([top.get(n, (None, None))[0] for n in names], pa.int32())),
-                         ("global_concept_share", pa.array([top.get(n, (None, None))[1] for n in names],
-                                                           pa.float64()))):
-        i = concepts_table.schema.get_field_index(name)  # -1: a concepts.parquet from before the atlas
-        concepts_table = (concepts_table.set_column(i, name, values) if i >= 0
-                          else concepts_table.append_column(name, values))
-    folder.write_table(CONCEPTS, concepts_table)
+        split.setdefault(row["concept"], []).append((row["global_concept"], row["share"]))
+    top = {concept: shares[0] for concept, shares in split.items()}
+    if folder.exists(CONCEPTS):
+        folder.write_table(CONCEPTS, with_global_concepts(folder.read(CONCEPTS), top))
 
     by_key = {(c["layer"], c["global_concept"]): c for c in concept_rows}
     for (k, layer), concept in sorted(actor.items()):
-        if concept in top and layer in layers:
-            g, share = top[concept]
-            c = by_key[(layer, g)]
+        if concept in split and layer in layers:
             out["actor"].setdefault(k, {})[layer] = {
-                "actor_concept": concept, "global_concept": g, "share_of_actor_concept": share,
-                "classes": dict(zip(c["classes"], c["class_shares"]))}
+                "actor_concept": concept, **build.placement(k, split[concept], {
+                    g: dict(zip(c["classes"], c["class_shares"])) for (lay, g), c in by_key.items() if lay == layer})}
     folder.write_json(MANIFEST, {"settings": fingerprint, "layers": {
         layer: {"k": r["k"], "dim": r["dim"], "index": r["index"], "nprobe": r["nprobe"],
                 "spherical": r["spherical"], "file": r["file"], "ntotal": r["ntotal"],
                 "partitions": [{"partition": q["partition"], "target_class": q["target_class"], "rows": q["rows"]}
                                for q in plans[layer]]} for layer, r in layers.items()}})
     return out
+
+
+def with_global_concepts(concepts: pa.Table, top: dict[str, tuple[int, float]]) -> pa.Table:
+    """concepts.parquet with each concept's global concept (the one holding most of its
+    members) and that share."""
+    names = concepts.column("concept").to_pylist()
+    for name, values in (("global_concept", pa.array([top.get(n, (None, None))[0] for n in names], pa.int32())),
+                         ("global_concept_share", pa.array([top.get(n, (None, None))[1] for n in names],
+                                                           pa.float64()))):
+        i = concepts.schema.get_field_index(name)  # -1: a concepts.parquet from before the atlas
+        concepts = concepts.set_column(i, name, values) if i >= 0 else concepts.append_column(name, values)
+    return concepts
