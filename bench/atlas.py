@@ -9,8 +9,8 @@ synthetic clustered vectors (--n of them, --dim dimensions, --clusters Gaussian 
    the nearest centroid).
 2. search: the atlas's IVF-Flat index (its lists are the k-means centroids) against exact FAISS
    flat search, over --queries held-out vectors: recall@10 and queries per second (batched),
-   at the smallest nprobe that reaches recall 0.95. IVF-PQ's figures (the index for 100 M
-   vectors and more) are printed beside it.
+   at the smallest nprobe that reaches recall 0.95. IVF-SQ8's and IVF-PQ's figures (the indexes
+   for 100 M vectors and more) are printed beside it.
 
 The last line:
   kmeans_speedup=<sklearn s / FAISS s> inertia_ratio=<FAISS / sklearn> recall_at_10=<IVF-Flat>
@@ -137,6 +137,16 @@ def main() -> None:
     if chosen is None:
         chosen = (nprobe, r, q)
     del ivf
+    for kind in (build.IVF_SQ8,):
+        t0 = time.perf_counter()
+        other = build.empty_index(trained["centroids"], x[rows], kind, p)
+        other.add(x)
+        other.nprobe = chosen[0]
+        q, found = qps(other, queries, 10)
+        print(f"IVF-SQ8 ({build.bytes_per_vector(kind, args.dim, p)} bytes per vector; built in "
+              f"{time.perf_counter() - t0:.1f} s): nprobe {chosen[0]}: recall@10 {recall_at(found, truth):.4f}, "
+              f"{q:.0f} queries/s", flush=True)
+        del other
     t0 = time.perf_counter()
     pq_index = build.empty_index(trained["centroids"], x[rows], build.IVF_PQ, p)
     pq_index.add(x)

@@ -77,6 +77,12 @@ def test_the_index_lists_are_the_global_concepts_and_shards_merge_with_their_ids
     assert build.split_ids(found[0])[0][0] == 1 and build.split_ids(found[0])[1][0] == 100
     centroids = build.centroids_of(index)
     assert np.allclose(centroids, trained["centroids"])
+    for kind in (build.IVF_SQ8, build.IVF_PQ):  # the compressed indexes keep the same lists
+        small = build.empty_index(trained["centroids"], x, kind, p)
+        small.add_with_ids(x, np.arange(4000, dtype=np.int64))
+        assert np.allclose(build.centroids_of(small), centroids)
+        _, near = small.search(x[:50], 1)
+        assert (near[:, 0] == np.arange(50)).mean() >= (0.9 if kind == build.IVF_SQ8 else 0.5)
     assert np.allclose(dist, np.linalg.norm(x - centroids[labels], axis=1), atol=1e-3)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.atlas.params import AtlasParams
 
-IVF_FLAT, IVF_PQ = "ivf_flat", "ivf_pq"
+IVF_FLAT, IVF_SQ8, IVF_PQ = "ivf_flat", "ivf_sq8", "ivf_pq"
 ROW_BITS = 32  # an atlas id: partition ordinal << 32 | row in the partition's assignments
 EXEMPLARS = 3  # nearest members kept per (class, global concept)
 ROWS_PER_GROUP = 16384  # the assignments' row groups: a search result reads one group
@@ -139,7 +139,7 @@ def pq_bytes(d: int, p: AtlasParams) -> int:
 
 def bytes_per_vector(kind: str, d: int, p: AtlasParams) -> int:
     """The index's bytes per vector: its code and its 8-byte id."""
-    return (4 * d if kind == IVF_FLAT else pq_bytes(d, p)) + 8
+    return {IVF_FLAT: 4 * d, IVF_SQ8: d, IVF_PQ: pq_bytes(d, p)}[kind] + 8
 
 
 def empty_index(centroids: np.ndarray, sample: np.ndarray, kind: str, p: AtlasParams) -> Any:
@@ -152,12 +152,14 @@ def empty_index(centroids: np.ndarray, sample: np.ndarray, kind: str, p: AtlasPa
     quantizer.add(centroids)
     if kind == IVF_FLAT:
         index = faiss.IndexIVFFlat(quantizer, d, k, faiss.METRIC_L2)
+    elif kind == IVF_SQ8:
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, k, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_L2)
     else:
         m = pq_bytes(d, p)
         if d % m:
             raise ValueError(f"atlas.pq_bytes = {m} must divide the layer's dimension {d}")
         index = faiss.IndexIVFPQ(quantizer, d, k, m, 8)
-    index.train(sample)  # the quantizer is trained (k centroids): only the codebooks are
+    index.train(sample)  # the quantizer is trained (k centroids): only the codes' ranges or codebooks are
     index.nprobe = int(min(p.nprobe, k))
     return index
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pipeline.params import require
 
-INDEXES = ("auto", "ivf_flat", "ivf_pq")
+INDEXES = ("auto", "ivf_flat", "ivf_sq8", "ivf_pq")
 DEVICES = ("auto", "cpu", "gpu")
 INITS = ("kmeans++", "random")
 
@@ -28,9 +28,10 @@ class AtlasParams:
         iterations (40) or a larger sample (256 per centroid) change little.
     spherical: cluster and search L2-normalised vectors (cosine geometry); False: the raw
         vectors, as the per-class concepts are found.
-    index: auto | ivf_flat | ivf_pq. The index's inverted lists are the atlas's own concepts.
-        auto: IVF-Flat (4 bytes per dimension per vector, exact distances within the lists
-        searched) while the layer's vectors take at most index_flat_max_gb, else IVF-PQ.
+    index: auto | ivf_flat | ivf_sq8 | ivf_pq. The index's inverted lists are the atlas's own
+        concepts. IVF-Flat keeps 4 bytes per dimension per vector (exact distances within the
+        lists searched), IVF-SQ8 1 byte, IVF-PQ pq_bytes per vector. auto: IVF-Flat while the
+        layer's vectors take at most index_flat_max_gb, else IVF-PQ.
     pq_bytes: bytes per vector of IVF-PQ's codes (0: a quarter of the dimension; it must
         divide the dimension).
     nprobe: inverted lists searched per query (at most k).
