@@ -137,24 +137,16 @@ def main() -> None:
     if chosen is None:
         chosen = (nprobe, r, q)
     del ivf
-    for kind in (build.IVF_SQ8,):
+    for kind, name in ((build.IVF_SQ8, "IVF-SQ8"), (build.IVF_PQ, f"IVF-PQ, {build.pq_bytes(args.dim, p)} code bytes")):
         t0 = time.perf_counter()
         other = build.empty_index(trained["centroids"], x[rows], kind, p)
         other.add(x)
         other.nprobe = chosen[0]
         q, found = qps(other, queries, 10)
-        print(f"IVF-SQ8 ({build.bytes_per_vector(kind, args.dim, p)} bytes per vector; built in "
+        print(f"{name} ({build.bytes_per_vector(kind, args.dim, p)} bytes per vector; built in "
               f"{time.perf_counter() - t0:.1f} s): nprobe {chosen[0]}: recall@10 {recall_at(found, truth):.4f}, "
               f"{q:.0f} queries/s", flush=True)
         del other
-    t0 = time.perf_counter()
-    pq_index = build.empty_index(trained["centroids"], x[rows], build.IVF_PQ, p)
-    pq_index.add(x)
-    pq_index.nprobe = chosen[0]
-    q, found = qps(pq_index, queries, 10)
-    print(f"IVF-PQ ({build.pq_bytes(args.dim, p)} code bytes, {build.bytes_per_vector(build.IVF_PQ, args.dim, p)} "
-          f"bytes per vector; built in {time.perf_counter() - t0:.1f} s): nprobe {chosen[0]}: recall@10 "
-          f"{recall_at(found, truth):.4f}, {q:.0f} queries/s", flush=True)
     print(f"kmeans_speedup={t_sk / t_faiss:.2f} inertia_ratio={ratio:.4f} recall_at_10={chosen[1]:.4f} "
           f"qps_ratio={chosen[2] / q_flat:.1f}")
 
