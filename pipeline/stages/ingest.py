@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import ray
 
 from pipeline import schemas
 from pipeline.config import ConfigError
@@ -46,7 +47,7 @@ def run(job: Job) -> None:
         if same_inputs and folder.videos_fingerprint() == fingerprint:
             log.info("ingest: videos.parquet already covers these %d videos with these clip settings; reused",
                      len(ids))
-            _count(job, folder.read_videos(["label", "status"]), reused=True)
+            _count(job, _counts(folder.read_videos(["label", "status"])), reused=True)
             return
     log.info("ingest: %d videos in %d classes from %s", len(ids), len(corpus.classes),
              c["dataset"]["root"] or c["dataset"]["csv"] or "a list of files")
@@ -67,12 +68,21 @@ def run(job: Job) -> None:
             rows = [video_row(r, spec, f"ingest failed: {out.error}") for r in units[out.key]]
             folder.write_unit("ingest", f"{out.key:05d}", [(INGESTED, _rows_table(rows))],
                               [{"video_id": r["video_id"]} for r in rows], fingerprint)
-    table = manifest_order(folder.read(INGESTED), ids, paths)
-    failed = table.filter(pc.equal(table.column("status"), schemas.FAILED))
-    for vid, why in zip(failed.column("video_id").to_pylist(), failed.column("error").to_pylist()):
+    where = {"label_selector": job.cpu_selector} if job.cpu_selector else {}
+    summary = ray.get(write_manifest.options(**where).remote(folder, ids, paths, fingerprint))
+    for vid, why in summary.pop("failures"):
         log.warning("ingest: %s failed: %s", vid, why)
-    folder.write_videos(table, fingerprint)
-    _count(job, table, reused=False)
+    _count(job, summary, reused=False)
+
+
+@ray.remote(num_cpus=1, max_retries=2)
+def write_manifest(folder: RunFolder, ids: list[str], paths: list[str], fingerprint: str) -> dict[str, Any]:
+    """videos.parquet from the units' rows, in the manifest's order (in a task: in the driver,
+    writing a 4,000-row table held 10 MB of its memory after it was written, bench/scale.py);
+    returns its counts and failures."""
+    table = folder.write_videos(manifest_order(folder.read(INGESTED), ids, paths), fingerprint)
+    return {**_counts(table), "failures": [(r["video_id"], r["error"]) for r in table.filter(
+        pc.equal(table.column("status"), schemas.FAILED)).select(["video_id", "error"]).to_pylist()]}
 
 
 def ingest_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec,
@@ -103,11 +113,15 @@ def manifest_order(table: pa.Table, ids: list[str], paths: list[str]) -> pa.Tabl
     return table.take(pa.array(order))
 
 
-def _count(job: Job, table: pa.Table, reused: bool) -> None:
-    n = table.num_rows
-    failed = int(pc.sum(pc.equal(table.column("status"), schemas.FAILED)).as_py() or 0)
+def _counts(table: pa.Table) -> dict[str, int]:
+    return {"videos": table.num_rows, "failed": int(pc.sum(pc.equal(table.column("status"), schemas.FAILED)).as_py()
+                                                    or 0),
+            "classes": len(pc.unique(table.column("label")))}
+
+
+def _count(job: Job, counts: dict[str, int], reused: bool) -> None:
+    n, failed = counts["videos"], counts["failed"]
     wall = job.wall("ingest")
     job.finish("ingest", reused=reused, videos_per_s=None if reused else per_second(n, wall),
                videos_in=n, videos_ok=n - failed, videos_failed=failed)
-    job.counts.update(videos_in=n, videos_ok=n - failed, videos_failed=failed,
-                      classes=len(set(table.column("label").to_pylist())))
+    job.counts.update(videos_in=n, videos_ok=n - failed, videos_failed=failed, classes=counts["classes"])
