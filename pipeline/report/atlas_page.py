@@ -115,7 +115,9 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
                         f'alt="classes by global concepts at {esc(layer)}">')
         actors = {k: v[layer] for k, v in actor.items() if layer in v}
         if actors:
-            html.append("<h3>Where each class's actor concept falls</h3><table><tr><th>class</th><th>actor concept"
+            html.append("<h3>Where each class's actor concept falls</h3><table><caption>other classes' share: over "
+                        "the actor concept's members, the mean share of other classes among the members of the "
+                        "global concept each falls in</caption><tr><th>class</th><th>actor concept"
                         "</th><th>its largest global concepts (share of its members): their classes</th>"
                         "<th>other classes' share</th></tr>" + "".join(
                             f'<tr><td>{esc(k)}</td><td>{esc(a["actor_concept"].rsplit("/", 1)[-1])}</td><td>'
@@ -123,9 +125,7 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
                                           + ", ".join(f"{esc(c)} {fmt(s)}" for c, s in g["classes"].items())
                                           for g in a["global_concepts"])
                             + f'</td><td>{fmt(a["other_classes_share"])}</td></tr>'
-                            for k, a in sorted(actors.items()))
-                        + "<caption>other classes' share: over the actor concept's members, the mean share of "
-                          "other classes among the members of the global concept each falls in</caption></table>")
+                            for k, a in sorted(actors.items())) + "</table>")
         titles = {"largest": "Largest", "shared": "Most shared across classes",
                   "specific": "Most class-specific"}
         for key, title in titles.items():

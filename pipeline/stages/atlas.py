@@ -55,7 +55,8 @@ def run(job: Job) -> None:
     c, folder = job.c, job.folder
     p = from_section(AtlasParams, c["atlas"])
     layers = activated_layers(folder)
-    plans = dict(zip(layers, ray.get([plan_layer.remote(folder, layer) for layer in layers])))
+    cpu = {"label_selector": job.cpu_selector} if job.cpu_selector else {}  # as ray.cpu_label_selector says
+    plans = dict(zip(layers, ray.get([plan_layer.options(**cpu).remote(folder, layer) for layer in layers])))
     fingerprint = reduction_fingerprint(job.fingerprints["activate"], {"atlas": c["atlas"]},
                                         [(f"{layer}/{q['partition']}/{f}", str(q["rows"])) for layer in layers
                                          for q in plans[layer] for f in q["files"]])
@@ -74,9 +75,9 @@ def run(job: Job) -> None:
         counts = [q["rows"] for q in plans[layer]]
         k = build.choose_k(sum(counts), p)
         takes = build.allocate(counts, build.sample_size(sum(counts), k, p))
-        samples = [sample_partition.remote(folder, layer, q["partition"], take, p.seed, i, p.spherical)
+        samples = [sample_partition.options(**cpu).remote(folder, layer, q["partition"], take, p.seed, i, p.spherical)
                    for i, (q, take) in enumerate(zip(plans[layer], takes)) if take]
-        trains[layer] = train_layer.options(num_gpus=1 if gpu else 0).remote(
+        trains[layer] = train_layer.options(**({"num_gpus": 1} if gpu else cpu)).remote(
             folder, layer, samples, k, sum(counts), [q["partition"] for q in plans[layer]], p, fingerprint)
     for layer, ref in trains.items():
         records[("train", layer, None)] = ray.get(ref)
@@ -95,7 +96,8 @@ def run(job: Job) -> None:
             raise RuntimeError(f"atlas: assigning {out.key[0]}/{out.key[1]}: {out.error}")
         records[("assign", *out.key)] = out.value
 
-    indexes = {layer: build_index.remote(folder, layer, [q["partition"] for q in plans[layer]], fingerprint)
+    indexes = {layer: build_index.options(**cpu).remote(folder, layer, [q["partition"] for q in plans[layer]],
+                                                        fingerprint)
                for layer in layers if plans[layer] and ("index", layer, None) not in records}
     for layer, ref in indexes.items():
         records[("index", layer, None)] = ray.get(ref)
@@ -110,8 +112,9 @@ def run(job: Job) -> None:
         if (gt := li.get("ground_truth")) and gt.get("actor_concept")}
     layer_records = {layer: {**records[("train", layer, None)], **records[("index", layer, None)]}
                      for layer in layers if plans[layer]}
-    summary = ray.get(summarise.remote(folder, layer_records, {layer: plans[layer] for layer in layer_records},
-                                       actor, fingerprint))
+    summary = ray.get(summarise.options(**cpu).remote(folder, layer_records,
+                                                      {layer: plans[layer] for layer in layer_records}, actor,
+                                                      fingerprint))
     for layer, info in summary["layers"].items():
         log.info("atlas: %s: %d global concepts, %d in one class only, mean class entropy %s bits; index %s, %.1f MB",
                  layer, info["k"], info["single_class_concepts"], info["mean_class_entropy_bits"], info["index"],
