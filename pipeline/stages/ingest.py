@@ -1,6 +1,6 @@
 """Step 1, ingest: resolve the corpus into one row per input video, read each video's container
 metadata in Ray tasks (units of 4 x `segment.videos_per_part` videos, each writing its rows to
-_videos/ and its marker: an ingest of a large corpus resumes after a crash) and write
+_videos/ and its marker: an ingest of a large corpus resumes after a crash); then a task writes
 videos.parquet in the manifest's order (ok, or failed with the reason). Reused as it is when the
 inputs and the clip settings are unchanged."""
 
@@ -114,9 +114,8 @@ def manifest_order(table: pa.Table, ids: list[str], paths: list[str]) -> pa.Tabl
 
 
 def _counts(table: pa.Table) -> dict[str, int]:
-    return {"videos": table.num_rows, "failed": int(pc.sum(pc.equal(table.column("status"), schemas.FAILED)).as_py()
-                                                    or 0),
-            "classes": len(pc.unique(table.column("label")))}
+    failed = pc.sum(pc.equal(table.column("status"), schemas.FAILED)).as_py() or 0
+    return {"videos": table.num_rows, "failed": int(failed), "classes": len(pc.unique(table.column("label")))}
 
 
 def _count(job: Job, counts: dict[str, int], reused: bool) -> None:
