@@ -80,9 +80,7 @@ def read_metadata(path: str) -> Any:
 
 
 def read_json(path: str) -> Any:
-    fs, p = resolve(path)
-    with fs.open_input_stream(p) as f:
-        return json.loads(f.read().decode())
+    return json.loads(read_bytes(path).decode())
 
 
 def _write_atomically(path: str, write: Any) -> None:

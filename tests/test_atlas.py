@@ -62,7 +62,7 @@ def test_the_index_lists_are_the_global_concepts_and_shards_merge_with_their_ids
         shard = build.deserialize(template)
         n = rows.stop - rows.start
         shard.add_with_ids(x[rows], build.atlas_ids(ordinal, n))
-        shards.append(build.serialize(shard))
+        shards.append(build.deserialize(build.serialize(shard)))  # through FAISS's serialisation
     index = build.merge(shards)
     assert index.ntotal == 4000
     import faiss

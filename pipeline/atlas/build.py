@@ -216,26 +216,40 @@ def split_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids >> ROW_BITS, ids & ((1 << ROW_BITS) - 1)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Each vector's nearest centroid and its L2 distance to it, in chunks (bounded memory)."""
+def assign(x: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's nearest centroid and its L2 distance to it."""
     import faiss
 
     flat = faiss.IndexFlatL2(centroids.shape[1])
     flat.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    return _nearest(flat, x)
+
+
+def _nearest(quantizer: Any, x: np.ndarray, chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's nearest vector of `quantizer` (an index) and the L2 distance, in chunks."""
     labels = np.empty(len(x), dtype=np.int64)
     dist = np.empty(len(x), dtype=np.float32)
     for i in range(0, len(x), chunk):
-        sq, idx = flat.search(x[i:i + chunk], 1)
+        sq, idx = quantizer.search(x[i:i + chunk], 1)
         labels[i:i + chunk], dist[i:i + chunk] = idx[:, 0], np.sqrt(np.maximum(sq[:, 0], 0))
     return labels, dist
 
 
+def add_assigned(index: Any, x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Add vectors to an atlas index with their ids; each vector's inverted list (its global
+    concept) is found once, by the index's own quantizer, and returned with the distance."""
+    from faiss.contrib.ivf_tools import add_preassigned
+
+    labels, dist = _nearest(index.quantizer, x)
+    add_preassigned(index, x, labels, np.ascontiguousarray(ids, dtype=np.int64))
+    return labels, dist
+
+
 def merge(shards: Iterable[Any]) -> Any:
-    """One index from shards (indexes, or their bytes) that share a trained empty index, their
-    ids kept: holds the merged index and one shard at a time."""
+    """One index from shards (indexes) that share a trained empty index, their ids kept: holds
+    the merged index and one shard at a time."""
     index = None
     for shard in shards:
-        shard = deserialize(shard) if isinstance(shard, bytes) else shard
         if index is None:
             index = shard
         else:

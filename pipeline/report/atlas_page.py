@@ -12,7 +12,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.report.images import encode_animation, exemplar_frames, share_heatmap_png
-from pipeline.report.render import esc, fmt, slug
+from pipeline.report.render import clip_reader, esc, fmt, slug
 from pipeline.run_folder import (ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_MANIFEST, REPORT,
                                  REPORT_ATLAS as ATLAS_PAGE, RunFolder)
 
@@ -53,7 +53,6 @@ def exemplars_of(concept: dict[str, Any], cells: dict[tuple[int, str], dict[str,
 def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any]) -> dict[str, Any]:
     """Read the atlas, render its page and images, write them (in a Ray task); returns counts."""
     from pipeline import io
-    from pipeline.data.video import ClipSpec, read_clip
     from pipeline.segmentation.supervoxels import supervoxel_mask
 
     manifest = io.read_json(folder.path(ATLAS_MANIFEST))
@@ -71,19 +70,8 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
         wanted |= {e["video_id"] for es in ex.values() for e in es}
         plan[layer] = {"concepts": mine, "cells": cells, "lists": lists, "exemplars": ex}
     volumes = folder.label_volumes(sorted(wanted)) if wanted else {}
-    videos = {r["video_id"]: r for r in folder.video_rows(sorted(wanted))}
-    spec = ClipSpec(**settings["clip"])
-    clips: dict[str, Optional[np.ndarray]] = {}
+    clip = clip_reader({r["video_id"]: r for r in folder.video_rows(sorted(wanted))}, settings["clip"])
     files: dict[str, bytes] = {}
-
-    def clip(vid: str) -> Optional[np.ndarray]:
-        if vid not in clips:
-            try:
-                clips[vid] = read_clip(videos[vid]["path"], spec).frames
-            except Exception as e:  # the source moved or broke since the run: the card says so
-                log.warning("report: atlas: cannot read the clip of %s: %s", vid, e)
-                clips[vid] = None
-        return clips[vid]
 
     def figure(layer: str, e: dict[str, Any]) -> str:
         vid, sid = e["video_id"], e["supervoxel_id"]

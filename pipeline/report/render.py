@@ -8,7 +8,7 @@ import html
 import logging
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -60,30 +60,39 @@ def fmt(value: Optional[float], digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def clip_reader(videos: dict[str, dict[str, Any]], clip_settings: dict[str, Any]) -> Callable[[str], Any]:
+    """`clip(video_id)`: the video's clip frames (uint8 [T, H, W, 3]) read from its source once,
+    or None, with a warning, when the source moved or broke since the run (the card says so)."""
+    from pipeline.data.video import ClipSpec, read_clip
+
+    spec = ClipSpec(**clip_settings)
+    clips: dict[str, Optional[np.ndarray]] = {}
+
+    def clip(vid: str) -> Optional[np.ndarray]:
+        if vid not in clips:
+            try:
+                clips[vid] = read_clip(videos[vid]["path"], spec).frames
+            except Exception as e:
+                log.warning("report: cannot read the clip of %s: %s", vid, e)
+                clips[vid] = None
+        return clips[vid]
+
+    return clip
+
+
 def render_class(job: ClassJob) -> ClassSection:
     """A class's section of the report and its images (returned, not written)."""
-    from pipeline.data.video import ClipSpec, read_clip
     from pipeline.evaluation.ground_truth import video_actor_tube
     from pipeline.scoring.voxel_importance import causal_scores, importance_map
 
     s = job.settings
     rep, ext = s["report"], s["report"]["format"]
-    spec = ClipSpec(**s["clip"])
+    clip = clip_reader(job.videos, s["clip"])
     base = f"assets/c{job.index:04d}-{slug(job.target_class)[:40]}"
     causal = {r["concept"]: r.get("causal_importance") for r in job.concepts}
-    clips: dict[str, Optional[np.ndarray]] = {}
     tubes: dict[str, Optional[np.ndarray]] = {}  # the ground-truth actor, read once per video
     files: dict[str, bytes] = {}
     video_index: dict[str, int] = {}  # file names by index: two ids may slug alike
-
-    def clip(vid: str) -> Optional[np.ndarray]:
-        if vid not in clips:
-            try:
-                clips[vid] = read_clip(job.videos[vid]["path"], spec).frames
-            except Exception as e:  # the source moved or broke since the run: the card says so
-                log.warning("report: cannot read the clip of %s: %s", vid, e)
-                clips[vid] = None
-        return clips[vid]
 
     def vname(vid: str) -> str:
         return f"v{video_index.setdefault(vid, len(video_index)):03d}-{slug(vid)[-40:]}"

@@ -245,6 +245,7 @@ def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
     table = {k: np.concatenate(v) for k, v in columns.items()}
     return Segmentation(labels=labels, n_segments=tuple(int(n) for n in n_segments), table=table)
 
+
 def stack_label_volumes(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """Rows of `label_volumes/` -> uint16 [R, L, H, W] per video, resolutions in order."""
     by_video: dict[str, list[tuple[int, np.ndarray]]] = {}

@@ -78,7 +78,7 @@ def run(job: Job) -> None:
         samples = [sample_partition.options(**cpu).remote(folder, layer, q["partition"], take, p.seed, i, p.spherical)
                    for i, (q, take) in enumerate(zip(plans[layer], takes)) if take]
         trains[layer] = train_layer.options(**({"num_gpus": 1} if gpu else cpu)).remote(
-            folder, layer, samples, k, sum(counts), [q["partition"] for q in plans[layer]], p, fingerprint)
+            folder, layer, samples, k, sum(counts), p, fingerprint)
     for layer, ref in trains.items():
         records[("train", layer, None)] = ray.get(ref)
         r = records[("train", layer, None)]
@@ -161,13 +161,12 @@ def plan_layer(folder: RunFolder, layer: str) -> list[dict[str, Any]]:
     base = folder.path(ACTIVATIONS, partition(layer=layer))
     by_partition: dict[str, list[str]] = {}
     for path in io.part_files(base):
-        rel = posixpath.relpath(path.replace("\\", "/"), base.replace("\\", "/"))
-        by_partition.setdefault(rel.split("/")[0], []).append(path)
+        by_partition.setdefault(posixpath.relpath(path, base).split("/")[0], []).append(path)
     plans = []
     for name, files in sorted(by_partition.items()):
         rows = sum(io.read_metadata(f).num_rows for f in files)
         plans.append({"partition": name, "target_class": unquote(name), "rows": rows,
-                      "files": [posixpath.basename(f.replace("\\", "/")) for f in files]})
+                      "files": [posixpath.basename(f) for f in files]})
     return plans
 
 
@@ -189,8 +188,8 @@ def sample_partition(folder: RunFolder, layer: str, part: str, take: int, seed: 
 
 
 @ray.remote(num_cpus=1, max_retries=2)
-def train_layer(folder: RunFolder, layer: str, samples: list[ray.ObjectRef], k: int, n: int, partitions: list[str],
-                p: AtlasParams, fingerprint: str) -> dict[str, Any]:
+def train_layer(folder: RunFolder, layer: str, samples: list[ray.ObjectRef], k: int, n: int, p: AtlasParams,
+                fingerprint: str) -> dict[str, Any]:
     """k-means on the layer's sample, then the trained, empty index; writes it and the marker."""
     x = np.concatenate(ray.get(samples))
     del samples
@@ -207,7 +206,7 @@ def train_layer(folder: RunFolder, layer: str, samples: list[ray.ObjectRef], k: 
     record = {"kind": "train", "layer": layer, "k": int(k), "vectors": int(n), "sample": int(len(x)),
               "dim": int(x.shape[1]), "objective": trained["objective"], "seconds": round(trained["seconds"], 3),
               "gpu": trained["gpu"], "index": kind, "bytes_per_vector": build.bytes_per_vector(kind, x.shape[1], p),
-              "nprobe": int(index.nprobe), "spherical": bool(p.spherical), "partitions": partitions, "note": note}
+              "nprobe": int(index.nprobe), "spherical": bool(p.spherical), "note": note}
     folder.write_unit(ATLAS, unit_key(layer, "train"), [(f"{TRAINED}/{partition(layer=layer)}", table)],
                       [{"record": record}], fingerprint)
     return record
@@ -229,14 +228,12 @@ def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, sph
     """One class partition of a layer (a Ray task): every vector's global concept, the
     partition's counts, its shard of the index; writes them, then the marker."""
     index = trained_index(folder, layer)
-    centroids = build.centroids_of(index)
+    k_concepts = index.nlist
     ids, x = _vectors(folder, layer, part, ("video_id", "supervoxel_id"))
-    x = build.prepare(x, spherical)
-    labels, dist = build.assign(x, centroids)
     atlas_ids = build.atlas_ids(ordinal, len(x))
-    index.add_with_ids(x, atlas_ids)
+    labels, dist = build.add_assigned(index, build.prepare(x, spherical), atlas_ids)
     folder.write_with(shard_name(layer, part), build.save(index))
-    del index
+    del index, x
     k = unquote(part)
     vids, sids = ids.column("video_id").to_pylist(), ids.column("supervoxel_id").to_pylist()
     table = pa.table({"video_id": pa.array(vids, pa.string()), "supervoxel_id": pa.array(sids, pa.int64()),
@@ -246,7 +243,7 @@ def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, sph
                       "atlas_id": pa.array(atlas_ids)}, schema=schemas.ATLAS_ASSIGNMENTS)
     groups = [table.slice(i, build.ROWS_PER_GROUP) for i in range(0, max(1, table.num_rows), build.ROWS_PER_GROUP)]
     counts = [{"layer": layer, "target_class": k, **r}
-              for r in build.partition_counts(vids, sids, labels, dist, len(centroids))]
+              for r in build.partition_counts(vids, sids, labels, dist, k_concepts)]
     where = partition(layer=layer, target_class=k)
     record = {"kind": "assign", "layer": layer, "partition": part, "rows": len(vids)}
     folder.write_unit(ATLAS, unit_key(layer, part), [(f"{ASSIGNMENTS}/{where}", groups),

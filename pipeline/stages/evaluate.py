@@ -152,9 +152,8 @@ class ClassRunner:
         for kk in [k, *pending[:LISTED_AHEAD]]:
             if kk not in self.listed:
                 self.listed[kk] = self.lister.scored_layers.remote(kk)
-        layers_of = {vid: [layer for layer in layers if (k, layer) in self.ranked]
-                     for vid, layers in ray.get(self.listed.pop(k)).items()}
-        layers_of = {vid: layers for vid, layers in layers_of.items() if layers}
+        layers_of = {vid: mine for vid, layers in ray.get(self.listed.pop(k)).items()
+                     if (mine := [layer for layer in layers if (k, layer) in self.ranked])}
         vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
         plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
         self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
