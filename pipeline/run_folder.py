@@ -57,7 +57,7 @@ ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS = "atlas/concepts.parquet", "atlas/class_co
 ATLAS_MANIFEST = "atlas/atlas.json"
 
 SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
-                  "max_num_iter")
+                  "max_num_iter", "dedupe")
 ACTIVATE_FIELDS = ("batch_size", "measure_batch", "fill", "resampling", "autocast", "gradients", "channels_last")
 
 
@@ -72,7 +72,7 @@ def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = N
     `model_digest`: the weights' digest of a model handed over as an nn.Module (it has no name
     that says what it computes)."""
     seg = c["segment"]
-    segment = {k: seg[k] for k in SEGMENT_FIELDS}
+    segment = {k: seg[k] for k in SEGMENT_FIELDS if k != "dedupe" or seg[k] != "voxel"}  # voxel: fingerprints as before
     activate = {k: c["activate"][k] for k in ACTIVATE_FIELDS}
     model = dict(c["model"], **({"digest": model_digest} if model_digest else {}))
     return {

@@ -156,10 +156,34 @@ def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     assert "reused" in again.stdout + again.stderr  # ingest was not redone either
 
 
-def test_changed_settings_do_not_mix_with_old_outputs(segmented_run):
-    res = run_cli(*segmented_run["args"], "segment.compactness=10")
+@pytest.mark.parametrize("change", ["segment.compactness=10", "segment.dedupe=stce"])
+def test_changed_settings_do_not_mix_with_old_outputs(segmented_run, change):
+    res = run_cli(*segmented_run["args"], change)
     assert res.returncode != 0
     assert "other clip/segment settings" in res.stderr
+
+
+def test_the_authors_dedupe_rule_runs_in_the_stage(segmented_run, tmp_path):
+    """segment.dedupe=stce reaches every task: the stage keeps what segment_clip keeps by that rule."""
+    from pipeline.data.ingest import read_ingested_clip
+    from pipeline.data.video import ClipSpec
+    from pipeline.segmentation.supervoxels import SegmentParams, segment_clip
+
+    args = [a for a in segmented_run["args"] if not a.startswith("run.output_dir=")]
+    out = tmp_path / "stce"
+    res = run_cli(*args, f"run.output_dir={out}", "segment=reference", "segment.dedupe=stce",
+                  "run.stages=[ingest,segment]")
+    assert res.returncode == 0, res.stderr[-3000:]
+    sv = read_parts(str(out / "supervoxels")).to_pandas()
+    dup = sv[sv.status == "dropped_duplicate"]
+    assert len(dup) and dup.reason.str.startswith("aligned Jaccard").all()
+    video = [v for v in pq.read_table(str(out / "videos.parquet")).to_pylist() if v["status"] == "ok"][0]
+    cfg = json.load(open(out / "run.json"))["config"]
+    clip = read_ingested_clip(video, ClipSpec(**cfg["clip"]))
+    seg = segment_clip(clip.frames, SegmentParams(n_segments=[15, 50, 80], dedupe="stce"))
+    mine = sv[sv.video_id == video["video_id"]]
+    survived = sorted(mine.supervoxel_id[mine.status.isin(["kept", "dropped_short"])])  # short: after dedupe
+    assert survived == seg.table["supervoxel_id"][seg.table["status"] == "kept"].tolist()
 
 
 def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):

@@ -16,6 +16,7 @@ import numpy as np
 from skimage.segmentation import slic
 
 from pipeline.params import require
+from pipeline.segmentation.aligned import AlignedVolume, aligned_jaccard, stce_candidates
 
 # Status of a candidate supervoxel in the table.
 KEPT = "kept"
@@ -49,6 +50,7 @@ class Segmentation:
 
 
 LABEL_BITS = 16
+DEDUPE_RULES = ("voxel", "stce")
 
 
 def supervoxel_id(resolution: np.ndarray | int, label: np.ndarray | int) -> np.ndarray | int:
@@ -99,41 +101,55 @@ def label_boxes(labels: np.ndarray, n: int) -> dict[str, np.ndarray]:
     return out
 
 
-def dedupe(labels: np.ndarray, counts: Sequence[int], candidate: Sequence[np.ndarray],
-           iou_threshold: float) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+def dedupe(labels: np.ndarray, counts: Sequence[int], candidate: Sequence[np.ndarray], iou_threshold: float,
+           rule: str = "voxel", boxes: Optional[Sequence[dict[str, np.ndarray]]] = None
+           ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """Keep candidates in order (resolution by resolution, label by label), dropping one whose
-    voxel IoU with an already kept supervoxel exceeds `iou_threshold`.
+    overlap with a supervoxel kept at an earlier resolution exceeds `iou_threshold`.
 
-    labels: [R, L, H, W]; counts[r]: number of labels at resolution r; candidate[r]: bool per
-    label (those above the minimum volume). Returns per resolution: kept (bool per label), the
-    best IoU with a kept supervoxel, and the supervoxel id that IoU was with (-1 if none).
-    Labels of one resolution are disjoint, so only earlier resolutions can hold duplicates.
+    rule: `voxel`, the voxel IoU over the clip (from one contingency table per pair of
+    resolutions); `stce`, the authors' aligned Jaccard of temporally cropped masks (see
+    `pipeline.segmentation.aligned`; needs `boxes`). labels: [R, L, H, W]; counts[r]: number of
+    labels at resolution r; candidate[r]: bool per label (those above the minimum volume).
+    Returns per resolution: kept (bool per label), the best overlap with a kept supervoxel, and
+    the supervoxel id it was with (-1 if none). Labels of one resolution are disjoint, so only
+    earlier resolutions can hold duplicates (the authors' rule compares only with those too).
     """
     r_count = len(counts)
-    volumes = [np.bincount(labels[r].ravel(), minlength=counts[r]) for r in range(r_count)]
+    if rule == "stce":
+        volumes = [AlignedVolume(labels[r], boxes[r]) for r in range(r_count)]
+
+        def overlap(r: int, q: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            return aligned_jaccard(volumes[r], volumes[q], rows, cols)
+    else:
+        sizes = [np.bincount(labels[r].ravel(), minlength=counts[r]) for r in range(r_count)]
+        flat = [labels[r].ravel().astype(np.int64) for r in range(r_count)]
+
+        def overlap(r: int, q: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            # Contingency table: inter[a, b] = |label a at r  and  label b at q|.
+            inter = np.bincount(flat[r] * counts[q] + flat[q], minlength=counts[r] * counts[q])
+            inter = inter.reshape(counts[r], counts[q])[np.ix_(rows, cols)].astype(np.float64)
+            union = sizes[r][rows, None] + sizes[q][None, cols] - inter
+            return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
     kept: list[np.ndarray] = []
     best_iou: list[np.ndarray] = []
     best_with: list[np.ndarray] = []
-    flat = [labels[r].ravel().astype(np.int64) for r in range(r_count)]
     for r in range(r_count):
         iou_max = np.zeros(counts[r])
         iou_arg = np.full(counts[r], -1, dtype=np.int64)
+        rows = np.arange(counts[r])
         for q in range(r):
-            if not kept[q].any():
+            cols = np.flatnonzero(kept[q])
+            if not len(rows) or not len(cols):
                 continue
-            # Contingency table: inter[a, b] = |label a at r  and  label b at q|.
-            inter = np.bincount(flat[r] * counts[q] + flat[q], minlength=counts[r] * counts[q])
-            inter = inter.reshape(counts[r], counts[q]).astype(np.float64)
-            union = volumes[r][:, None] + volumes[q][None, :] - inter
-            iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-            iou[:, ~kept[q]] = 0.0
+            iou = overlap(r, q, rows, cols)
             arg = iou.argmax(1)
-            val = iou[np.arange(counts[r]), arg]
-            better = val > iou_max
-            iou_max[better] = val[better]
-            iou_arg[better] = supervoxel_id(q, arg[better])
-        keep = np.asarray(candidate[r], dtype=bool) & ~(iou_max > iou_threshold)
-        kept.append(keep)
+            val = iou[np.arange(len(rows)), arg]
+            better = val > iou_max[rows]
+            iou_max[rows[better]] = val[better]
+            iou_arg[rows[better]] = supervoxel_id(q, cols[arg[better]])
+        kept.append(np.asarray(candidate[r], dtype=bool) & ~(iou_max > iou_threshold))
         best_iou.append(iou_max)
         best_with.append(iou_arg)
     return kept, best_iou, best_with
@@ -150,9 +166,13 @@ class SegmentParams:
     sigma: Gaussian smoothing (voxels) before SLIC.
     spacing: voxel spacing (t, y, x) SLIC uses for distances: a larger t makes supervoxels
         shorter in time.
-    min_volume_fraction: candidates smaller than this fraction of the clip volume are dropped.
-    iou_threshold: a candidate whose voxel IoU with a kept supervoxel exceeds this is a duplicate.
+    min_volume_fraction: candidates smaller than this fraction of the clip volume are dropped
+        (with dedupe=stce: not above this fraction of the volume of the frames they span).
+    iou_threshold: a candidate whose voxel IoU with a kept supervoxel exceeds this is a duplicate
+        (with dedupe=stce: the Jaccard index of the two masks aligned in time).
     max_num_iter: SLIC's iterations.
+    dedupe: `voxel` (this project's rule: small and duplicate by voxels of the whole clip) or
+        `stce` (the rule of the authors' code, for reproducing it; `pipeline.segmentation.aligned`).
     """
 
     n_segments: list[int] = field(default_factory=lambda: [15, 50, 80])
@@ -162,6 +182,7 @@ class SegmentParams:
     min_volume_fraction: float = 0.001
     iou_threshold: float = 0.5
     max_num_iter: int = 10
+    dedupe: str = "voxel"
 
     def check(self) -> None:
         """Raise ParameterError naming the first field out of range."""
@@ -175,6 +196,7 @@ class SegmentParams:
                 "must be in [0, 1)")
         require(0 <= self.iou_threshold <= 1, "iou_threshold", self.iou_threshold, "must be in [0, 1]")
         require(self.max_num_iter >= 1, "max_num_iter", self.max_num_iter, "must be >= 1")
+        require(self.dedupe in DEDUPE_RULES, "dedupe", self.dedupe, f"must be one of {', '.join(DEDUPE_RULES)}")
 
 
 def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
@@ -211,8 +233,13 @@ def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
     counts = [int(labels[r].max()) + 1 for r in range(len(n_segments))]
     total = float(np.prod(clip.shape[:3]))
     boxes = [label_boxes(labels[r], counts[r]) for r in range(len(n_segments))]
-    candidate = [b["volume"] >= min_volume_fraction * total for b in boxes]
-    kept, best_iou, best_with = dedupe(labels, counts, candidate, iou_threshold)
+    if params.dedupe == "stce":
+        candidate = stce_candidates(boxes, clip.shape[1] * clip.shape[2], min_volume_fraction)
+        small_reason, overlap_name = "not above {:g} of the frames it spans", "aligned Jaccard"
+    else:
+        candidate = [b["volume"] >= min_volume_fraction * total for b in boxes]
+        small_reason, overlap_name = "< {:g} of the clip", "IoU"
+    kept, best_iou, best_with = dedupe(labels, counts, candidate, iou_threshold, params.dedupe, boxes)
 
     columns: dict[str, list[np.ndarray]] = {k: [] for k in (
         "supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1", "volume", "status",
@@ -225,9 +252,9 @@ def segment_clip(clip: np.ndarray, params: Optional[SegmentParams] = None,
         small = ~candidate[r]
         dup = candidate[r] & ~kept[r]
         status[small] = DROPPED_SMALL
-        reason[small] = [f"volume {v} < {min_volume_fraction:g} of the clip" for v in b["volume"][small]]
+        reason[small] = [f"volume {v} " + small_reason.format(min_volume_fraction) for v in b["volume"][small]]
         status[dup] = DROPPED_DUPLICATE
-        reason[dup] = [f"IoU {i:.3f} > {iou_threshold:g} with supervoxel {w}"
+        reason[dup] = [f"{overlap_name} {i:.3f} > {iou_threshold:g} with supervoxel {w}"
                        for i, w in zip(best_iou[r][dup], best_with[r][dup])]
         if min_frames:
             short = kept[r] & ((b["t1"] - b["t0"]) < min_frames)
