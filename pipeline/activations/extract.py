@@ -17,25 +17,62 @@ from torch import nn
 from pipeline.activations.patches import PatchRequest, PatchSpec, iter_window_batches, whole_clip_request
 
 
-def pool(t: torch.Tensor) -> torch.Tensor:
-    """[B, C, ...] -> [B, C]: the mean over every axis after the channels (time and space)."""
-    return t.float().mean(dim=tuple(range(2, t.dim()))) if t.dim() > 2 else t.float()
+# How a layer lays out its output: [B, C, T, H, W] (3D ConvNets), [B, T, H, W, C] (Swin3D's
+# stages), or a token sequence [B, N, C] (MViT blocks, which return it with its T x H x W grid).
+LAYOUTS = ("channels_first", "channels_last", "tokens")
+
+
+def pool(t: torch.Tensor, layout: str = "channels_first", grid: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """A layer's output -> [B, C]: the mean over time and space.
+
+    channels_first [B, C, ...]: every axis after the channels; channels_last [B, ..., C]: every
+    axis between batch and channels; tokens [B, N, C]: every token, leaving out a class token
+    (the first) when the grid says there is one (N = 1 + T*H*W).
+    """
+    if layout == "tokens" or grid is not None:
+        if t.dim() != 3:
+            raise ValueError(f"a token layer's output must be [B, N, C], got shape {tuple(t.shape)}")
+        if grid is not None and t.shape[1] == 1 + int(np.prod(grid)):
+            t = t[:, 1:]
+        return t.float().mean(dim=1)
+    if t.dim() <= 2:
+        return t.float()
+    if layout == "channels_last":
+        return t.float().mean(dim=tuple(range(1, t.dim() - 1)))
+    return t.float().mean(dim=tuple(range(2, t.dim())))
+
+
+def _grid(value: object) -> Optional[tuple[int, ...]]:
+    """The token grid of an MViT block's output (T, H, W), or None."""
+    if isinstance(value, (tuple, list)) and len(value) == 3 and all(isinstance(v, int) for v in value):
+        return tuple(value)
+    return None
 
 
 class LayerTap:
-    """Forward hooks on named modules; `outputs[name]` holds the last output of each."""
+    """Forward hooks on named modules; `outputs[name]` holds the last output tensor of each
+    (the tokens of a block that returns (tokens, grid)), `grids[name]` its token grid or None."""
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, layers: Sequence[str], layout: str = "channels_first") -> None:
         modules = dict(model.named_modules())
         self.layers = list(layers)
+        self.layout = layout
         self.outputs: dict[str, torch.Tensor] = {}
+        self.grids: dict[str, Optional[tuple[int, ...]]] = {}
         self._handles = [modules[name].register_forward_hook(self._hook(name)) for name in self.layers]
 
     def _hook(self, name: str):
-        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-            self.outputs[name] = output
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            if isinstance(output, (tuple, list)):
+                self.outputs[name], self.grids[name] = output[0], _grid(output[1] if len(output) > 1 else None)
+            else:
+                self.outputs[name], self.grids[name] = output, None
 
         return hook
+
+    def pooled(self, name: str, t: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """[B, C] of the layer's output (or of `t`, a tensor shaped like it: its gradient)."""
+        return pool(self.outputs[name] if t is None else t, self.layout, self.grids.get(name))
 
     def close(self) -> None:
         for h in self._handles:
@@ -97,7 +134,7 @@ def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tenso
     position = {r.owner: i for i, r in enumerate(requests)}
     sums: dict[str, torch.Tensor] = {}
     counts = torch.zeros(len(requests), dtype=torch.int64)
-    with LayerTap(model, layers) as tap, torch.inference_mode():
+    with LayerTap(model, layers, spec.layout) as tap, torch.inference_mode():
         for batch, owners in iter_window_batches(clip, labels, requests, spec, batch_size, reuse=True,
                                                  dtype=_batch_dtype(autocast)):
             with _autocast(clip.device, autocast):
@@ -106,7 +143,7 @@ def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tenso
             counts.index_add_(0, index, torch.ones(len(owners), dtype=torch.int64))
             index = index.to(clip.device)
             for name in layers:
-                pooled = pool(tap.outputs[name])
+                pooled = tap.pooled(name)
                 if name not in sums:
                     sums[name] = torch.zeros((len(requests), pooled.shape[1]), dtype=torch.float32,
                                              device=pooled.device)
@@ -130,7 +167,7 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
     windows = 0
     want_grad = gradient_class is not None
     grad_mode = torch.enable_grad() if want_grad else torch.inference_mode()
-    with LayerTap(model, layers) as tap, grad_mode:
+    with LayerTap(model, layers, spec.layout) as tap, grad_mode:
         for batch, owners in iter_window_batches(clip, clip.new_zeros(()), request, spec, batch_size,
                                                   reuse=not want_grad, dtype=_batch_dtype(autocast)):
             x = _memory_format(batch, model)
@@ -142,9 +179,9 @@ def clip_outputs(model: nn.Module, clip: torch.Tensor, spec: PatchSpec, layers: 
             if want_grad:
                 grads = torch.autograd.grad(logits[:, gradient_class].sum(), outs)
                 for name, g in zip(layers, grads):
-                    grad_sum[name] = grad_sum.get(name, 0) + pool(g).sum(0).detach()
-            for name, out in zip(layers, outs):
-                vec_sum[name] = vec_sum.get(name, 0) + pool(out).sum(0).detach()
+                    grad_sum[name] = grad_sum.get(name, 0) + tap.pooled(name, g).sum(0).detach()
+            for name in layers:
+                vec_sum[name] = vec_sum.get(name, 0) + tap.pooled(name).sum(0).detach()
             logit_sum = (logit_sum if logit_sum is not None else 0) + logits.sum(0).detach()
             windows += len(owners)
     if windows == 0:

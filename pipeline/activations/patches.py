@@ -65,7 +65,8 @@ def resample_matrix(in_size: int, out_size: int, mode: str = "bicubic") -> np.nd
 
 @dataclass(frozen=True)
 class PatchSpec:
-    """What the model wants: window T, input H x W, normalisation (0-1 scale), the fill."""
+    """What the model wants: window T, input H x W, normalisation (0-1 scale), the fill; and
+    how its layers lay out their outputs (`pipeline.activations.extract.LAYOUTS`)."""
 
     window: int
     height: int
@@ -75,6 +76,7 @@ class PatchSpec:
     fill: float = ActivateParams.fill  # the mean pixel on the 0-255 scale, put where the supervoxel is not
     resampling: str = ActivateParams.resampling
     pad_short: bool = False  # a supervoxel shorter than the window gets the window centred on it
+    layout: str = "channels_first"
 
 
 def patch_spec(model: "LoadedModel", params: ActivateParams, pad_short: bool = False) -> PatchSpec:
@@ -83,7 +85,7 @@ def patch_spec(model: "LoadedModel", params: ActivateParams, pad_short: bool = F
     the window gets the window of the clip centred on it."""
     s = model.spec
     return PatchSpec(window=s.window, height=s.height, width=s.width, mean=tuple(s.mean), std=tuple(s.std),
-                     fill=params.fill, resampling=params.resampling, pad_short=pad_short)
+                     fill=params.fill, resampling=params.resampling, pad_short=pad_short, layout=s.layout)
 
 
 def num_windows(t0: int, t1: int, window: int) -> int:

@@ -32,6 +32,8 @@ KINETICS_MEAN = (0.45, 0.45, 0.45)  # PyTorchVideo's Kinetics models, on the 0-1
 KINETICS_STD = (0.225, 0.225, 0.225)
 TV_VIDEO_MEAN = (0.43216, 0.394666, 0.37645)  # torchvision's video models
 TV_VIDEO_STD = (0.22803, 0.22145, 0.216989)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's Swin3D weights
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,7 @@ class ModelSpec:
     class_names: Optional[tuple[str, ...]] = None
     state_dict_key: Optional[str] = None  # where the state dict sits inside the checkpoint
     source: str = "builtin"
+    layout: str = "channels_first"  # how the layers lay out their outputs (pipeline.activations.extract.LAYOUTS)
 
 
 @dataclass
@@ -64,11 +67,11 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _pytorchvideo(fn_name: str) -> Callable[..., nn.Module]:
+def _pytorchvideo(fn_name: str, classes_kwarg: str = "model_num_class") -> Callable[..., nn.Module]:
     def build(num_classes: int = 400) -> nn.Module:
         from pytorchvideo.models import hub
 
-        return getattr(hub, fn_name)(pretrained=False, model_num_class=num_classes)
+        return getattr(hub, fn_name)(pretrained=False, **{classes_kwarg: num_classes})
 
     return build
 
@@ -106,9 +109,9 @@ def _ptv(name: str, file: str, window: int, size: int, layers: Sequence[str]) ->
 
 def _tv(name: str, file: str, window: int, size: int, layers: Sequence[str],
         mean: tuple[float, float, float] = TV_VIDEO_MEAN,
-        std: tuple[float, float, float] = TV_VIDEO_STD) -> ModelSpec:
+        std: tuple[float, float, float] = TV_VIDEO_STD, layout: str = "channels_first") -> ModelSpec:
     return ModelSpec(name, _torchvision(name), f"{_TV}/{file}", window, size, size, mean, std,
-                     tuple(layers), source="torchvision")
+                     tuple(layers), source="torchvision", layout=layout)
 
 
 REGISTRY: dict[str, ModelSpec] = {
@@ -128,6 +131,22 @@ REGISTRY: dict[str, ModelSpec] = {
         _tv("mc3_18", "mc3_18-a90a0ba3.pth", 16, 112, ["layer3", "layer4"]),
         _tv("r2plus1d_18", "r2plus1d_18-91a641e6.pth", 16, 112, ["layer3", "layer4"]),
         _tv("s3d", "s3d-d76dad2f.pth", 16, 224, ["features.12", "features.15"]),
+        # Video transformers. MViT: 16 blocks in four stages (0, 1-2, 3-13, 14-15), each returning
+        # its tokens (a class token first) with their T x H x W grid; their input size is fixed.
+        # The head reads the class token alone, so the last block's other tokens have no gradient:
+        # the recommended layers are the end of stage 3 (384 channels, 8 x 14 x 14 tokens at 224)
+        # and the first block of stage 4 (768, 8 x 7 x 7). PyTorchVideo's MViT widens a stage in
+        # its last block (blocks.13 gives 768 channels), so its stage 3 ends at blocks.12.
+        # Swin3D: features.0/2/4/6 are its four stages, channels last; it was evaluated on 32 frames.
+        _tv("mvit_v1_b", "mvit_v1_b-dbeb1030.pth", 16, 224, ["blocks.13", "blocks.14"], KINETICS_MEAN,
+            KINETICS_STD, layout="tokens"),
+        _tv("mvit_v2_s", "mvit_v2_s-ae3be167.pth", 16, 224, ["blocks.13", "blocks.14"], KINETICS_MEAN,
+            KINETICS_STD, layout="tokens"),
+        _tv("swin3d_t", "swin3d_t-7615ae03.pth", 32, 224, ["features.4", "features.6"], IMAGENET_MEAN,
+            IMAGENET_STD, layout="channels_last"),
+        ModelSpec("mvit_base_16x4", _pytorchvideo("mvit_base_16x4", "head_num_classes"), f"{_PTV}/MVIT_B_16x4.pyth",
+                  16, 224, 224, KINETICS_MEAN, KINETICS_STD, ("blocks.12", "blocks.14"), state_dict_key="model_state",
+                  source="pytorchvideo", layout="tokens"),
         # The project's demo model, trained on the synthetic corpus.
         ModelSpec("demo", _demo_builder, None, 16, 112, 112, (0.45, 0.45, 0.45), (0.225, 0.225, 0.225),
                   ("layer2", "layer3"), num_classes=3, source="project"),
@@ -246,9 +265,18 @@ def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = 
             layers = layers or list(spec.layers)
             kwargs = {"num_classes": spec.num_classes}
         assert spec.builder is not None
-        with torch.device("meta"):
-            module = spec.builder(**kwargs)
+        module = skeleton(spec.builder, **kwargs)
     check_layers(module, layers, name)
+
+
+def skeleton(builder: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    """The model with its module names, built on torch's meta device (no memory, no weights);
+    on the CPU for a builder that computes with tensors while building (PyTorchVideo's MViT)."""
+    try:
+        with torch.device("meta"):
+            return builder(**kwargs)
+    except (RuntimeError, NotImplementedError):
+        return builder(**kwargs)
 
 
 def model_window(model_cfg: dict[str, Any]) -> int:
