@@ -3,14 +3,15 @@
     from pipeline import explain, open_run
 
 `explain(videos, model, output_dir, ...)` runs the job (`python -m pipeline`) from Python and
-returns a `Run`; `open_run(path)` reads a finished one (see `pipeline.api`).
+returns a `Run`; `open_run(path)` reads a finished one; `score_videos(run, videos, output_dir)`
+explains new videos with a finished run (`python -m pipeline.score`; see `pipeline.api`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["explain", "open_run", "Run"]
+__all__ = ["explain", "open_run", "score_videos", "Run"]
 
 
 def __getattr__(name: str) -> Any:

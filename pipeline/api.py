@@ -12,7 +12,6 @@ errors name the argument that holds the bad value.
 
 from __future__ import annotations
 
-import logging
 import os
 from functools import cached_property
 from typing import Any, Optional, Sequence, Union
@@ -20,9 +19,10 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from pipeline import io
+from pipeline.console import show_progress
 from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
-                                 CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, PREDICTIONS,
+                                 CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPTS, EVALUATION, PREDICTIONS,
                                  REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder,
                                  partition)
 
@@ -73,8 +73,27 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         cfg = _compose(videos, model if module is None else MODULE, output_dir, layers, stages, overrides)
         from pipeline.job import run_job
 
-        _show_progress()
+        show_progress()
         record = run_job(cfg, module)
+    except ConfigError as e:
+        raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
+    return Run(record["run_dir"])
+
+
+def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, **overrides: Any) -> "Run":
+    """Explain new `videos` with a finished run's concepts, no rediscovery (`python -m
+    pipeline.score`, see there); returns the scored folder as a `Run` (its voxel_importance,
+    concept_presence and report). `overrides`: config groups as for `explain`; the model, clip,
+    segment and activate settings are the run's, and another value for one raises ValueError."""
+    from pipeline.score import pin_to_run, score_job, source_run
+
+    try:
+        source, c = source_run(run.root if isinstance(run, Run) else str(run))
+        cfg = _compose(videos, c["model"]["name"], output_dir, None, None, overrides)
+        default = _compose(videos, c["model"]["name"], output_dir, None, None, {})
+        cfg = pin_to_run(cfg, default, c, overrides)
+        show_progress()
+        record = score_job(cfg, source)
     except ConfigError as e:
         raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
     return Run(record["run_dir"])
@@ -182,16 +201,6 @@ def argument_for(key: str, overrides: dict[str, Any]) -> str:
     return group + "".join(f"[{p}]" if p.isdigit() else f"[{p!r}]" for p in parts)
 
 
-def _show_progress() -> None:
-    """Progress lines on stderr when nothing else shows the pipeline's log (a notebook)."""
-    logger = logging.getLogger("pipeline")
-    if not logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-
-
 def open_run(path: Union[str, os.PathLike]) -> "Run":
     """A finished (or partly finished) run, from its folder: a path or a filesystem URI."""
     root = str(path) if io.is_uri(str(path)) else os.path.abspath(os.path.expanduser(str(path)))
@@ -223,7 +232,7 @@ class Run:
         `"supervoxels"`, `"concepts"`, ...), as a DataFrame."""
         datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, CLIP_ACTIVATIONS,
                                                              PREDICTIONS, CONCEPTS, CONCEPT_MEMBERS, TCAV,
-                                                             VOXEL_IMPORTANCE, EVALUATION)}
+                                                             VOXEL_IMPORTANCE, EVALUATION, CONCEPT_PRESENCE)}
         datasets.update({n.removesuffix(".parquet").replace("/", "_"): n for n in (
             ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_ASSIGNMENTS, ATLAS_LINKS)})
         if name not in datasets:

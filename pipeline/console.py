@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from typing import Any
 
 from pipeline import io
@@ -89,3 +91,13 @@ def print_summary(record: dict[str, Any]) -> None:
     for name, s in record["stages"].items():
         print(f"  {name:<8} {s['wall_s']:8.1f} s" + ("  (an earlier run)" if "from_run_started" in s else ""))
     print(f"run record: {io.join(record['run_dir'], RUN_JSON)}", flush=True)
+
+
+def show_progress() -> None:
+    """Progress lines on stderr when nothing else shows the pipeline's log (a notebook)."""
+    logger = logging.getLogger("pipeline")
+    if not logger.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)

@@ -23,7 +23,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -59,9 +59,10 @@ def absolutise(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))))
 
 
-def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
+def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], None]] = ()) -> dict[str, Any]:
     """Validate, then run the configured stages; returns the run record (run.json). `module`:
-    the nn.Module to explain when `model.name` is `module` (the Python API)."""
+    the nn.Module to explain when `model.name` is `module` (the Python API); `then`: steps
+    after the stages, under the same lease (`pipeline.score`'s)."""
     from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector, share
 
     window = validate(cfg, module)
@@ -91,8 +92,8 @@ def run_job(cfg: DictConfig, module: Any = None) -> dict[str, Any]:
         job = Job(c, folder, record, window, fingerprints(c, window, digest),
                   module=share(module) if module is not None else None)
         t0 = time.monotonic()
-        for name in c["run"]["stages"]:
-            stage(name)(job)
+        for step in [stage(name) for name in c["run"]["stages"]] + list(then):
+            step(job)
             folder.write_json(RUN_JSON, record)
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         record["wall_s"] = round(time.monotonic() - t0, 3)

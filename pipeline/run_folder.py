@@ -40,9 +40,8 @@ CONCEPT_MEMBERS = "concept_members"
 TCAV = "tcav_scores"
 VOXEL_IMPORTANCE = "voxel_importance"
 EVALUATION = "evaluation"
-REPORT = "report"
-REPORT_INDEX = "report/index.html"
-REPORT_ATLAS = "report/atlas.html"
+REPORT, REPORT_INDEX, REPORT_ATLAS = "report", "report/index.html", "report/atlas.html"
+CONCEPT_PRESENCE = "concept_presence"  # a scored run's (pipeline.score): <class>/<layer>/ parts
 RUN_JSON = "run.json"
 LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 CLIP_ACTIVATIONS = "clip_activations"
@@ -351,7 +350,7 @@ class RunFolder:
         if target_class is None:
             rows = self.video_rows([video_id]) if self.exists(VIDEOS) else []
             target_class = rows[0]["label"] if rows else None
-        rows = self._voxel_importance_rows(video_id, target_class)
+        rows = self.voxel_importance_rows(video_id, target_class)
         if not rows:
             raise KeyError(f"no voxel importance for video {video_id!r} in {self.root} (only scoring videos have one)")
         layers = list(dict.fromkeys(r["layer"] for r in rows))
@@ -369,7 +368,7 @@ class RunFolder:
             scores = causal_scores(row["concepts"], causal)
         return importance_map(self.label_volumes([video_id])[video_id], row["supervoxel_ids"], scores)
 
-    def _voxel_importance_rows(self, video_id: str, target_class: Optional[str]) -> list[dict[str, Any]]:
+    def voxel_importance_rows(self, video_id: str, target_class: Optional[str]) -> list[dict[str, Any]]:
         """A video's voxel-importance rows: within its class's partitions, the row group whose
         statistics hold it (footers, then one row group per layer)."""
         root = self.path(VOXEL_IMPORTANCE)

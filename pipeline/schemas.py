@@ -187,6 +187,18 @@ ATLAS_ASSIGNMENTS = pa.schema(
 )
 
 # atlas/concepts.parquet: one row per global concept of a layer.
+# A scored run's (pipeline.score): the concepts of the explaining run present in each video.
+CONCEPT_PRESENCE = pa.schema(
+    [
+        pa.field("video_id", pa.string()), pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
+        pa.field("concept", pa.string()),
+        pa.field("supervoxel_ids", pa.list_(pa.int64())),  # the video's supervoxels assigned to it
+        pa.field("voxels", pa.int64()), pa.field("share", pa.float64()),  # voxels they cover, share of the clip
+        pa.field("t0", pa.int32()), pa.field("t1", pa.int32()),  # the frames they span (half-open)
+        pa.field("tcav_mean", pa.float64()), pa.field("causal_importance", pa.float64()),
+    ]
+)
+
 ATLAS_CONCEPTS = pa.schema(
     [
         pa.field("layer", pa.string()), pa.field("global_concept", pa.int32()),

@@ -1,0 +1,143 @@
+"""The score step of `python -m pipeline.score` (not a stage of the main job): a finished run's
+concepts applied to the videos of a new run folder, after that folder's ingest, segment and
+activate stages ran with the finished run's settings and model (`pipeline.score` makes sure).
+
+One Ray task per class partition of the new folder reads its supervoxel vectors, the videos'
+predictions and label volumes, and the finished run's concepts of the classes that explain
+them (`pipeline.scoring.apply`), and writes voxel_importance/ (as a run's, for every video) and
+concept_presence/. The finished run's concepts.parquet is copied beside them: the concepts the
+videos were scored with, so the scored folder reads like a run (`open_run(...).voxel_importance`,
+the causal maps). A rerun skips the partitions done with the same source and settings."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipeline import schemas
+from pipeline.orchestration.fanout import map_tasks
+from pipeline.orchestration.runtime import Progress
+from pipeline.run_folder import (ACTIVATIONS, CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, VOXEL_IMPORTANCE, RunFolder,
+                                 class_partition, partition, reduction_fingerprint, unit_key)
+from pipeline.stages.activate import activated_layers
+from pipeline.stages.base import Job
+
+log = logging.getLogger("pipeline")
+
+CONCEPT_COLUMNS = ["target_class", "layer", "concept", "centroid", "radius", "tcav_mean", "causal_importance"]
+EXAMPLES = 8  # videos per explaining class a partition's record names, for the report
+
+
+def run(job: Job, source: RunFolder) -> None:
+    job.begin("score")
+    folder = job.folder
+    for needed in (ACTIVATIONS, PREDICTIONS):
+        folder.require(needed, "score", "activate")
+    layers = activated_layers(folder)
+    light = source.read(CONCEPTS, columns=["target_class", "layer", "concept", "tcav_mean", "causal_importance"])
+    digest = hashlib.sha256(json.dumps(sorted(map(list, zip(*(light.column(n).to_pylist() for n in
+                                                               light.column_names)))), default=str).encode())
+    classes = sorted(set(light.column("target_class").to_pylist()))
+    missing = sorted(set(layers) - set(light.column("layer").to_pylist()))
+    if missing:
+        log.warning("score: the finished run has no concepts at layers %s", missing)
+    videos = folder.read_videos(["label", "status"])
+    ok = videos.filter(pc.equal(videos.column("status"), schemas.OK))
+    parts = sorted({class_partition(k) for k in ok.column("label").to_pylist()})
+    del videos, ok
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"] + digest.hexdigest(),
+                                        {"source": source.root, "layers": layers}, [])
+    done = folder.done_units("score", [VOXEL_IMPORTANCE, CONCEPT_PRESENCE], fingerprint, "score", stale="discard")
+    records = {r["partition"]: r for r in map(json.loads, done.column("record").to_pylist())}
+    todo = [p for p in parts if p not in records]
+    log.info("score: %d class partitions to score with the concepts of %s (%d already done)", len(todo),
+             source.root, len(records))
+    items = ((p, (folder, source, p, layers, classes, fingerprint)) for p in todo)
+    for out in map_tasks(score_partition, items, progress=Progress("score", len(todo), unit="class partitions"),
+                         label_selector=job.cpu_selector):
+        if not out.ok:
+            raise RuntimeError(f"score: class partition {out.key!r}: {out.error}")
+        records[out.key] = out.value
+    for out in map_tasks(copy_concepts, [("concepts", (source, folder))], progress=None):
+        if not out.ok:
+            raise RuntimeError(f"score: copying {CONCEPTS}: {out.error}")
+    totals = {key: sum(r[key] for r in records.values()) for key in ("videos", "explained", "maps", "present")}
+    examples: dict[str, list[str]] = {}
+    for p in parts:
+        for k, vids in records[p]["examples"].items():
+            examples.setdefault(k, []).extend(vids)
+    job.finish("score", source_run=source.root, layers=layers, partitions=len(parts),
+               partitions_skipped_done=len(parts) - len(todo), **totals,
+               examples={k: v[:EXAMPLES] for k, v in sorted(examples.items())})
+
+
+def score_partition(folder: RunFolder, source: RunFolder, part: str, layers: list[str], classes: list[str],
+                    fingerprint: str) -> dict[str, Any]:
+    """One class partition of the scored folder, in a Ray task (see the module)."""
+    from pipeline.scoring.apply import apply_concepts, presence, target_classes
+
+    tables = {layer: folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=part)}",
+                                 columns=["video_id", "supervoxel_id", "vector"])
+              .sort_by([("video_id", "ascending"), ("supervoxel_id", "ascending")]) for layer in layers}
+    vids = sorted(set().union(*(t.column("video_id").to_pylist() for t in tables.values())))
+    wanted = pa.array(vids, type=pa.string())
+    pred = folder.read(PREDICTIONS, columns=["video_id", "label", "predicted_class"],
+                       filter=pc.is_in(pc.field("video_id"), wanted)).to_pylist()
+    targets = {r["video_id"]: target_classes(r["label"], r["predicted_class"], classes) for r in pred}
+    needed = sorted({k for ks in targets.values() for k in ks})
+    concepts: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    if needed:
+        rows = source.read(CONCEPTS, columns=CONCEPT_COLUMNS,
+                           filter=pc.is_in(pc.field("target_class"), pa.array(needed, type=pa.string()))).to_pylist()
+        for r in rows:
+            concepts.setdefault((r["target_class"], r["layer"]), []).append(r)
+    shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
+              for r in folder.video_rows(vids)}
+    volumes = folder.label_volumes(vids)
+    maps: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    present: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for layer, t in tables.items():
+        ids = t.column("video_id").to_numpy(zero_copy_only=False)
+        sids = t.column("supervoxel_id").to_numpy()
+        col = t.column("vector").combine_chunks()
+        vectors = col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
+        starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
+        for a, b in zip(starts, [*starts[1:], len(ids)]):
+            vid = ids[a]
+            for k in targets.get(vid, []):
+                cs = concepts.get((k, layer), [])
+                names, scores = apply_concepts(vectors[a:b], cs)
+                maps.setdefault((k, layer), []).append({
+                    "video_id": vid, "target_class": k, "layer": layer, "shape": shapes[vid],
+                    "encoding": "supervoxel_scores", "supervoxel_ids": sids[a:b].tolist(), "concepts": names,
+                    "scores": scores})
+                present.setdefault((k, layer), []).extend(presence(vid, k, layer, sids[a:b], names, volumes[vid], cs))
+    outputs: list[tuple[str, Any]] = []
+    for (k, layer), rows in sorted(maps.items()):  # one row group per video, as a run's
+        outputs.append((f"{VOXEL_IMPORTANCE}/{partition(target_class=k, layer=layer)}",
+                        [pa.Table.from_pylist([r], schema=schemas.VOXEL_IMPORTANCE) for r in rows]))
+    for (k, layer), rows in sorted(present.items()):
+        if rows:
+            outputs.append((f"{CONCEPT_PRESENCE}/{partition(target_class=k, layer=layer)}",
+                            pa.Table.from_pylist(rows, schema=schemas.CONCEPT_PRESENCE)))
+    examples: dict[str, list[str]] = {}
+    for vid in vids:
+        for k in targets.get(vid, [])[:1]:  # the predicted class (or the label when it is not one)
+            if len(examples.setdefault(k, [])) < EXAMPLES:
+                examples[k].append(vid)
+    record = {"partition": part, "videos": len(vids), "explained": sum(bool(v) for v in targets.values()),
+              "maps": sum(len(v) for v in maps.values()), "present": sum(len(v) for v in present.values()),
+              "examples": examples}
+    folder.write_unit("score", unit_key(part), outputs, [{"record": record}], fingerprint)
+    return record
+
+
+def copy_concepts(source: RunFolder, folder: RunFolder) -> None:
+    """The finished run's concepts.parquet into the scored folder (in a task: it holds the centroids)."""
+    folder.write_table(CONCEPTS, source.read(CONCEPTS))
