@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.activations.extract import (LayerTap, _autocast, _batch_dtype, _memory_format, choose_batch_size,  # noqa: E402
-                                         pool, resolve_autocast, supervoxel_vectors)
+                                         resolve_autocast, supervoxel_vectors)
 from pipeline.activations.patches import PatchSpec  # noqa: E402
 from pipeline.activations.video import pick_device, prepare_model, requests_from_table  # noqa: E402
 from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video  # noqa: E402
@@ -62,7 +62,7 @@ def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: tor
     """Seconds for `n_windows` windows through the model with hooks, inputs already on the device."""
     x = torch.randn(batch, 3, spec.window, spec.height, spec.width, device=device).to(_batch_dtype(amp))
     x = _memory_format(x, model.module)  # as the actors give it: bf16 for a bf16 model
-    with LayerTap(model.module, model.layers) as tap, torch.inference_mode(), _autocast(device, amp):
+    with LayerTap(model.module, model.layers, model.spec.layout) as tap, torch.inference_mode(), _autocast(device, amp):
         model.module(x)  # warm-up
         sync(device)
         t0 = time.perf_counter()
@@ -70,7 +70,7 @@ def forward_only(model, n_windows: int, spec: PatchSpec, batch: int, device: tor
         while done < n_windows:
             model.module(x)
             for layer in model.layers:
-                pool(tap.outputs[layer])
+                tap.pooled(layer)
             done += batch
         sync(device)
     return time.perf_counter() - t0
@@ -98,7 +98,7 @@ def reference_path(model, clips, spec) -> float:
     mean = torch.tensor(spec.mean).view(1, 3, 1, 1, 1)
     std = torch.tensor(spec.std).view(1, 3, 1, 1, 1)
     t0 = time.perf_counter()
-    with LayerTap(model.module, model.layers) as tap, torch.inference_mode():
+    with LayerTap(model.module, model.layers, model.spec.layout) as tap, torch.inference_mode():
         for clip, seg in clips:
             for i in seg.kept():
                 box = tuple(int(seg.table[k][i]) for k in ("t0", "t1", "y0", "y1", "x0", "x1"))
@@ -109,7 +109,7 @@ def reference_path(model, clips, spec) -> float:
                 x = (torch.from_numpy(windows).float().permute(0, 4, 1, 2, 3) / 255.0 - mean) / std
                 model.module(x)  # one call per supervoxel
                 for layer in model.layers:
-                    pool(tap.outputs[layer]).mean(0)
+                    tap.pooled(layer).mean(0)
     return time.perf_counter() - t0
 
 
@@ -158,7 +158,7 @@ def main() -> None:
     # for (c): the model as loaded (no folded batch norms, the default memory layout)
     plain = prepare_model(load_model({"name": args.model}), device, fuse=False, channels_last=False)
     s = model.spec
-    spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std))
+    spec = PatchSpec(s.window, s.height, s.width, tuple(s.mean), tuple(s.std), layout=s.layout)
     amp = resolve_autocast(False if args.no_autocast else None, device)
     batch = args.batch_size
     if not batch:

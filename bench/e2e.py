@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.activations.extract import LayerTap, pool  # noqa: E402
+from pipeline.activations.extract import LayerTap  # noqa: E402
 from pipeline.activations.patches import window_starts  # noqa: E402
 from pipeline.concepts.discovery import RULE_PRESETS, accept  # noqa: E402
 from pipeline.concepts.explain import draw_random_sets, split_videos  # noqa: E402
@@ -71,7 +71,7 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
     sv_vec: dict[str, dict[str, list]] = {layer: {} for layer in layers}
     clip_vec: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
     grads: dict[str, dict[str, np.ndarray]] = {layer: {} for layer in layers}
-    with LayerTap(m, layers) as tap:
+    with LayerTap(m, layers, model.spec.layout) as tap:
         for r in rows:  # steps 3-4: a patch at a time on the host, a forward call per supervoxel
             vid, clip = r["video_id"], clips[r["video_id"]]
             labels, kept = segs[vid]
@@ -88,14 +88,14 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
                 with torch.no_grad():
                     m(x)
                 for layer in layers:
-                    sv_vec[layer].setdefault(vid, []).append((sid, pool(tap.outputs[layer])[0].numpy()))
+                    sv_vec[layer].setdefault(vid, []).append((sid, tap.pooled(layer)[0].numpy()))
             x = clip_to_input(clip[None], model.spec.mean, model.spec.std).requires_grad_(True)
             logits = m(x)
             outs = [tap.outputs[layer] for layer in layers]
             g = torch.autograd.grad(logits[0, model.class_names.index(r["label"])], outs)
             for layer, out, gl in zip(layers, outs, g):
-                clip_vec[layer][vid] = pool(out)[0].detach().numpy()
-                grads[layer][vid] = pool(gl)[0].numpy()
+                clip_vec[layer][vid] = tap.pooled(layer)[0].detach().numpy()
+                grads[layer][vid] = tap.pooled(layer, gl)[0].numpy()
     times["activate"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

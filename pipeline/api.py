@@ -88,15 +88,25 @@ def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir
     from pipeline.score import pin_to_run, score_job, source_run
 
     try:
-        source, c = source_run(run.root if isinstance(run, Run) else str(run))
+        source, c = source_run(run.path if isinstance(run, Run) else str(run))
         cfg = _compose(videos, c["model"]["name"], output_dir, None, None, overrides)
         default = _compose(videos, c["model"]["name"], output_dir, None, None, {})
-        cfg = pin_to_run(cfg, default, c, overrides)
+        cfg = pin_to_run(cfg, default, c, _named_keys(overrides))
         show_progress()
         record = score_job(cfg, source)
     except ConfigError as e:
         raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
     return Run(record["run_dir"])
+
+
+def _named_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The config keys an explain()/score_videos() call names: a preset names its group, a dict
+    its leaves (`activate={"num_actors": 1}` names activate.num_actors only)."""
+    out = []
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        out.extend(_named_keys(value, name + ".") if isinstance(value, dict) else [name])
+    return out
 
 
 def _shown(e: ConfigError) -> str:

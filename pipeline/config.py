@@ -157,6 +157,9 @@ class ModelConfig:
     class_names: overrides the class names the model carries.
     window: model input frames T; height/width its input size (0: the registry's).
     mean/std: input normalisation on the 0-1 scale (empty: the registry's).
+    layout: how the explained layers lay out their outputs, `channels_first` ([B, C, T, H, W]),
+        `channels_last` ([B, T, H, W, C], as Swin3D's stages) or `tokens` ([B, N, C]); empty: the
+        registry's, else channels_first (a block returning (tokens, T x H x W grid) is recognised).
     device: auto | cpu | cuda.
     """
 
@@ -171,6 +174,7 @@ class ModelConfig:
     width: int = 0
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
+    layout: str = ""
     device: str = "auto"
 
     def check(self) -> None:
@@ -192,6 +196,8 @@ class ModelConfig:
         require(not self.mean or len(self.mean) == 3, "mean", list(self.mean), "must have 3 values (RGB) or be empty")
         require(not self.std or (len(self.std) == 3 and min(self.std) > 0), "std", list(self.std),
                 "must have 3 positive values (RGB) or be empty")
+        require(self.layout in ("", "channels_first", "channels_last", "tokens"), "layout", self.layout,
+                "must be channels_first, channels_last, tokens or empty (the registry's)")
 
 
 @dataclass

@@ -73,7 +73,8 @@ def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = N
     seg = c["segment"]
     segment = {k: seg[k] for k in SEGMENT_FIELDS if k != "dedupe" or seg[k] != "voxel"}  # voxel: fingerprints as before
     activate = {k: c["activate"][k] for k in ACTIVATE_FIELDS}
-    model = dict(c["model"], **({"digest": model_digest} if model_digest else {}))
+    model = {k: v for k, v in c["model"].items() if k != "layout" or v}  # layout "": fingerprints as before
+    model.update({"digest": model_digest} if model_digest else {})
     return {
         "ingest": _canonical({"clip": c["clip"]}),
         "segment": _canonical({"clip": c["clip"], "segment": segment,

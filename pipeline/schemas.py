@@ -104,6 +104,10 @@ CONCEPTS = pa.schema(
         pa.field("tcav_mean", pa.float64()), pa.field("tcav_std", pa.float64()),
         pa.field("p_value", pa.float64()), pa.field("significant", pa.bool_()),
         pa.field("cav_accuracy", pa.float64()),  # mean hold-out accuracy of its CAVs
+        # the graded TCAV score (Captum's magnitude: the positive share of the directional
+        # derivatives' mass over the scoring videos), over the random sets, and its test
+        pa.field("tcav_magnitude_mean", pa.float64()), pa.field("tcav_magnitude_std", pa.float64()),
+        pa.field("magnitude_p_value", pa.float64()), pa.field("magnitude_significant", pa.bool_()),
         pa.field("radius", pa.float64()),  # largest member distance to the centroid
         pa.field("rule", pa.string()),  # the acceptance rule that held
         pa.field("centroid", pa.list_(pa.float32())),
@@ -135,7 +139,7 @@ TCAV = pa.schema(
         pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
         pa.field("concept", pa.string()),  # "random" for the random-vs-random baseline
         pa.field("random_set", pa.int32()), pa.field("cav_accuracy", pa.float64()),
-        pa.field("tcav_score", pa.float64()),
+        pa.field("tcav_score", pa.float64()), pa.field("tcav_magnitude", pa.float64()),
     ]
 )
 
@@ -186,7 +190,6 @@ ATLAS_ASSIGNMENTS = pa.schema(
     ]
 )
 
-# atlas/concepts.parquet: one row per global concept of a layer.
 # A scored run's (pipeline.score): the concepts of the explaining run present in each video.
 CONCEPT_PRESENCE = pa.schema(
     [
@@ -199,6 +202,7 @@ CONCEPT_PRESENCE = pa.schema(
     ]
 )
 
+# atlas/concepts.parquet: one row per global concept of a layer.
 ATLAS_CONCEPTS = pa.schema(
     [
         pa.field("layer", pa.string()), pa.field("global_concept", pa.int32()),

@@ -25,7 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import io
 from pipeline.console import show_progress
 from pipeline.config import MODULE, ConfigError, to_plain
-from pipeline.run_folder import ACTIVATE_FIELDS, CONCEPTS, RUN_JSON, SEGMENT_FIELDS, RunFolder, RunFolderError
+from pipeline.lease import LeaseError
+from pipeline.run_folder import ACTIVATE_FIELDS, CONCEPTS, DONE, RUN_JSON, SEGMENT_FIELDS, RunFolder, RunFolderError
 
 SCORE_STAGES = ["ingest", "segment", "activate"]
 
@@ -43,8 +44,14 @@ def pinned(c: dict[str, Any]) -> dict[str, Any]:
 def pin_to_run(cfg: DictConfig, default: DictConfig, source: dict[str, Any], named: Iterable[str]) -> DictConfig:
     """`cfg` with the finished run's pinned settings; a pinned key the user set (it differs from
     the default, or its group or itself is named in `named`) to another value than the run's
-    raises ConfigError naming it."""
-    mine, base, theirs = pinned(to_plain(cfg)), pinned(to_plain(default)), pinned(source)
+    raises ConfigError naming it. A key the run's record lacks (a setting added since) is its
+    default."""
+    from pipeline.job import absolutise
+
+    absolutise(cfg)
+    absolutise(default)
+    mine, base = pinned(to_plain(cfg)), pinned(to_plain(default))
+    theirs = {**base, **pinned(source)}
     named = set(named)
     touched = [k for k in mine if mine[k] != base.get(k) or k in named or k.split(".")[0] in named]
     differ = [k for k in touched if k in theirs and mine[k] != theirs[k]]
@@ -85,9 +92,9 @@ def score_job(cfg: DictConfig, source: RunFolder) -> dict[str, Any]:
 
     out = str(cfg.run.output_dir)
     out = out if io.is_uri(out) else os.path.abspath(os.path.expanduser(out))
-    if out.rstrip("/") == source.root.rstrip("/"):
-        raise ConfigError("run.output_dir", "is the finished run's folder: give the scored videos a folder of their "
-                                            "own", out)
+    if out.rstrip("/") == source.root.rstrip("/") or RunFolder(out).exists(DONE, "concepts"):
+        raise ConfigError("run.output_dir", "holds a run's concepts (it is a run folder of the job): give the scored "
+                                            "videos a folder of their own", out)
 
     def report(job: Any) -> None:
         job.record["stages"]["report"] = build_scored_report(job.folder, job.c, job.record, source.root)
@@ -117,7 +124,7 @@ def main(argv: list[str]) -> int:
         cfg = pin_to_run(cfg, default, c, named)
         show_progress()
         score_job(cfg, source)
-    except (ConfigError, RunFolderError, FileNotFoundError, HydraException) as e:
+    except (ConfigError, RunFolderError, LeaseError, FileNotFoundError, HydraException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

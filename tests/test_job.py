@@ -85,6 +85,7 @@ def test_csv_corpus(tmp_path):
     ("model.layers=[layer9]", "model.layers"),
     ("segment.iou_threshold=1.5", "segment.iou_threshold"),
     ("segment.dedupe=iou", "segment.dedupe"),
+    ("model.layout=nhwc", "model.layout"),
     ("clip.num_frames=8", "model's window of 16 frames"),
 ])
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, expected):

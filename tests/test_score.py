@@ -96,8 +96,26 @@ def test_the_python_api_scores_a_list_of_videos(scored, small_run):
     path = str(scored["base"] / "new" / (vid + ".mp4"))
     with pytest.raises(ValueError, match=r"segment\['n_segments'\].*finished run's settings"):
         score_videos(small_run["out"], [path], str(scored["base"] / "never"), segment={"n_segments": [7]})
-    new = score_videos(small_run["out"], [path], str(scored["base"] / "api"))
+    with pytest.raises(ValueError, match="a folder of their own"):  # never into a run of the job
+        score_videos(small_run["out"], [path], small_run["out"])
+    new = score_videos(scored["run"], [path], str(scored["base"] / "api"), activate={"num_actors": 1})
     run = scored["run"]
     layer = sorted(run.concepts.layer.unique())[0]
     # a list's video ids are <folder>/<name>, as the synthetic corpus's
     assert np.array_equal(new.voxel_importance(vid, layer=layer), run.voxel_importance(vid, layer=layer))
+
+
+def test_a_rerun_with_more_videos_scores_them_too(scored, small_run):
+    run = scored["run"]
+    heat = run.table("voxel_importance", columns=["video_id"]).video_id
+    extra = sorted(set(heat) - set(scored["picked"]))[0]
+    os.makedirs(scored["base"] / "new" / os.path.dirname(extra), exist_ok=True)
+    shutil.copy(run.videos.set_index("video_id").loc[extra].path, scored["base"] / "new" / (extra + ".mp4"))
+    res = run_cli(f"run_dir={small_run['out']}", "dataset=folder", f"dataset.root={scored['base'] / 'new'}",
+                  f"run.output_dir={scored['out']}", module="pipeline.score")
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.load(open(os.path.join(scored["out"], "run.json")))
+    assert record["stages"]["score"]["videos"] == len(scored["picked"]) + 1
+    layer = sorted(run.concepts.layer.unique())[-1]
+    assert np.array_equal(open_run(scored["out"]).voxel_importance(extra, layer=layer, target_class=extra.split("/")[0]),
+                          run.voxel_importance(extra, layer=layer))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.scoring.tcav import (fit_cav, fit_cavs, gradients_are_constant, holm, random_baseline, score_concept,
-                                   significance, stratified_split, tcav_score)
+                                   score_concepts, significance, stratified_split, tcav_magnitudes, tcav_score,
+                                   tcav_scores, ties_broken)
 
 
 def test_cav_points_toward_the_concept_and_is_accurate():
@@ -49,6 +50,30 @@ def test_tcav_counts_positive_directional_derivatives():
     assert tcav_score(grads, np.array([0.0, 1.0])) == 0.5
     assert tcav_score(grads, np.array([0.6, 0.8])) == 0.5
     assert tcav_score(-grads, np.array([1.0, 0.0])) == 0.5
+
+
+def test_graded_tcav_is_the_positive_share_of_the_derivative_mass_and_breaks_sign_count_ties():
+    grads = np.eye(4)  # video i's gradient is axis i: the directional derivatives are the CAV's coordinates
+    a, b = np.array([5.0, -1.0, 1.0, -1.0]), np.array([1.0, -5.0, 1.0, -1.0])
+    directions = np.stack([a, b, -a, np.zeros(4)])
+    assert tcav_scores(grads, directions).tolist() == [0.5, 0.5, 0.5, 0.0]  # the sign count ties a and b
+    assert np.allclose(tcav_magnitudes(grads, directions), [6 / 8, 2 / 8, 2 / 8, 0.0])  # by hand
+    assert ties_broken([0.5, 0.5, 0.5], [0.75, 0.25, 0.25]) == {"tied_pairs": 3, "broken_by_magnitude": 2}
+
+
+def test_graded_tcav_of_a_used_concept_is_significant_and_of_an_unused_one_is_not():
+    rng = np.random.default_rng(2)
+    dim, n_sets = 16, 10
+    axis = np.zeros(dim)
+    axis[0] = 1.0
+    grads = rng.normal(0, 0.5, (40, dim)) + axis  # the class logit grows along axis 0
+    random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
+    extra = rng.normal(0, 1, (30, dim))
+    used, unused = rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+    (u, n), base = score_concepts([used, unused], random_sets, extra, grads, seed=1, model="fastcav", alpha=0.01)
+    assert u.magnitudes.mean() > 0.9 and u.magnitude_p_value <= 0.01
+    assert n.magnitude_p_value > 0.01 and 0.1 < base.magnitudes.mean() < 0.9
+    assert np.allclose(u.magnitudes, tcav_magnitudes(grads, u.directions))
 
 
 def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not():

@@ -62,6 +62,32 @@ def test_every_transformer_builds_with_its_recommended_layers():
         assert spec.layout in ("tokens", "channels_last") and spec.height == spec.width == 224
 
 
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_the_recommended_layers_give_what_the_registry_says(name):
+    """On the meta device (shapes only): stage 3's end has 384 channels on an 8 x 14 x 14 grid,
+    stage 4's 768 on 8 x 7 x 7, as tokens after a class token or channels last."""
+    spec = REGISTRY[name]
+    module = skeleton(spec.builder, num_classes=400).to("meta")
+    seen = {}
+    modules = dict(module.named_modules())
+    for layer in spec.layers:
+        modules[layer].register_forward_hook(lambda _m, _i, out, layer=layer: seen.update({layer: out}))
+    with torch.no_grad():
+        module(torch.empty(1, 3, 16, 224, 224, device="meta"))
+    for layer, (width, side) in zip(spec.layers, ((384, 14), (768, 7))):
+        out = seen[layer]
+        if spec.layout == "tokens":
+            tokens, grid = out
+            assert tuple(grid) == (8, side, side) and tuple(tokens.shape) == (1, 1 + 8 * side * side, width)
+        else:
+            assert tuple(out.shape) == (1, 8, side, side, width)
+
+
+def test_a_layout_can_be_set_for_any_model():
+    assert load_model({"name": "demo"}).spec.layout == "channels_first"
+    assert load_model({"name": "demo", "layout": "channels_last"}).spec.layout == "channels_last"
+
+
 def test_placed_checkpoint_loads_through_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file",

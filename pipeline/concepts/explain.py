@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
 from pipeline.concepts.params import ConceptParams
-from pipeline.scoring.tcav import gradients_are_constant, holm, rank_change, rescore, score_concepts
+from pipeline.scoring.tcav import gradients_are_constant, holm, rank_change, rescore, score_concepts, ties_broken
 from pipeline.scoring.voxel_importance import assign_to_concepts
 
 
@@ -61,8 +61,9 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
                                   gradients, seed=params.seed, model=params.cav_model, alpha=params.cav_alpha)
     baseline, baseline_acc = base.scores, base.cav_accuracies
     p_values = np.array([s.p_value for s in scored])
+    magnitude_p = np.array([s.magnitude_p_value for s in scored])
     if params.correction == "holm" and len(p_values):
-        p_values = holm(p_values)
+        p_values, magnitude_p = holm(p_values), holm(magnitude_p)
     means = np.array([s.mean for s in scored])
     randomisation = None
     if randomised_gradients is not None:
@@ -89,17 +90,20 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
             "size": len(c.members), "num_videos": c.num_videos, "tcav_mean": s.mean, "tcav_std": s.std,
             "p_value": float(p_values[i]), "significant": bool(p_values[i] <= params.p_threshold),
             "cav_accuracy": float(s.cav_accuracies.mean()), "radius": c.radius, "rule": c.rule,
+            "tcav_magnitude_mean": float(s.magnitudes.mean()), "tcav_magnitude_std": float(s.magnitudes.std()),
+            "magnitude_p_value": float(magnitude_p[i]),
+            "magnitude_significant": bool(magnitude_p[i] <= params.p_threshold),
             "centroid": c.centroid.astype(np.float32),
         })
         for m, d in zip(c.members, c.distances):
             members.append({"target_class": target_class, "layer": layer, "concept": name,
                             "video_id": sv_video_ids[m], "supervoxel_id": int(sv_ids[m]), "distance": float(d)})
-        for r, (score, acc) in enumerate(zip(s.scores, s.cav_accuracies)):
+        for r, (score, acc, mag) in enumerate(zip(s.scores, s.cav_accuracies, s.magnitudes)):
             tcav.append({"target_class": target_class, "layer": layer, "concept": name, "random_set": r,
-                         "cav_accuracy": float(acc), "tcav_score": float(score)})
-    for r, (score, acc) in enumerate(zip(baseline, baseline_acc)):
+                         "cav_accuracy": float(acc), "tcav_score": float(score), "tcav_magnitude": float(mag)})
+    for r, (score, acc, mag) in enumerate(zip(baseline, baseline_acc, base.magnitudes)):
         tcav.append({"target_class": target_class, "layer": layer, "concept": "random", "random_set": r,
-                     "cav_accuracy": float(acc), "tcav_score": float(score)})
+                     "cav_accuracy": float(acc), "tcav_score": float(score), "tcav_magnitude": float(mag)})
     # Voxel importance (step 9): a concept's importance is its mean TCAV score.
     supervoxel_scores = []
     if scoring_vectors is not None and len(scoring_vectors):
@@ -110,5 +114,6 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
                                       "concept": concepts[j]["concept"] if j >= 0 else None,
                                       "score": float(means[j]) if j >= 0 else 0.0})
     return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": discovery.k,
+            "ties": ties_broken(means, [s.magnitudes.mean() for s in scored]),
             "random_mean": float(baseline.mean()), "supervoxel_scores": supervoxel_scores,
             "randomisation": randomisation}

@@ -135,10 +135,11 @@ REGISTRY: dict[str, ModelSpec] = {
         # its tokens (a class token first) with their T x H x W grid; their input size is fixed.
         # The head reads the class token alone, so the last block's other tokens have no gradient:
         # the recommended layers are the end of stage 3 (384 channels, 8 x 14 x 14 tokens at 224)
-        # and the first block of stage 4 (768, 8 x 7 x 7). PyTorchVideo's MViT widens a stage in
-        # its last block (blocks.13 gives 768 channels), so its stage 3 ends at blocks.12.
+        # and the first block of stage 4 (768, 8 x 7 x 7). MViT v1 (torchvision's and
+        # PyTorchVideo's) widens a stage in its last block (blocks.13 gives 768 channels), so its
+        # stage 3 ends at blocks.12; MViT v2 widens in the next stage's first block.
         # Swin3D: features.0/2/4/6 are its four stages, channels last; it was evaluated on 32 frames.
-        _tv("mvit_v1_b", "mvit_v1_b-dbeb1030.pth", 16, 224, ["blocks.13", "blocks.14"], KINETICS_MEAN,
+        _tv("mvit_v1_b", "mvit_v1_b-dbeb1030.pth", 16, 224, ["blocks.12", "blocks.14"], KINETICS_MEAN,
             KINETICS_STD, layout="tokens"),
         _tv("mvit_v2_s", "mvit_v2_s-ae3be167.pth", 16, 224, ["blocks.13", "blocks.14"], KINETICS_MEAN,
             KINETICS_STD, layout="tokens"),
@@ -362,6 +363,8 @@ def _apply_overrides(spec: ModelSpec, cfg: dict[str, Any]) -> ModelSpec:
     for key in ("mean", "std"):
         if cfg.get(key):
             changes[key] = tuple(float(v) for v in cfg[key])
+    if cfg.get("layout"):
+        changes["layout"] = str(cfg["layout"])
     return replace(spec, **changes) if changes else spec
 
 

@@ -166,6 +166,8 @@ def render_class(job: ClassJob) -> ClassSection:
                 f'{" <span class=badge>significant</span>" if r["significant"] else ""}</header>'
                 f'<dl><dt>TCAV</dt><dd>{fmt(r["tcav_mean"])} &plusmn; {fmt(r["tcav_std"])}</dd>'
                 f'<dt>p-value</dt><dd>{r["p_value"]:.1e}</dd>'
+                + (f'<dt>TCAV magnitude</dt><dd>{fmt(r["tcav_magnitude_mean"])} (p {r["magnitude_p_value"]:.1e})</dd>'
+                   if r.get("tcav_magnitude_mean") is not None else "") +
                 f'<dt>causal importance</dt><dd>{fmt(r.get("causal_importance"), 3)}'
                 + (f' (#{causal_rank[r["concept"]]})' if r["concept"] in causal_rank else "") + "</dd>"
                 f'<dt>members</dt><dd>{r["size"]} from {r["num_videos"]} videos</dd>'

@@ -88,7 +88,10 @@ def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple
                 continue
             row = rows[0]
             figs = []
-            for name, values in (("TCAV", row["scores"]), ("causal", causal_scores(row["concepts"], causal))):
+            kinds = [("TCAV", row["scores"])]
+            if any(causal.get(cn) is not None for cn in row["concepts"] if cn):  # the run's evaluate stage ran
+                kinds.append(("causal", causal_scores(row["concepts"], causal)))
+            for name, values in kinds:
                 imp = importance_map(volumes[vid], row["supervoxel_ids"], values)
                 vmax = float(np.abs(imp).max())
                 rel = f"assets/s{i:03d}-{slug(vid)[-40:]}-{slug(layer)}-{name}.{ext}"

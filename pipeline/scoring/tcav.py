@@ -112,6 +112,18 @@ def tcav_scores(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
     return (np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T > 0).mean(0)
 
 
+def tcav_magnitudes(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """The graded TCAV score of each CAV (Captum's magnitude score): the positive share of the
+    directional derivatives' mass over the videos, sum max(0, s) / sum |s| with s = gradient .
+    CAV; 0 where every s is 0 (as the sign count). Unlike the sign count it tells apart CAVs
+    that every video, or none, points along, by how far."""
+    if len(directions) == 0:
+        return np.zeros(0)
+    s = np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T  # [V, P]
+    total = np.abs(s).sum(0)
+    return np.divide(np.maximum(s, 0).sum(0), total, out=np.zeros(len(total)), where=total > 0)
+
+
 def tcav_score(gradients: np.ndarray, cav: np.ndarray) -> float:
     """Fraction of videos whose class-logit gradient (rows of [V, C]) points along the CAV."""
     return float(tcav_scores(gradients, np.asarray(cav)[None])[0])
@@ -158,6 +170,8 @@ class ConceptScores:
     cav_accuracies: np.ndarray  # [N]
     p_value: float
     directions: Optional[np.ndarray] = None  # [N, C] the CAVs
+    magnitudes: Optional[np.ndarray] = None  # [N] graded TCAV score per random set (tcav_magnitudes)
+    magnitude_p_value: float = float("nan")  # the same test on the graded scores
 
     @property
     def mean(self) -> float:
@@ -181,12 +195,24 @@ def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndar
     seeds = [seed + i for _ in range(len(concepts) + 1) for i in range(n)]
     directions, accuracies = fit_cavs(positives, negatives, seeds, model=model, alpha=alpha)
     scores = tcav_scores(gradients, directions).reshape(len(concepts) + 1, n)
+    magnitudes = tcav_magnitudes(gradients, directions).reshape(len(concepts) + 1, n)
     accuracies = np.asarray(accuracies).reshape(len(concepts) + 1, n)
     directions = directions.reshape(len(concepts) + 1, n, -1)
     baseline = ConceptScores(scores=scores[-1], cav_accuracies=accuracies[-1], p_value=float("nan"),
-                             directions=directions[-1])
-    return ([ConceptScores(scores=s, cav_accuracies=a, p_value=significance(s, baseline.scores), directions=d)
-             for s, a, d in zip(scores[:-1], accuracies[:-1], directions[:-1])], baseline)
+                             directions=directions[-1], magnitudes=magnitudes[-1])
+    return ([ConceptScores(scores=s, cav_accuracies=a, p_value=significance(s, baseline.scores), directions=d,
+                           magnitudes=m, magnitude_p_value=significance(m, baseline.magnitudes))
+             for s, a, d, m in zip(scores[:-1], accuracies[:-1], directions[:-1], magnitudes[:-1])], baseline)
+
+
+def ties_broken(means: Sequence[float], magnitudes: Sequence[float]) -> dict[str, int]:
+    """Pairs of concepts whose mean sign-count TCAV scores tie, and how many of them the graded
+    scores tell apart."""
+    m, g = np.asarray(means, float), np.asarray(magnitudes, float)
+    i, j = np.triu_indices(len(m), 1)
+    tied = np.isclose(m[i], m[j], rtol=0, atol=1e-12)
+    return {"tied_pairs": int(tied.sum()), "broken_by_magnitude": int((tied & ~np.isclose(g[i], g[j], rtol=0,
+                                                                                          atol=1e-9)).sum())}
 
 
 def rescore(scored: Sequence[ConceptScores], baseline: ConceptScores,

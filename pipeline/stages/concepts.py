@@ -184,7 +184,9 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     for row in res["concepts"]:
         row.update(class_columns)
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
-            "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"]}
+            "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"],
+            "magnitude_significant": sum(r["magnitude_significant"] for r in res["concepts"]),
+            "tcav_ties": res["ties"]}
     if res["randomisation"] is not None:
         check = dict(res["randomisation"])
         for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):

@@ -2,12 +2,13 @@
 concepts applied to the videos of a new run folder, after that folder's ingest, segment and
 activate stages ran with the finished run's settings and model (`pipeline.score` makes sure).
 
-One Ray task per class partition of the new folder reads its supervoxel vectors, the videos'
-predictions and label volumes, and the finished run's concepts of the classes that explain
-them (`pipeline.scoring.apply`), and writes voxel_importance/ (as a run's, for every video) and
-concept_presence/. The finished run's concepts.parquet is copied beside them: the concepts the
-videos were scored with, so the scored folder reads like a run (`open_run(...).voxel_importance`,
-the causal maps). A rerun skips the partitions done with the same source and settings."""
+One Ray task per unit (at most activate.videos_per_part videos of one class partition of the new
+folder) reads their supervoxel vectors, predictions and label volumes, and the finished run's
+concepts of the classes that explain them (`pipeline.scoring.apply`), and writes
+voxel_importance/ (as a run's, for every video) and concept_presence/. The finished run's
+concepts.parquet is copied beside them: the concepts the videos were scored with, so the scored
+folder reads like a run (`open_run(...).voxel_importance`, the causal maps). A rerun over the
+same videos, source and settings skips the units done."""
 
 from __future__ import annotations
 
@@ -20,11 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schemas
+from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.run_folder import (ACTIVATIONS, CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, VOXEL_IMPORTANCE, RunFolder,
-                                 class_partition, partition, reduction_fingerprint, unit_key)
+from pipeline.run_folder import (ACTIVATIONS, CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, RUN_JSON, VOXEL_IMPORTANCE,
+                                 RunFolder, class_partition, partition, reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -40,53 +41,70 @@ def run(job: Job, source: RunFolder) -> None:
     for needed in (ACTIVATIONS, PREDICTIONS):
         folder.require(needed, "score", "activate")
     layers = activated_layers(folder)
-    light = source.read(CONCEPTS, columns=["target_class", "layer", "concept", "tcav_mean", "causal_importance"])
+    light = source.read(CONCEPTS, columns=["target_class", "layer", "concept", "tcav_mean", "causal_importance",
+                                           "radius"])
     digest = hashlib.sha256(json.dumps(sorted(map(list, zip(*(light.column(n).to_pylist() for n in
                                                                light.column_names)))), default=str).encode())
-    classes = sorted(set(light.column("target_class").to_pylist()))
+    explained = ((io.read_json(source.path(RUN_JSON)).get("stages") or {}).get("concepts") or {}).get("classes") or {}
+    classes = sorted(set(light.column("target_class").to_pylist()) | set(explained))  # some may have no concept
     missing = sorted(set(layers) - set(light.column("layer").to_pylist()))
     if missing:
         log.warning("score: the finished run has no concepts at layers %s", missing)
-    videos = folder.read_videos(["label", "status"])
+    videos = folder.read_videos(["video_id", "label", "status"])
     ok = videos.filter(pc.equal(videos.column("status"), schemas.OK))
-    parts = sorted({class_partition(k) for k in ok.column("label").to_pylist()})
+    ids, labels = ok.column("video_id").to_pylist(), ok.column("label").to_pylist()
     del videos, ok
     fingerprint = reduction_fingerprint(job.fingerprints["activate"] + digest.hexdigest(),
-                                        {"source": source.root, "layers": layers}, [])
+                                        {"source": source.root, "layers": layers}, list(zip(ids, labels)))
+    by_part: dict[str, list[str]] = {}
+    for vid, label in zip(ids, labels):
+        by_part.setdefault(class_partition(label), []).append(vid)
+    per_unit = int(job.c["activate"]["videos_per_part"])
+    units = {unit_key(p, str(i)): (p, vids[i:i + per_unit]) for p, vids in sorted(by_part.items())
+             for i in range(0, len(vids), per_unit)}
+    del ids, labels, by_part
     done = folder.done_units("score", [VOXEL_IMPORTANCE, CONCEPT_PRESENCE], fingerprint, "score", stale="discard")
-    records = {r["partition"]: r for r in map(json.loads, done.column("record").to_pylist())}
-    todo = [p for p in parts if p not in records]
-    log.info("score: %d class partitions to score with the concepts of %s (%d already done)", len(todo),
+    records = {r["unit"]: r for r in map(json.loads, done.column("record").to_pylist())}
+    todo = [u for u in units if u not in records]
+    log.info("score: %d units of videos to score with the concepts of %s (%d already done)", len(todo),
              source.root, len(records))
-    items = ((p, (folder, source, p, layers, classes, fingerprint)) for p in todo)
-    for out in map_tasks(score_partition, items, progress=Progress("score", len(todo), unit="class partitions"),
+    items = ((u, (folder, source, u, *units[u], layers, classes, fingerprint)) for u in todo)
+    for out in map_tasks(score_unit, items, progress=Progress("score", len(todo), unit="units"),
                          label_selector=job.cpu_selector):
         if not out.ok:
-            raise RuntimeError(f"score: class partition {out.key!r}: {out.error}")
+            raise RuntimeError(f"score: class partition {units[out.key][0]!r}: {out.error}")
         records[out.key] = out.value
     for out in map_tasks(copy_concepts, [("concepts", (source, folder))], progress=None):
         if not out.ok:
             raise RuntimeError(f"score: copying {CONCEPTS}: {out.error}")
     totals = {key: sum(r[key] for r in records.values()) for key in ("videos", "explained", "maps", "present")}
+    if totals["videos"] > totals["explained"]:
+        log.warning("score: %d of %d videos have no class of the run to explain them (neither their predicted class "
+                    "nor their label is one): they have predictions only", totals["videos"] - totals["explained"],
+                    totals["videos"])
     examples: dict[str, list[str]] = {}
-    for p in parts:
-        for k, vids in records[p]["examples"].items():
+    for u in units:
+        for k, vids in records[u]["examples"].items():
             examples.setdefault(k, []).extend(vids)
-    job.finish("score", source_run=source.root, layers=layers, partitions=len(parts),
-               partitions_skipped_done=len(parts) - len(todo), **totals,
+    job.finish("score", source_run=source.root, layers=layers, units=len(units),
+               units_skipped_done=len(units) - len(todo), **totals, unexplained=totals["videos"] - totals["explained"],
                examples={k: v[:EXAMPLES] for k, v in sorted(examples.items())})
 
 
-def score_partition(folder: RunFolder, source: RunFolder, part: str, layers: list[str], classes: list[str],
-                    fingerprint: str) -> dict[str, Any]:
-    """One class partition of the scored folder, in a Ray task (see the module)."""
+def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids: list[str], layers: list[str],
+               classes: list[str], fingerprint: str) -> dict[str, Any]:
+    """Some videos of one class partition of the scored folder, in a Ray task (see the module)."""
     from pipeline.scoring.apply import apply_concepts, presence, target_classes
 
-    tables = {layer: folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=part)}",
-                                 columns=["video_id", "supervoxel_id", "vector"])
-              .sort_by([("video_id", "ascending"), ("supervoxel_id", "ascending")]) for layer in layers}
-    vids = sorted(set().union(*(t.column("video_id").to_pylist() for t in tables.values())))
+    vids = sorted(vids)
     wanted = pa.array(vids, type=pa.string())
+    tables = {}
+    for layer in layers:
+        name = f"{ACTIVATIONS}/{partition(layer=layer, target_class=part)}"
+        if folder.exists(name):  # not when none of the partition's videos has a kept supervoxel
+            tables[layer] = folder.read(name, columns=["video_id", "supervoxel_id", "vector"],
+                                        filter=pc.is_in(pc.field("video_id"), wanted)).sort_by(
+                [("video_id", "ascending"), ("supervoxel_id", "ascending")])
     pred = folder.read(PREDICTIONS, columns=["video_id", "label", "predicted_class"],
                        filter=pc.is_in(pc.field("video_id"), wanted)).to_pylist()
     targets = {r["video_id"]: target_classes(r["label"], r["predicted_class"], classes) for r in pred}
@@ -131,10 +149,11 @@ def score_partition(folder: RunFolder, source: RunFolder, part: str, layers: lis
         for k in targets.get(vid, [])[:1]:  # the predicted class (or the label when it is not one)
             if len(examples.setdefault(k, [])) < EXAMPLES:
                 examples[k].append(vid)
-    record = {"partition": part, "videos": len(vids), "explained": sum(bool(v) for v in targets.values()),
+    record = {"unit": unit, "partition": part, "videos": len(vids),
+              "explained": sum(bool(v) for v in targets.values()),
               "maps": sum(len(v) for v in maps.values()), "present": sum(len(v) for v in present.values()),
               "examples": examples}
-    folder.write_unit("score", unit_key(part), outputs, [{"record": record}], fingerprint)
+    folder.write_unit("score", unit, outputs, [{"record": record}], fingerprint)
     return record
 
 
