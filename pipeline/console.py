@@ -66,7 +66,11 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                             f"{s.get('importance_mass_in_actor_tube_oracle_supervoxel_share')} scoring supervoxels by "
                             f"their actor share, {s.get('importance_mass_in_actor_tube_oracle_actor_concepts')} scoring "
                             "actor concepts 1)"
-                            if "importance_mass_in_actor_tube_causal" in s else ""))
+                            if "importance_mass_in_actor_tube_causal" in s else "")
+                         + (f"; on the actor, pointing game {s['pointing_game_tcav']:.2f} TCAV, "
+                            f"{s['pointing_game_causal']:.2f} causal, {s['pointing_game_random']:.2f} random map; "
+                            f"top-q% IoU {s['top_share_iou_tcav']:.2f} / {s['top_share_iou_causal']:.2f} / "
+                            f"{s['top_share_iou_random']:.2f}" if "pointing_game_random" in s else ""))
     return lines
 
 

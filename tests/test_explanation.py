@@ -144,6 +144,9 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
                 assert value is None or 0 <= value <= 1, (name, value)
             assert np.isnan(s["spearman_tcav_causal"]) or -1 <= s["spearman_tcav_causal"] <= 1
             assert 0 <= s["importance_mass_in_actor_tube_causal"] <= 1
+            for metric in ("pointing_game", "top_share_iou"):  # the localisation metrics, both maps and a random one
+                assert all(0 <= s[f"{metric}_{m}"] <= 1 for m in ("tcav", "causal", "random")), (metric, s)
+    assert "pointing game" in small_run["stdout"]
     from pipeline import open_run
 
     vid = read_parts(os.path.join(out, "voxel_importance")).to_pandas().video_id[0]

@@ -29,3 +29,22 @@ def test_source_mask_maps_onto_the_clip_frames_and_size():
     out = clip_mask(src, [2, 6], 8, 8)
     assert out.shape == (2, 8, 8) and not out[0].any()
     assert out[1, :4, :4].all() and out[1].sum() == 16
+
+
+def test_pointing_game_and_top_share_iou_by_hand():
+    from pipeline.evaluation.ground_truth import pointing_game, top_share_iou
+
+    tube = np.zeros((2, 4, 4), dtype=bool)
+    tube[:, 0, :2] = True  # two actor voxels per frame
+    imp = np.zeros((2, 4, 4))
+    imp[0, 0, 0] = 1.0  # frame 0: the single top voxel is on the actor
+    imp[1, 3, 3] = 1.0  # frame 1: it is not
+    assert pointing_game(imp, tube) == 0.5
+    tied = np.ones((2, 4, 4))  # one region everywhere: the hit rate of a random tie-break, 2 of 16
+    assert pointing_game(tied, tube) == 2 / 16
+    assert np.isnan(pointing_game(imp, np.zeros_like(tube)))
+    perfect = tube.astype(float)
+    assert top_share_iou(perfect, tube) == 1.0
+    half = np.zeros((2, 4, 4))
+    half[:, 0, 0], half[:, 3, 3] = 1.0, 1.0  # the top 4 voxels: 2 on the actor -> IoU 2 / 6
+    assert top_share_iou(half, tube) == 2 / 6

@@ -134,3 +134,53 @@ def importance_mass_report(rows: Sequence[dict[str, Any]], causal: dict[str, flo
                 shares.setdefault((r["target_class"], r["layer"]), {}).setdefault(name, []).append(share)
     return {kl: {f"importance_mass_in_actor_tube_{name}": round(float(np.mean(v)), 3) for name, v in by_score.items()}
             for kl, by_score in shares.items()}
+
+
+def pointing_game(importance: np.ndarray, tube: np.ndarray) -> float:
+    """Per frame where the actor is, does the voxel of highest importance lie on the (dilated)
+    actor? The mean over those frames. Maps are constant on supervoxels, so a frame's maximum is
+    often a region: it counts for the share of that region on the actor (the hit rate of a tie
+    broken at random). nan when the actor is in no frame."""
+    hits = []
+    for imp, on in zip(importance, tube):
+        if on.any():
+            top = imp == imp.max()
+            hits.append(float((top & on).sum() / top.sum()))
+    return float(np.mean(hits)) if hits else float("nan")
+
+
+def top_share_iou(importance: np.ndarray, tube: np.ndarray, seed: int = 0) -> float:
+    """IoU with the actor tube of the voxels of highest importance, as many as the tube has
+    (q = the tube's share of the clip); ties broken by a seeded random order."""
+    n = int(tube.sum())
+    if n == 0:
+        return float("nan")
+    tiebreak = np.random.default_rng(seed).permutation(importance.size)
+    order = np.lexsort((tiebreak, -importance.ravel()))
+    top = np.zeros(importance.size, dtype=bool)
+    top[order[:n]] = True
+    inter = int((top & tube.ravel()).sum())
+    return inter / (2 * n - inter)
+
+
+def localisation_report(rows: Sequence[dict[str, Any]], causal: dict[str, float], volumes: dict[str, np.ndarray],
+                        tubes: dict[str, np.ndarray], seed: int = 0) -> dict[tuple[str, str], dict[str, float]]:
+    """Per (class, layer), on the class's scoring videos (`rows`: their voxel_importance rows):
+    the pointing game and the top-q% IoU with the actor tube of the TCAV and causal voxel maps,
+    and of a random map on the same supervoxels (each scored uniformly in [0, 1], seeded)."""
+    from pipeline.scoring.voxel_importance import causal_scores, importance_map
+
+    found: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for i, r in enumerate(rows):
+        vid = r["video_id"]
+        rng = np.random.default_rng([seed, i])
+        maps = {"tcav": r["scores"], "causal": causal_scores(r["concepts"], causal),
+                "random": rng.uniform(0, 1, len(r["supervoxel_ids"])).tolist()}
+        for name, values in maps.items():
+            imp = importance_map(volumes[vid], r["supervoxel_ids"], values)
+            out = found.setdefault((r["target_class"], r["layer"]), {})
+            for metric, value in (("pointing_game", pointing_game(imp, tubes[vid])),
+                                  ("top_share_iou", top_share_iou(imp, tubes[vid], seed + i))):
+                if not np.isnan(value):
+                    out.setdefault(f"{metric}_{name}", []).append(value)
+    return {kl: {name: round(float(np.mean(v)), 3) for name, v in by.items()} for kl, by in found.items()}

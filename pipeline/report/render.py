@@ -143,6 +143,13 @@ def render_class(job: ClassJob) -> ClassSection:
                      + (f' <span class="warn">the model predicts this class for {fmt(summary[-1]["empty"])} of its '
                         'wholly mean-filled clips: deleting concepts can hardly take the class away, so the '
                         'deletion curves say little</span>' if (summary[-1]["empty"] or 0) >= 0.5 else "") + "</p>")
+        ev = job.evaluated.get(layer, {})
+        if "pointing_game_random" in ev:
+            parts.append('<p class="meta">On the actor (ground truth), the scoring videos\' voxel maps: pointing game '
+                         f'TCAV <b>{fmt(ev["pointing_game_tcav"])}</b>, causal <b>{fmt(ev["pointing_game_causal"])}'
+                         f'</b>, a random map {fmt(ev["pointing_game_random"])}; IoU of the top-q% voxels with the '
+                         f'actor tube (q its share of the clip) TCAV <b>{fmt(ev["top_share_iou_tcav"])}</b>, causal '
+                         f'<b>{fmt(ev["top_share_iou_causal"])}</b>, random {fmt(ev["top_share_iou_random"])}</p>')
         # concept cards
         parts.append('<div class="cards">')
         for r in rows[: int(rep["max_concepts"])]:

@@ -315,16 +315,18 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
                                            correct_without)
         rows += points
     if ground_truth_root and outcomes:
-        from pipeline.evaluation.ground_truth import importance_mass_report, video_actor_tube
+        from pipeline.evaluation.ground_truth import importance_mass_report, localisation_report, video_actor_tube
 
         vids = sorted(outcomes)
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k),
                          filter=pc.is_in(pc.field("video_id"), pa.array(vids, type=pa.string()))).to_pylist()
         volumes = folder.label_volumes(vids, where)
         tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in videos}
-        for (kk, layer), shares in importance_mass_report(vi, causal, volumes, tubes).items():
-            if kk == k and layer in summary:
-                summary[layer].update(shares)
+        for report in (importance_mass_report(vi, causal, volumes, tubes), localisation_report(vi, causal, volumes,
+                                                                                               tubes)):
+            for (kk, layer), shares in report.items():
+                if kk == k and layer in summary:
+                    summary[layer].update(shares)
     if failed:
         for layer in summary.values():
             layer["videos_failed"] = len(failed)
