@@ -58,6 +58,12 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          "single concept); "
                          f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
+                         + (f"; cross-fitted (each half of the scoring videos ordered by the other's causal "
+                            f"importance): top-1 drop {drop('crossfit_causal_top1_deletion_accuracy_drop_vs_random')}, "
+                            f"{drop('crossfit_causal_top1_share_of_bound')} of the in-sample bound, deletion AUC "
+                            f"top/bottom {drop('crossfit_causal_deletion_auc_top')}/"
+                            f"{drop('crossfit_causal_deletion_auc_bottom')}"
+                            if s.get("crossfit_causal_deletion_auc_top") is not None else "")
                          + (f"; the model predicts the class for {s['mean_filled_clip_accuracy']:.2f} of its wholly "
                             "mean-filled clips, so deletion can hardly take it away"
                             if (s.get("mean_filled_clip_accuracy") or 0) >= 0.5 else "")

@@ -50,3 +50,44 @@ def test_curves_orders_and_areas():
     other = orderings(["c", "a", "d", "b"], draws=2, seed=0)  # another ranking of the same concepts
     assert other["random0"] == orders["random0"] and other["random1"] == orders["random1"]
     assert auc([1.0, 1.0, 1.0]) == 1.0 and auc([1.0, 0.0, 0.0]) == pytest.approx(0.25) and auc([0.4]) == 0.4
+
+
+def test_cross_fitting_orders_each_half_by_the_other_and_averages():
+    """Concept `a` matters in every video, `b` only in the first half: in sample the order is a
+    then b; cross-fitted, half 0 is ordered by half 1 (where only a matters) and the reverse."""
+    from pipeline.evaluation.deletion import EvaluateParams
+    from pipeline.evaluation.summary import causal_importance, crossfit_summary, curves, halves
+
+    vids = [f"v{i}" for i in range(8)]
+    split = halves(vids, seed=0)
+    assert sorted(split[0] + split[1]) == vids and len(split[0]) == 4 and not set(split[0]) & set(split[1])
+    assert halves(vids[:3], seed=0) == []  # too few to split
+    names = ["a", "b", "c"]
+
+    def measured(v: str) -> dict:
+        matters = {"a"} | ({"b"} if v in split[0] else set())
+        out = {}
+        for size in range(4):  # every subset the curves can ask for: prefixes of any order
+            import itertools
+            for removed in itertools.combinations(names, size):
+                gone = bool(matters & set(removed))
+                out[Plan(DELETE, frozenset(removed))] = (0.1 if gone else 0.9, not gone)
+                kept = set(names) - set(removed)
+                out[Plan(INSERT, frozenset(kept))] = (0.9 if matters & kept else 0.1, bool(matters & kept))
+        return out
+
+    outcomes = {v: {"L": measured(v)} for v in vids}
+    ranked = {("k", "L"): names}
+    half_causal = {h: causal_importance(ranked, {v: outcomes[v] for v in part}, {v: "k" for v in part})[0]
+                   for h, part in enumerate(split)}
+    assert half_causal[0]["b"] > 0 and half_causal[1]["b"] == 0
+    params = EvaluateParams(max_k=3, random_draws=1)
+    curve_list = curves(ranked, {"a": 0.8, "b": 0.4, "c": 0.0}, params, half_causal)[("k", "L")]
+    rows, summary = crossfit_summary("k", "L", curve_list, {v: o["L"] for v, o in outcomes.items()}, names, split)
+    # removing the top concept (a, in both orders) takes every video's class away: accuracy 0 at k = 1
+    points = [r for r in rows if r["kind"] == "point" and r["mode"] == DELETE and r["order"] == "top"]
+    assert [p["accuracy"] for p in points][:2] == [1.0, 0.0]
+    random_top1 = np.mean([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # per half: a, b, c removed in turn, averaged
+    assert summary["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] == pytest.approx(random_top1 - 0.0)
+    assert summary["crossfit_causal_deletion_auc_top"] < summary["crossfit_causal_deletion_auc_bottom"]
+    assert {r["ranking"] for r in rows} == {"causal_crossfit"}

@@ -117,7 +117,7 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     points = ev[ev.kind == "point"]
     for (k, layer), group in concepts.groupby(["target_class", "layer"]):
         curve = points[(points.target_class == k) & (points.layer == layer)]
-        assert set(curve.ranking) == {"tcav", "causal"} and set(curve["mode"]) == {"delete", "insert"}
+        assert set(curve.ranking) == {"tcav", "causal", "causal_crossfit"} and set(curve["mode"]) == {"delete", "insert"}
         assert set(curve.order) == {"top", "bottom", "random"}
         top = curve[(curve.ranking == "causal") & (curve["mode"] == "delete") & (curve.order == "top")]
         assert list(top.k) == list(range(min(len(group), 10) + 1))
@@ -144,6 +144,10 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
                 assert value is None or 0 <= value <= 1, (name, value)
             assert np.isnan(s["spearman_tcav_causal"]) or -1 <= s["spearman_tcav_causal"] <= 1
             assert 0 <= s["importance_mass_in_actor_tube_causal"] <= 1
+            # cross-fitted: each half of the scoring videos in the order of the other half's causal importance
+            assert -1 <= s["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] <= 1
+            assert s["crossfit_causal_deletion_auc_top"] == auc.loc[(info_k, layer, "causal_crossfit", "delete", "top"),
+                                                                    "accuracy"]
             for metric in ("pointing_game", "top_share_iou"):  # the localisation metrics, both maps and a random one
                 assert all(0 <= s[f"{metric}_{m}"] <= 1 for m in ("tcav", "causal", "random")), (metric, s)
     assert "pointing game" in small_run["stdout"]

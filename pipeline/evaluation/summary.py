@@ -54,17 +54,74 @@ def causal_importance(ranked: dict[Key, list[str]], outcomes: dict[str, dict[str
     return {cn: float(np.mean(v)) for cn, v in drops.items()}, correct_without
 
 
-def curves(ranked: dict[Key, list[str]], causal: dict[str, float], params: EvaluateParams) -> dict[Key, list[Curve]]:
+def by_importance(names: Sequence[str], causal: dict[str, float]) -> list[str]:
+    """The concepts, most causally important first (ties in rank order)."""
+    return sorted(names, key=lambda cn: (-causal.get(cn, 0.0), list(names).index(cn)))
+
+
+def curves(ranked: dict[Key, list[str]], causal: dict[str, float], params: EvaluateParams,
+           crossfit: Optional[dict[int, dict[str, float]]] = None) -> dict[Key, list[Curve]]:
     """Every curve of every (class, layer): concepts in TCAV order (the paper's) and in causal
-    order, top / bottom / random orders, deletion and insertion, k = 0 .. max_k."""
+    order, top / bottom / random orders, deletion and insertion, k = 0 .. max_k. `crossfit`:
+    causal importance measured on each half of the scoring videos (`halves`); each adds the
+    top and bottom curves of its order (`causal_from<h>`, measured on the other half)."""
     out: dict[Key, list[Curve]] = {}
     for kl, names in ranked.items():
-        by_causal = sorted(names, key=lambda cn: (-causal.get(cn, 0.0), names.index(cn)))
-        for ranking, order_base in (("tcav", names), ("causal", by_causal)):
+        for ranking, order_base in (("tcav", names), ("causal", by_importance(names, causal))):
             for order, ordered in orderings(order_base, params.random_draws, params.seed).items():
                 for mode in (DELETE, INSERT):
                     out.setdefault(kl, []).append((ranking, order, mode, curve_plans(ordered[:params.max_k], mode)))
+        for h, half_causal in (crossfit or {}).items():
+            ordered = by_importance(names, half_causal)
+            for order, seq in (("top", ordered), ("bottom", ordered[::-1])):
+                for mode in (DELETE, INSERT):
+                    out[kl].append((f"causal_from{h}", order, mode, curve_plans(seq[:params.max_k], mode)))
     return out
+
+
+def halves(video_ids: Sequence[str], seed: int) -> list[list[str]]:
+    """A class's scoring videos in two seeded halves (sorted ids), for cross-fitting; none when
+    there are fewer than 4."""
+    vids = sorted(video_ids)
+    if len(vids) < 4:
+        return []
+    order = np.random.default_rng([seed, 7]).permutation(len(vids))
+    return [sorted(vids[i] for i in order[: len(vids) // 2]), sorted(vids[i] for i in order[len(vids) // 2:])]
+
+
+def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
+                     names: list[str], split: list[list[str]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The cross-fitted causal figures of one (class, layer): each half's curves in the order
+    of the causal importance measured on the other half, the two halves' figures averaged.
+    Rows of ranking `causal_crossfit` for evaluation/ and the run.json keys `crossfit_causal_*`."""
+    per_half: dict[tuple[str, str], list[np.ndarray]] = {}
+    random_top1 = []
+    for h, vids in enumerate(split):
+        vids = [v for v in vids if v in outcomes]
+        if not vids:
+            return [], {}
+        for ranking, order, mode, plans in curve_list:
+            if ranking == f"causal_from{1 - h}":  # measured on half h, ordered by the other half
+                per_half.setdefault((mode, order), []).append(np.array(
+                    [[np.mean([outcomes[v][p][i] for v in vids]) for p in plans] for i in (1, 0)]))
+        random_top1.append(np.mean([outcomes[v][Plan(DELETE, frozenset([cn]))][1] for v in vids for cn in names]))
+    rows, areas, acc = [], {}, {}
+    for (mode, order), curves_ in per_half.items():
+        if len(curves_) != 2:
+            continue
+        acc[(mode, order)], prob = np.mean(curves_, axis=0)  # the two halves' means, averaged
+        areas[(mode, order)] = auc(acc[(mode, order)])
+        base = {"target_class": k, "layer": layer, "ranking": "causal_crossfit", "mode": mode, "order": order,
+                "n_videos": sum(len(v) for v in split)}
+        rows += [{**base, "kind": "point", "k": kk, "accuracy": float(a), "mean_prob": float(p)}
+                 for kk, (a, p) in enumerate(zip(acc[(mode, order)], prob))]
+        rows.append({**base, "kind": "auc", "k": None, "accuracy": areas[(mode, order)], "mean_prob": auc(prob)})
+    top = acc.get((DELETE, "top"))
+    drop = None if top is None or len(top) < 2 else round(float(np.mean(random_top1)) - float(top[1]), 4)
+    summary = {"crossfit_causal_top1_deletion_accuracy_drop_vs_random": drop,
+               **{f"crossfit_causal_{mode_name}_auc_{order}": areas.get((mode, order))
+                  for mode, mode_name in ((DELETE, "deletion"), (INSERT, "insertion")) for order in ("top", "bottom")}}
+    return rows, summary
 
 
 def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],

@@ -128,6 +128,8 @@ def render_class(job: ClassJob) -> ClassSection:
                         "spearman": rho,
                         "top_tcav": rows[0]["concept"] if rows else None,
                         "top_causal": by_causal[0]["concept"] if by_causal else None,
+                        "crossfit_top1": job.evaluated.get(layer, {}).get(
+                            "crossfit_causal_top1_deletion_accuracy_drop_vs_random"),
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get(
@@ -239,10 +241,13 @@ def auc_table(aucs: dict[tuple[str, str, str], dict[str, Any]]) -> str:
         return ""
     head = "<tr><th>ranking</th><th>curve</th><th>top</th><th>bottom</th><th>random</th></tr>"
     body = []
-    for ranking in ("causal", "tcav"):
+    for ranking in ("causal", "causal_crossfit", "tcav"):
+        if not any(key[0] == ranking for key in aucs):
+            continue
         for mode in ("delete", "insert"):
             cells = [fmt(aucs.get((ranking, mode, o), {}).get("accuracy")) for o in ("top", "bottom", "random")]
-            body.append(f"<tr><td>{ranking}</td><td>{'deletion' if mode == 'delete' else 'insertion'}</td>"
+            name = "causal, cross-fitted" if ranking == "causal_crossfit" else ranking
+            body.append(f"<tr><td>{name}</td><td>{'deletion' if mode == 'delete' else 'insertion'}</td>"
                         + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return ('<table class="auc"><caption>Area under the accuracy curves (k scaled to [0, 1]). Deletion: lower '
             "is better for the top-first order; insertion: higher.</caption>" + head + "".join(body) + "</table>")

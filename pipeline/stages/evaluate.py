@@ -27,7 +27,8 @@ from pipeline import console, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.data.ingest import read_ingested_clip
 from pipeline.evaluation.deletion import EvaluateParams, Plan
-from pipeline.evaluation.summary import causal_importance, curves, single_concept_plans, summarise
+from pipeline.evaluation.summary import (causal_importance, crossfit_summary, curves, halves, single_concept_plans,
+                                         summarise)
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import ActorQueue
 from pipeline.orchestration.prefetch import prefetched
@@ -186,7 +187,11 @@ class ClassRunner:
         first = outcome_dicts(state["plans"][:1], {v: r for v, r in state["results"].items()
                                                    if v not in state["failed"]})
         causal, _ = causal_importance(ranked, first, {v: k for v in first}) if first else ({}, {})
-        curve_sets = curves(ranked, causal, self.params)
+        split = halves(list(first), self.params.seed)  # cross-fitting: each half ordered by the other's importance
+        crossfit = {h: causal_importance(ranked, {v: first[v] for v in vids}, {v: k for v in vids})[0]
+                    for h, vids in enumerate(split)}
+        state["crossfit"] = (split, crossfit)
+        curve_sets = curves(ranked, causal, self.params, crossfit)
         second = {}
         for (_, layer), curve_list in curve_sets.items():
             done = set(state["plans"][0][layer])
@@ -207,7 +212,8 @@ class ClassRunner:
         tcav = {cn: self.tcav_mean[cn] for names in ranked.values() for cn in names}
         self.finishing[k] = finish_class.remote(self.job.folder, k, ranked, state["plans"], results, tcav, self.params,
                                                 state["failed"], plans, {v: self.where[v] for v in results}, root,
-                                                self.videos.rows(sorted(results)) if root else [], self.fingerprint)
+                                                self.videos.rows(sorted(results)) if root else [], self.fingerprint,
+                                                state.get("crossfit", ([], {})))
 
     def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
         if not self.finishing:
@@ -297,23 +303,33 @@ class ClassLister:
 def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]],
                  pass_plans: list[dict[str, list[Plan]]], results: Results, tcav_mean: dict[str, float],
                  params: EvaluateParams, failed: dict[str, str], plans: int, where: dict[str, tuple[str, int]],
-                 ground_truth_root: Optional[str], videos: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+                 ground_truth_root: Optional[str], videos: list[dict[str, Any]], fingerprint: str,
+                 crossfit: tuple[list[list[str]], dict[int, dict[str, float]]]) -> dict[str, Any]:
     """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
-    curves' points and summaries, the ground-truth shares on the synthetic corpus; writes
-    evaluation/<k>/ and the class's marker, returns its record."""
+    curves' points and summaries, in sample and cross-fitted (`crossfit`: the halves and their
+    causal importance that ordered the second pass), the ground-truth shares on the synthetic
+    corpus; writes evaluation/<k>/ and the class's marker, returns its record."""
     outcomes = outcome_dicts(pass_plans, results)
     class_of = {v: k for v in outcomes}
     causal, correct_without = causal_importance(ranked, outcomes, class_of) if outcomes else ({}, {})
-    curve_sets = curves(ranked, causal, params)
+    split, half_causal = crossfit
+    curve_sets = curves(ranked, causal, params, {int(h): c for h, c in half_causal.items()})
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     for (_, layer), curve_list in curve_sets.items():
         mine = {v: by_layer[layer] for v, by_layer in outcomes.items() if layer in by_layer}
         if not mine:
             continue
-        points, summary[layer] = summarise(k, layer, curve_list, mine, ranked[(k, layer)], tcav_mean, causal,
+        in_sample = [c for c in curve_list if not c[0].startswith("causal_from")]
+        points, summary[layer] = summarise(k, layer, in_sample, mine, ranked[(k, layer)], tcav_mean, causal,
                                            correct_without)
-        rows += points
+        cross_points, cross = crossfit_summary(k, layer, curve_list, mine, ranked[(k, layer)], split)
+        bound = summary[layer]["best_single_concept_top1_deletion_accuracy_drop_vs_random"]
+        drop = cross.get("crossfit_causal_top1_deletion_accuracy_drop_vs_random")
+        if drop is not None:
+            cross["crossfit_causal_top1_share_of_bound"] = round(drop / bound, 4) if bound > 0 else None
+        summary[layer].update(cross)
+        rows += points + cross_points
     if ground_truth_root and outcomes:
         from pipeline.evaluation.ground_truth import importance_mass_report, localisation_report, video_actor_tube
 
