@@ -64,6 +64,9 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                             f"top/bottom {drop('crossfit_causal_deletion_auc_top')}/"
                             f"{drop('crossfit_causal_deletion_auc_bottom')}"
                             if s.get("crossfit_causal_deletion_auc_top") is not None else "")
+                         + (f"; masking importance ({s['masking_masks']} random concept subsets, "
+                            f"{s['masking_windows']} clips): Spearman {drop('masking_spearman_tcav')} with TCAV, "
+                            f"{drop('masking_spearman_causal')} with single removal" if "masking_masks" in s else "")
                          + (f"; the model predicts the class for {s['mean_filled_clip_accuracy']:.2f} of its wholly "
                             "mean-filled clips, so deletion can hardly take it away"
                             if (s.get("mean_filled_clip_accuracy") or 0) >= 0.5 else "")

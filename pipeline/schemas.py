@@ -119,6 +119,9 @@ CONCEPTS = pa.schema(
         # the mean drop in class probability when the concept's voxels are removed from the
         # class's scoring videos (the evaluate stage; null before it runs)
         pa.field("causal_importance", pa.float64()),
+        # the same by randomised concept masking (evaluate.masking): the mean class probability
+        # over random concept subsets removed at once that keep it, minus over those that remove it
+        pa.field("causal_importance_masking", pa.float64()),
         # the global concept (the atlas stage) that holds most of its members, and their share
         # (null before the atlas stage runs); atlas/concept_links/ has the whole split
         pa.field("global_concept", pa.int32()), pa.field("global_concept_share", pa.float64()),

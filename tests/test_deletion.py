@@ -91,3 +91,27 @@ def test_cross_fitting_orders_each_half_by_the_other_and_averages():
     assert summary["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] == pytest.approx(random_top1 - 0.0)
     assert summary["crossfit_causal_deletion_auc_top"] < summary["crossfit_causal_deletion_auc_bottom"]
     assert {r["ranking"] for r in rows} == {"causal_crossfit"}
+
+
+def test_masking_importance_sees_concepts_that_matter_only_together():
+    """The class goes only when both `a` and `b` are removed: single removal gives them nothing,
+    random masking ranks them above the unrelated `c` and `d`."""
+    from pipeline.evaluation.deletion import MaskingParams
+    from pipeline.evaluation.summary import causal_importance, masking_importance, masking_plans, single_concept_plans
+
+    names = ["a", "b", "c", "d"]
+    masks = masking_plans("k", "L", names, MaskingParams(masks=64, ratio=0.5), seed=0)
+    assert masks == masking_plans("k", "L", names, MaskingParams(masks=64, ratio=0.5), seed=0)  # seeded
+    assert masks != masking_plans("k2", "L", names, MaskingParams(masks=64, ratio=0.5), seed=0)  # per class and layer
+    rng = np.random.default_rng(0)
+
+    def prob(removed: frozenset) -> float:
+        return (0.1 if {"a", "b"} <= removed else 0.9) + rng.normal(0, 0.01)
+
+    outcomes = {f"v{i}": {p: (prob(p.concepts), prob(p.concepts) > 0.5) for p in single_concept_plans(names) + masks}
+                for i in range(6)}
+    single, _ = causal_importance({("k", "L"): names}, {v: {"L": o} for v, o in outcomes.items()},
+                                  {v: "k" for v in outcomes})
+    assert max(abs(single[cn]) for cn in names) < 0.05  # removing one alone changes nothing
+    joint = masking_importance(names, masks, outcomes)
+    assert min(joint["a"], joint["b"]) > 0.2 > 0.05 > max(abs(joint["c"]), abs(joint["d"]))

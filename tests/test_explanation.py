@@ -114,6 +114,7 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     ev = read_parts(os.path.join(out, "evaluation")).to_pandas()
     concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
     assert concepts.causal_importance.notna().all()
+    assert concepts.causal_importance_masking.notna().mean() > 0.9  # randomised masking (None: in every mask or none)
     points = ev[ev.kind == "point"]
     for (k, layer), group in concepts.groupby(["target_class", "layer"]):
         curve = points[(points.target_class == k) & (points.layer == layer)]
@@ -144,6 +145,8 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
                 assert value is None or 0 <= value <= 1, (name, value)
             assert np.isnan(s["spearman_tcav_causal"]) or -1 <= s["spearman_tcav_causal"] <= 1
             assert 0 <= s["importance_mass_in_actor_tube_causal"] <= 1
+            assert s["masking_masks"] == 48 and s["masking_windows"] > 0
+            assert s["masking_spearman_causal"] is None or -1 <= s["masking_spearman_causal"] <= 1
             # cross-fitted: each half of the scoring videos in the order of the other half's causal importance
             assert -1 <= s["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] <= 1
             assert s["crossfit_causal_deletion_auc_top"] == auc.loc[(info_k, layer, "causal_crossfit", "delete", "top"),

@@ -7,12 +7,14 @@ layer) the curve points, their areas and the summary figures run.json records.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from pipeline.evaluation.deletion import DELETE, INSERT, EvaluateParams, Plan, auc, curve_plans, orderings
+from pipeline.evaluation.deletion import (DELETE, INSERT, EvaluateParams, MaskingParams, Plan, auc, curve_plans,
+                                          orderings)
 
 log = logging.getLogger("pipeline")
 
@@ -36,6 +38,58 @@ def class_recognition(correct: Sequence[bool], num_classes: int, alpha: float = 
 def single_concept_plans(names: Sequence[str]) -> list[Plan]:
     """The clip as it is, then with each concept removed in turn (causal importance)."""
     return [Plan(DELETE, frozenset())] + [Plan(DELETE, frozenset([cn])) for cn in names]
+
+
+def masking_plans(k: str, layer: str, names: Sequence[str], params: MaskingParams, seed: int) -> list[Plan]:
+    """The random concept subsets removed at once from each scoring video of (k, layer)
+    (seeded by the class and layer, so a rerun and the summarising task draw the same)."""
+    if not params.masks or not names:
+        return []
+    digest = int(hashlib.sha256(f"{k}\0{layer}".encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng([seed, digest])
+    return [Plan(DELETE, frozenset(n for n, r in zip(names, rng.random(len(names))) if r < params.ratio))
+            for _ in range(params.masks)]
+
+
+def masking_importance(names: Sequence[str], masks: Sequence[Plan],
+                       outcomes: dict[str, dict[Plan, tuple[float, bool]]]) -> dict[str, Optional[float]]:
+    """Per concept of one (class, layer): the coefficient of keeping it in a least-squares fit
+    of the class probability on the mask matrix, `p(video, mask) = b0 + sum_c b_c keep_c(mask)`:
+    the mean probability with it kept minus with it removed, adjusted for the other concepts
+    (the masks are few and shared by a class's videos, so a plain difference of means would
+    credit a concept for the others it happens to be drawn with). None for all when there are
+    no more masks than concepts. `outcomes[video][plan]`: the class's scoring videos there."""
+    if not masks or not outcomes:
+        return {}
+    if len(masks) <= len(names):
+        return {cn: None for cn in names}
+    prob = np.array([[measured[m][0] for m in masks] for measured in outcomes.values()]).mean(0)  # [M]
+    keep = np.array([[cn not in m.concepts for cn in names] for m in masks], dtype=np.float64)  # [M, C]
+    design = np.column_stack([np.ones(len(masks)), keep])
+    coef = np.linalg.lstsq(design, prob, rcond=None)[0][1:]
+    varies = keep.min(0) != keep.max(0)
+    return {cn: float(b) if v else None for cn, b, v in zip(names, coef, varies)}
+
+
+def masking_summary(names: Sequence[str], masking: dict[str, Optional[float]], tcav_mean: dict[str, float],
+                    causal: dict[str, float], masks: Sequence[Plan], videos: int) -> dict[str, Any]:
+    """run.json's masking figures of one (class, layer): the Spearman correlation of masking
+    importance with the TCAV scores and with single-removal importance, and its cost in forward
+    windows (the masks not already run for single removal, times the videos)."""
+    from scipy.stats import spearmanr
+
+    have = [cn for cn in names if masking.get(cn) is not None]
+    m = [masking[cn] for cn in have]
+
+    def rho(other: Sequence[float]) -> Optional[float]:
+        if len(have) < 2 or np.ptp(m) == 0 or np.ptp(other) == 0:
+            return None
+        return round(float(spearmanr(m, other).statistic), 4)
+
+    single = set(single_concept_plans(names))
+    return {"masking_spearman_tcav": rho([tcav_mean[cn] for cn in have]),
+            "masking_spearman_causal": rho([causal.get(cn, 0.0) for cn in have]),
+            "masking_masks": len(masks), "masking_windows": len(set(masks) - single) * videos}
 
 
 def causal_importance(ranked: dict[Key, list[str]], outcomes: dict[str, dict[str, dict[Plan, tuple[float, bool]]]],

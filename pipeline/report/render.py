@@ -179,6 +179,8 @@ def render_class(job: ClassJob) -> ClassSection:
                    if r.get("tcav_magnitude_mean") is not None else "") +
                 f'<dt>causal importance</dt><dd>{fmt(r.get("causal_importance"), 3)}'
                 + (f' (#{causal_rank[r["concept"]]})' if r["concept"] in causal_rank else "") + "</dd>"
+                + (f'<dt>by random masking</dt><dd>{fmt(r["causal_importance_masking"], 3)}</dd>'
+                   if r.get("causal_importance_masking") is not None else "") +
                 f'<dt>members</dt><dd>{r["size"]} from {r["num_videos"]} videos</dd>'
                 f'<dt>CAV accuracy</dt><dd>{fmt(r["cav_accuracy"])}</dd>'
                 + (f'<dt>TCAV, weights after the layer randomised</dt><dd>{fmt(rnd)}</dd>' if rnd is not None else "")

@@ -27,8 +27,8 @@ from pipeline import console, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.data.ingest import read_ingested_clip
 from pipeline.evaluation.deletion import EvaluateParams, Plan
-from pipeline.evaluation.summary import (causal_importance, crossfit_summary, curves, halves, single_concept_plans,
-                                         summarise)
+from pipeline.evaluation.summary import (causal_importance, crossfit_summary, curves, halves, masking_importance,
+                                         masking_plans, masking_summary, single_concept_plans, summarise)
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import ActorQueue
 from pipeline.orchestration.prefetch import prefetched
@@ -78,12 +78,14 @@ def run(job: Job) -> None:
 
     summary: dict[str, dict[str, Any]] = {}
     causal: dict[str, float] = {}
+    masking: dict[str, Optional[float]] = {}
     plans = videos_done = 0
     for k in classes:
         if k in records:
             if records[k]["summary"]:
                 summary[k] = records[k]["summary"]
             causal.update(records[k]["causal"])
+            masking.update(records[k].get("masking") or {})
             plans += records[k]["plans"]
             videos_done += records[k]["videos"]
     if not summary:
@@ -91,6 +93,10 @@ def run(job: Job) -> None:
     values = [causal.get(cn) for cn in concepts.column("concept").to_pylist()]
     concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance"), "causal_importance",
                                    pa.array(values, type=pa.float64()))
+    by_masking = pa.array([masking.get(cn) for cn in concepts.column("concept").to_pylist()], type=pa.float64())
+    where = concepts.schema.get_field_index("causal_importance_masking")  # -1: a concepts table of an older run
+    concepts = (concepts.set_column(where, "causal_importance_masking", by_masking) if where >= 0
+                else concepts.append_column("causal_importance_masking", by_masking))
     folder.write_table(CONCEPTS, concepts)
     job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
@@ -156,7 +162,9 @@ class ClassRunner:
         layers_of = {vid: mine for vid, layers in ray.get(self.listed.pop(k)).items()
                      if (mine := [layer for layer in layers if (k, layer) in self.ranked])}
         vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
-        plans = {layer: single_concept_plans(names) for (kk, layer), names in self.ranked.items() if kk == k}
+        plans = {layer: list(dict.fromkeys(single_concept_plans(names) + masking_plans(
+                     k, layer, names, self.params.masking, self.params.seed)))
+                 for (kk, layer), names in self.ranked.items() if kk == k}
         self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
                         "pass": 1, "waiting": 0, "plans": [plans]}
         self._queue(k)
@@ -316,6 +324,7 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
     curve_sets = curves(ranked, causal, params, {int(h): c for h, c in half_causal.items()})
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    masking: dict[str, Optional[float]] = {}
     for (_, layer), curve_list in curve_sets.items():
         mine = {v: by_layer[layer] for v, by_layer in outcomes.items() if layer in by_layer}
         if not mine:
@@ -330,6 +339,12 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
             cross["crossfit_causal_top1_share_of_bound"] = round(drop / bound, 4) if bound > 0 else None
         summary[layer].update(cross)
         rows += points + cross_points
+        names = ranked[(k, layer)]
+        masks = masking_plans(k, layer, names, params.masking, params.seed)
+        if masks:
+            mask_importance = masking_importance(names, masks, mine)
+            masking.update(mask_importance)
+            summary[layer].update(masking_summary(names, mask_importance, tcav_mean, causal, masks, len(mine)))
     if ground_truth_root and outcomes:
         from pipeline.evaluation.ground_truth import importance_mass_report, localisation_report, video_actor_tube
 
@@ -346,8 +361,8 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
     if failed:
         for layer in summary.values():
             layer["videos_failed"] = len(failed)
-    record = {"class": k, "summary": summary, "causal": causal, "plans": plans, "videos": len(outcomes),
-              "failed": failed}
+    record = {"class": k, "summary": summary, "causal": causal, "masking": masking, "plans": plans,
+              "videos": len(outcomes), "failed": failed}
     table = pa.Table.from_pylist(rows, schema=schemas.EVALUATION)
     folder.write_unit("evaluate", unit_key(k), [(f"{EVALUATION}/{partition(target_class=k)}", table)],
                       [{"record": record}], fingerprint)
