@@ -229,7 +229,9 @@ class ReportConfig:
     exemplars: looping clips per concept card (the members nearest the centroid);
     max_concepts: cards per (class, layer), in rank order; heatmap_videos: scoring videos per
     class shown with their voxel-importance maps; format: webp | gif (the animations);
-    frame_ms: how long each frame shows.
+    frame_ms: how long each frame shows; rank_by: the order of a layer's concept cards, `tcav`
+    (the paper's), `causal` (causal importance) or `auto` (causal where at least half the
+    concepts tie at a TCAV score of 0 or 1, which the section then says first).
     """
 
     exemplars: int = 3
@@ -237,12 +239,14 @@ class ReportConfig:
     heatmap_videos: int = 2
     format: str = "webp"
     frame_ms: int = 125
+    rank_by: str = "auto"
 
     def check(self) -> None:
         for name in ("exemplars", "max_concepts", "heatmap_videos"):
             require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
         require(self.format in ("webp", "gif"), "format", self.format, "must be webp or gif")
         require(self.frame_ms >= 10, "frame_ms", self.frame_ms, "must be >= 10 (milliseconds per frame)")
+        require(self.rank_by in ("auto", "tcav", "causal"), "rank_by", self.rank_by, "must be auto, tcav or causal")
 
 
 @dataclass

@@ -108,6 +108,9 @@ CONCEPTS = pa.schema(
         # derivatives' mass over the scoring videos), over the random sets, and its test
         pa.field("tcav_magnitude_mean", pa.float64()), pa.field("tcav_magnitude_std", pa.float64()),
         pa.field("magnitude_p_value", pa.float64()), pa.field("magnitude_significant", pa.bool_()),
+        # the share of bootstrap resamples of the discovery videos in which it reappears
+        # (concepts.stability; null when off)
+        pa.field("stability", pa.float64()),
         pa.field("radius", pa.float64()),  # largest member distance to the centroid
         pa.field("rule", pa.string()),  # the acceptance rule that held
         pa.field("centroid", pa.list_(pa.float32())),

@@ -48,3 +48,32 @@ def test_k_shrinks_with_few_vectors_and_says_so():
     assert d.k == 7 and "K shrinks from 25 to 7" in d.notes[0]
     with pytest.raises(ValueError, match="unknown acceptance rules"):
         discover_concepts(x, videos, 10, rules="tcav")
+
+
+def test_a_planted_concept_is_stable_across_resamples_and_noise_is_not():
+    from pipeline.concepts.discovery import discover_concepts
+    from pipeline.concepts.params import ConceptParams, StabilityParams
+    from pipeline.concepts.stability import concept_stability, resample_rows
+
+    rng = np.random.default_rng(4)
+    dim, videos = 16, 20
+    planted = np.zeros(dim)
+    planted[0] = 8.0
+    vectors, ids = [], []
+    for v in range(videos):  # every video: 3 supervoxels of the planted concept, 12 of diffuse noise
+        vectors += [planted + rng.normal(0, 0.3, dim) for _ in range(3)] + [rng.normal(0, 1.0, dim) for _ in range(12)]
+        ids += [f"v{v:02d}"] * 15
+    vectors = np.asarray(vectors, dtype=np.float32)
+    rows, pseudo = resample_rows(ids, seed=0, b=0)
+    assert len(set(pseudo)) == videos and len(rows) == 15 * videos  # every draw keeps a video's rows together
+    params = ConceptParams(k=8, min_videos=3, stability=StabilityParams(resamples=5))
+    discovery = discover_concepts(vectors, ids, videos, k=8, rules=params.rules, min_videos=3,
+                                  max_videos=params.max_videos, seed=0, niter=params.niter, nredo=params.nredo)
+    stability = concept_stability(vectors, ids, discovery, params)
+    planted_index = int(np.argmax([np.linalg.norm(c.centroid - planted) < 2 for c in discovery.concepts]))
+    assert np.linalg.norm(discovery.concepts[planted_index].centroid - planted) < 2
+    assert stability[planted_index] == 1.0
+    others = [s for i, s in enumerate(stability) if i != planted_index]
+    assert others and np.mean(others) < 1.0  # clusters cut out of diffuse noise move between resamples
+    assert concept_stability(vectors, ids, discovery, ConceptParams(stability=StabilityParams(resamples=0))) == [
+        pytest.approx(float("nan"), nan_ok=True)] * len(discovery.concepts)

@@ -122,3 +122,17 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
 def test_the_report_command_names_a_bad_key(tmp_path, args, key):
     res = run_cli(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
     assert res.returncode == 2 and key in res.stderr, res.stderr
+
+
+def test_a_saturated_layer_orders_its_cards_by_causal_importance():
+    from pipeline.report.render import card_order, saturated_tcav
+
+    rows = [{"concept": c, "tcav_mean": t, "causal_importance": ci}
+            for c, t, ci in (("a", 1.0, 0.1), ("b", 1.0, 0.9), ("c", 1.0, 0.5), ("d", 0.4, 0.0))]
+    by_causal = sorted(rows, key=lambda r: -r["causal_importance"])
+    assert saturated_tcav(rows) == 3  # three concepts tie at 1
+    assert card_order(rows, by_causal, "auto", 3) == (by_causal, "causal")
+    assert card_order(rows, by_causal, "tcav", 3) == (rows, "tcav")
+    graded = [dict(r, tcav_mean=v) for r, v in zip(rows, (0.9, 0.8, 0.7, 0.4))]
+    assert saturated_tcav(graded) == 0 and card_order(graded, by_causal, "auto", 0) == (graded, "tcav")
+    assert card_order(rows, by_causal[:2], "causal", 3) == (rows, "tcav")  # no causal importance for all yet

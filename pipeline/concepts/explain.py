@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.concepts.discovery import discover_concepts
 from pipeline.concepts.params import ConceptParams
+from pipeline.concepts.stability import concept_stability
 from pipeline.scoring.tcav import gradients_are_constant, holm, rank_change, rescore, score_concepts, ties_broken
 from pipeline.scoring.voxel_importance import assign_to_concepts
 
@@ -54,6 +55,7 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
                                   min_videos=params.min_videos, max_videos=params.max_videos, seed=params.seed,
                                   niter=params.niter, nredo=params.nredo)
     notes.extend(discovery.notes)
+    stability = concept_stability(sv_vectors, sv_video_ids, discovery, params)
     if gradients_are_constant(gradients):
         notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
                      "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
@@ -93,6 +95,7 @@ def explain_class_layer(target_class: str, layer: str, sv_vectors: np.ndarray, s
             "tcav_magnitude_mean": float(s.magnitudes.mean()), "tcav_magnitude_std": float(s.magnitudes.std()),
             "magnitude_p_value": float(magnitude_p[i]),
             "magnitude_significant": bool(magnitude_p[i] <= params.p_threshold),
+            "stability": None if np.isnan(stability[i]) else float(stability[i]),
             "centroid": c.centroid.astype(np.float32),
         })
         for m, d in zip(c.members, c.distances):

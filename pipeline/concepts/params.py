@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.params import require
 
 RULES = ("3dace", "ace")
 CAV_MODELS = ("torch", "fastcav", "sgd", "logistic")
 CORRECTIONS = ("none", "holm")
+
+
+@dataclass
+class StabilityParams:
+    """Concept stability (`concepts.stability`): discovery rerun on `resamples` bootstrap
+    resamples of the discovery videos (seeded; 0: off). A concept reappears in a resample when,
+    matched one-to-one to the resample's concepts, at least `overlap` of its members still
+    there fall in its match's cluster (`pipeline.concepts.stability`)."""
+
+    resamples: int = 5
+    overlap: float = 0.5
+
+    def check(self) -> None:
+        require(self.resamples >= 0, "stability.resamples", self.resamples, "must be >= 0 (0: off)")
+        require(0 < self.overlap <= 1, "stability.overlap", self.overlap, "must be in (0, 1]")
 
 
 @dataclass
@@ -30,7 +45,8 @@ class ConceptParams:
     p_threshold, correction (none | holm): when a concept is significant.
     randomisation_check: score the same CAVs again on gradients from the model with every
         weight after the layer re-initialised, and report how much the ranking moves.
-    seed: the seed of the split, the random sets, k-means and the CAV fits.
+    seed: the seed of the split, the random sets, k-means and the CAV fits (and the resamples).
+    stability: concept stability across bootstrap resamples (`StabilityParams`).
     """
 
     discovery_fraction: float = 0.5
@@ -48,6 +64,11 @@ class ConceptParams:
     correction: str = "none"
     randomisation_check: bool = False
     seed: int = 0
+    stability: StabilityParams = field(default_factory=StabilityParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stability, dict):  # from a plain config section
+            self.stability = StabilityParams(**self.stability)
 
     def check(self) -> None:
         """Raise ParameterError naming the first field out of range."""
@@ -61,3 +82,4 @@ class ConceptParams:
         require(self.cav_model in CAV_MODELS, "cav_model", self.cav_model, "must be torch, fastcav, sgd or logistic")
         require(self.correction in CORRECTIONS, "correction", self.correction, "must be none or holm")
         require(0 < self.p_threshold < 1, "p_threshold", self.p_threshold, "must be in (0, 1)")
+        self.stability.check()

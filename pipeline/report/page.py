@@ -34,6 +34,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     model = c.get("model", {}).get("name", "?")
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
+                "<th>mean stability (share of resamples a concept reappears in)</th>"
                 "<th>TCAV top concept</th><th>causal top concept</th><th>Spearman TCAV/causal</th>"
                 "<th>top-1 deletion: accuracy drop beyond a random concept's, causal (TCAV) order; the most any "
                 "single concept gives</th><th>the same, causal order cross-fitted (each half of the scoring videos "
@@ -46,7 +47,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
                     if row["top1"][0] is not None else "–")
             overview.append(
                 f'<tr><td><a href="#class-{s.index}">{esc(s.target_class)}</a></td><td>{esc(row["layer"])}</td>'
-                f'<td>{row["concepts"]}</td><td>{row["significant"]}</td>'
+                f'<td>{row["concepts"]}</td><td>{row["significant"]}</td><td>{fmt(row.get("stability"))}</td>'
                 f'<td>{esc((row["top_tcav"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{esc((row["top_causal"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{fmt(row["spearman"])}</td><td>{top1}</td><td>{fmt(row.get("crossfit_top1"))}</td>'

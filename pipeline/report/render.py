@@ -128,6 +128,8 @@ def render_class(job: ClassJob) -> ClassSection:
                         "spearman": rho,
                         "top_tcav": rows[0]["concept"] if rows else None,
                         "top_causal": by_causal[0]["concept"] if by_causal else None,
+                        "stability": (float(np.mean([r["stability"] for r in rows]))
+                                      if rows and rows[0].get("stability") is not None else None),
                         "crossfit_top1": job.evaluated.get(layer, {}).get(
                             "crossfit_causal_top1_deletion_accuracy_drop_vs_random"),
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
@@ -139,6 +141,13 @@ def render_class(job: ClassJob) -> ClassSection:
                         "del_bottom": aucs.get(("causal", "delete", "bottom"), {}).get("accuracy")})
         parts.append(f'<section class="layer" id="class-{job.index}-{esc(lslug)}"><h3>{esc(job.target_class)} '
                      f'&middot; layer <code>{esc(layer)}</code></h3>')
+        saturated = saturated_tcav(rows)
+        cards, by = card_order(rows, by_causal, rep.get("rank_by", "auto"), saturated)
+        if saturated:  # what holds first: the TCAV ranking cannot tell these concepts apart
+            parts.append(f'<p class="warn">TCAV is saturated here: {saturated} of {len(rows)} concepts score exactly 0 '
+                         "or 1 and tie, so their TCAV ranking says little"
+                         + ("; the cards follow causal importance instead (report.rank_by)" if by == "causal" else "")
+                         + ".</p>")
         parts.append(f'<p class="meta">{len(rows)} concepts, {summary[-1]["significant"]} significant'
                      + (f'; Spearman correlation of the TCAV and causal rankings: <b>{fmt(rho)}</b>' if rho is not None
                         else "")
@@ -154,7 +163,7 @@ def render_class(job: ClassJob) -> ClassSection:
                          f'<b>{fmt(ev["top_share_iou_causal"])}</b>, random {fmt(ev["top_share_iou_random"])}</p>')
         # concept cards
         parts.append('<div class="cards">')
-        for r in rows[: int(rep["max_concepts"])]:
+        for r in cards[: int(rep["max_concepts"])]:
             cname = r["concept"].rsplit("/", 1)[-1]
             figs = []
             for m in job.exemplars.get(r["concept"], []):
@@ -182,6 +191,8 @@ def render_class(job: ClassJob) -> ClassSection:
                 + (f'<dt>by random masking</dt><dd>{fmt(r["causal_importance_masking"], 3)}</dd>'
                    if r.get("causal_importance_masking") is not None else "") +
                 f'<dt>members</dt><dd>{r["size"]} from {r["num_videos"]} videos</dd>'
+                + (f'<dt>stability</dt><dd>{fmt(r["stability"])} of the resamples</dd>'
+                   if r.get("stability") is not None else "") +
                 f'<dt>CAV accuracy</dt><dd>{fmt(r["cav_accuracy"])}</dd>'
                 + (f'<dt>TCAV, weights after the layer randomised</dt><dd>{fmt(rnd)}</dd>' if rnd is not None else "")
                 + f'</dl><div class="exemplars">{"".join(figs)}</div></article>')
@@ -236,6 +247,25 @@ def render_class(job: ClassJob) -> ClassSection:
         parts.append("</section>")
     parts.append("</section>")
     return ClassSection(job.index, job.target_class, "\n".join(parts), files, summary)
+
+
+def saturated_tcav(rows: list[dict[str, Any]]) -> int:
+    """How many of a (class, layer)'s concepts tie at a TCAV score of exactly 0 or 1, when they
+    are at least half of them (0 otherwise): a TCAV ranking that says little."""
+    at_edge = [r["tcav_mean"] for r in rows if r["tcav_mean"] in (0.0, 1.0)]
+    tied = sum(at_edge.count(v) for v in set(at_edge) if at_edge.count(v) > 1)
+    return tied if rows and tied >= len(rows) / 2 else 0
+
+
+def card_order(rows: list[dict[str, Any]], by_causal: list[dict[str, Any]], rank_by: str,
+               saturated: int) -> tuple[list[dict[str, Any]], str]:
+    """The concept cards in order and what orders them: `tcav` (the paper's rank), `causal`
+    (causal importance, once the evaluate stage gave it), or `auto`: causal where TCAV is
+    saturated, else TCAV."""
+    use_causal = rank_by == "causal" or (rank_by == "auto" and saturated)
+    if use_causal and len(by_causal) == len(rows):
+        return by_causal, "causal"
+    return rows, "tcav"
 
 
 def auc_table(aucs: dict[tuple[str, str, str], dict[str, Any]]) -> str:

@@ -186,7 +186,9 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
             "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"],
             "magnitude_significant": sum(r["magnitude_significant"] for r in res["concepts"]),
-            "tcav_ties": res["ties"]}
+            "tcav_ties": res["ties"],
+            "mean_stability": (round(float(np.mean([r["stability"] for r in res["concepts"]])), 3)
+                               if res["concepts"] and res["concepts"][0]["stability"] is not None else None)}
     if res["randomisation"] is not None:
         check = dict(res["randomisation"])
         for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
