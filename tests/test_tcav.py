@@ -61,15 +61,20 @@ def test_graded_tcav_is_the_positive_share_of_the_derivative_mass_and_breaks_sig
     assert ties_broken([0.5, 0.5, 0.5], [0.75, 0.25, 0.25]) == {"tied_pairs": 3, "broken_by_magnitude": 2}
 
 
-def test_graded_tcav_of_a_used_concept_is_significant_and_of_an_unused_one_is_not():
-    rng = np.random.default_rng(2)
-    dim, n_sets = 16, 10
+def _planted(seed: int, dim: int, noise: float, n_sets: int = 10):
+    """Gradients along axis 0 (the class logit grows along it) with noise, random sets, and a
+    concept along that axis (used) and one not (unused)."""
+    rng = np.random.default_rng(seed)
     axis = np.zeros(dim)
     axis[0] = 1.0
-    grads = rng.normal(0, 0.5, (40, dim)) + axis  # the class logit grows along axis 0
+    grads = rng.normal(0, noise, (40, dim)) + axis
     random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
     extra = rng.normal(0, 1, (30, dim))
-    used, unused = rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+    return grads, random_sets, extra, rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+
+
+def test_graded_tcav_of_a_used_concept_is_significant_and_of_an_unused_one_is_not():
+    grads, random_sets, extra, used, unused = _planted(2, 16, 0.5)
     (u, n), base = score_concepts([used, unused], random_sets, extra, grads, seed=1, model="fastcav", alpha=0.01)
     assert u.magnitudes.mean() > 0.9 and u.magnitude_p_value <= 0.01
     assert n.magnitude_p_value > 0.01 and 0.1 < base.magnitudes.mean() < 0.9
@@ -77,14 +82,7 @@ def test_graded_tcav_of_a_used_concept_is_significant_and_of_an_unused_one_is_no
 
 
 def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not():
-    rng = np.random.default_rng(1)
-    dim, n_sets = 24, 10
-    axis = np.zeros(dim)
-    axis[0] = 1.0
-    grads = rng.normal(0, 0.3, (40, dim)) + axis  # the class logit grows along axis 0
-    random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
-    extra = rng.normal(0, 1, (30, dim))
-    used_vectors, unused_vectors = rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+    grads, random_sets, extra, used_vectors, unused_vectors = _planted(1, 24, 0.3)
     for model in ("torch", "fastcav"):  # the reference classifier, as the job fits it; the closed form
         FIT = {"seed": 3, "model": model, "alpha": 0.01}
         baseline, _ = random_baseline(random_sets, extra, grads, **FIT)
