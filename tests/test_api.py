@@ -67,7 +67,8 @@ def test_an_nn_module_gives_the_named_models_explanation(example):
     run, mine = ns["run"], ns["mine"]
     assert mine.record["config"]["model"]["name"] == "module"
     assert list(mine.record["stages"]) == ["ingest", "segment", "activate", "concepts"]
-    later = ["causal_importance", "global_concept", "global_concept_share"]  # evaluate's and the atlas's
+    later = ["causal_importance", "causal_importance_masking", "global_concept",  # evaluate's and the atlas's
+             "global_concept_share"]
     named = run.concepts[run.concepts.layer == "layer2"].drop(columns=later).reset_index(drop=True)
     pd.testing.assert_frame_equal(mine.concepts.drop(columns=later), named)
     assert mine.report_path is None
