@@ -31,7 +31,7 @@ browser:
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)
 	$(BIN)/python -m pipeline.train dataset.synthetic.seed=1000 dataset.synthetic.videos_per_class=200 \
-	    train.epochs=20 train.output=pipeline/models/weights/demo.pt
+	    train.output=pipeline/models/weights/demo.pt
 
 clean-outputs:
 	rm -rf outputs data

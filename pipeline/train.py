@@ -5,9 +5,14 @@
     python -m pipeline.train model=demo train.epochs=0        # evaluate the shipped demo model
 
 With `train.epochs > 0` the architecture of `model` is trained from scratch on a stratified
-split of the corpus and evaluated on the held-out part; `train.output` receives a project
-checkpoint (load it with `model=checkpoint model.path=...`). With `train.epochs=0` the
-configured model is loaded as it is and evaluated on every clip of the corpus.
+split of the corpus (`train.holdout_fraction` of each class held out, `train.val_fraction` of
+the rest set aside for validation) and evaluated on the held-out part. Every epoch prints its
+loss and its train, validation and held-out accuracy; the weights of the epoch with the best
+validation accuracy (lowest validation loss on a tie) are kept, and training stops after
+`train.patience` epochs without a higher validation accuracy. `train.output` receives a project
+checkpoint with that history (load it with `model=checkpoint model.path=...`). With
+`train.epochs=0` the configured model is loaded as it is and evaluated on every clip of the
+corpus.
 
 The last line printed is `accuracy=<held-out accuracy> shuffled_accuracy=<accuracy on the
 same clips with their frames shuffled in time>`: a model that uses motion falls to chance
@@ -17,16 +22,17 @@ on shuffled clips.
 from __future__ import annotations
 
 import logging
+import sys
 import time
-from typing import Any
+from typing import Any, Optional
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from pipeline.config import CONF_DIR, register_configs, to_plain, validate
+from pipeline.config import CONF_DIR, ConfigError, check_group, register_configs, to_plain, validate
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.video import ClipSpec, VideoError, read_clip
 from pipeline.models import clip_to_input
@@ -62,6 +68,21 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(held, dtype=np.int64))
 
 
+def validation_split(train_idx: np.ndarray, labels: np.ndarray, fraction: float,
+                     seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Part of the training indices set aside for early stopping: `fraction` of each class
+    (at least one). None when `fraction` is 0 or a class would keep fewer than two clips to
+    train on (then nothing is set aside)."""
+    if fraction <= 0:
+        return train_idx, train_idx[:0]
+    counts = np.bincount(labels[train_idx])
+    if counts[counts > 0].min() < 3:
+        log.info("too few clips per class for a validation split: training on all, no early stopping")
+        return train_idx, train_idx[:0]
+    fit_pos, val_pos = stratified_split(labels[train_idx], fraction, seed)
+    return train_idx[fit_pos], train_idx[val_pos]
+
+
 def shuffle_time(clips: np.ndarray, seed: int) -> np.ndarray:
     """The same clips with the frames of each put in a random (seeded) order."""
     rng = np.random.default_rng(seed)
@@ -92,13 +113,34 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
+@torch.inference_mode()
+def _evaluate(model: nn.Module, split: tuple[np.ndarray, np.ndarray], mean, std,
+              batch_size: int = 8) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model on a split."""
+    model.eval()
+    clips, labels = split
+    logits = torch.cat([model(clip_to_input(clips[i:i + batch_size], mean, std))
+                        for i in range(0, len(clips), batch_size)])
+    y = torch.as_tensor(labels, dtype=torch.long)
+    return float((logits.argmax(1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
+
+
 def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epochs: int, batch_size: int,
-        lr: float, weight_decay: float, seed: int) -> None:
+        lr: float, weight_decay: float, seed: int,
+        monitor: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None,
+        select: Optional[str] = None, patience: int = 0) -> list[dict[str, float]]:
+    """AdamW under a one-cycle schedule; after every epoch the accuracy on each `monitor` split
+    is logged. With `select` (one of the monitor splits) the weights of the epoch with the best
+    accuracy there are kept (the lower loss there on a tie), and training stops after `patience`
+    epochs without a higher accuracy (0: runs every epoch). Returns one row per epoch run."""
+    monitor = monitor or {}
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * int(np.ceil(len(clips) / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     y_all = torch.as_tensor(labels, dtype=torch.long)
+    history: list[dict[str, float]] = []
+    best_acc, best_key, best_state, since_best = -1.0, None, None, 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(clips), generator=gen).numpy()
@@ -115,12 +157,35 @@ def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epoc
             sched.step()
             total += loss.item() * len(idx)
             correct += int((logits.argmax(1) == y).sum())
-        log.info("epoch %d/%d  loss %.4f  train accuracy %.3f  (%.1f s)", epoch + 1, epochs,
-                 total / len(order), correct / len(order), time.time() - t0)
+        row = {"epoch": epoch + 1, "loss": total / len(order), "train": correct / len(order)}
+        for name, split in monitor.items():
+            row[name], row[f"{name}_loss"] = _evaluate(model, split, mean, std)
+        history.append(row)
+        shown = "  ".join(f"{name} accuracy {row[name]:.3f}" for name in ("train", *monitor))
+        log.info("epoch %d/%d  loss %.4f  %s  (%.1f s)", epoch + 1, epochs, row["loss"], shown, time.time() - t0)
+        if select is None:
+            continue
+        key = (row[select], -row[f"{select}_loss"])
+        if best_key is None or key > best_key:
+            best_key, best_state = key, {k: v.detach().clone() for k, v in model.state_dict().items()}
+            kept = row["epoch"]
+        if row[select] > best_acc:
+            best_acc, since_best = row[select], 0
+        else:
+            since_best += 1
+            if patience and since_best >= patience:
+                log.info("stopping early: no higher %s accuracy for %d epochs", select, patience)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+        log.info("kept the weights of epoch %d (%s accuracy %.3f, loss %.4f)", kept, select, best_key[0],
+                 -best_key[1])
+    return history
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
+    check_group("train", OmegaConf.to_object(cfg).train)
     c = to_plain(cfg)
     tc = c["train"]
     torch.manual_seed(tc["seed"])
@@ -150,11 +215,18 @@ def run(cfg: DictConfig) -> dict[str, float]:
     log.info("decoded %d clips of %dx%dx%d in %.1f s", len(clips), spec.window, spec.height, spec.width,
              time.time() - t0)
 
+    history: list[dict[str, float]] = []
     if tc["epochs"] > 0:
         train_idx, held_idx = stratified_split(labels, tc["holdout_fraction"], tc["seed"])
+        fit_idx, val_idx = validation_split(train_idx, labels, tc["val_fraction"], tc["seed"] + 2)
+        monitor = {"validation": (clips[val_idx], labels[val_idx])} if len(val_idx) else {}
+        monitor["held-out"] = (clips[held_idx], labels[held_idx])
+        log.info("training on %d clips, %d for validation (early stopping, patience %d), %d held out",
+                 len(fit_idx), len(val_idx), tc["patience"], len(held_idx))
         t0 = time.time()
-        fit(loaded.module, clips[train_idx], labels[train_idx], spec.mean, spec.std, tc["epochs"],
-            tc["batch_size"], tc["lr"], tc["weight_decay"], tc["seed"])
+        history = fit(loaded.module, clips[fit_idx], labels[fit_idx], spec.mean, spec.std, tc["epochs"],
+                      tc["batch_size"], tc["lr"], tc["weight_decay"], tc["seed"], monitor=monitor,
+                      select="validation" if len(val_idx) else None, patience=tc["patience"])
         train_seconds = time.time() - t0
     else:
         held_idx = np.arange(len(clips))
@@ -167,7 +239,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if tc["epochs"] > 0 and tc["output"]:
         save_checkpoint(tc["output"], loaded.module, c["model"]["name"], loaded.class_names, spec,
                         extra={"accuracy": acc, "shuffled_accuracy": shuffled_acc,
-                               "train_seconds": train_seconds, "train_videos": int(len(train_idx)),
+                               "train_seconds": train_seconds, "train_videos": int(len(fit_idx)),
+                               "validation_videos": int(len(val_idx)), "epochs_run": len(history),
+                               "history": history,
                                "dataset": str(c["dataset"]["name"]),
                                "dataset_seed": int(c["dataset"]["synthetic"]["seed"])})
         log.info("checkpoint written to %s", tc["output"])
@@ -180,7 +254,11 @@ register_configs()
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except (ConfigError, ModelConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

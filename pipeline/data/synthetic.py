@@ -61,7 +61,8 @@ class SyntheticParams:
     videos_per_class: videos per class, all splits together (>= 2).
     num_frames: frames per video (>= 4). size: frames are size x size pixels (>= 32).
     fps: the frame rate written into the files. num_distractors: shapes besides the actor.
-    seed: the corpus's seed.
+    seed: the corpus's seed. actor_scale: the arrow's size relative to the default 22 x 16 px
+    (0.4 gives a 9 x 6 px actor, smaller than the distractors: a small-object motion task).
     """
 
     videos_per_class: int = 24
@@ -70,12 +71,14 @@ class SyntheticParams:
     fps: int = 8
     num_distractors: int = 3
     seed: int = 0
+    actor_scale: float = 1.0
 
     def check(self) -> None:
         """Raise ParameterError naming the first field out of range."""
         require(self.videos_per_class >= 2, "videos_per_class", self.videos_per_class, "must be >= 2")
         require(self.num_frames >= 4, "num_frames", self.num_frames, "must be >= 4")
         require(self.size >= 32, "size", self.size, "must be >= 32")
+        require(0.2 <= self.actor_scale <= 2.0, "actor_scale", self.actor_scale, "must be in [0.2, 2]")
 
 
 @dataclass
@@ -100,14 +103,16 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def _arrow_mask(yy: np.ndarray, xx: np.ndarray, centre: np.ndarray, heading: np.ndarray) -> np.ndarray:
-    """Pixels (head, tail) of an arrow 22 px long, 16 px wide at the head, pointing along
-    `heading`."""
+def _arrow_mask(yy: np.ndarray, xx: np.ndarray, centre: np.ndarray, heading: np.ndarray,
+                scale: float = 1.0) -> np.ndarray:
+    """Pixels (head, tail) of an arrow 22 px long, 16 px wide at the head (times `scale`),
+    pointing along `heading`."""
     dy, dx = yy - centre[0], xx - centre[1]
     u = dy * heading[0] + dx * heading[1]  # along the heading
     v = -dy * heading[1] + dx * heading[0]  # across it
-    head = (u >= 0) & (u <= 11) & (np.abs(v) <= 8.0 * (1.0 - u / 11.0))
-    tail = (u >= -11) & (u < 0) & (np.abs(v) <= 3.5)
+    half = 11.0 * scale
+    head = (u >= 0) & (u <= half) & (np.abs(v) <= 8.0 * scale * (1.0 - u / half))
+    tail = (u >= -half) & (u < 0) & (np.abs(v) <= max(3.5 * scale, 1.0))
     return head, tail
 
 
@@ -189,7 +194,7 @@ def render_video(params: SyntheticParams, label: str, rng: np.random.Generator) 
         img = background.copy()
         for kind, radius, colour, centres in distractors:
             img[_distractor_mask(yy, xx, centres[k], kind, radius)] = colour
-        head, tail = _arrow_mask(yy, xx, track[order[k]], heading)
+        head, tail = _arrow_mask(yy, xx, track[order[k]], heading, params.actor_scale)
         img[head] = ACTOR_COLOUR
         img[tail] = ACTOR_TAIL_COLOUR
         actor[k] = head | tail
