@@ -135,8 +135,9 @@ def test_folding_batch_norms_keeps_the_model_and_its_hooked_layers():
         for name in layers:
             torch.testing.assert_close(pool(b.outputs[name]), pool(a.outputs[name]), rtol=1e-4, atol=1e-5)
     kept = load_model({"name": "demo"}).module.eval()
-    assert "stem.1" not in fuse_conv_bn(kept, keep=["stem.0"])  # the hooked conv keeps its own output
-    assert isinstance(kept.stem[1], nn.BatchNorm3d) and isinstance(kept.layer1[1], nn.Identity)
+    assert "stem.0.1" not in fuse_conv_bn(kept, keep=["stem.0.0"])  # the hooked conv keeps its own output
+    assert isinstance(kept.stem[0][1], nn.BatchNorm3d) and isinstance(kept.stem[1][1], nn.Identity)
+    assert isinstance(kept.layer1[1], nn.Identity)
 
 
 def test_channels_last_gives_the_same_vectors_and_the_batches_follow_the_weights():
