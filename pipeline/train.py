@@ -70,9 +70,9 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def validation_split(train_idx: np.ndarray, labels: np.ndarray, fraction: float,
                      seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Part of the training indices set aside for early stopping: `fraction` of each class
-    (at least one). None when `fraction` is 0 or a class would keep fewer than two clips to
-    train on (then nothing is set aside)."""
+    """(train, validation) indices: `fraction` of each class's training clips (at least one)
+    set aside for early stopping. Nothing is set aside when `fraction` is 0 or a class has
+    fewer than three training clips."""
     if fraction <= 0:
         return train_idx, train_idx[:0]
     counts = np.bincount(labels[train_idx])
@@ -221,8 +221,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         fit_idx, val_idx = validation_split(train_idx, labels, tc["val_fraction"], tc["seed"] + 2)
         monitor = {"validation": (clips[val_idx], labels[val_idx])} if len(val_idx) else {}
         monitor["held-out"] = (clips[held_idx], labels[held_idx])
-        log.info("training on %d clips, %d for validation (early stopping, patience %d), %d held out",
-                 len(fit_idx), len(val_idx), tc["patience"], len(held_idx))
+        stopping = f"early stopping, patience {tc['patience']}" if len(val_idx) else "every epoch runs"
+        log.info("training on %d clips, %d for validation (%s), %d held out", len(fit_idx), len(val_idx), stopping,
+                 len(held_idx))
         t0 = time.time()
         history = fit(loaded.module, clips[fit_idx], labels[fit_idx], spec.mean, spec.std, tc["epochs"],
                       tc["batch_size"], tc["lr"], tc["weight_decay"], tc["seed"], monitor=monitor,

@@ -39,9 +39,9 @@ def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractor
     shapes (the network it replaced, a 7x7 stride-4 stem with a mean-pooled head, stays at
     chance on this: bench/train.py)."""
     ckpt = tmp_path / "small.pt"
-    res = run_cli("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=100", "dataset.synthetic.actor_scale=0.4",
-                  "dataset.synthetic.num_distractors=5", f"dataset.root={tmp_path / 'small'}", f"train.output={ckpt}",
-                  module="pipeline.train")
+    res = run_cli("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=100",
+                  "dataset.synthetic.actor_scale=0.4", "dataset.synthetic.num_distractors=5",
+                  f"dataset.root={tmp_path / 'small'}", f"train.output={ckpt}", module="pipeline.train")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = _last_line_metrics(res.stdout)
     assert metrics["accuracy"] >= 0.9
