@@ -91,3 +91,28 @@ def test_bad_checkpoint_files_fail_clearly(tmp_path):
     torch.save({"weight": torch.zeros(2)}, other)
     with pytest.raises(ModelConfigError, match="not a project checkpoint"):
         load_model(_cfg(name="checkpoint", path=str(other)))
+
+
+def test_a_checkpoint_of_an_older_demo_network_is_refused_before_any_work(tmp_path):
+    """A project checkpoint whose weights do not fit the architecture of this version (the demo
+    network before its stem and head changed): the config check names the path and where the
+    weights differ; the main job stops before ingesting anything."""
+    from torch import nn
+
+    from pipeline.models.demo import create_conv_block, create_demo_convnet
+    from pipeline.models.registry import check_model_config
+    from tests.conftest import run_cli
+
+    old = create_demo_convnet(num_classes=3)
+    old.stem = create_conv_block(3, 16, (3, 7, 7), (1, 4, 4))  # the 7x7 stride-4 stem it had
+    old.head = nn.Linear(64, 3)  # over the mean only
+    path = tmp_path / "old.pt"
+    save_checkpoint(str(path), old, "demo", ["advance", "jitter", "retreat"], REGISTRY["demo"])
+    for check in (lambda: check_model_config(_cfg(name="checkpoint", path=str(path))),
+                  lambda: load_model(_cfg(name="checkpoint", path=str(path)))):
+        with pytest.raises(ModelConfigError, match="do not fit the 'demo' architecture .*head.weight"):
+            check()
+    res = run_cli("model=checkpoint", f"model.path={path}", f"run.output_dir={tmp_path / 'out'}",
+                  f"dataset.root={tmp_path / 'corpus'}")
+    assert res.returncode == 2 and "model.path" in res.stderr and "retrain it" in res.stderr
+    assert not (tmp_path / "out" / "videos.parquet").exists() and not (tmp_path / "corpus").exists()

@@ -220,11 +220,22 @@ def _load_project_checkpoint(path: str) -> tuple[nn.Module, ModelSpec, list[str]
     base = REGISTRY[arch]
     class_names = list(ckpt["class_names"])
     module = base.builder(num_classes=len(class_names), **ckpt.get("arch_kwargs", {}))
+    check_weights_fit(module, ckpt["state_dict"], path, arch)
     module.load_state_dict(ckpt["state_dict"])
     spec = replace(base, window=int(ckpt["window"]), height=int(ckpt["height"]), width=int(ckpt["width"]),
                    mean=tuple(ckpt["mean"]), std=tuple(ckpt["std"]), layers=tuple(ckpt["layers"]),
                    num_classes=len(class_names), class_names=tuple(class_names), checkpoint_url=None)
     return module, spec, class_names, dict(ckpt.get("extra", {}))
+
+
+def check_weights_fit(module: nn.Module, state: dict[str, Any], path: str, arch: str) -> None:
+    """ModelConfigError unless the checkpoint's weights have the architecture's names and shapes
+    (say, a checkpoint of the demo network before 2026-12-02)."""
+    own, theirs = ({k: tuple(v.shape) for k, v in d.items()} for d in (module.state_dict(), state))
+    if own != theirs:
+        differ = sorted(k for k in set(own) | set(theirs) if own.get(k) != theirs.get(k))
+        raise ModelConfigError("path", path, f"its weights do not fit the {arch!r} architecture of this version "
+                                             f"(they differ at {', '.join(differ[:4])}); retrain it")
 
 
 def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = None) -> None:
@@ -267,6 +278,8 @@ def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = 
             kwargs = {"num_classes": spec.num_classes}
         assert spec.builder is not None
         module = skeleton(spec.builder, **kwargs)
+        if name in ("demo", "checkpoint"):
+            check_weights_fit(module, ckpt["state_dict"], path, spec.name)
     check_layers(module, layers, name)
 
 
