@@ -129,9 +129,12 @@ def tcav_score(gradients: np.ndarray, cav: np.ndarray) -> float:
     return float(tcav_scores(gradients, np.asarray(cav)[None])[0])
 
 
-def gradients_are_constant(gradients: np.ndarray, rtol: float = 1e-4) -> bool:
+def gradients_are_constant(gradients: np.ndarray, rtol: float = 1e-2) -> bool:
     """True when every video has (nearly) the same gradient, as when the layer feeds a linear
-    classifier through global pooling: every TCAV score is then 0 or 1."""
+    classifier through global pooling (mean, max or both: the gradient averaged over the
+    layer's positions is the same): every TCAV score is then 0 or 1. `rtol` covers bf16: the
+    demo's last layer, constant in float32, spreads by 0.2% of its largest entry there, where
+    a layer whose gradient depends on the video spreads by 20%."""
     g = np.asarray(gradients, dtype=np.float64)
     if len(g) < 2:
         return False
