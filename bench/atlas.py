@@ -106,7 +106,7 @@ def main() -> None:
     t_assign = time.perf_counter() - t0
     i_faiss = sum_of_squares(dist)  # the assignment just timed gives the inertia
     print(f"FAISS k-means (the atlas's defaults): {t_faiss:.1f} s on a sample of {len(rows)} vectors ({p.niter} "
-          f"iterations, k-means++ on {min(len(rows), max(p.init_points, 3 * k))}); inertia {i_faiss:.4e}; every "
+          f"iterations, {p.init} seeding on {min(len(rows), max(p.init_points, 3 * k))}); inertia {i_faiss:.4e}; every "
           f"vector assigned in {t_assign:.1f} s more", flush=True)
     t0 = time.perf_counter()
     mbk = MiniBatchKMeans(n_clusters=k, random_state=args.seed, compute_labels=False).fit(x)

@@ -91,14 +91,28 @@ def test_kmeans_plus_plus_seeding_finds_every_separated_cluster():
     centres = np.stack([x[truth == c].mean(axis=0) for c in range(30)])
     found = build.train(x, 30, AtlasParams(k=30), gpu=False)["centroids"]
     assert np.linalg.norm(centres[:, None] - found[None], axis=2).min(axis=1).max() < 0.5  # each has its own
-    seeds = build.kmeans_plus_plus(x, 30, 0)
-    assert all((x == r).all(axis=1).any() for r in seeds)
-    assert len(set(np.linalg.norm(centres[:, None] - seeds[None], axis=2).argmin(axis=0).tolist())) == 30
-    # FAISS's own seeding (k random vectors) on the same data leaves some merged, others split
+    for seeds in (build.kmeans_plus_plus(x, 30, 0), build.kmeans_parallel(x, 30, 0)):  # both are rows of x
+        assert all((x == r).all(axis=1).any() for r in seeds)
+        assert len(set(np.linalg.norm(centres[:, None] - seeds[None], axis=2).argmin(axis=0).tolist())) == 30
+    # k-means|| (the default) ends as low as greedy k-means++ on all the points; FAISS's own
+    # seeding (k random vectors) on the same data leaves some merged, others split
     x, _ = _clustered(20000, 32, 200, seed=3)
     inertia = {init: float(np.square(build.assign(x, build.train(x, 200, AtlasParams(k=200, init=init), gpu=False)[
-        "centroids"])[1]).sum()) for init in ("kmeans++", "random")}
-    assert inertia["kmeans++"] < inertia["random"]
+        "centroids"])[1]).sum()) for init in ("kmeans||", "kmeans++", "random")}
+    assert inertia["kmeans||"] <= 1.02 * inertia["kmeans++"] and inertia["kmeans++"] < inertia["random"]
+
+
+def test_weighted_kmeans_plus_plus_seeds_where_the_weight_is():
+    """k-means||'s reduction: a row of weight w pulls the seeding as w copies of it would. 190
+    rows near 0 weigh almost nothing, 10 rows near 10 weigh one each: both seeds fall among the
+    10, where unweighted seeding puts at most one there."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 1, (190, 8)), rng.normal(10, 1, (10, 8))]).astype(np.float32)
+    weights = np.r_[np.full(190, 1e-6), np.ones(10)]
+    def heavy_side(seeds):
+        return int((np.linalg.norm(seeds - 10, axis=1) < np.linalg.norm(seeds, axis=1)).sum())
+    assert all(heavy_side(build.kmeans_plus_plus(x, 2, s, weights=weights)) == 2 for s in range(10))
+    assert all(heavy_side(build.kmeans_plus_plus(x, 2, s)) <= 1 for s in range(10))
 
 
 def test_concept_table_shares_entropy_and_links_by_hand():

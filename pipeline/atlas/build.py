@@ -73,33 +73,72 @@ def faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
-def kmeans_plus_plus(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans_plus_plus(x: np.ndarray, k: int, seed: int, weights: Optional[np.ndarray] = None) -> np.ndarray:
     """Greedy k-means++ seeding (as scikit-learn's): each next centre is the best of 2 + log(k)
     candidates drawn with probability proportional to their squared distance to the nearest
-    centre chosen, the one that lowers the sum of those distances most. k rows of x, float32."""
+    centre chosen, the one that lowers the sum of those distances most. k rows of x, float32.
+    `weights`: each row counts that many times (k-means||'s candidates)."""
     rng = np.random.default_rng(seed)
     x = np.ascontiguousarray(x, dtype=np.float32)
     n = len(x)
     norms = np.einsum("ij,ij->i", x, x)
     trials = 2 + int(np.log(k))
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
 
     def sq_dist(rows: np.ndarray) -> np.ndarray:  # [len(rows), n] squared distances to x
         c = x[rows]
         return np.maximum(norms[None, :] - 2 * (c @ x.T) + norms[rows, None], 0)
 
-    chosen = [int(rng.integers(n))]
+    chosen = [int(rng.integers(n)) if w is None else int(rng.choice(n, p=w / w.sum()))]
     d2 = sq_dist(np.asarray(chosen))[0]
     for _ in range(1, k):
-        total = float(d2.sum(dtype=np.float64))
+        mass = d2 if w is None else d2 * w
+        total = float(mass.sum(dtype=np.float64))
         if total <= 0:  # fewer distinct points than k: the rest at random
             chosen.append(int(rng.integers(n)))
             continue
-        cand = np.minimum(np.searchsorted(np.cumsum(d2, dtype=np.float64), rng.random(trials) * total), n - 1)
+        cand = np.minimum(np.searchsorted(np.cumsum(mass, dtype=np.float64), rng.random(trials) * total), n - 1)
         new = np.minimum(d2[None, :], sq_dist(cand))
-        best = int(np.argmin(new.sum(axis=1, dtype=np.float64)))
+        best = int(np.argmin(new.sum(axis=1, dtype=np.float64) if w is None else new @ w))
         chosen.append(int(cand[best]))
         d2 = new[best]
     return x[np.asarray(chosen)].copy()
+
+
+def kmeans_parallel(x: np.ndarray, k: int, seed: int, rounds: int = 4, oversample: float = 1.0) -> np.ndarray:
+    """k-means|| seeding (Bahmani et al. 2012): `rounds` passes over x, each keeping every point
+    with probability min(1, oversample k d^2 / sum d^2) (d: its distance to the nearest point
+    kept so far); the candidates, weighted by the points nearest them, are reduced to k by
+    greedy k-means++. Four passes instead of k, so far fewer reads of x than k-means++ on it.
+    k rows, float32."""
+    rng = np.random.default_rng([seed, 2])
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = len(x)
+    kept = [x[rng.integers(n)][None]]
+    d2 = np.square(x - kept[0]).sum(axis=1, dtype=np.float64)
+    for _ in range(rounds):
+        total = d2.sum()
+        if total <= 0:
+            break
+        picked = x[rng.random(n) < np.minimum(1.0, oversample * k * d2 / total)]
+        if not len(picked):
+            continue
+        kept.append(picked)
+        d2 = np.minimum(d2, np.square(_nearest(_flat(picked), x)[1], dtype=np.float64))
+    candidates = np.concatenate(kept)
+    if len(candidates) <= k:
+        return kmeans_plus_plus(x, k, seed)
+    weights = np.bincount(_nearest(_flat(candidates), x)[0], minlength=len(candidates))
+    used = weights > 0
+    return kmeans_plus_plus(candidates[used], k, seed, weights=weights[used])
+
+
+def _flat(x: np.ndarray) -> Any:
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(x, dtype=np.float32))
+    return index
 
 
 def train(sample: np.ndarray, k: int, p: AtlasParams, gpu: Optional[bool] = None) -> dict[str, Any]:
@@ -113,10 +152,11 @@ def train(sample: np.ndarray, k: int, p: AtlasParams, gpu: Optional[bool] = None
     km = faiss.Kmeans(sample.shape[1], int(k), niter=int(p.niter), nredo=int(p.nredo), seed=int(p.seed),
                       spherical=bool(p.spherical), gpu=bool(gpu), verbose=False, min_points_per_centroid=1,
                       max_points_per_centroid=max(1, -(-len(sample) // int(k))))  # the sample is drawn already
-    if p.init == "kmeans++" and k > 1:
+    if p.init in ("kmeans||", "kmeans++") and k > 1:
         rng = np.random.default_rng([int(p.seed), 1])
         sub = sample[rng.choice(len(sample), min(len(sample), max(p.init_points, 3 * k)), replace=False)]
-        init = kmeans_plus_plus(sub, int(k), p.seed)
+        seeding = kmeans_parallel if p.init == "kmeans||" else kmeans_plus_plus
+        init = seeding(sub, int(k), p.seed)
         km.train(sample, init_centroids=prepare(init, p.spherical))
     else:
         km.train(sample)
