@@ -359,7 +359,7 @@ def validate(cfg: DictConfig, module: Any = None) -> int:
         obj = OmegaConf.to_object(cfg)
     except MissingMandatoryValue as e:
         raise ConfigError(str(e.full_key), "is missing: give it a value (key=value)") from None
-    for group in GROUPS:
+    for group in GROUPS + (("train",) if isinstance(obj, TrainJobConfig) else ()):
         check_group(group, getattr(obj, group))
     m = obj.model
     if m.name == MODULE and module is None:

@@ -11,7 +11,7 @@ when that is another class of the run), within each concept's radius: per video 
 voxel importance (voxel_importance/, as a run's; `open_run(out).voxel_importance(video)`), and a
 report page for the videos (report/index.html). Settings the run's concepts depend on cannot
 change: a different model, clip, segment or activate setting than the run's stops before any
-work, naming it. The same from Python: `pipeline.api.score`.
+work, naming it. The same from Python: `pipeline.score_videos`.
 """
 
 from __future__ import annotations

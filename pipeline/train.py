@@ -29,10 +29,10 @@ from typing import Any, Optional
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from pipeline.config import CONF_DIR, ConfigError, check_group, register_configs, to_plain, validate
+from pipeline.config import CONF_DIR, ConfigError, register_configs, to_plain, validate
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.video import ClipSpec, VideoError, read_clip
 from pipeline.models import clip_to_input
@@ -93,12 +93,15 @@ def shuffle_time(clips: np.ndarray, seed: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, clips: np.ndarray, mean, std, batch_size: int = 8) -> np.ndarray:
+def logits_of(model: nn.Module, clips: np.ndarray, mean, std, batch_size: int = 8) -> torch.Tensor:
+    """The model's logits [N, classes] for uint8 clips [N, T, H, W, 3], in eval mode, batched."""
     model.eval()
-    preds = []
-    for i in range(0, len(clips), batch_size):
-        preds.append(model(clip_to_input(clips[i:i + batch_size], mean, std)).argmax(1).numpy())
-    return np.concatenate(preds)
+    return torch.cat([model(clip_to_input(clips[i:i + batch_size], mean, std))
+                      for i in range(0, len(clips), batch_size)])
+
+
+def predict(model: nn.Module, clips: np.ndarray, mean, std, batch_size: int = 8) -> np.ndarray:
+    return logits_of(model, clips, mean, std, batch_size).argmax(1).numpy()
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -113,14 +116,10 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-@torch.inference_mode()
-def _evaluate(model: nn.Module, split: tuple[np.ndarray, np.ndarray], mean, std,
-              batch_size: int = 8) -> tuple[float, float]:
+def _evaluate(model: nn.Module, split: tuple[np.ndarray, np.ndarray], mean, std) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the model on a split."""
-    model.eval()
     clips, labels = split
-    logits = torch.cat([model(clip_to_input(clips[i:i + batch_size], mean, std))
-                        for i in range(0, len(clips), batch_size)])
+    logits = logits_of(model, clips, mean, std)
     y = torch.as_tensor(labels, dtype=torch.long)
     return float((logits.argmax(1) == y).float().mean()), float(nn.functional.cross_entropy(logits, y))
 
@@ -140,7 +139,7 @@ def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epoc
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2)
     y_all = torch.as_tensor(labels, dtype=torch.long)
     history: list[dict[str, float]] = []
-    best_acc, best_key, best_state, since_best = -1.0, None, None, 0
+    best_key, best_state, since_best = None, None, 0
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(clips), generator=gen).numpy()
@@ -166,11 +165,12 @@ def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epoc
         if select is None:
             continue
         key = (row[select], -row[f"{select}_loss"])
+        higher = best_key is None or row[select] > best_key[0]  # best_key[0]: the best accuracy so far
         if best_key is None or key > best_key:
             best_key, best_state = key, {k: v.detach().clone() for k, v in model.state_dict().items()}
             kept = row["epoch"]
-        if row[select] > best_acc:
-            best_acc, since_best = row[select], 0
+        if higher:
+            since_best = 0
         else:
             since_best += 1
             if patience and since_best >= patience:
@@ -185,7 +185,6 @@ def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epoc
 
 def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
-    check_group("train", OmegaConf.to_object(cfg).train)
     c = to_plain(cfg)
     tc = c["train"]
     torch.manual_seed(tc["seed"])

@@ -124,21 +124,13 @@ def kmeans_parallel(x: np.ndarray, k: int, seed: int, rounds: int = 4, oversampl
         if not len(picked):
             continue
         kept.append(picked)
-        d2 = np.minimum(d2, np.square(_nearest(_flat(picked), x)[1], dtype=np.float64))
+        d2 = np.minimum(d2, np.square(assign(x, picked)[1], dtype=np.float64))
     candidates = np.concatenate(kept)
     if len(candidates) <= k:
         return kmeans_plus_plus(x, k, seed)
-    weights = np.bincount(_nearest(_flat(candidates), x)[0], minlength=len(candidates))
+    weights = np.bincount(assign(x, candidates)[0], minlength=len(candidates))
     used = weights > 0
     return kmeans_plus_plus(candidates[used], k, seed, weights=weights[used])
-
-
-def _flat(x: np.ndarray) -> Any:
-    import faiss
-
-    index = faiss.IndexFlatL2(x.shape[1])
-    index.add(np.ascontiguousarray(x, dtype=np.float32))
-    return index
 
 
 def train(sample: np.ndarray, k: int, p: AtlasParams, gpu: Optional[bool] = None) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from pipeline.concepts.params import ConceptParams
 def resample_rows(video_ids: Sequence[str], seed: int, b: int) -> tuple[np.ndarray, list[str]]:
     """Bootstrap resample `b` of the videos: the rows of the drawn videos (a video drawn twice,
     twice) and a video id per row that tells the copies apart."""
-    ids = np.asarray(video_ids, dtype=object)
-    videos = sorted(set(video_ids))
-    rows_of = {v: np.flatnonzero(ids == v) for v in videos}
+    videos, inverse = np.unique(np.asarray(video_ids, dtype=str), return_inverse=True)  # sorted, as sorted(set())
+    order = np.argsort(inverse, kind="stable")  # one sort, not a scan of every row per video
+    groups = np.split(order, np.cumsum(np.bincount(inverse, minlength=len(videos)))[:-1])
+    videos = videos.tolist()
+    rows_of = dict(zip(videos, groups))
     draw = np.random.default_rng([seed, 13, b]).integers(0, len(videos), len(videos))
     rows, pseudo = [], []
     for j, i in enumerate(draw):

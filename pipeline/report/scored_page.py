@@ -69,8 +69,9 @@ def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple
                  f'<b>{esc(p.get("label") or "none")}</b> &middot; predicted <b>{esc(p.get("predicted_class"))}</b> '
                  f'(probability {fmt(float(prob.max()))}) &middot; explained by the concepts of <b>{esc(k)}</b></p>']
         frames = clip(vid)
+        importance = folder.voxel_importance_rows(vid, k)  # every layer's, read once per video
         for layer in layers:
-            rows = [r for r in folder.voxel_importance_rows(vid, k) if r["layer"] == layer]
+            rows = [r for r in importance if r["layer"] == layer]
             present = folder.read(f"{CONCEPT_PRESENCE}/{partition(target_class=k, layer=layer)}",
                                   filter=pc.field("video_id") == vid).to_pylist() if folder.exists(
                 f"{CONCEPT_PRESENCE}/{partition(target_class=k, layer=layer)}") else []

@@ -38,7 +38,7 @@ def presence(video_id: str, target_class: str, layer: str, supervoxel_ids: Seque
     """concept_presence/ rows of one video for one class at one layer: per concept present, its
     supervoxels, the voxels they cover (uint16 label volumes [R, L, H, W]), their share of the
     clip and their frames, with the concept's scores."""
-    from pipeline.segmentation.supervoxels import split_supervoxel_id
+    from pipeline.segmentation.supervoxels import supervoxel_mask
 
     by_name = {c["concept"]: c for c in concepts}
     members: dict[str, list[int]] = {}
@@ -49,8 +49,7 @@ def presence(video_id: str, target_class: str, layer: str, supervoxel_ids: Seque
     for name, sids in members.items():
         covered = np.zeros(labels.shape[1:], dtype=bool)
         for sid in sids:
-            r, lab = split_supervoxel_id(sid)
-            covered |= labels[r] == lab
+            covered |= supervoxel_mask(labels, sid)
         frames = np.flatnonzero(covered.any(axis=(1, 2)))
         c = by_name[name]
         rows.append({"video_id": video_id, "target_class": target_class, "layer": layer, "concept": name,

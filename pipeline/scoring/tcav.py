@@ -109,7 +109,12 @@ def tcav_scores(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
     """TCAV score of each CAV (rows of [P, C]): the fraction of videos whose gradient points along it."""
     if len(directions) == 0:
         return np.zeros(0)
-    return (np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T > 0).mean(0)
+    return (directional_derivatives(gradients, directions) > 0).mean(0)
+
+
+def directional_derivatives(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
+    """s[v, p] = gradient of video v . direction p, in float64: what both TCAV scores count."""
+    return np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T
 
 
 def tcav_magnitudes(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:
@@ -119,7 +124,11 @@ def tcav_magnitudes(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray
     that every video, or none, points along, by how far."""
     if len(directions) == 0:
         return np.zeros(0)
-    s = np.asarray(gradients, np.float64) @ np.asarray(directions, np.float64).T  # [V, P]
+    return graded_scores(directional_derivatives(gradients, directions))
+
+
+def graded_scores(s: np.ndarray) -> np.ndarray:
+    """tcav_magnitudes from the directional derivatives s [V, P]."""
     total = np.abs(s).sum(0)
     return np.divide(np.maximum(s, 0).sum(0), total, out=np.zeros(len(total)), where=total > 0)
 
@@ -197,8 +206,9 @@ def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndar
     negatives = [r for _ in concepts for r in random_sets] + list(random_sets)
     seeds = [seed + i for _ in range(len(concepts) + 1) for i in range(n)]
     directions, accuracies = fit_cavs(positives, negatives, seeds, model=model, alpha=alpha)
-    scores = tcav_scores(gradients, directions).reshape(len(concepts) + 1, n)
-    magnitudes = tcav_magnitudes(gradients, directions).reshape(len(concepts) + 1, n)
+    derivatives = directional_derivatives(gradients, directions)  # [V, CAVs], once for both scores
+    scores = (derivatives > 0).mean(0).reshape(len(concepts) + 1, n)
+    magnitudes = graded_scores(derivatives).reshape(len(concepts) + 1, n)
     accuracies = np.asarray(accuracies).reshape(len(concepts) + 1, n)
     directions = directions.reshape(len(concepts) + 1, n, -1)
     baseline = ConceptScores(scores=scores[-1], cav_accuracies=accuracies[-1], p_value=float("nan"),

@@ -90,13 +90,12 @@ def run(job: Job) -> None:
             videos_done += records[k]["videos"]
     if not summary:
         log.warning("evaluate: no scoring video has concepts to remove; nothing to evaluate")
-    values = [causal.get(cn) for cn in concepts.column("concept").to_pylist()]
+    names = concepts.column("concept").to_pylist()
     concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance"), "causal_importance",
-                                   pa.array(values, type=pa.float64()))
-    by_masking = pa.array([masking.get(cn) for cn in concepts.column("concept").to_pylist()], type=pa.float64())
-    where = concepts.schema.get_field_index("causal_importance_masking")  # -1: a concepts table of an older run
-    concepts = (concepts.set_column(where, "causal_importance_masking", by_masking) if where >= 0
-                else concepts.append_column("causal_importance_masking", by_masking))
+                                   pa.array([causal.get(cn) for cn in names], type=pa.float64()))
+    by_masking = pa.array([masking.get(cn) for cn in names], type=pa.float64())
+    concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance_masking"),
+                                   "causal_importance_masking", by_masking)
     folder.write_table(CONCEPTS, concepts)
     job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
