@@ -1,8 +1,8 @@
-"""Resume and fault tolerance, as a user meets them: the driver killed during the activation
-stage and the job run again on a bigger share of the machine (other scheduling settings); the
-driver killed during the concepts stage, then during evaluate; a Ray worker killed while it
-segments. Each ends with the outputs of an uninterrupted run, and a rerun redoes only the units
-of work that were not finished."""
+"""Resume and fault tolerance, as a user meets them: one run folder whose driver is killed
+during activation, resumed on a bigger share of the machine (other scheduling settings), then
+killed during the concepts stage, the atlas and evaluate; a Ray worker killed while it segments,
+with a second driver started on the live folder. Each ends with the outputs of an uninterrupted
+run, and a rerun redoes only the units of work that were not finished."""
 
 from __future__ import annotations
 
@@ -105,43 +105,39 @@ OTHER_SCHEDULING = ["segment.videos_per_part=5", "activate.videos_per_part=3", "
                     "activate.cpus_per_actor=1"]
 
 
-def test_a_driver_killed_during_activation_resumes_with_other_scheduling_without_redoing_work(clean_run):
-    out = str(clean_run["base"] / "killed")
-    args = _args(clean_run["corpus"], out)
-    proc = _start(args, out + ".log")
-    done = _kill_when(proc, out, "activate", 2, out + ".log")
-    assert 0 < done < 12
-    assert not os.path.exists(os.path.join(out, "concepts.parquet"))
-    res = run_cli(*args, *OTHER_SCHEDULING)
-    assert res.returncode == 0, res.stderr[-3000:]
-    stage = json.load(open(os.path.join(out, "run.json")))["stages"]
-    assert stage["segment"]["videos_segmented"] == 0 and stage["segment"]["videos_skipped_done"] == 12
-    assert stage["activate"]["videos_skipped_done"] == done  # completed work not redone
-    assert stage["activate"]["videos_activated"] == 12 - done
-    assert stage["activate"]["actors"] == 2
-    _same_outputs(clean_run["out"], out)
-
-
 def _atlas_assigned(out: str) -> int:
     """Partitions the atlas stage has assigned (its assign units' markers)."""
     return sum('"kind": "assign"' in pq.read_table(p).column("record")[0].as_py()
                for p in glob.glob(os.path.join(out, "_done", "atlas", "part-*.parquet")))
 
 
-def test_a_driver_killed_during_concepts_atlas_and_evaluate_redoes_only_unfinished_units(clean_run):
-    out = str(clean_run["base"] / "reductions")
+def test_a_driver_killed_in_each_stage_resumes_and_redoes_only_unfinished_units(clean_run):
+    """Killed during activation, resumed with other scheduling settings; killed again during
+    the concepts stage, the atlas and evaluate; the last run ends with an uninterrupted run's
+    outputs, and each run skipped what an earlier one had finished."""
+    out = str(clean_run["base"] / "killed")
     args = _args(clean_run["corpus"], out)
-    pairs_done = _kill_when(_start(args, out + ".log"), out, "concepts", 1, out + ".log")
+    activated = _kill_when(_start(args, out + ".log"), out, "activate", 2, out + ".log")
+    assert 0 < activated < 12
+    assert not os.path.exists(os.path.join(out, "concepts.parquet"))
+    # resumed on a bigger share of the machine, killed once a (class, layer) pair has concepts
+    pairs_done = _kill_when(_start([*args, *OTHER_SCHEDULING], out + ".2.log"), out, "concepts", 1, out + ".2.log")
     assert 0 < pairs_done < 6  # 3 classes x 2 layers
     assert not os.path.exists(os.path.join(out, "concepts.parquet"))
+    stage = json.load(open(os.path.join(out, "run.json")))["stages"]  # the second run's, up to activation
+    assert stage["segment"]["videos_segmented"] == 0 and stage["segment"]["videos_skipped_done"] == 12
+    assert stage["activate"]["videos_skipped_done"] == activated  # completed work not redone
+    assert stage["activate"]["videos_activated"] == 12 - activated
+    assert stage["activate"]["actors"] == 2
     # the atlas: killed once its 2 layers are trained and a partition of 6 is assigned
-    _kill_when(_start(args, out + ".2.log"), out, "atlas", 3, out + ".2.log")
+    _kill_when(_start(args, out + ".3.log"), out, "atlas", 3, out + ".3.log")
     assigned = _atlas_assigned(out)
     assert 0 < assigned <= 6
-    record = json.load(open(os.path.join(out, "run.json")))  # the second run's, up to the concepts stage
+    record = json.load(open(os.path.join(out, "run.json")))  # the third run's, up to the concepts stage
+    assert record["stages"]["activate"]["videos_activated"] == 0
     assert record["stages"]["concepts"]["pairs_skipped_done"] == pairs_done
-    classes_done = _kill_when(_start(args, out + ".3.log"), out, "evaluate", 1, out + ".3.log")
-    record = json.load(open(os.path.join(out, "run.json")))  # the third run's, up to the atlas stage
+    classes_done = _kill_when(_start(args, out + ".4.log"), out, "evaluate", 1, out + ".4.log")
+    record = json.load(open(os.path.join(out, "run.json")))  # the fourth run's, up to the atlas stage
     assert record["stages"]["atlas"]["partitions_assigned"] == 6 - assigned
     assert record["stages"]["atlas"]["units_skipped_done"]["assign"] == assigned
     assert 0 < classes_done < 3
@@ -154,9 +150,13 @@ def test_a_driver_killed_during_concepts_atlas_and_evaluate_redoes_only_unfinish
     _same_outputs(clean_run["out"], out)
 
 
-def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
+def test_a_worker_killed_mid_stage_is_retried_and_a_second_driver_is_refused_naming_the_first(clean_run):
+    """A Ray worker killed while it segments a video: the task is retried and nothing is lost.
+    A second driver started on the live run folder stops before any work, naming the run that
+    holds it; the first finishes with an uninterrupted run's outputs and lets the folder go."""
     out = str(clean_run["base"] / "faulty")
-    proc = _start(_args(clean_run["corpus"], out), out + ".log")
+    args = _args(clean_run["corpus"], out)
+    proc = _start(args, out + ".log")
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and proc.poll() is None:
@@ -175,30 +175,16 @@ def test_a_worker_killed_mid_stage_is_retried_and_nothing_is_lost(clean_run):
                 break
         time.sleep(0.05)
     assert killed, "no segmentation worker was seen running: " + open(out + ".log").read()[-2000:]
+    assert proc.poll() is None, "the run ended before a second driver could start: " + open(out + ".log").read()[-2000:]
+    holder = json.load(open(os.path.join(out, "lease.json")))
+    assert holder["pid"] == proc.pid
+    second = run_cli(*args)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by run {holder['run_id']!r} (pid {proc.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
     assert proc.wait(timeout=600) == 0, open(out + ".log").read()[-3000:]
+    assert not os.path.exists(os.path.join(out, "lease.json"))  # let go at the end
     record = json.load(open(os.path.join(out, "run.json")))
     assert record["counts"]["videos_in"] == 12 and record["counts"]["videos_ok"] == 12
     assert record["stages"]["segment"]["videos_segmented"] == 12
-    _same_outputs(clean_run["out"], out)
-
-
-def test_a_second_driver_on_a_live_run_folder_is_refused_naming_the_first(clean_run):
-    """Two drivers on one run folder: the second stops before any work, naming the run that
-    holds the folder; the first finishes with an uninterrupted run's outputs and lets go."""
-    out = str(clean_run["base"] / "two")
-    args = _args(clean_run["corpus"], out)
-    first = _start(args, out + ".log")
-    lease = os.path.join(out, "lease.json")
-    deadline = time.monotonic() + 300
-    while not os.path.exists(lease) and time.monotonic() < deadline and first.poll() is None:
-        time.sleep(0.1)
-    assert first.poll() is None, "the first run ended before a second could start: " + open(out + ".log").read()[-2000:]
-    holder = json.load(open(lease))
-    assert holder["pid"] == first.pid
-    second = run_cli(*args)
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"in use by run {holder['run_id']!r} (pid {first.pid}" in second.stderr
-    assert "Traceback" not in second.stderr
-    assert first.wait(timeout=600) == 0, open(out + ".log").read()[-3000:]
-    assert not os.path.exists(lease)  # let go at the end
     _same_outputs(clean_run["out"], out)
