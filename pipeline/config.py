@@ -281,6 +281,8 @@ class TrainConfig:
     holdout_fraction: float = 0.25  # of each class, never trained on: the accuracy printed last
     val_fraction: float = 0.1  # of each class's training clips, to choose the epoch kept
     patience: int = 8  # epochs without a better validation accuracy before stopping (0: never)
+    seed: int = 0
+    num_threads: int = 0  # torch threads (0: torch's default)
 
     def check(self) -> None:
         require(self.epochs >= 0, "epochs", self.epochs, "must be >= 0 (0: evaluate the model as it is)")
@@ -289,8 +291,6 @@ class TrainConfig:
         require(0 < self.holdout_fraction < 1, "holdout_fraction", self.holdout_fraction, "must be in (0, 1)")
         require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
         require(self.patience >= 0, "patience", self.patience, "must be >= 0 (0: never stop early)")
-    seed: int = 0
-    num_threads: int = 0  # torch threads (0: torch's default)
 
 
 @dataclass

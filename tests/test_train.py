@@ -37,9 +37,10 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+)  loss ([0-9.]+)  train accuracy ([0-
 def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractors(tmp_path):
     """Classes that differ only in how a 9 x 6 px arrow moves, among five larger distractor
     shapes (the network it replaced, a 7x7 stride-4 stem with a mean-pooled head, stays at
-    chance on this: bench/train.py)."""
+    chance on this: bench/train.py). 150 videos per class: at 100 one data seed in six (seed 7)
+    stalls with two classes confused (held-out 0.67); at 150 seeds 7-12 all reach >= 0.99."""
     ckpt = tmp_path / "small.pt"
-    res = run_cli("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=100",
+    res = run_cli("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=150",
                   "dataset.synthetic.actor_scale=0.4", "dataset.synthetic.num_distractors=5",
                   f"dataset.root={tmp_path / 'small'}", f"train.output={ckpt}", module="pipeline.train")
     assert res.returncode == 0, res.stderr[-3000:]
@@ -49,7 +50,7 @@ def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractor
     epochs = [EPOCH_LINE.search(line) for line in res.stdout.splitlines()]
     epochs = [m for m in epochs if m]
     assert epochs and [int(m.group(1)) for m in epochs] == list(range(1, len(epochs) + 1))
-    assert "training on 201 clips, 24 for validation" in res.stdout and "75 held out" in res.stdout
+    assert "training on 303 clips, 33 for validation" in res.stdout and "114 held out" in res.stdout
     import torch
 
     extra = torch.load(ckpt, map_location="cpu", weights_only=True)["extra"]
