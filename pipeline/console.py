@@ -42,6 +42,16 @@ def concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[str
     return lines
 
 
+def gap_text(s: dict[str, Any]) -> str:
+    """The cross-fitted deletion gap, top-first minus bottom-first area, with its interval."""
+    if s.get("crossfit_causal_deletion_prob_auc_gap") is None:
+        return ""
+    return "; gap top - bottom " + ", ".join(
+        f"{s[f'crossfit_causal_deletion_{w}auc_gap']:.2f} "
+        f"[{s[f'crossfit_causal_deletion_{w}auc_gap_ci95'][0]:.2f}, {s[f'crossfit_causal_deletion_{w}auc_gap_ci95'][1]:.2f}]"
+        f" in {name}" for w, name in (("", "accuracy"), ("prob_", "probability"))) + " (95% over videos)"
+
+
 def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
     """The lines the job prints per (class, layer) after the evaluate stage."""
     lines = []
@@ -62,7 +72,10 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                             f"importance): top-1 drop {drop('crossfit_causal_top1_deletion_accuracy_drop_vs_random')}, "
                             f"{drop('crossfit_causal_top1_share_of_bound')} of the in-sample bound, deletion AUC "
                             f"top/bottom {drop('crossfit_causal_deletion_auc_top')}/"
-                            f"{drop('crossfit_causal_deletion_auc_bottom')}"
+                            f"{drop('crossfit_causal_deletion_auc_bottom')} in accuracy, "
+                            f"{drop('crossfit_causal_deletion_prob_auc_top')}/"
+                            f"{drop('crossfit_causal_deletion_prob_auc_bottom')} in class probability"
+                            + gap_text(s)
                             if s.get("crossfit_causal_deletion_auc_top") is not None else "")
                          + (f"; masking importance ({s['masking_masks']} random concept subsets, "
                             f"{s['masking_windows']} clips): Spearman {drop('masking_spearman_tcav')} with TCAV, "

@@ -90,7 +90,28 @@ def test_cross_fitting_orders_each_half_by_the_other_and_averages():
     random_top1 = np.mean([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])  # per half: a, b, c removed in turn, averaged
     assert summary["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] == pytest.approx(random_top1 - 0.0)
     assert summary["crossfit_causal_deletion_auc_top"] < summary["crossfit_causal_deletion_auc_bottom"]
+    assert summary["crossfit_causal_deletion_prob_auc_top"] < summary["crossfit_causal_deletion_prob_auc_bottom"]
+    # the paired gap over the eight videos: every video loses its class sooner in the top-first order
+    # (a first), so the gap is the difference of the areas and its interval excludes 0
+    for what in ("", "prob_"):
+        gap = summary[f"crossfit_causal_deletion_{what}auc_gap"]
+        lo, hi = summary[f"crossfit_causal_deletion_{what}auc_gap_ci95"]
+        assert gap == pytest.approx(summary[f"crossfit_causal_deletion_{what}auc_top"]
+                                    - summary[f"crossfit_causal_deletion_{what}auc_bottom"])
+        assert lo <= gap <= hi < 0
+        assert summary[f"crossfit_causal_deletion_{what}auc_videos_top_below"] > 0.5
     assert {r["ranking"] for r in rows} == {"causal_crossfit"}
+
+
+def test_deletion_gap_interval_straddles_zero_when_videos_disagree():
+    """Half the videos favour each order by the same amount: gap 0, an interval around it, and
+    half the videos below; one video's tie counts half."""
+    from pipeline.evaluation.summary import deletion_gap
+
+    g = deletion_gap(np.array([0.2, 0.8] * 6), np.array([0.8, 0.2] * 6), seed=0)
+    assert g["gap"] == 0 and g["ci"][0] < 0 < g["ci"][1] and g["videos_top_below"] == 0.5
+    assert deletion_gap(np.array([0.5, 0.2]), np.array([0.5, 0.4]), seed=0)["videos_top_below"] == 0.75
+    assert deletion_gap(np.array([0.2, 0.8] * 6), np.array([0.8, 0.2] * 6), seed=0) == g  # seeded
 
 
 def test_masking_importance_sees_concepts_that_matter_only_together():

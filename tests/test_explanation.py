@@ -157,9 +157,13 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
             assert -1 <= s["crossfit_causal_top1_deletion_accuracy_drop_vs_random"] <= 1
             assert s["crossfit_causal_deletion_auc_top"] == auc.loc[(info_k, layer, "causal_crossfit", "delete", "top"),
                                                                     "accuracy"]
+            assert s["crossfit_causal_deletion_prob_auc_bottom"] == auc.loc[
+                (info_k, layer, "causal_crossfit", "delete", "bottom"), "mean_prob"]
+            lo, hi = s["crossfit_causal_deletion_prob_auc_gap_ci95"]  # the videos' paired gap and its interval
+            assert -1 <= lo <= s["crossfit_causal_deletion_prob_auc_gap"] <= hi <= 1
             for metric in ("pointing_game", "top_share_iou"):  # the localisation metrics, both maps and a random one
                 assert all(0 <= s[f"{metric}_{m}"] <= 1 for m in ("tcav", "causal", "random")), (metric, s)
-    assert "pointing game" in small_run["stdout"]
+    assert "pointing game" in small_run["stdout"] and "in class probability; gap top - bottom" in small_run["stdout"]
     from pipeline import open_run
 
     vid = read_parts(os.path.join(out, "voxel_importance")).to_pandas().video_id[0]

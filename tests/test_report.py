@@ -79,6 +79,13 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
     assert anim.n_frames == clip["num_frames"] and anim.size == (clip["width"], clip["height"])
     assert "significant" in text and "causal importance" in text
     record = small_run["record"]
+    from pipeline.report.render import fmt
+
+    # the overview's cross-fitted deletion gaps (accuracy; class probability) with their intervals
+    for layers in record["stages"]["evaluate"]["classes"].values():
+        for s in (s for s in layers.values() if "crossfit_causal_deletion_prob_auc_gap" in s):
+            g, (lo, hi) = s["crossfit_causal_deletion_prob_auc_gap"], s["crossfit_causal_deletion_prob_auc_gap_ci95"]
+            assert f"; {fmt(g)} [{fmt(lo)}, {fmt(hi)}]</td>" in text
     assert record["stages"]["report"]["assets"] == len(set(parsed.sources))
     check_in_browser(index)
 

@@ -143,12 +143,30 @@ def halves(video_ids: Sequence[str], seed: int) -> list[list[str]]:
     return [sorted(vids[i] for i in order[: len(vids) // 2]), sorted(vids[i] for i in order[len(vids) // 2:])]
 
 
+def deletion_gap(top: np.ndarray, bottom: np.ndarray, seed: int, resamples: int = 2000) -> dict[str, Any]:
+    """The paired gap of the deletion areas, top-first minus bottom-first order, over videos:
+    `top`, `bottom` [videos] each video's own area. Its mean, a 95% percentile interval from
+    `resamples` seeded bootstrap draws of the videos, and the share of videos whose top-first
+    area lies below their bottom-first one (ties count half). Negative: the top-first order
+    takes the class away sooner."""
+    d = np.asarray(top, dtype=float) - np.asarray(bottom, dtype=float)
+    draws = np.random.default_rng([seed, 11]).integers(0, len(d), size=(resamples, len(d)))
+    lo, hi = np.percentile(d[draws].mean(1), [2.5, 97.5])
+    return {"gap": round(float(d.mean()), 4), "ci": [round(float(lo), 4), round(float(hi), 4)],
+            "videos_top_below": round(float(np.mean((d < 0) + 0.5 * (d == 0))), 4)}
+
+
 def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
-                     names: list[str], split: list[list[str]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                     names: list[str], split: list[list[str]], seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The cross-fitted causal figures of one (class, layer): each half's curves in the order
     of the causal importance measured on the other half, the two halves' figures averaged.
-    Rows of ranking `causal_crossfit` for evaluation/ and the run.json keys `crossfit_causal_*`."""
+    Rows of ranking `causal_crossfit` for evaluation/ and the run.json keys `crossfit_causal_*`:
+    the areas under the accuracy curves (the paper's), under the mean class probability curves
+    (`..._prob_auc_*`: the same clips without the argmax threshold, which with a few videos a
+    class keeps while its probability falls), and the videos' paired deletion gap, top minus
+    bottom (`deletion_gap`, seeded by `seed`), in both."""
     per_half: dict[tuple[str, str], list[np.ndarray]] = {}
+    per_video: dict[str, list[np.ndarray]] = {}  # delete order -> each video's [accuracy, prob] area
     random_top1 = []
     for h, vids in enumerate(split):
         vids = [v for v in vids if v in outcomes]
@@ -158,23 +176,35 @@ def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict
             if ranking == f"causal_from{1 - h}":  # measured on half h, ordered by the other half
                 per_half.setdefault((mode, order), []).append(np.array(
                     [[np.mean([outcomes[v][p][i] for v in vids]) for p in plans] for i in (1, 0)]))
+                if mode == DELETE:
+                    per_video.setdefault(order, []).extend(
+                        np.array([auc([float(outcomes[v][p][i]) for p in plans]) for i in (1, 0)]) for v in vids)
         random_top1.append(np.mean([outcomes[v][Plan(DELETE, frozenset([cn]))][1] for v in vids for cn in names]))
-    rows, areas, acc = [], {}, {}
+    rows, areas, prob_areas, acc = [], {}, {}, {}
     for (mode, order), curves_ in per_half.items():
         if len(curves_) != 2:
             continue
         acc[(mode, order)], prob = np.mean(curves_, axis=0)  # the two halves' means, averaged
-        areas[(mode, order)] = auc(acc[(mode, order)])
+        areas[(mode, order)], prob_areas[(mode, order)] = auc(acc[(mode, order)]), auc(prob)
         base = {"target_class": k, "layer": layer, "ranking": "causal_crossfit", "mode": mode, "order": order,
                 "n_videos": sum(len(v) for v in split)}
         rows += [{**base, "kind": "point", "k": kk, "accuracy": float(a), "mean_prob": float(p)}
                  for kk, (a, p) in enumerate(zip(acc[(mode, order)], prob))]
-        rows.append({**base, "kind": "auc", "k": None, "accuracy": areas[(mode, order)], "mean_prob": auc(prob)})
+        rows.append({**base, "kind": "auc", "k": None, "accuracy": areas[(mode, order)],
+                     "mean_prob": prob_areas[(mode, order)]})
     top = acc.get((DELETE, "top"))
     drop = None if top is None or len(top) < 2 else round(float(np.mean(random_top1)) - float(top[1]), 4)
     summary = {"crossfit_causal_top1_deletion_accuracy_drop_vs_random": drop,
-               **{f"crossfit_causal_{mode_name}_auc_{order}": areas.get((mode, order))
-                  for mode, mode_name in ((DELETE, "deletion"), (INSERT, "insertion")) for order in ("top", "bottom")}}
+               **{f"crossfit_causal_{mode_name}_{what}auc_{order}": table.get((mode, order))
+                  for mode, mode_name in ((DELETE, "deletion"), (INSERT, "insertion"))
+                  for what, table in (("", areas), ("prob_", prob_areas)) for order in ("top", "bottom")}}
+    if len(per_video.get("top", [])) == len(per_video.get("bottom", [])) > 0:
+        t, b = np.array(per_video["top"]), np.array(per_video["bottom"])
+        for i, what in enumerate(("", "prob_")):
+            gap = deletion_gap(t[:, i], b[:, i], seed)
+            summary.update({f"crossfit_causal_deletion_{what}auc_gap": gap["gap"],
+                            f"crossfit_causal_deletion_{what}auc_gap_ci95": gap["ci"],
+                            f"crossfit_causal_deletion_{what}auc_videos_top_below": gap["videos_top_below"]})
     return rows, summary
 
 
@@ -196,15 +226,18 @@ def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, d
     rows: list[dict[str, Any]] = []
     accuracy: dict[tuple[str, str, str], np.ndarray] = {}  # (ranking, mode, order) -> accuracy at each k
     areas: dict[tuple[str, str, str], float] = {}
+    prob_areas: dict[tuple[str, str, str], float] = {}  # under the mean class probability curves
     for (ranking, mode, order), draws in points.items():
         acc = np.mean([d[0] for d in draws], axis=0)
         prob = np.mean([d[1] for d in draws], axis=0)
         accuracy[(ranking, mode, order)], areas[(ranking, mode, order)] = acc, auc(acc)
+        prob_areas[(ranking, mode, order)] = auc(prob)
         base = {"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
                 "n_videos": len(vids)}
         for kk, (a_, p_) in enumerate(zip(acc, prob)):
             rows.append({**base, "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_)})
-        rows.append({**base, "kind": "auc", "k": None, "accuracy": auc(acc), "mean_prob": auc(prob)})
+        rows.append({**base, "kind": "auc", "k": None, "accuracy": auc(acc),
+                     "mean_prob": prob_areas[(ranking, mode, order)]})
     tcav_means = [tcav_mean[cn] for cn in names]
     causal_values = [causal.get(cn, 0.0) for cn in names]
     rho = float("nan")
@@ -244,6 +277,8 @@ def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, d
             ("top1_deletion_accuracy_drop_vs_random_draws", top1_drop(ranking, at_k1(ranking, "random"))),
             ("deletion_auc_top", areas.get((ranking, DELETE, "top"))),
             ("deletion_auc_bottom", areas.get((ranking, DELETE, "bottom"))),
+            ("deletion_prob_auc_top", prob_areas.get((ranking, DELETE, "top"))),
+            ("deletion_prob_auc_bottom", prob_areas.get((ranking, DELETE, "bottom"))),
             ("insertion_auc_top", areas.get((ranking, INSERT, "top"))),
             ("insertion_auc_bottom", areas.get((ranking, INSERT, "bottom"))))},
     }

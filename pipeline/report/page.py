@@ -27,6 +27,13 @@ caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding
 """
 
 
+def gap_cell(row: dict[str, Any]) -> str:
+    """The overview's cross-fitted deletion gap: accuracy; class probability, each with its interval."""
+    parts = [f"{fmt(g)} [{fmt(ci[0])}, {fmt(ci[1])}]" for g, ci in (row.get("crossfit_gap") or {}).values()
+             if g is not None and ci]
+    return "; ".join(parts) or "–"
+
+
 def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections: list[ClassSection],
                failed: list[dict[str, Any]], total: int, atlas: bool = False) -> str:
     """The page: `failed` the failed videos' rows of videos.parquet, `total` the videos in;
@@ -40,6 +47,8 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
                 "single concept gives</th><th>the same, causal order cross-fitted (each half of the scoring videos "
                 "ordered by the other half)</th>"
                 "<th>deletion AUC, top-first causal order</th><th>deletion AUC, bottom-first causal order</th>"
+                "<th>cross-fitted deletion AUC gap, top minus bottom, in accuracy; in class probability "
+                "(95% interval over videos; negative: the top concepts take the class away sooner)</th>"
                 "<th>accuracy on wholly mean-filled clips</th></tr>"]
     for s in sections:
         for row in s.summary:
@@ -51,7 +60,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
                 f'<td>{esc((row["top_tcav"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{esc((row["top_causal"] or "–").rsplit("/", 1)[-1])}</td>'
                 f'<td>{fmt(row["spearman"])}</td><td>{top1}</td><td>{fmt(row.get("crossfit_top1"))}</td>'
-                f'<td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td>'
+                f'<td>{fmt(row["del_top"])}</td><td>{fmt(row["del_bottom"])}</td><td>{gap_cell(row)}</td>'
                 + (f'<td class="warn">{fmt(row["empty"])}</td>' if (row["empty"] or 0) >= 0.5
                    else f'<td>{fmt(row["empty"])}</td>') + '</tr>')
     overview.append("</table>")

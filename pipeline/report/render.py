@@ -132,6 +132,10 @@ def render_class(job: ClassJob) -> ClassSection:
                                       if rows and rows[0].get("stability") is not None else None),
                         "crossfit_top1": job.evaluated.get(layer, {}).get(
                             "crossfit_causal_top1_deletion_accuracy_drop_vs_random"),
+                        "crossfit_gap": {w: (job.evaluated.get(layer, {}).get(f"crossfit_causal_deletion_{w}auc_gap"),
+                                             job.evaluated.get(layer, {}).get(
+                                                 f"crossfit_causal_deletion_{w}auc_gap_ci95"))
+                                         for w in ("", "prob_")},
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get(
@@ -277,9 +281,11 @@ def auc_table(aucs: dict[tuple[str, str, str], dict[str, Any]]) -> str:
         if not any(key[0] == ranking for key in aucs):
             continue
         for mode in ("delete", "insert"):
-            cells = [fmt(aucs.get((ranking, mode, o), {}).get("accuracy")) for o in ("top", "bottom", "random")]
+            cells = [f'{fmt(aucs.get((ranking, mode, o), {}).get("accuracy"))} '
+                     f'({fmt(aucs.get((ranking, mode, o), {}).get("mean_prob"))})' for o in ("top", "bottom", "random")]
             name = "causal, cross-fitted" if ranking == "causal_crossfit" else ranking
             body.append(f"<tr><td>{name}</td><td>{'deletion' if mode == 'delete' else 'insertion'}</td>"
                         + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return ('<table class="auc"><caption>Area under the accuracy curves (k scaled to [0, 1]). Deletion: lower '
-            "is better for the top-first order; insertion: higher.</caption>" + head + "".join(body) + "</table>")
+    return ('<table class="auc"><caption>Area under the accuracy curves (in brackets: under the mean class '
+            "probability curves; k scaled to [0, 1]). Deletion: lower is better for the top-first order; "
+            "insertion: higher.</caption>" + head + "".join(body) + "</table>")

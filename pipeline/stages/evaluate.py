@@ -331,7 +331,8 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
         in_sample = [c for c in curve_list if not c[0].startswith("causal_from")]
         points, summary[layer] = summarise(k, layer, in_sample, mine, ranked[(k, layer)], tcav_mean, causal,
                                            correct_without)
-        cross_points, cross = crossfit_summary(k, layer, curve_list, mine, ranked[(k, layer)], split)
+        cross_points, cross = crossfit_summary(k, layer, curve_list, mine, ranked[(k, layer)], split,
+                                                 params.seed)
         bound = summary[layer]["best_single_concept_top1_deletion_accuracy_drop_vs_random"]
         drop = cross.get("crossfit_causal_top1_deletion_accuracy_drop_vs_random")
         if drop is not None:
