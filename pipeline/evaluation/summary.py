@@ -174,11 +174,11 @@ def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict
             return [], {}
         for ranking, order, mode, plans in curve_list:
             if ranking == f"causal_from{1 - h}":  # measured on half h, ordered by the other half
-                per_half.setdefault((mode, order), []).append(np.array(
-                    [[np.mean([outcomes[v][p][i] for v in vids]) for p in plans] for i in (1, 0)]))
-                if mode == DELETE:
-                    per_video.setdefault(order, []).extend(
-                        np.array([auc([float(outcomes[v][p][i]) for p in plans]) for i in (1, 0)]) for v in vids)
+                video_curves = np.array([[[float(outcomes[v][p][i]) for p in plans] for i in (1, 0)]
+                                         for v in vids])  # [videos, accuracy | prob, k]
+                per_half.setdefault((mode, order), []).append(video_curves.mean(0))
+                if mode == DELETE:  # auc is linear: the videos' areas average to the half's
+                    per_video.setdefault(order, []).extend(np.apply_along_axis(auc, 2, video_curves))
         random_top1.append(np.mean([outcomes[v][Plan(DELETE, frozenset([cn]))][1] for v in vids for cn in names]))
     rows, areas, prob_areas, acc = [], {}, {}, {}
     for (mode, order), curves_ in per_half.items():
@@ -236,7 +236,7 @@ def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, d
                 "n_videos": len(vids)}
         for kk, (a_, p_) in enumerate(zip(acc, prob)):
             rows.append({**base, "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_)})
-        rows.append({**base, "kind": "auc", "k": None, "accuracy": auc(acc),
+        rows.append({**base, "kind": "auc", "k": None, "accuracy": areas[(ranking, mode, order)],
                      "mean_prob": prob_areas[(ranking, mode, order)]})
     tcav_means = [tcav_mean[cn] for cn in names]
     causal_values = [causal.get(cn, 0.0) for cn in names]
