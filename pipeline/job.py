@@ -32,7 +32,7 @@ from pipeline import console, io
 from pipeline.config import CONF_DIR, STAGES, ConfigError, register_configs, to_plain, validate
 from pipeline.lease import Lease, LeaseError, new_run_id
 from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError, fingerprints
-from pipeline.stages import stage
+from pipeline.stages import check_inputs, stage
 from pipeline.stages.base import Job
 
 
@@ -86,6 +86,7 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
     with Lease(folder.root, run_id) as lease:
         folder.lease = lease
         keep_earlier_stages(record, folder, c["run"]["stages"])
+        check_inputs(folder, c["run"]["stages"])
         init_ray(c["ray"])
         check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
         digest = model_digest(module) if module is not None else None

@@ -1,17 +1,29 @@
-"""Shared helpers: real video files made with PyAV, the CLI as a user runs it, a small
-synthetic corpus."""
+"""Shared helpers: real video files made with PyAV, the job run as a user runs it (a real
+process) or in this process on one shared local Ray, the CLIs' error paths called in-process,
+and the tiers (`ray`, `slow`, `processes` markers; see the README's development section)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Fixtures whose tests run Ray (in this process, on the shared local instance): such a test is
+# in the `ray` tier whether or not it says so.
+RAY_FIXTURES = {"local_ray", "small_run", "segmented_run", "clean_run", "scored", "example", "api_runs"}
 
 
 def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fps: int = 10, seed: int = 0) -> np.ndarray:
@@ -27,20 +39,140 @@ def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fp
 
 
 def run_cli(*args: str, module: str = "pipeline", timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m <module> <args>` as a user would, from the project root."""
+    """Run `python -m <module> <args>` as a user would, from the project root (a real process:
+    the few tests that check an entry point end to end, or need a process to kill)."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@dataclass
+class Result:
+    """What a command printed and returned, as `subprocess.CompletedProcess` has it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+# `python -m <module>`'s main, per module: Hydra's (reads sys.argv) or one taking argv.
+MAINS = {"pipeline": ("pipeline.job", False), "pipeline.train": ("pipeline.train", False),
+         "pipeline.score": ("pipeline.score", True), "pipeline.report": ("pipeline.report.__main__", True),
+         "pipeline.atlas": ("pipeline.atlas.__main__", True)}
+
+
+def call_main(*args: str, module: str = "pipeline") -> Result:
+    """`python -m <module> <args>` in this process: the same main, its output captured, its exit
+    code (a SystemExit's or the returned one). For error paths and commands that start no
+    cluster of their own (they join the shared Ray when they need one)."""
+    name, takes_argv = MAINS[module]
+    main = importlib.import_module(name).main
+    out, err = io.StringIO(), io.StringIO()
+    argv, sys.argv = sys.argv, [module, *args]
+    loggers = [logging.getLogger(), logging.getLogger("pipeline"), logging.getLogger("pipeline.train")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    code: Any = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args)) if takes_argv else main()
+            except SystemExit as e:
+                code = e.code
+    finally:
+        sys.argv = argv
+        for lg, (handlers, level, propagate) in zip(loggers, saved):  # Hydra's and show_progress's handlers
+            lg.handlers[:] = handlers  # write to this call's streams: drop them
+            lg.setLevel(level)
+            lg.propagate = propagate
+    return Result(code if isinstance(code, int) else (0 if code is None else 1), out.getvalue(), err.getvalue())
+
+
+def compose(*overrides: str, config: str = "config"):
+    """conf/'s composed config with `overrides`, as the CLI composes it."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from pipeline.config import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config, overrides=list(overrides))
+
+
+def init_local_ray() -> None:
+    """The shared local Ray of the in-process tests (started once; a test that needs a cluster
+    of its own shuts it down, and the next one starts it again)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False,
+                 object_store_memory=512 * 1024 * 1024)
+
+
+@pytest.fixture
+def local_ray():
+    init_local_ray()
+
+
+def run_job_here(*overrides: str) -> tuple[dict[str, Any], str]:
+    """The job `python -m pipeline <overrides>` runs, in this process on the shared Ray:
+    (run.json, what it printed and logged)."""
+    from pipeline.job import run_job
+
+    init_local_ray()
+    cfg = compose(*overrides)
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(logging.Formatter("[%(name)s][%(levelname)s] - %(message)s"))
+    logger = logging.getLogger("pipeline")
+    logger.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(buf):
+            record = run_job(cfg)
+    finally:
+        logger.removeHandler(handler)
+    return record, buf.getvalue()
 
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """The default job (segment=fine, the demo model, every stage up to the report) on 12
-    synthetic videos per class, with the randomisation check; shared by the explanation and
-    report tests."""
+    synthetic videos per class, with the randomisation check; shared by the explanation,
+    report, atlas and score tests."""
     base = tmp_path_factory.mktemp("explain")
     out = base / "run"
     args = [f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12", "dataset.synthetic.seed=7",
             "concepts.randomisation_check=true"]
-    res = run_cli(f"run.output_dir={out}", *args)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return {"out": str(out), "args": args, "stdout": res.stdout, "record": json.load(open(out / "run.json"))}
+    record, printed = run_job_here(f"run.output_dir={out}", *args)
+    assert record == json.load(open(out / "run.json"))
+    return {"out": str(out), "args": args, "stdout": printed, "record": record}
+
+
+# --- tiers -------------------------------------------------------------------------------------
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "ray: starts Ray (in this process or in a process it starts)")
+    config.addinivalue_line("markers", "slow: takes long without Ray (model training); left out of test-fast")
+    config.addinivalue_line("markers", "own_cluster: starts a Ray cluster of its own in this process (run last, "
+                                       "after the tests that share the local one)")
+    if os.environ.get("ACE3D_TEST_TIER") == "fast":
+        # Every Ray started by this session (here or in a child process) makes its session
+        # folder under RAY_TMPDIR: the fast tier's own, checked empty at the end.
+        os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ace3d-fast-ray-")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+    # the tests on a cluster of their own last: the shared local Ray is started once before them
+    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is not None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("ACE3D_TEST_TIER") != "fast":
+        return
+    root = os.path.join(os.environ.get("RAY_TMPDIR", ""), "ray")
+    started = [n for n in os.listdir(root) if n.startswith("session_2")] if os.path.isdir(root) else []
+    if started:
+        sys.stderr.write(f"\nerror: the fast tier started Ray ({len(started)} session(s) under {root}): "
+                         "mark the test that did `ray`\n")
+        session.exitstatus = 1

@@ -24,8 +24,9 @@ def readme_example() -> str:
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    import ray
+    from tests.conftest import init_local_ray
 
+    init_local_ray()  # explain() joins the Ray it finds up
     cwd = tmp_path_factory.mktemp("api")
     here = os.getcwd()
     namespace: dict = {}
@@ -34,8 +35,7 @@ def example(tmp_path_factory):
         exec(compile(readme_example(), "README.md (the API example)", "exec"), namespace)
     finally:
         os.chdir(here)
-    yield namespace, cwd
-    ray.shutdown()
+    return namespace, cwd
 
 
 def test_the_readme_example_runs_and_its_run_reads_back(example):

@@ -20,7 +20,7 @@ import pytest
 from pipeline.atlas import build
 from pipeline.atlas.params import AtlasParams
 from pipeline.io import read_parts
-from tests.conftest import run_cli
+from tests.conftest import call_main, run_cli, run_job_here
 
 
 # --- the algorithm ----------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_concept_table_shares_entropy_and_links_by_hand():
 
 
 def test_atlas_settings_are_checked_naming_the_key():
-    res = run_cli("atlas.index=hnsw", "run.output_dir=/tmp/never-written-atlas")
+    res = call_main("atlas.index=hnsw", "run.output_dir=/tmp/never-written-atlas")
     assert res.returncode != 0 and "atlas.index" in res.stderr + res.stdout
     assert not os.path.exists("/tmp/never-written-atlas/run.json")
 
@@ -228,12 +228,12 @@ def test_nearest_from_the_api_and_the_query_command(small_run):
     assert res.returncode == 0, res.stderr
     rows = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["video_id"] for r in rows] == list(found.video_id)
-    res = run_cli("query", f"run_dir={out}", f"concept={name}", module="pipeline.atlas")
+    res = call_main("query", f"run_dir={out}", f"concept={name}", module="pipeline.atlas")
     assert res.returncode == 0 and res.stdout.splitlines()[0].split("\t")[:3] == ["rank", "layer", "video_id"]
     assert len(res.stdout.splitlines()) == 11
-    res = run_cli("query", f"run_dir={out}", "global_concept=3", module="pipeline.atlas")
+    res = call_main("query", f"run_dir={out}", "global_concept=3", module="pipeline.atlas")
     assert res.returncode == 2 and "layer" in res.stderr
-    res = run_cli("query", f"run_dir={out}", "video=x", module="pipeline.atlas")
+    res = call_main("query", f"run_dir={out}", "video=x", module="pipeline.atlas")
     assert res.returncode == 2 and "unknown key 'video'" in res.stderr
 
 
@@ -263,8 +263,7 @@ def test_a_rerun_skips_the_atlas_and_redoes_only_unfinished_partitions(small_run
     out = str(tmp_path / "run")
     shutil.copytree(small_run["out"], out)
     args = [f"run.output_dir={out}", *small_run["args"], "run.stages=[atlas]"]
-    res = run_cli(*args)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job_here(*args)
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["atlas"]
     assert stage["partitions_assigned"] == 0 and stage["concept_pairs_linked"] == 0
     assert stage["units_skipped_done"] == {"train": 2, "assign": 6, "index": 2}
@@ -274,8 +273,7 @@ def test_a_rerun_skips_the_atlas_and_redoes_only_unfinished_partitions(small_run
         r = json.loads(pq.read_table(path).column("record")[0].as_py())
         if r["kind"] == "assign" and r["layer"] == "layer2" and r["partition"] in ("advance", "retreat"):
             os.remove(path)
-    res = run_cli(*args)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job_here(*args)
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["atlas"]
     assert stage["partitions_assigned"] == 2
     assert stage["units_skipped_done"] == {"train": 2, "assign": 4, "index": 2}
@@ -285,8 +283,7 @@ def test_a_rerun_skips_the_atlas_and_redoes_only_unfinished_partitions(small_run
                                   after.sort_values(key).reset_index(drop=True))
     assert len(glob.glob(os.path.join(out, "atlas", "assignments", "layer2", "advance", "*.parquet"))) == 1
     # other atlas settings: the atlas is made again
-    res = run_cli(*args, "atlas.k=5")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job_here(*args, "atlas.k=5")
     stage = json.load(open(os.path.join(out, "run.json")))["stages"]["atlas"]
     assert stage["units_skipped_done"] == {"train": 0, "assign": 0, "index": 0}
     assert all(info["k"] == 5 for info in stage["layers"].values())

@@ -1,4 +1,5 @@
-"""The main job as a user runs it: `python -m pipeline ...` on real files."""
+"""The main job as a user runs it: `python -m pipeline ...` on real files (one real process,
+the rest in this one: the same main, its output captured)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import make_video, run_cli
+from tests.conftest import call_main, make_video, run_cli, run_job_here
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,9 @@ def broken_folder(tmp_path_factory) -> str:
     return str(root)
 
 
+@pytest.mark.ray
 def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, tmp_path):
+    """The entry point's real run: a process of its own, its exit code, progress and folder."""
     out = tmp_path / "run"
     res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}", "run.stages=[ingest]",
                   "clip.num_frames=8", "clip.frame_stride=2", "clip.height=32", "clip.width=32")
@@ -56,7 +59,7 @@ def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, t
     assert "ingest: 9/9 videos" in res.stdout + res.stderr  # progress is shown
 
 
-def test_csv_corpus(tmp_path):
+def test_csv_corpus(tmp_path, local_ray):
     root = tmp_path / "k400"
     make_video(str(root / "train" / "abseiling" / "abc_000010_000020.mp4"), frames=12, size=(32, 32))
     csv = tmp_path / "train.csv"
@@ -64,9 +67,8 @@ def test_csv_corpus(tmp_path):
                    "abseiling,abc,10,20,train\n"
                    "air drumming,xyz,0,10,train\n")
     out = tmp_path / "run"
-    res = run_cli(f"run.output_dir={out}", "dataset=csv", f"dataset.root={root}", f"dataset.csv={csv}",
-                  "run.stages=[ingest]", "clip.num_frames=4", "clip.height=16", "clip.width=16")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job_here(f"run.output_dir={out}", "dataset=csv", f"dataset.root={root}", f"dataset.csv={csv}",
+                 "run.stages=[ingest]", "clip.num_frames=4", "clip.height=16", "clip.width=16")
     rows = {r["video_id"]: r for r in pq.read_table(out / "videos.parquet").to_pylist()}
     assert rows["abc_000010_000020"]["status"] == "ok" and rows["abc_000010_000020"]["split"] == "train"
     assert rows["xyz_000000_000010"]["status"] == "failed"
@@ -90,7 +92,7 @@ def test_csv_corpus(tmp_path):
 ])
 def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, expected):
     out = tmp_path / "never"
-    res = run_cli(f"run.output_dir={out}", override)
+    res = call_main(f"run.output_dir={out}", override)
     assert res.returncode != 0
     assert expected in res.stderr + res.stdout
     assert not (out / "videos.parquet").exists()
@@ -100,6 +102,15 @@ def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, exp
 @pytest.mark.parametrize("stage, needs", [("evaluate", "run the concepts stage first"),
                                          ("concepts", "run the activate stage first")])
 def test_a_stage_run_before_its_inputs_exist_says_what_is_missing(tmp_path, stage, needs):
-    res = run_cli(f"run.output_dir={tmp_path / 'run'}", f"run.stages=[{stage}]")
+    """Checked before Ray starts (the fast tier starts none)."""
+    res = call_main(f"run.output_dir={tmp_path / 'run'}", f"run.stages=[{stage}]")
     assert res.returncode == 2
     assert needs in res.stderr and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: ")
+
+
+def test_the_command_itself_stops_on_a_bad_value_with_exit_code_2():
+    """The real process for the error path: `error: ...` on stderr, exit code 2, no traceback."""
+    res = run_cli("run.output_dir=/nonexistent/never", "clip.num_frames=0")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "error: config key 'clip.num_frames' = 0: must be >= 1" in res.stderr

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import compose
 
-@pytest.fixture
+pytestmark = [pytest.mark.ray, pytest.mark.own_cluster]
+
+
+@pytest.fixture(scope="module")
 def three_node_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # the shared local Ray, if up: this driver joins the simulated cluster instead
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     cpu = [cluster.add_node(num_cpus=1, labels={"ace3d-node": "cpu"}) for _ in range(2)]
     gpu = cluster.add_node(num_cpus=1, num_gpus=1, labels={"ace3d-node": "gpu"})
@@ -28,18 +33,13 @@ def three_node_cluster():
 
 def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(three_node_cluster, tmp_path):
     import ray
-    from hydra import compose, initialize_config_dir
 
-    from pipeline.config import CONF_DIR, register_configs
     from pipeline.job import run_job
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
-                                            "dataset.synthetic.videos_per_class=3", "segment=reference",
-                                            f"ray.address={three_node_cluster['address']}",
-                                            "ray.cpu_label_selector=[ace3d-node:cpu]",
-                                            "run.stages=[ingest,segment,activate]"])
+    cfg = compose(f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
+                  "dataset.synthetic.videos_per_class=3", "segment=reference",
+                  f"ray.address={three_node_cluster['address']}", "ray.cpu_label_selector=[ace3d-node:cpu]",
+                  "run.stages=[ingest,segment,activate]")
     record = run_job(cfg)
     assert ray.is_initialized()
     seg, act = record["stages"]["segment"], record["stages"]["activate"]
@@ -50,16 +50,11 @@ def test_segmentation_runs_on_cpu_nodes_and_the_model_actor_on_the_gpu_node(thre
 
 
 def test_a_label_selector_no_node_matches_fails_before_any_work(three_node_cluster, tmp_path):
-    from hydra import compose, initialize_config_dir
-
-    from pipeline.config import CONF_DIR, ConfigError, register_configs
+    from pipeline.config import ConfigError
     from pipeline.job import run_job
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
-                                            f"ray.address={three_node_cluster['address']}",
-                                            "ray.cpu_label_selector=[ace3d-node:cpu-large]"])
+    cfg = compose(f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
+                  f"ray.address={three_node_cluster['address']}", "ray.cpu_label_selector=[ace3d-node:cpu-large]")
     with pytest.raises(ConfigError, match="ray.cpu_label_selector"):
         run_job(cfg)
     assert not (tmp_path / "run" / "videos.parquet").exists()

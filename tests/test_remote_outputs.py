@@ -7,32 +7,19 @@ rename is a copy), in this process."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
+
+from tests.conftest import compose
 
 
-@pytest.fixture
-def ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
-def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(tmp_path, ray_shutdown, monkeypatch):
-    from hydra import compose, initialize_config_dir
-
-    from pipeline.config import CONF_DIR, register_configs
+def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(tmp_path, local_ray, monkeypatch):
     from pipeline import open_run
     from pipeline.io import exists, read_json, read_parts
     from pipeline.job import run_job
 
     monkeypatch.chdir(tmp_path)
-    register_configs()
     run = f"file://{tmp_path}/bucket/runs/small"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=[f"run.output_dir={run}", f"dataset.root={tmp_path / 'corpus'}",
-                                            "dataset.synthetic.videos_per_class=3", "segment=reference",
-                                            "concepts.num_random_exp=3", "ray.num_cpus=2"])
+    cfg = compose(f"run.output_dir={run}", f"dataset.root={tmp_path / 'corpus'}", "dataset.synthetic.videos_per_class=3",
+                  "segment=reference", "concepts.num_random_exp=3", "ray.num_cpus=2")
     record = run_job(cfg)
     assert record["run_dir"] == run  # kept as a URI, not made into a local path
     stored = read_json(f"{run}/run.json")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.browser import have_browser, open_page
-from tests.conftest import run_cli
+from tests.conftest import call_main, run_cli
 
 
 class _Sources(HTMLParser):
@@ -105,7 +105,7 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     pq.write_table(filtered, os.path.join(out, "concepts.parquet"))
     kept = filtered.to_pandas()
     res = run_cli(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
-                  "report.heatmap_videos=1", module="pipeline.report")
+                  "report.heatmap_videos=1", module="pipeline.report")  # the command's real process
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report/index.html" in res.stdout
     index = os.path.join(out, "report", "index.html")
@@ -127,7 +127,7 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     ([], "run_dir"),
 ])
 def test_the_report_command_names_a_bad_key(tmp_path, args, key):
-    res = run_cli(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
+    res = call_main(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
     assert res.returncode == 2 and key in res.stderr, res.stderr
 
 

@@ -48,7 +48,6 @@ def run(job: Job) -> None:
     job.begin("concepts")
     c, folder = job.c, job.folder
     params = from_section(ConceptParams, c["concepts"])
-    folder.require(PREDICTIONS, "concepts", "activate")
     pred = folder.read(PREDICTIONS, columns=["video_id", "label", "label_index", "correct"]).sort_by("video_id")
     layers = activated_layers(folder)
     num_model_classes = len(io.read_row_groups(io.part_files(folder.path(PREDICTIONS))[0], [0],

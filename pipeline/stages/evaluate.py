@@ -48,8 +48,6 @@ LISTED_AHEAD = 2  # classes whose scored videos are listed before they open
 def run(job: Job) -> None:
     job.begin("evaluate")
     c, folder = job.c, job.folder
-    for needed in (CONCEPTS, VOXEL_IMPORTANCE):
-        folder.require(needed, "evaluate", "concepts")
     concepts = folder.read(CONCEPTS)
     light = concepts.select(["target_class", "layer", "concept", "rank", "tcav_mean"]).to_pylist()
     ranked: dict[tuple[str, str], list[str]] = {}
