@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Fixtures whose tests run Ray (in this process, on the shared local instance): such a test is
 # in the `ray` tier whether or not it says so.
-RAY_FIXTURES = {"local_ray", "small_run", "segmented_run", "clean_run", "scored", "example", "api_runs"}
+RAY_FIXTURES = {"local_ray", "small_run", "tiny_run", "segmented_run", "clean_run", "scored"}
 
 
 def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fps: int = 10, seed: int = 0) -> np.ndarray:
@@ -144,6 +144,30 @@ def small_run(tmp_path_factory):
     record, printed = run_job_here(f"run.output_dir={out}", *args)
     assert record == json.load(open(out / "run.json"))
     return {"out": str(out), "args": args, "stdout": printed, "record": record}
+
+
+def readme_example() -> str:
+    """The README's Python block after its `<!-- api-example -->` marker."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    return text.split("<!-- api-example -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The README's API example run as it is written, in a folder of its own (its relative
+    paths): 4 synthetic videos per class, segment=reference, 5 random sets, every stage; then
+    the demo network handed over as an nn.Module. Its namespace and folder; the API tests read
+    it, and the resilience tests compare their interrupted runs with it."""
+    init_local_ray()  # explain() joins the Ray it finds up
+    cwd = tmp_path_factory.mktemp("api")
+    here = os.getcwd()
+    namespace: dict = {}
+    os.chdir(cwd)
+    try:
+        exec(compile(readme_example(), "README.md (the API example)", "exec"), namespace)
+    finally:
+        os.chdir(here)
+    return namespace, cwd
 
 
 # --- tiers -------------------------------------------------------------------------------------

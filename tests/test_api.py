@@ -13,33 +13,10 @@ import torch
 
 from pipeline import explain, open_run
 from pipeline.io import read_parts
-from tests.conftest import ROOT
 
 
-def readme_example() -> str:
-    """The README's Python block after its `<!-- api-example -->` marker."""
-    text = open(os.path.join(ROOT, "README.md")).read()
-    return text.split("<!-- api-example -->", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-
-
-@pytest.fixture(scope="module")
-def example(tmp_path_factory):
-    from tests.conftest import init_local_ray
-
-    init_local_ray()  # explain() joins the Ray it finds up
-    cwd = tmp_path_factory.mktemp("api")
-    here = os.getcwd()
-    namespace: dict = {}
-    os.chdir(cwd)
-    try:
-        exec(compile(readme_example(), "README.md (the API example)", "exec"), namespace)
-    finally:
-        os.chdir(here)
-    return namespace, cwd
-
-
-def test_the_readme_example_runs_and_its_run_reads_back(example):
-    ns, cwd = example
+def test_the_readme_example_runs_and_its_run_reads_back(tiny_run):
+    ns, cwd = tiny_run
     run = ns["run"]
     assert run.path == str(cwd / "outputs" / "tiny")
     assert len(run.videos) == 12 and (run.videos.status == "ok").all()
@@ -60,10 +37,10 @@ def test_the_readme_example_runs_and_its_run_reads_back(example):
     assert (clips.supervoxel_id == -1).all() and len(clips) == len(run.predictions)
 
 
-def test_an_nn_module_gives_the_named_models_explanation(example):
+def test_an_nn_module_gives_the_named_models_explanation(tiny_run):
     """The demo network handed over as a module, explained at layer2: the same vectors as the
     named model's, so the same concepts and scores."""
-    ns, _ = example
+    ns, _ = tiny_run
     run, mine = ns["run"], ns["mine"]
     assert mine.record["config"]["model"]["name"] == "module"
     assert list(mine.record["stages"]) == ["ingest", "segment", "activate", "concepts"]

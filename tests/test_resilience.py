@@ -20,21 +20,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.io import read_parts
-from tests.conftest import ROOT, run_cli, run_job_here
+from tests.conftest import ROOT, run_cli
 
 
 def _args(corpus: str, out: str) -> list[str]:
-    return [f"run.output_dir={out}", f"dataset.root={corpus}", "dataset.synthetic.videos_per_class=4",
-            "dataset.synthetic.seed=11", "segment=reference", "segment.videos_per_part=2",
-            "activate.videos_per_part=2", "concepts.num_random_exp=5"]
+    """The settings of the README's API example run (tiny_run), cut into smaller units of work
+    (scheduling settings: they change no output)."""
+    return [f"run.output_dir={out}", "dataset=folder", f"dataset.root={corpus}", "segment=reference",
+            "concepts.num_random_exp=5", "segment.videos_per_part=2", "activate.videos_per_part=2"]
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("resilience")
-    corpus, out = str(base / "corpus"), str(base / "clean")
-    run_job_here(*_args(corpus, out))  # in this process: the killed runs are processes of their own
-    return {"base": base, "corpus": corpus, "out": out}
+def clean_run(tiny_run, tmp_path_factory):
+    """The uninterrupted run: the README example's (in this process, on the shared Ray; the
+    interrupted runs are processes of their own)."""
+    _, cwd = tiny_run
+    return {"base": tmp_path_factory.mktemp("resilience"), "corpus": str(cwd / "data" / "tiny"),
+            "out": str(cwd / "outputs" / "tiny")}
 
 
 def _start(args: list[str], log: str) -> subprocess.Popen:

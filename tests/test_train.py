@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import re
 
-from tests.conftest import make_video, run_cli
+import pytest
+
+from tests.conftest import call_main, make_video, run_cli
 
 
 def _last_line_metrics(stdout: str) -> dict[str, float]:
@@ -19,9 +21,9 @@ def _last_line_metrics(stdout: str) -> dict[str, float]:
 
 def test_shipped_demo_model_recognises_motion_on_a_fresh_synthetic_set(tmp_path):
     """A synthetic set with a seed the model never saw (it was trained on seed 1000)."""
-    res = run_cli("model=demo", "train.epochs=0", "dataset.synthetic.seed=4242",
-                  "dataset.synthetic.videos_per_class=16", f"dataset.root={tmp_path / 'fresh'}",
-                  module="pipeline.train")
+    res = call_main("model=demo", "train.epochs=0", "dataset.synthetic.seed=4242",
+                    "dataset.synthetic.videos_per_class=16", f"dataset.root={tmp_path / 'fresh'}",
+                    module="pipeline.train")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = _last_line_metrics(res.stdout)
     assert metrics["accuracy"] >= 0.9
@@ -34,15 +36,16 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+)  loss ([0-9.]+)  train accuracy ([0-
                         r"held-out accuracy ([0-9.]+)  \(")
 
 
+@pytest.mark.slow
 def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractors(tmp_path):
     """Classes that differ only in how a 9 x 6 px arrow moves, among five larger distractor
     shapes (the network it replaced, a 7x7 stride-4 stem with a mean-pooled head, stays at
     chance on this: bench/train.py). 150 videos per class: at 100 one data seed in six (seed 7)
     stalls with two classes confused (held-out 0.67); at 150 seeds 7-12 all reach >= 0.99."""
     ckpt = tmp_path / "small.pt"
-    res = run_cli("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=150",
-                  "dataset.synthetic.actor_scale=0.4", "dataset.synthetic.num_distractors=5",
-                  f"dataset.root={tmp_path / 'small'}", f"train.output={ckpt}", module="pipeline.train")
+    res = call_main("dataset.synthetic.seed=7", "dataset.synthetic.videos_per_class=150",
+                    "dataset.synthetic.actor_scale=0.4", "dataset.synthetic.num_distractors=5",
+                    f"dataset.root={tmp_path / 'small'}", f"train.output={ckpt}", module="pipeline.train")
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = _last_line_metrics(res.stdout)
     assert metrics["accuracy"] >= 0.9
@@ -66,7 +69,7 @@ def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractor
 
 
 def test_a_bad_train_setting_fails_before_any_work_naming_the_key(tmp_path):
-    res = run_cli("train.val_fraction=1.5", f"dataset.root={tmp_path / 'never'}", module="pipeline.train")
+    res = call_main("train.val_fraction=1.5", f"dataset.root={tmp_path / 'never'}", module="pipeline.train")
     assert res.returncode == 2
     assert "train.val_fraction" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "never").exists()
@@ -80,7 +83,7 @@ def test_training_on_a_folder_corpus_writes_a_checkpoint_the_job_loads(tmp_path)
     (root / "left" / "broken.mp4").write_bytes(b"")
     ckpt = tmp_path / "model.pt"
     res = run_cli("dataset=folder", f"dataset.root={root}", "train.epochs=1", "train.batch_size=2",
-                  f"train.output={ckpt}", module="pipeline.train")
+                  f"train.output={ckpt}", module="pipeline.train")  # the command's real process
     assert res.returncode == 0, res.stderr[-3000:]
     _last_line_metrics(res.stdout)
     assert "skipping" in res.stdout + res.stderr  # the broken file is reported, not fatal
@@ -88,7 +91,7 @@ def test_training_on_a_folder_corpus_writes_a_checkpoint_the_job_loads(tmp_path)
 
     loaded = load_model({"name": "checkpoint", "path": str(ckpt)})
     assert loaded.class_names == ["left", "right"]
-    evaluated = run_cli("model=checkpoint", f"model.path={ckpt}", "train.epochs=0", "dataset=folder",
-                        f"dataset.root={root}", module="pipeline.train")
+    evaluated = call_main("model=checkpoint", f"model.path={ckpt}", "train.epochs=0", "dataset=folder",
+                          f"dataset.root={root}", module="pipeline.train")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     _last_line_metrics(evaluated.stdout)

@@ -16,7 +16,7 @@ import torch
 from pipeline.activations.extract import LayerTap, pool
 from pipeline.io import read_parts
 from pipeline.models.registry import REGISTRY, check_layers, load_model, skeleton
-from tests.conftest import run_cli
+from tests.conftest import run_job_here
 
 TRANSFORMERS = ("mvit_v1_b", "mvit_v2_s", "swin3d_t", "mvit_base_16x4")
 
@@ -123,13 +123,12 @@ def kinetics_named_corpus(tmp_path_factory):
     ("swin3d_t", (384, 768), ["model.window=16"]),  # it takes any number of frames
     ("mvit_base_16x4", (384, 768), []),
 ])
-def test_a_tiny_run_of_each_family(kinetics_named_corpus, name, widths, extra):
+def test_a_tiny_run_of_each_family(kinetics_named_corpus, local_ray, name, widths, extra):
     base, root = kinetics_named_corpus
     out = base / f"run-{name}"
-    res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={root}", f"model={name}",
-                  "model.pretrained=false", "segment.n_segments=[4]", "activate.batch_size=4",
-                  "run.stages=[ingest,segment,activate]", *extra)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run_job_here(f"run.output_dir={out}", "dataset=folder", f"dataset.root={root}", f"model={name}",
+                 "model.pretrained=false", "segment.n_segments=[4]", "activate.batch_size=4",
+                 "run.stages=[ingest,segment,activate]", *extra)
     sv = read_parts(str(out / "supervoxels")).to_pandas()
     kept = sv[sv.status == "kept"]
     act = pd.concat([read_parts(str(out / part)).to_pandas() for part in ("activations", "clip_activations")])
