@@ -1,7 +1,20 @@
 """Supervoxels: the fast contingency-table dedupe keeps exactly what the plain mask-by-mask
-reference keeps, and the table describes every candidate."""
+reference keeps, and the table describes every candidate.
+
+The reference's answers over the clip sweeps are golden files (tests/golden/segmentation.json,
+remade by `python -m tests.test_segmentation`), each stored with a digest of the label volumes
+it was computed on: where today's SLIC gives other labels (another scikit-image), the test
+runs the reference live instead, and one test always reruns it on one clip of each sweep, so
+the golden answers cannot go stale unseen.
+"""
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +48,7 @@ def _clips() -> list[tuple[str, np.ndarray]]:
     return clips
 
 
-CLIPS = _clips()
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "segmentation.json")
 SETTINGS = [
     dict(n_segments=(15, 50, 80)),
     dict(n_segments=(15, 50, 80, 150, 300), spacing=(2.0, 1.0, 1.0)),
@@ -44,19 +57,84 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("name, clip", CLIPS, ids=[n for n, _ in CLIPS])
-def test_fast_dedupe_keeps_exactly_what_the_reference_keeps(name, clip):
-    settings = SETTINGS[sum(map(ord, name)) % len(SETTINGS)]
-    seg = segment_clip(clip, SegmentParams(**settings))
-    reference = dedupe_mask_by_mask(seg.labels, settings.get("min_volume_fraction", 0.001),
-                                    settings.get("iou_threshold", 0.5), dtype=bool)
+@functools.cache
+def clips() -> dict[str, np.ndarray]:
+    """The voxel-rule sweep's clips, rendered on first use (not at collection)."""
+    return dict(_clips())
+
+
+@functools.cache
+def long_clips() -> dict[str, np.ndarray]:
+    return dict(_long_clips())
+
+
+def _digest(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest()[:16]
+
+
+def _voxel_settings(name: str) -> dict:
+    return SETTINGS[sum(map(ord, name)) % len(SETTINGS)]
+
+
+def _stce_settings(name: str) -> dict:
+    return STCE_SETTINGS[sum(map(ord, name)) % len(STCE_SETTINGS)]
+
+
+def _voxel_reference(labels: np.ndarray, settings: dict) -> list[int]:
+    return dedupe_mask_by_mask(labels, settings.get("min_volume_fraction", 0.001), settings.get("iou_threshold", 0.5),
+                               dtype=bool)
+
+
+def _stce_reference(labels: np.ndarray, settings: dict) -> list[int]:
+    return dedupe_stce_mask_by_mask(labels, settings.get("min_volume_fraction", 0.001),
+                                    settings.get("iou_threshold", 0.5))
+
+
+@functools.cache
+def _golden() -> dict[str, dict[str, dict]]:
+    """The golden answers (none while the file is missing: the golden test then fails)."""
+    if not os.path.exists(GOLDEN):
+        return {"voxel": {}, "stce": {}}
+    with open(GOLDEN) as f:
+        return json.load(f)
+
+
+def _expected(sweep: str, name: str, labels: np.ndarray, settings: dict) -> list[int]:
+    """The reference's kept ids: the golden answer when it was computed on these labels, else
+    the reference run live (and a warning to remake the golden file)."""
+    entry = _golden()[sweep][name]
+    if entry["labels"] == _digest(labels):
+        return entry["kept"]
+    warnings.warn(f"tests/golden/segmentation.json: {sweep}/{name} was computed on other SLIC labels; the "
+                  "reference ran live (remake the file: python -m tests.test_segmentation)")
+    return (_voxel_reference if sweep == "voxel" else _stce_reference)(labels, settings)
+
+
+@pytest.mark.parametrize("name", sorted(_golden()["voxel"]))
+def test_fast_dedupe_keeps_exactly_what_the_reference_keeps(name):
+    settings = _voxel_settings(name)
+    seg = segment_clip(clips()[name], SegmentParams(**settings))
     fast = seg.table["supervoxel_id"][seg.table["status"] == KEPT].tolist()
-    assert fast == reference  # same supervoxels, same order
+    assert fast == _expected("voxel", name, seg.labels, settings)  # same supervoxels, same order
     assert len(fast) > 3
 
 
+def test_the_golden_answers_are_the_references_own():
+    """The reference run live on one clip of each sweep gives its golden answer (the golden
+    file is what the reference computes, not a copy of the fast path's output)."""
+    golden = _golden()
+    for sweep, clip_set, settings_of, reference in (("voxel", clips(), _voxel_settings, _voxel_reference),
+                                                    ("stce", long_clips(), _stce_settings, _stce_reference)):
+        assert sorted(golden[sweep]) == sorted(clip_set)  # one answer per clip of the sweep
+        name = sorted(clip_set)[0]
+        settings = settings_of(name)
+        labels = segment_clip(clip_set[name], SegmentParams(dedupe=sweep, **settings)).labels
+        assert golden[sweep][name]["labels"] == _digest(labels), f"remake {GOLDEN} (python -m tests.test_segmentation)"
+        assert golden[sweep][name]["kept"] == reference(labels, settings)
+
+
 def test_all_settings_agree_with_the_reference_on_one_clip():
-    clip = CLIPS[0][1]
+    clip = next(iter(clips().values()))
     for settings in SETTINGS:
         seg = segment_clip(clip, SegmentParams(**settings))
         reference = dedupe_mask_by_mask(seg.labels, settings.get("min_volume_fraction", 0.001),
@@ -77,17 +155,15 @@ def _long_clips() -> list[tuple[str, np.ndarray]]:
     return clips
 
 
-LONG_CLIPS = _long_clips()
 STCE_SETTINGS = [dict(n_segments=(15, 50, 80)), dict(n_segments=(15, 50, 80, 150), spacing=(2.0, 1.0, 1.0)),
                  dict(n_segments=(50, 15), iou_threshold=0.3, min_volume_fraction=0.01)]
 
 
-@pytest.mark.parametrize("name, clip", LONG_CLIPS, ids=[n for n, _ in LONG_CLIPS])
-def test_stce_dedupe_keeps_exactly_what_the_authors_rule_keeps(name, clip):
-    settings = STCE_SETTINGS[sum(map(ord, name)) % len(STCE_SETTINGS)]
-    seg = segment_clip(clip, SegmentParams(dedupe="stce", **settings))
-    transcription = dedupe_stce_mask_by_mask(seg.labels, settings.get("min_volume_fraction", 0.001),
-                                             settings.get("iou_threshold", 0.5))
+@pytest.mark.parametrize("name", sorted(_golden()["stce"]))
+def test_stce_dedupe_keeps_exactly_what_the_authors_rule_keeps(name):
+    settings = _stce_settings(name)
+    seg = segment_clip(long_clips()[name], SegmentParams(dedupe="stce", **settings))
+    transcription = _expected("stce", name, seg.labels, settings)
     t = seg.table
     assert t["supervoxel_id"][t["status"] == KEPT].tolist() == transcription  # same supervoxels, same order
     assert len(transcription) > 3
@@ -100,7 +176,7 @@ def test_the_two_rules_differ_on_long_clips_and_agree_where_nothing_is_cut():
     """The rules keep different supervoxels once clips are longer than their supervoxels; on a
     clip where every candidate spans every frame, the two are the same rule."""
     differ = 0
-    for _, clip in LONG_CLIPS[:4]:
+    for clip in list(long_clips().values())[:4]:
         stce = segment_clip(clip, SegmentParams(dedupe="stce")).table
         voxel = segment_clip(clip, SegmentParams()).table
         differ += len(set(stce["supervoxel_id"][stce["status"] == KEPT]) ^
@@ -113,7 +189,7 @@ def test_the_two_rules_differ_on_long_clips_and_agree_where_nothing_is_cut():
 
 
 def test_table_describes_every_candidate():
-    clip = CLIPS[1][1]  # 24 x 80 x 80
+    clip = list(clips().values())[1]  # 24 x 80 x 80
     seg = segment_clip(clip, SegmentParams(n_segments=[15, 50, 80], spacing=[3.0, 1.0, 1.0]), min_frames=20)
     t = seg.table
     n_labels = sum(int(seg.labels[r].max()) + 1 for r in range(3))
@@ -147,3 +223,25 @@ def test_bad_input_is_named():
         segment_clip(np.zeros((4, 8, 8, 3), dtype=np.uint8), SegmentParams(n_segments=[0]))
     with pytest.raises(ValueError, match="dedupe"):
         segment_clip(np.zeros((4, 8, 8, 3), dtype=np.uint8), SegmentParams(dedupe="iou"))
+
+
+def write_golden() -> None:
+    """Run the reference over both sweeps and write tests/golden/segmentation.json."""
+    out: dict[str, dict[str, dict]] = {"voxel": {}, "stce": {}}
+    for sweep, clip_set, settings_of, reference in (("voxel", clips(), _voxel_settings, _voxel_reference),
+                                                    ("stce", long_clips(), _stce_settings, _stce_reference)):
+        for name, clip in clip_set.items():
+            settings = settings_of(name)
+            labels = segment_clip(clip, SegmentParams(dedupe=sweep, **settings)).labels
+            out[sweep][name] = {"labels": _digest(labels), "kept": reference(labels, settings)}
+            print(f"{sweep} {name}: {len(out[sweep][name]['kept'])} kept")
+    os.makedirs(os.path.dirname(GOLDEN), exist_ok=True)
+    with open(GOLDEN, "w") as f:  # one line per clip: reviewable diffs
+        f.write("{\n" + ",\n".join(
+            f'"{sweep}": {{\n' + ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}"
+                                             for name, entry in sorted(out[sweep].items())) + "\n}"
+            for sweep in ("voxel", "stce")) + "\n}\n")
+
+
+if __name__ == "__main__":
+    write_golden()
