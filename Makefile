@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test browser demo-model bench clean-outputs
+.PHONY: demo test test-fast browser demo-model bench clean-outputs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python -m pipeline $(ARGS)
 
-## the test suite (installs Debian's chromium for the report's browser test first)
+## the whole test suite, as CI runs it, on two pytest workers (installs Debian's chromium for the
+## report's browser test first); PYTEST_ARGS=... adds pytest options (-k, -x, --durations=0)
 test: $(STAMP) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+
+## the inner loop: every test that starts no Ray and trains no model, one process (fails if Ray starts)
+test-fast: $(STAMP)
+	ACE3D_TEST_TIER=fast $(BIN)/python -m pytest -m "not ray and not slow" $(PYTEST_ARGS)
 
 ## headless Chromium and its WebDriver from Debian's packages (the report test opens the page in it)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

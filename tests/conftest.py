@@ -182,12 +182,33 @@ def pytest_configure(config):
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ace3d-fast-ray-")
 
 
+SHARED_RUNS = ("small_run", "tiny_run")  # session runs: their readers form one xdist group each
+
+
 def pytest_collection_modifyitems(config, items):
+    """Markers and order. A test on a Ray fixture is `ray`. For `pytest -n 2 --dist loadgroup`
+    (make test), each test gets a group, a unit a worker runs whole: the readers of a shared run
+    one group (the run is made once), else its module (module fixtures made once). Groups are
+    handed out in collection order, so the longest come first: the shared runs, then groups
+    with a Ray or slow test; the tests on a cluster of their own last (serially, the shared
+    local Ray is then started once before them)."""
+    weight: dict[str, int] = {}
     for item in items:
-        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if RAY_FIXTURES & fixtures:
             item.add_marker(pytest.mark.ray)
-    # the tests on a cluster of their own last: the shared local Ray is started once before them
-    items.sort(key=lambda item: item.get_closest_marker("own_cluster") is not None)
+        shared = next((f for f in SHARED_RUNS if f in fixtures), None)
+        group = shared or item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))
+        heavy = 3 if shared else 2 if item.get_closest_marker("ray") or item.get_closest_marker("slow") else 0
+        weight[group] = max(weight.get(group, 0), heavy)
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (item.get_closest_marker("own_cluster") is not None,
+                                 -weight[_group(item)], order[id(item)]))
+
+
+def _group(item) -> str:
+    return item.get_closest_marker("xdist_group").args[0]
 
 
 def pytest_sessionfinish(session, exitstatus):

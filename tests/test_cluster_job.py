@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.ray
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
