@@ -176,15 +176,27 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes long without Ray (model training); left out of test-fast")
     config.addinivalue_line("markers", "own_cluster: starts a Ray cluster of its own in this process (run last, "
                                        "after the tests that share the local one)")
+    share_cores_between_workers()
     if os.environ.get("ACE3D_TEST_TIER") == "fast":
         # Every Ray started by this session (here or in a child process) makes its session
         # folder under RAY_TMPDIR: the fast tier's own, checked empty at the end.
         os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ace3d-fast-ray-")
 
 
+def share_cores_between_workers() -> None:
+    """Under `pytest -n N` the workers' model actors each run torch on every core. Left at its
+    default, torch's OpenMP spins while its threads wait for each other, and on an
+    oversubscribed machine that made activation about 4x slower (measured, 2 cores, 2 workers);
+    passive waiting lets the busy worker have the cores the other leaves idle. Set before Ray
+    starts, so that every process a worker starts inherits it."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 SHARED_RUNS = ("small_run", "tiny_run")  # session runs: their readers form one xdist group each
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups
 def pytest_collection_modifyitems(config, items):
     """Markers and order. A test on a Ray fixture is `ray`. For `pytest -n 2 --dist loadgroup`
     (make test), each test gets a group, a unit a worker runs whole: the readers of a shared run
