@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -103,7 +104,7 @@ def init_local_ray() -> None:
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False,
                  object_store_memory=512 * 1024 * 1024)
 
 
@@ -143,6 +144,27 @@ def small_run(tmp_path_factory):
             "concepts.randomisation_check=true"]
     _, printed = run_job_here(f"run.output_dir={out}", *args)
     return {"out": str(out), "args": args, "stdout": printed, "record": json.load(open(out / "run.json"))}
+
+
+@pytest.fixture(scope="session")
+def segmented_run(tmp_path_factory):
+    """The default job on a folder corpus (4 synthetic videos per class and one broken file) in
+    units of 4 videos, its outputs written through a `file://` URI (pyarrow's filesystems, as
+    on an object store); shared by the segment-stage and remote-output tests. `out`: the same
+    folder as a local path, for reading."""
+    from pipeline.data.synthetic import SyntheticParams, ensure_corpus
+
+    base = tmp_path_factory.mktemp("seg")
+    corpus = str(base / "corpus")
+    ensure_corpus(corpus, SyntheticParams(videos_per_class=4, seed=21))
+    folder = base / "folder"
+    shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
+    (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
+    out = base / "run"
+    args = [f"run.output_dir=file://{out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4",
+            "activate.videos_per_part=4"]
+    record, printed = run_job_here(*args)
+    return {"out": str(out), "uri": f"file://{out}", "args": args, "first": printed, "record": record}
 
 
 def readme_example() -> str:
@@ -193,7 +215,7 @@ def share_cores_between_workers() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-SHARED_RUNS = ("small_run", "tiny_run")  # session runs: their readers form one xdist group each
+SHARED_RUNS = ("small_run", "tiny_run", "segmented_run")  # session runs: their readers form one xdist group each
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups

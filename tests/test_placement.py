@@ -7,6 +7,8 @@ exists)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import compose
@@ -58,3 +60,19 @@ def test_a_label_selector_no_node_matches_fails_before_any_work(three_node_clust
     with pytest.raises(ConfigError, match="ray.cpu_label_selector"):
         run_job(cfg)
     assert not (tmp_path / "run" / "videos.parquet").exists()
+
+
+def test_a_local_job_on_a_machine_with_a_cluster_starts_its_own(three_node_cluster):
+    """ray=local (no address, no RAY_ADDRESS) beside a running cluster, which Ray records as
+    the machine's current one: the driver starts an embedded cluster of its own (left to
+    `ray.init()`, it joined the running one and stopped there: num_cpus given)."""
+    import subprocess
+    import sys
+
+    code = ("from pipeline.orchestration.runtime import init_ray\nimport ray\n"
+            "init_ray({'address': None, 'num_cpus': 1, 'object_store_memory': None, 'include_dashboard': False})\n"
+            "print(ray.get_runtime_context().gcs_address)\n")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().splitlines()[-1] != three_node_cluster["address"]

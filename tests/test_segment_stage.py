@@ -1,12 +1,12 @@
-"""The segment and activate stages as a user runs them: supervoxels on disk, masks read back,
-vectors for every kept supervoxel and clip, resume, failures."""
+"""The segment and activate stages as a user runs them (tests/conftest.py's segmented_run: the
+default job on a folder corpus with a broken file, its outputs on a file:// URI): supervoxels
+on disk, masks read back, vectors for every kept supervoxel and clip, resume, failures."""
 
 from __future__ import annotations
 
 import glob
 import json
 import os
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -18,24 +18,6 @@ from pipeline import open_run
 from pipeline.io import read_parts
 from pipeline.run_folder import RunFolder
 from tests.conftest import call_main, run_job_here
-
-
-@pytest.fixture(scope="module")
-def segmented_run(tmp_path_factory):
-    """The default job on a small synthetic corpus plus one broken file, segmented once."""
-    base = tmp_path_factory.mktemp("seg")
-    from pipeline.data.synthetic import SyntheticParams, ensure_corpus
-
-    corpus = str(base / "corpus")
-    ensure_corpus(corpus, SyntheticParams(videos_per_class=4, seed=21))
-    folder = base / "folder"
-    shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
-    (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
-    out = base / "run"
-    args = [f"run.output_dir={out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4",
-            "activate.videos_per_part=4"]
-    record, printed = run_job_here(*args)
-    return {"out": str(out), "args": args, "first": printed}
 
 
 def test_every_kept_supervoxel_reads_back_as_a_mask_inside_the_clip(segmented_run):
@@ -142,8 +124,10 @@ def test_rerun_skips_what_is_done_and_redoes_a_lost_part(segmented_run):
     n = pq.read_metadata(lost).num_rows
     os.remove(lost)  # as if the run had crashed before this unit's marker: its parts are leftovers
     _, printed = run_job_here(*args)
-    seg = json.load(open(os.path.join(out, "run.json")))["stages"]["segment"]
+    stages = json.load(open(os.path.join(out, "run.json")))["stages"]
+    seg = stages["segment"]
     assert seg["videos_skipped_done"] == 12 - n and seg["videos_segmented"] == n
+    assert stages["activate"]["videos_skipped_done"] == 12 and stages["activate"]["videos_activated"] == 0
     after = read_parts(os.path.join(out, "supervoxels")).to_pandas()
     key = ["video_id", "supervoxel_id"]
     assert after.sort_values(key).reset_index(drop=True).equals(before.sort_values(key).reset_index(drop=True))

@@ -15,15 +15,20 @@ log = logging.getLogger("pipeline")
 
 def init_ray(ray_cfg: dict[str, Any]) -> None:
     """Join the cluster `ray.address` (or RAY_ADDRESS, set by `ray job submit`), or start an
-    embedded one. Safe to call when Ray is already up (tests share one instance)."""
+    embedded one. Safe to call when Ray is already up (tests share one instance).
+
+    The embedded cluster is asked for by name (`address="local"`): left to `ray.init()` alone,
+    a driver on a machine where `ray start` (or Ray's simulated cluster) runs would join that
+    cluster instead, and fail there because it sets `num_cpus`."""
     if ray.is_initialized():
         return
     address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
-    if address:
+    if address and address != "local":
         ray.init(address=address, **kwargs)
         return
     ray.init(
+        address="local",
         num_cpus=ray_cfg.get("num_cpus"),
         object_store_memory=ray_cfg.get("object_store_memory"),
         include_dashboard=bool(ray_cfg.get("include_dashboard")),
