@@ -1,5 +1,7 @@
-"""The main job as a user runs it: `python -m pipeline ...` on real files (one real process,
-the rest in this one: the same main, its output captured)."""
+"""The main job as a user runs it: `python -m pipeline ...` on real files, in this process (the
+same main, its output captured) but for one real process on the error path. (Real processes
+that run the job to its end: tests/test_resilience.py and the Jobs API's entrypoint in
+tests/test_cluster_job.py.)"""
 
 from __future__ import annotations
 
@@ -28,13 +30,11 @@ def broken_folder(tmp_path_factory) -> str:
     return str(root)
 
 
-@pytest.mark.ray
-def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, tmp_path):
-    """The entry point's real run: a process of its own, its exit code, progress and folder."""
+def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, tmp_path, local_ray):
     out = tmp_path / "run"
-    res = run_cli(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}", "run.stages=[ingest]",
-                  "clip.num_frames=8", "clip.frame_stride=2", "clip.height=32", "clip.width=32")
-    assert res.returncode == 0, res.stderr[-3000:]
+    _, printed = run_job_here(f"run.output_dir={out}", "dataset=folder", f"dataset.root={broken_folder}",
+                              "run.stages=[ingest]", "clip.num_frames=8", "clip.frame_stride=2", "clip.height=32",
+                              "clip.width=32")
     videos = pq.read_table(out / "videos.parquet").to_pylist()
     by_id = {v["video_id"]: v for v in videos}
     assert len(videos) == 9 and len(by_id) == 9
@@ -56,7 +56,7 @@ def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, t
     assert record["stages"]["ingest"]["wall_s"] > 0
     assert record["config"]["dataset"]["root"] == broken_folder
     assert record["versions"]["ray"]
-    assert "ingest: 9/9 videos" in res.stdout + res.stderr  # progress is shown
+    assert "ingest: 9/9 videos" in printed  # progress is shown
 
 
 def test_csv_corpus(tmp_path, local_ray):

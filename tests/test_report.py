@@ -104,8 +104,8 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     filtered = concepts.filter(pa.compute.not_equal(concepts.column("target_class"), "retreat"))
     pq.write_table(filtered, os.path.join(out, "concepts.parquet"))
     kept = filtered.to_pandas()
-    res = run_cli(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
-                  "report.heatmap_videos=1", module="pipeline.report")  # the command's real process
+    res = call_main(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
+                    "report.heatmap_videos=1", module="pipeline.report")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report/index.html" in res.stdout
     index = os.path.join(out, "report", "index.html")
@@ -127,8 +127,10 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     ([], "run_dir"),
 ])
 def test_the_report_command_names_a_bad_key(tmp_path, args, key):
-    res = call_main(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
+    command = run_cli if key == "colour" else call_main  # one as a real process: exit code 2, error: on stderr
+    res = command(*([f"run_dir={tmp_path}"] if args else []), *args, module="pipeline.report")
     assert res.returncode == 2 and key in res.stderr, res.stderr
+    assert res.stderr.startswith("error: ")
 
 
 def test_a_saturated_layer_orders_its_cards_by_causal_importance():

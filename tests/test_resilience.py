@@ -1,8 +1,9 @@
-"""Resume and fault tolerance, as a user meets them: one run folder whose driver is killed
-during activation, resumed on a bigger share of the machine (other scheduling settings), then
-killed during the concepts stage, the atlas and evaluate; a Ray worker killed while it segments,
-with a second driver started on the live folder. Each ends with the outputs of an uninterrupted
-run, and a rerun redoes only the units of work that were not finished."""
+"""Resume and fault tolerance, as a user meets them, in one run folder: a Ray worker killed
+while it segments and a second driver started on the live folder, then the driver killed
+during activation, resumed on a bigger share of the machine (other scheduling settings),
+killed again during the concepts stage, the atlas and evaluate. The last run ends with the
+outputs of an uninterrupted run (the README's API example, tiny_run), and each run redoes only
+the units of work that were not finished."""
 
 from __future__ import annotations
 
@@ -112,14 +113,48 @@ def _atlas_assigned(out: str) -> int:
                for p in glob.glob(os.path.join(out, "_done", "atlas", "part-*.parquet")))
 
 
-def test_a_driver_killed_in_each_stage_resumes_and_redoes_only_unfinished_units(clean_run):
-    """Killed during activation, resumed with other scheduling settings; killed again during
-    the concepts stage, the atlas and evaluate; the last run ends with an uninterrupted run's
-    outputs, and each run skipped what an earlier one had finished."""
+def _kill_a_segment_worker(proc: subprocess.Popen, log: str) -> str:
+    """Kill a Ray worker of the driver `proc` while it segments a video; its command line."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)  # this job's Ray only
+        except psutil.NoSuchProcess:
+            break
+        for p in family:
+            try:
+                cmd = " ".join(p.cmdline())
+            except psutil.Error:
+                continue
+            if cmd.startswith("ray::segment_unit"):
+                p.kill()  # a worker in the middle of segmenting a video
+                return cmd
+        time.sleep(0.05)
+    raise AssertionError("no segmentation worker was seen running: " + open(log).read()[-2000:])
+
+
+def test_faults_in_every_stage_end_with_an_uninterrupted_runs_outputs(clean_run):
+    """A segmentation worker killed: its task is retried and nothing is lost. A second driver
+    started on the live folder stops before any work, naming the run that holds it. The driver
+    killed during activation, resumed with other scheduling settings; killed again during the
+    concepts stage, the atlas and evaluate; the last run ends with an uninterrupted run's
+    outputs and lets the folder go, and each run skipped what an earlier one had finished."""
     out = str(clean_run["base"] / "killed")
     args = _args(clean_run["corpus"], out)
-    activated = _kill_when(_start(args, out + ".log"), out, "activate", 2, out + ".log")
+    first = _start(args, out + ".log")
+    _kill_a_segment_worker(first, out + ".log")
+    assert first.poll() is None, "the run ended before a second driver could start: " + open(out + ".log").read()[-2000:]
+    holder = json.load(open(os.path.join(out, "lease.json")))
+    assert holder["pid"] == first.pid
+    second = run_cli(*args)
+    assert second.returncode == 2, second.stderr[-3000:]
+    assert f"in use by run {holder['run_id']!r} (pid {first.pid}" in second.stderr
+    assert "Traceback" not in second.stderr
+    activated = _kill_when(first, out, "activate", 2, out + ".log")
     assert 0 < activated < 12
+    record = json.load(open(os.path.join(out, "run.json")))  # the first run's, up to segmentation
+    assert record["counts"]["videos_in"] == 12 and record["counts"]["videos_ok"] == 12
+    assert record["stages"]["segment"]["videos_segmented"] == 12  # the killed worker's video too
     assert not os.path.exists(os.path.join(out, "concepts.parquet"))
     # resumed on a bigger share of the machine, killed once a (class, layer) pair has concepts
     pairs_done = _kill_when(_start([*args, *OTHER_SCHEDULING], out + ".2.log"), out, "concepts", 1, out + ".2.log")
@@ -148,44 +183,5 @@ def test_a_driver_killed_in_each_stage_resumes_and_redoes_only_unfinished_units(
     assert stage["concepts"]["pairs_skipped_done"] == 6
     assert stage["atlas"]["partitions_assigned"] == 0
     assert stage["evaluate"]["classes_skipped_done"] == classes_done
-    _same_outputs(clean_run["out"], out)
-
-
-def test_a_worker_killed_mid_stage_is_retried_and_a_second_driver_is_refused_naming_the_first(clean_run):
-    """A Ray worker killed while it segments a video: the task is retried and nothing is lost.
-    A second driver started on the live run folder stops before any work, naming the run that
-    holds it; the first finishes with an uninterrupted run's outputs and lets the folder go."""
-    out = str(clean_run["base"] / "faulty")
-    args = _args(clean_run["corpus"], out)
-    proc = _start(args, out + ".log")
-    killed = None
-    deadline = time.monotonic() + 300
-    while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True)  # this job's Ray only
-        except psutil.NoSuchProcess:
-            break
-        for p in family:
-            try:
-                cmd = " ".join(p.cmdline())
-            except psutil.Error:
-                continue
-            if cmd.startswith("ray::segment_unit"):
-                p.kill()  # a worker in the middle of segmenting a video
-                killed = cmd
-                break
-        time.sleep(0.05)
-    assert killed, "no segmentation worker was seen running: " + open(out + ".log").read()[-2000:]
-    assert proc.poll() is None, "the run ended before a second driver could start: " + open(out + ".log").read()[-2000:]
-    holder = json.load(open(os.path.join(out, "lease.json")))
-    assert holder["pid"] == proc.pid
-    second = run_cli(*args)
-    assert second.returncode == 2, second.stderr[-3000:]
-    assert f"in use by run {holder['run_id']!r} (pid {proc.pid}" in second.stderr
-    assert "Traceback" not in second.stderr
-    assert proc.wait(timeout=600) == 0, open(out + ".log").read()[-3000:]
     assert not os.path.exists(os.path.join(out, "lease.json"))  # let go at the end
-    record = json.load(open(os.path.join(out, "run.json")))
-    assert record["counts"]["videos_in"] == 12 and record["counts"]["videos_ok"] == 12
-    assert record["stages"]["segment"]["videos_segmented"] == 12
     _same_outputs(clean_run["out"], out)
