@@ -1,6 +1,7 @@
 """Shared helpers: real video files made with PyAV, the job run as a user runs it (a real
-process) or in this process on one shared local Ray, the CLIs' error paths called in-process,
-and the tiers (`ray`, `slow`, `processes` markers; see the README's development section)."""
+process) or in this process on one shared local Ray, the commands' mains called in-process,
+the runs several test modules read, and the tiers (`ray`, `slow`, `own_cluster` markers;
+docs/testing.md)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,12 +246,19 @@ def _group(item) -> str:
     return item.get_closest_marker("xdist_group").args[0]
 
 
-def pytest_sessionfinish(session, exitstatus):
-    if os.environ.get("ACE3D_TEST_TIER") != "fast":
-        return
+def _fast_tier_rays() -> list[str]:
+    """The Ray sessions started under the fast tier's RAY_TMPDIR (none, if it kept its word)."""
     root = os.path.join(os.environ.get("RAY_TMPDIR", ""), "ray")
-    started = [n for n in os.listdir(root) if n.startswith("session_2")] if os.path.isdir(root) else []
-    if started:
-        sys.stderr.write(f"\nerror: the fast tier started Ray ({len(started)} session(s) under {root}): "
-                         "mark the test that did `ray`\n")
+    return [n for n in os.listdir(root) if n.startswith("session_") and n != "session_latest"] \
+        if os.path.isdir(root) else []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("ACE3D_TEST_TIER") == "fast" and _fast_tier_rays():
         session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("ACE3D_TEST_TIER") == "fast" and _fast_tier_rays():
+        terminalreporter.write_line(f"error: the fast tier started Ray ({len(_fast_tier_rays())} session(s) under "
+                                    f"{os.environ['RAY_TMPDIR']}): mark the test that did `ray`", red=True)
