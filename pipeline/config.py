@@ -23,7 +23,7 @@ from pipeline.activations.params import ActivateParams
 from pipeline.atlas.params import AtlasParams
 from pipeline.concepts.params import ConceptParams
 from pipeline.data.synthetic import SyntheticParams
-from pipeline.data.video import ClipSpec
+from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.evaluation.deletion import EvaluateParams
 from pipeline.params import ParameterError, require
 from pipeline.segmentation.supervoxels import SegmentParams
@@ -125,21 +125,33 @@ class ActivateConfig(ActivateParams):
     """Activations (method steps 3-4): the fields of `ActivateParams`, and the scheduling of the
     model actors (none of these change an output):
 
-    num_actors: model actors (None: one per GPU, or one CPU actor where there is no GPU).
+    gpus_per_actor: GPUs a model actor asks for: None: 1 where the cluster has a GPU at the
+        stage's start, else CPU actors; 1 (ray=cluster): asked for whether or not a GPU node is
+        up, so an autoscaler launches them; 0: CPU actors.
+    num_actors: the most model actors (None: one per GPU the cluster has or its autoscaler's
+        node types can bring, `ray.autoscaler_config`; else one); min_actors: a stage starts
+        with this many ready, the others join as their nodes come; actor_wait_s: how long a
+        stage waits with no actor ready (for a GPU node) before it stops, resumable.
     cpus_per_actor: CPUs a CPU actor reserves; torch_threads: its torch threads (0: the node's
         cores, since the stages run one after the other).
     videos_per_part: videos per Parquet part file (a part is the unit of resume).
     """
 
+    gpus_per_actor: Optional[float] = None
     num_actors: Optional[int] = None
+    min_actors: int = 1
+    actor_wait_s: float = 900.0
     cpus_per_actor: int = 1
     torch_threads: int = 0
     videos_per_part: int = 64
 
     def check(self) -> None:
         super().check()
-        require(self.num_actors is None or self.num_actors >= 1, "num_actors", self.num_actors,
-                "must be >= 1 (or null: one per GPU)")
+        require((self.gpus_per_actor or 0) >= 0, "gpus_per_actor", self.gpus_per_actor, "must be >= 0 (or null)")
+        require((self.num_actors or 1) >= 1, "num_actors", self.num_actors, "must be >= 1 (or null: one per GPU)")
+        require(1 <= self.min_actors <= (self.num_actors or self.min_actors), "min_actors", self.min_actors,
+                f"must be >= 1 and <= activate.num_actors ({self.num_actors})")
+        require(self.actor_wait_s > 0, "actor_wait_s", self.actor_wait_s, "must be > 0 (seconds)")
         require(self.cpus_per_actor >= 1, "cpus_per_actor", self.cpus_per_actor, "must be >= 1")
         require(self.videos_per_part >= 1, "videos_per_part", self.videos_per_part, "must be >= 1")
 
@@ -202,12 +214,13 @@ class ModelConfig:
 
 @dataclass
 class RayConfig:
-    """How to reach Ray. address None starts an embedded local cluster.
-
+    """How to reach Ray (address None starts an embedded local cluster).
     cpu_label_selector: Ray node labels the CPU stages' tasks (ingest, segment) must match, as
     `key:value` strings, e.g. [ace3d-node:cpu] on a cluster made with cluster.yaml, so that
     segmentation stays off the GPU nodes (Ray only prefers to). Empty: any node. The job stops
-    before any work when no node matches.
+    before any work when neither a node nor a node type of its autoscaler carries these labels.
+    autoscaler_config: the autoscaler's cluster YAML, read for the node types it can launch
+    (labels, GPUs, counts); None: `~/ray_bootstrap_config.yaml`, `ray up`'s copy on the head.
     """
 
     address: Optional[str] = None
@@ -215,6 +228,7 @@ class RayConfig:
     object_store_memory: Optional[int] = None
     include_dashboard: bool = False
     cpu_label_selector: list[str] = field(default_factory=list)
+    autoscaler_config: Optional[str] = None
 
     def check(self) -> None:
         for i, item in enumerate(self.cpu_label_selector):
@@ -297,6 +311,7 @@ class TrainConfig:
 class Config:
     dataset: DatasetConfig = MISSING
     clip: ClipSpec = field(default_factory=ClipSpec)
+    decode: DecodeLimits = field(default_factory=DecodeLimits)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     activate: ActivateConfig = field(default_factory=ActivateConfig)
     concepts: ConceptParams = field(default_factory=ConceptParams)
@@ -313,7 +328,8 @@ class TrainJobConfig(Config):
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-GROUPS = ("dataset", "clip", "segment", "activate", "concepts", "atlas", "evaluate", "report", "model", "ray", "run")
+GROUPS = ("dataset", "clip", "decode", "segment", "activate", "concepts", "atlas", "evaluate", "report", "model", "ray",
+          "run")
 
 
 def register_configs() -> None:

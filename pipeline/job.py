@@ -63,7 +63,8 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
     """Validate, then run the configured stages; returns the run record (run.json). `module`:
     the nn.Module to explain when `model.name` is `module` (the Python API); `then`: steps
     after the stages, under the same lease (`pipeline.score`'s)."""
-    from pipeline.orchestration.runtime import check_label_selector, init_ray, label_selector, share
+    from pipeline.orchestration.actors import check_actor_resources
+    from pipeline.orchestration.runtime import check_label_selector, cluster_nodes, init_ray, label_selector, share
 
     window = validate(cfg, module)
     driver_memory_pool()
@@ -88,13 +89,15 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
         keep_earlier_stages(record, folder, c["run"]["stages"])
         check_inputs(folder, c["run"]["stages"])
         init_ray(c["ray"])
-        check_label_selector(label_selector(c["ray"]["cpu_label_selector"]))
+        check_label_selector(label_selector(c["ray"]["cpu_label_selector"]), c["ray"]["autoscaler_config"])
+        check_actor_resources(c)
         digest = model_digest(module) if module is not None else None
         job = Job(c, folder, record, window, fingerprints(c, window, digest),
                   module=share(module) if module is not None else None)
         t0 = time.monotonic()
         for step in [stage(name) for name in c["run"]["stages"]] + list(then):
             step(job)
+            record["nodes"] = cluster_nodes()
             folder.write_json(RUN_JSON, record)
         record["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         record["wall_s"] = round(time.monotonic() - t0, 3)

@@ -262,3 +262,38 @@ def pytest_terminal_summary(terminalreporter):
     if os.environ.get("ACE3D_TEST_TIER") == "fast" and _fast_tier_rays():
         terminalreporter.write_line(f"error: the fast tier started Ray ({len(_fast_tier_rays())} session(s) under "
                                     f"{os.environ['RAY_TMPDIR']}): mark the test that did `ray`", red=True)
+
+
+# The tables the resilience and node-loss tests compare between two run folders, with their keys.
+KEYS = {"concepts.parquet": ["target_class", "layer", "concept"],
+        "concept_members": ["concept", "video_id", "supervoxel_id"],
+        "tcav_scores": ["target_class", "layer", "concept", "random_set"],
+        "evaluation": ["target_class", "layer", "ranking", "mode", "order", "kind", "k"],
+        "voxel_importance": ["video_id", "target_class", "layer"],
+        "atlas/assignments": ["layer", "video_id", "supervoxel_id"],
+        "atlas/concepts.parquet": ["layer", "global_concept"],
+        "atlas/class_concepts.parquet": ["layer", "global_concept", "target_class"],
+        "atlas/concept_links": ["layer", "concept", "global_concept"]}
+
+
+def same_outputs(a: str, b: str, later_stages: bool = True) -> None:
+    """Two run folders hold the same results (whatever parts their work was cut into): the
+    supervoxels and activations, and with `later_stages` every table after them."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from pipeline.io import read_parts
+
+    key = ["layer", "video_id", "supervoxel_id"]
+    for name in ("activations", "clip_activations"):
+        act_a = read_parts(os.path.join(a, name)).to_pandas().sort_values(key).reset_index(drop=True)
+        act_b = read_parts(os.path.join(b, name)).to_pandas().sort_values(key).reset_index(drop=True)
+        assert len(act_a) == len(act_b) and act_a[key].equals(act_b[key])
+        assert all((x == y).all() for x, y in zip(act_a.vector, act_b.vector))
+    sv = [read_parts(os.path.join(d, "supervoxels")).to_pandas().sort_values(["video_id", "supervoxel_id"])
+          .reset_index(drop=True) for d in (a, b)]
+    assert sv[0].equals(sv[1])
+    for name, k in (KEYS.items() if later_stages else ()):
+        x, y = ((pq.read_table(os.path.join(d, name)) if name.endswith(".parquet")
+                 else read_parts(os.path.join(d, name))).to_pandas().sort_values(k).reset_index(drop=True) for d in (a, b))
+        pd.testing.assert_frame_equal(x, y)

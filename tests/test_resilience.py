@@ -15,13 +15,11 @@ import subprocess
 import sys
 import time
 
-import pandas as pd
 import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.io import read_parts
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, same_outputs
 
 
 def _args(corpus: str, out: str) -> list[str]:
@@ -56,34 +54,6 @@ def _kill_tree(proc: subprocess.Popen) -> None:
         except psutil.NoSuchProcess:
             pass
     proc.wait(timeout=60)
-
-
-KEYS = {"concepts.parquet": ["target_class", "layer", "concept"],
-        "concept_members": ["concept", "video_id", "supervoxel_id"],
-        "tcav_scores": ["target_class", "layer", "concept", "random_set"],
-        "evaluation": ["target_class", "layer", "ranking", "mode", "order", "kind", "k"],
-        "voxel_importance": ["video_id", "target_class", "layer"],
-        "atlas/assignments": ["layer", "video_id", "supervoxel_id"],
-        "atlas/concepts.parquet": ["layer", "global_concept"],
-        "atlas/class_concepts.parquet": ["layer", "global_concept", "target_class"],
-        "atlas/concept_links": ["layer", "concept", "global_concept"]}
-
-
-def _same_outputs(a: str, b: str) -> None:
-    """Two run folders hold the same results (whatever parts their work was cut into)."""
-    key = ["layer", "video_id", "supervoxel_id"]
-    for name in ("activations", "clip_activations"):
-        act_a = read_parts(os.path.join(a, name)).to_pandas().sort_values(key).reset_index(drop=True)
-        act_b = read_parts(os.path.join(b, name)).to_pandas().sort_values(key).reset_index(drop=True)
-        assert len(act_a) == len(act_b) and act_a[key].equals(act_b[key])
-        assert all((x == y).all() for x, y in zip(act_a.vector, act_b.vector))
-    sv = [read_parts(os.path.join(d, "supervoxels")).to_pandas().sort_values(["video_id", "supervoxel_id"])
-          .reset_index(drop=True) for d in (a, b)]
-    assert sv[0].equals(sv[1])
-    for name, k in KEYS.items():
-        x, y = ((pq.read_table(os.path.join(d, name)) if name.endswith(".parquet") else read_parts(os.path.join(d, name)))
-                .to_pandas().sort_values(k).reset_index(drop=True) for d in (a, b))
-        pd.testing.assert_frame_equal(x, y)
 
 
 def _markers(out: str, stage: str) -> int:
@@ -184,4 +154,4 @@ def test_faults_in_every_stage_end_with_an_uninterrupted_runs_outputs(clean_run)
     assert stage["atlas"]["partitions_assigned"] == 0
     assert stage["evaluate"]["classes_skipped_done"] == classes_done
     assert not os.path.exists(os.path.join(out, "lease.json"))  # let go at the end
-    _same_outputs(clean_run["out"], out)
+    same_outputs(clean_run["out"], out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from pipeline import schemas
-from pipeline.data.video import Clip, ClipSpec, VideoError, probe_clip, read_clip
+from pipeline.data.video import Clip, ClipSpec, DecodeLimits, VideoError, probe_clip, read_clip
 
 
 def video_row(row: dict[str, Any], spec: ClipSpec, error: Optional[str] = None) -> dict[str, Any]:
@@ -24,7 +24,7 @@ def video_row(row: dict[str, Any], spec: ClipSpec, error: Optional[str] = None) 
     }
 
 
-def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
+def ingest_video(row: dict[str, Any], spec: ClipSpec, limits: Optional[DecodeLimits] = None) -> dict[str, Any]:
     """The `videos.parquet` row of one manifest row: `ok` with the stream's metadata and the
     clip's source frame indices, or `failed` with the reason. Never raises for a bad video. Only
     the container is read: a stream that cannot be decoded fails in the segment stage."""
@@ -32,7 +32,7 @@ def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
     if out["error"]:
         return out
     try:
-        info, indices = probe_clip(row["path"], spec)
+        info, indices = probe_clip(row["path"], spec, limits)
     except VideoError as e:
         out["error"] = str(e)
         return out
@@ -44,10 +44,10 @@ def ingest_video(row: dict[str, Any], spec: ClipSpec) -> dict[str, Any]:
     return out
 
 
-def read_ingested_clip(row: dict[str, Any], spec: ClipSpec) -> Clip:
+def read_ingested_clip(row: dict[str, Any], spec: ClipSpec, limits: Optional[DecodeLimits] = None) -> Clip:
     """The clip of a `videos.parquet` row, checked against the source frames ingestion
     recorded (a video replaced since then fails, rather than explaining other frames)."""
-    clip = read_clip(row["path"], spec)
+    clip = read_clip(row["path"], spec, limits)
     expected = row.get("clip_frame_indices")
     if expected is not None and list(clip.frame_indices) != list(expected):
         raise RuntimeError("the video changed since ingestion: its clip frame indices differ")

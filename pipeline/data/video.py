@@ -55,6 +55,43 @@ class ClipSpec:
             require(seconds >= 0, "start", self.start, "must be 'centre', 'start' or a time in seconds >= 0")
 
 
+@dataclass
+class DecodeLimits:
+    """How far decoding may go for one clip (the config group `decode`); a video past a cap is
+    a failed row naming it.
+
+    seek: seek to the keyframe before the clip instead of decoding from the first frame (the
+        frames are the same; a stream whose timestamps are not regular is decoded from the
+        start).
+    max_duration_s: the longest video accepted, in seconds (0: no cap).
+    max_pixels: the largest frame accepted, width x height (0: no cap).
+    max_decoded_mb: the most raw frame data (width x height x 3 bytes a frame) decoded to reach
+        one clip, in MB (0: no cap); with seeking, the frames from the keyframe before the clip.
+    unit_timeout_s: how long a unit of work that decodes (ingest, segment) may take from when
+        it is queued before it is stopped and its videos are tried one at a time; a video that
+        runs past it alone is a failed row (0: no limit).
+    """
+
+    seek: bool = True
+    max_duration_s: float = 3600.0
+    max_pixels: int = 4096 * 2160
+    max_decoded_mb: float = 2048.0
+    unit_timeout_s: float = 1800.0
+
+    def check(self) -> None:
+        for name in ("max_duration_s", "max_pixels", "max_decoded_mb", "unit_timeout_s"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0 (0: no cap)")
+
+    def check_video(self, info: "VideoInfo") -> None:
+        """Raise VideoError naming the cap a video is past (from its container's metadata)."""
+        if self.max_pixels and info.height * info.width > self.max_pixels:
+            raise VideoError(f"frames of {info.width}x{info.height} are past the cap of {self.max_pixels} pixels "
+                             "(decode.max_pixels)")
+        if self.max_duration_s and info.fps > 0 and info.num_frames / info.fps > self.max_duration_s:
+            raise VideoError(f"{info.num_frames / info.fps:.0f} s long, past the cap of {self.max_duration_s:g} s "
+                             "(decode.max_duration_s)")
+
+
 @dataclass(frozen=True)
 class VideoInfo:
     """What the container says about the video stream."""
@@ -135,59 +172,105 @@ def _open(path: str) -> "av.container.InputContainer":
         raise VideoError(f"cannot open as a video: {e}") from None
 
 
-def probe_clip(path: str, spec: ClipSpec) -> tuple[VideoInfo, np.ndarray]:
+def probe_clip(path: str, spec: ClipSpec, limits: Optional[DecodeLimits] = None) -> tuple[VideoInfo, np.ndarray]:
     """What the container says about the video and the source frames the clip `spec`
     describes would take, without decoding a frame (the packets are counted when the container
     does not give the number of frames). Raises VideoError as `read_clip` does for a file that
-    is not a video or is too short; a stream that cannot be decoded fails later, in `read_clip`."""
+    is not a video, is too short or is past a cap of `limits`; a stream that cannot be decoded
+    fails later, in `read_clip`."""
+    limits = limits or DecodeLimits()
     with _open(path) as container:
         stream, info = _probe(container, path)
+        limits.check_video(info)
         if info.num_frames <= 0:
             info = VideoInfo(_count_frames(container, stream), info.fps, info.height, info.width)
+            limits.check_video(info)
         return info, sample_indices(info.num_frames, info.fps, spec)
 
 
-def read_clip(path: str, spec: ClipSpec) -> Clip:
+def read_clip(path: str, spec: ClipSpec, limits: Optional[DecodeLimits] = None) -> Clip:
     """Decode the clip `spec` describes from the video at `path`.
 
     Frames are converted to RGB and resized to `spec.height x spec.width` (bilinear, by
-    FFmpeg's swscale), with no crop, as the reference does. Raises VideoError with a
-    readable reason for an empty, truncated or non-video file, a file without a video
-    stream, or a video shorter than the clip.
+    FFmpeg's swscale), with no crop, as the reference does. With `limits.seek`, decoding
+    starts at the keyframe before the clip (frame exact: a decoded frame's index comes from its
+    timestamp on the stream's frame grid; a stream off that grid is decoded from the start).
+    Raises VideoError with a readable reason for an empty, truncated or non-video file, a file
+    without a video stream, a video shorter than the clip, or one past a cap of `limits`.
     """
+    limits = limits or DecodeLimits()
     container = _open(path)
     with container:
         stream, info = _probe(container, path)
+        limits.check_video(info)
         if info.num_frames <= 0:
             info = VideoInfo(_count_frames(container, stream), info.fps, info.height, info.width)
+            limits.check_video(info)
             container.seek(0)
         indices = sample_indices(info.num_frames, info.fps, spec)
-        wanted: dict[int, list[int]] = {}
-        for pos, idx in enumerate(indices.tolist()):
-            wanted.setdefault(idx, []).append(pos)
-        frames = np.empty((spec.num_frames, spec.height, spec.width, 3), dtype=np.uint8)
-        last = int(indices[-1])
-        got = 0
-        decoded = -1
-        try:
-            stream.thread_type = "AUTO"
-            for decoded, frame in enumerate(container.decode(stream)):
-                if decoded in wanted:
-                    rgb = frame.to_ndarray(format="rgb24", width=spec.width, height=spec.height,
-                                           interpolation="BILINEAR")
-                    for pos in wanted[decoded]:
-                        frames[pos] = rgb
-                        got += 1
-                if decoded >= last:
-                    break
-        except av.error.FFmpegError as e:
-            raise VideoError(f"decoding failed after {decoded + 1} frames: {e}") from None
-    if got < spec.num_frames:
-        raise VideoError(
-            f"truncated: decoded {decoded + 1} frames, the clip needs frame {last} "
-            f"(the container claims {info.num_frames})"
-        )
+        stream.thread_type = "AUTO"
+        frames = None
+        if limits.seek and int(indices[0]) > 0 and info.fps > 0 and stream.time_base is not None:
+            frames = _decode(container, stream, info, indices, spec, limits, seek=True)
+            if frames is None:  # the stream's timestamps are off its frame grid: decoded from the start
+                container.seek(0)
+        if frames is None:
+            frames = _decode(container, stream, info, indices, spec, limits, seek=False)
     return Clip(frames=frames, frame_indices=indices, info=info)
+
+
+def _decode(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream", info: VideoInfo,
+            indices: np.ndarray, spec: ClipSpec, limits: DecodeLimits, seek: bool) -> Optional[np.ndarray]:
+    """The clip's frames. `seek`: from the keyframe at or before the clip's first frame, each
+    frame's index read from its timestamp (None when a timestamp is off the frame grid, or the
+    seek landed past the clip's first frame); else every frame from the first, counted."""
+    wanted: dict[int, list[int]] = {}
+    for pos, idx in enumerate(indices.tolist()):
+        wanted.setdefault(idx, []).append(pos)
+    frames = np.empty((spec.num_frames, spec.height, spec.width, 3), dtype=np.uint8)
+    first, last = int(indices[0]), int(indices[-1])
+    budget = limits.max_decoded_mb * 1e6 / max(1, info.height * info.width * 3) if limits.max_decoded_mb else None
+    if seek:  # frame 0 is the first frame decoded, as in a decode from the start
+        tb = float(stream.time_base)
+        try:
+            start = next(container.decode(stream)).pts
+        except (StopIteration, av.error.FFmpegError):
+            return None
+        if start is None:
+            return None
+        container.seek(start + int(first / info.fps / tb), stream=stream, backward=True, any_frame=False)
+    got = decoded = 0
+    idx = -1
+    try:
+        for count, frame in enumerate(container.decode(stream)):
+            if seek:
+                if frame.pts is None:
+                    return None
+                at = (frame.pts - start) * tb * info.fps
+                idx = int(round(at))
+                if abs(at - idx) > 0.01 or (count == 0 and idx > first):
+                    return None
+            else:
+                idx = count
+            decoded += 1
+            if budget is not None and decoded > budget:
+                raise VideoError(f"reaching the clip needs more than {limits.max_decoded_mb:g} MB of decoded frames "
+                                 "(decode.max_decoded_mb)")
+            if idx in wanted:
+                rgb = frame.to_ndarray(format="rgb24", width=spec.width, height=spec.height, interpolation="BILINEAR")
+                for pos in wanted.pop(idx):
+                    frames[pos] = rgb
+                    got += 1
+            if idx >= last:
+                break
+    except av.error.FFmpegError as e:
+        raise VideoError(f"decoding failed after {idx + 1} frames: {e}") from None
+    if got < spec.num_frames:
+        if seek and wanted and min(wanted) < idx:  # a wanted frame was skipped: not on the grid
+            return None
+        raise VideoError(f"truncated: decoded {idx + 1} frames, the clip needs frame {last} "
+                         f"(the container claims {info.num_frames})")
+    return frames
 
 
 def _count_frames(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> int:

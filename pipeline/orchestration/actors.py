@@ -4,14 +4,17 @@ where their label volumes are; it reads those, decodes the clips there, builds e
 the actor's device and writes its own parts.
 
 `ModelActors` is a stage's pool: started once, used by every pass of the stage, killed when the
-stage ends (or fails). A unit that raises becomes an `Outcome` with the reason
-(`call_actors`, `ActorQueue`).
+stage ends (or fails). A unit that raises becomes an `Outcome` with the reason; a unit whose
+actor was lost is retried on another (`ActorQueue`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import time
+from collections import deque
 from typing import Any, Iterable, Iterator, Optional
 
 import ray
@@ -21,9 +24,12 @@ from pipeline.activations.params import ActivateParams
 from pipeline.activations.patches import patch_spec
 from pipeline.activations.video import pick_device, prepare_model
 from pipeline.data.ingest import read_ingested_clip
-from pipeline.data.video import ClipSpec
+from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.models.registry import load_model
-from pipeline.orchestration.fanout import Outcome, call_actors
+from pipeline.orchestration.fanout import Outcome, describe_failure
+from pipeline.orchestration.runtime import ResourceWaitError, cluster_gpus
+
+log = logging.getLogger("pipeline")
 
 
 
@@ -32,7 +38,8 @@ class ModelActor:
     randomised-model gradients (`randomised_gradients`) or to plan outcomes (`evaluate`)."""
 
     def __init__(self, model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
-                 pad_short: bool, torch_threads: int, module: Any = None) -> None:
+                 pad_short: bool, torch_threads: int, module: Any = None,
+                 decode_cfg: Optional[dict[str, Any]] = None) -> None:
         import torch
 
         # Ray sets OMP_NUM_THREADS to the actor's CPUs; the stages run one after the other, so
@@ -41,6 +48,7 @@ class ModelActor:
         self.device = pick_device(model_cfg.get("device", "auto"))
         self.model = prepare_model(load_model(model_cfg, module), self.device, channels_last=params.channels_last)
         self.clip_spec = ClipSpec(**clip_cfg)
+        self.limits = DecodeLimits(**(decode_cfg or {}))
         self.pad_short = pad_short
         self.batch_timings: dict[int, float] = {}
         bf16 = resolve_autocast(params.autocast, self.device)
@@ -82,7 +90,7 @@ class ModelActor:
         from pipeline.scoring.randomisation import randomised_copy
 
         k = self._class_index(row)
-        t_clip = to_device(read_ingested_clip(row, self.clip_spec).frames, self.device)
+        t_clip = to_device(read_ingested_clip(row, self.clip_spec, self.limits).frames, self.device)
         out: dict[str, Any] = {}
         for layer in layers:
             if (layer, seed) not in self._randomised:
@@ -107,7 +115,7 @@ class ModelActor:
         from pipeline.evaluation.deletion import apply_plan, concept_voxels
 
         k = self._class_index(row)
-        clip = read_ingested_clip(row, self.clip_spec).frames if clip is None else clip
+        clip = read_ingested_clip(row, self.clip_spec, self.limits).frames if clip is None else clip
         out: dict[str, Any] = {}
         for layer, layer_plans in plans.items():
             voxels = concept_voxels(labels, *assignments[layer])
@@ -123,43 +131,173 @@ class ModelActor:
         return out
 
 
-class ModelActors:
-    """A stage's fixed-size pool of model actors: one per GPU (num_gpus=1) when the cluster has
-    GPUs, else `activate.num_actors` (default 1) CPU actors; killed when the `with` block ends.
-    `described` holds each actor's `describe()` (device, batch size, precision, classes, layers)."""
+def actor_shape(a: dict[str, Any], ray_cfg: dict[str, Any]) -> tuple[dict[str, Any], int, str]:
+    """(Ray options of one model actor, the most actors, what one asks for in words) from the
+    `activate` section: GPU actors when `gpus_per_actor` asks for them (or, left null, where
+    the cluster has a GPU now), else CPU actors."""
+    gpus_now, gpus_max = cluster_gpus(ray_cfg.get("autoscaler_config"))
+    per = a.get("gpus_per_actor")
+    per = (1.0 if gpus_now else 0.0) if per is None else float(per)
+    if per > 0:
+        can = gpus_max if gpus_max is not None else gpus_now
+        n = a["num_actors"] or max(1, int(can // per))
+        return {"num_gpus": per, "num_cpus": 1}, n, f"{per:g} GPU"
+    return {"num_cpus": int(a["cpus_per_actor"])}, a["num_actors"] or 1, f"{int(a['cpus_per_actor'])} CPU"
 
-    def __init__(self, c: dict[str, Any], params: ActivateParams, module: Any = None) -> None:
-        self.c, self.params, self.module = c, params, module
-        self.actors: list[Any] = []
+
+def check_actor_resources(c: dict[str, Any]) -> None:
+    """Before any work: GPU actors asked for (`activate.gpus_per_actor` > 0) on a cluster that
+    has no GPU now would wait in vain unless its autoscaler can launch one: the node types of
+    `ray.autoscaler_config` say so."""
+    per = c["activate"].get("gpus_per_actor")
+    if not per or not {"activate", "concepts", "evaluate", "score"} & set(c["run"]["stages"]):
+        return
+    now, can = cluster_gpus(c["ray"].get("autoscaler_config"))
+    if now or can:
+        return
+    from pipeline.config import ConfigError
+
+    why = ("no node type of its autoscaler has one" if can == 0 else
+           "no autoscaler config was found to say it can launch one (ray.autoscaler_config)")
+    raise ConfigError("activate.gpus_per_actor", f"asks for GPUs, but the cluster has none now and {why}; set "
+                      "activate.gpus_per_actor=0 for CPU actors", per)
+
+
+class ModelActors:
+    """A stage's pool of model actors, from `activate.min_actors` to `activate.num_actors` of
+    them (`actor_shape`; at most `work`, the units the stage has), killed when the `with`
+    block ends.
+
+    Entering waits until `min_actors` are ready (each loaded its model), saying what it waits
+    for; the others join as nodes come (an autoscaler launches them for the actors' demand). An
+    actor lost with its node is replaced; the calls it had in flight go back to the queue
+    (`ActorQueue`). With no actor ready for `activate.actor_wait_s`, the stage stops with
+    `ResourceWaitError`. `described` holds each ready actor's `describe()` (device, node, batch
+    size, precision, classes, layers)."""
+
+    def __init__(self, c: dict[str, Any], params: ActivateParams, module: Any = None, stage: str = "activate",
+                 work: Optional[int] = None) -> None:
+        self.c, self.params, self.module, self.stage = c, params, module, stage
+        a = c["activate"]
+        self.options, self.size, self.asks = actor_shape(a, c["ray"])
+        if work is not None:  # no more actors (nodes) than the stage has units of work for
+            self.size = max(1, min(self.size, work))
+        self.min_ready = min(int(a.get("min_actors") or 1), self.size)
+        self.wait_s = float(a.get("actor_wait_s") or 900.0)
+        self.slots: dict[int, Any] = {}  # slot -> actor handle
+        self.starting: dict[ray.ObjectRef, int] = {}  # describe() call -> slot, until the actor is ready
+        self.ready: list[int] = []
         self.described: list[dict[str, Any]] = []
+        self.replaced = 0
+        self.waiting_since = time.monotonic()
+        self._said = 0.0
+        self._next = 0
+
+    def _start(self) -> None:
+        remote = ray.remote(max_restarts=0, max_task_retries=0)(ModelActor)
+        pad_short = self.c["segment"]["short_supervoxels"] == "pad"
+        slot, self._next = self._next, self._next + 1
+        actor = remote.options(**self.options).remote(self.c["model"], self.c["clip"], self.params, pad_short,
+                                                      int(self.c["activate"]["torch_threads"]), self.module,
+                                                      self.c.get("decode"))
+        self.slots[slot] = actor
+        self.starting[actor.describe.remote()] = slot
 
     def __enter__(self) -> "ModelActors":
-        a = self.c["activate"]
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        remote = ray.remote(max_restarts=1, max_task_retries=1)(ModelActor)
-        if gpus:
-            n, options = a["num_actors"] or gpus, {"num_gpus": 1, "num_cpus": 1}
-        else:
-            n, options = a["num_actors"] or 1, {"num_cpus": int(a["cpus_per_actor"])}
-        pad_short = self.c["segment"]["short_supervoxels"] == "pad"
-        self.actors = [remote.options(**options).remote(self.c["model"], self.c["clip"], self.params, pad_short,
-                                                        int(a["torch_threads"]), self.module) for _ in range(n)]
         try:
-            self.described = ray.get([actor.describe.remote() for actor in self.actors])
+            for _ in range(self.size):
+                self._start()
+            while len(self.ready) < self.min_ready:
+                self.poll([], timeout=5.0)
         except BaseException:
             self.__exit__()
             raise
         return self
 
+    def poll(self, refs: list[ray.ObjectRef], timeout: float) -> list[ray.ObjectRef]:
+        """Wait for the first of `refs` and the actors still starting; take in the actors that
+        became ready; return the finished refs among `refs`. Raises ResourceWaitError once no
+        actor has been ready for `actor_wait_s`."""
+        starting = list(self.starting)
+        done, _ = ray.wait([*refs, *starting], num_returns=1, timeout=timeout)
+        for ref in done:
+            if ref in self.starting:
+                self._ready(ref)
+        if not self.ready:
+            self._check_wait()
+        return [ref for ref in done if ref not in starting]
+
+    def _ready(self, ref: ray.ObjectRef) -> None:
+        slot = self.starting.pop(ref)
+        try:
+            described = ray.get(ref)
+        except ray.exceptions.RayActorError as e:
+            if getattr(e, "actor_init_failed", False):  # its own start failed (the model would not load)
+                raise RuntimeError(f"{self.stage}: a model actor failed to start: {describe_failure(e, 'model actor')}"
+                                   ) from None
+            self.lost(slot)  # lost with its node while it loaded the model: replaced
+            return
+        self.ready.append(slot)
+        self.described.append(described)
+        if len(self.described) > self.min_ready or self.replaced:
+            log.info("%s: model actor %d of %d ready (%s on node %s)", self.stage, len(self.ready), self.size,
+                     described["device"], described["node_id"][:12])
+
+    def _check_wait(self) -> None:
+        now = time.monotonic()
+        waited = now - self.waiting_since
+        gpus = int(ray.cluster_resources().get("GPU", 0))
+        if waited >= self.wait_s:
+            raise ResourceWaitError(
+                f"{self.stage}: no model actor could start within {self.wait_s:g} s (activate.actor_wait_s): each asks "
+                f"for {self.asks} and the cluster has {gpus} GPU(s) now; the run folder keeps what was done, rerun "
+                "to resume once the cluster has room (or set activate.gpus_per_actor=0 for CPU actors)")
+        if now - self._said >= 30.0 or not self._said:
+            self._said = now
+            log.info("%s: waiting for a model actor (each asks for %s; the cluster has %d GPU(s) now): %.0f s of "
+                     "%g s (activate.actor_wait_s)", self.stage, self.asks, gpus, waited, self.wait_s)
+
+    def lost(self, slot: int) -> None:
+        """The actor of `slot` died (its node was lost, or its process): start a replacement."""
+        actor = self.slots.pop(slot, None)
+        if actor is None:
+            return
+        if slot in self.ready:
+            self.ready.remove(slot)
+        if not self.ready:
+            self.waiting_since = time.monotonic()
+        ray.kill(actor)
+        self.replaced += 1
+        log.warning("%s: a model actor was lost; starting another (%d replaced so far)", self.stage, self.replaced)
+        self._start()
+
     def __exit__(self, *exc: object) -> None:
-        for actor in self.actors:
+        for actor in self.slots.values():
             ray.kill(actor)
-        self.actors = []
+        self.slots, self.starting, self.ready = {}, {}, []
+
+    def queue(self, per_actor: int = 2) -> "ActorQueue":
+        """A queue of `ModelActor.run` calls on this pool (see `ActorQueue`)."""
+        return ActorQueue(self, per_actor)
 
     def map_units(self, fn: Any, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
         """`fn(actor, *args)` on the actors for each (key, args) item (`ModelActor.run`), two
-        units in flight per actor."""
-        return call_actors(self.actors, "run", ((key, (fn, *args)) for key, args in items))
+        units in flight per actor; `items` is consumed only as units are submitted."""
+        queue = self.queue()
+        it = iter(items)
+
+        def top_up() -> None:
+            while queue.backlog < queue.per_actor * max(1, len(self.ready)):
+                try:
+                    key, args = next(it)
+                except StopIteration:
+                    return
+                queue.put(key, (fn, *args))
+
+        top_up()
+        for out in queue:
+            yield out
+            top_up()
 
     @property
     def bf16(self) -> bool | str:
@@ -170,3 +308,65 @@ class ModelActors:
     @property
     def devices(self) -> list[str]:
         return sorted({d["device"] for d in self.described})
+
+    @property
+    def nodes(self) -> list[str]:
+        """The nodes the model actors ran on (replacements included)."""
+        return list(dict.fromkeys(d["node_id"] for d in self.described))
+
+
+class ActorQueue:
+    """`ModelActor.run` calls on a pool's ready actors, submitted while the caller reads
+    results: `put(key, args)` queues a call (the driver keeps the queue; at most `per_actor`
+    calls in flight on each actor, the least loaded first), iterating yields Outcomes as calls
+    finish, and the caller may `put` more while it iterates.
+
+    A call whose actor died (its node was lost) goes back to the front of the queue, at most
+    `retries` times (a unit that kills its actor each time then fails with the reason), while
+    the pool replaces the actor; `retried` counts those calls."""
+
+    def __init__(self, pool: ModelActors, per_actor: int = 2, retries: int = 2) -> None:
+        self.pool, self.per_actor, self.retries = pool, per_actor, retries
+        self.queued: deque[tuple[Any, tuple, int]] = deque()
+        self.pending: dict[ray.ObjectRef, tuple[Any, tuple, int, int]] = {}  # ref -> key, args, attempt, slot
+        self.load: dict[int, int] = {}
+        self.retried = 0
+
+    def put(self, key: Any, args: tuple, first: bool = False, attempt: int = 1) -> None:
+        (self.queued.appendleft if first else self.queued.append)((key, args, attempt))
+
+    @property
+    def backlog(self) -> int:
+        """Calls queued or in flight."""
+        return len(self.queued) + len(self.pending)
+
+    def _submit(self) -> None:
+        ready = [s for s in self.pool.ready if s in self.pool.slots]
+        while self.queued and ready and len(self.pending) < self.per_actor * len(ready):
+            key, args, attempt = self.queued.popleft()
+            slot = min(ready, key=lambda s: self.load.get(s, 0))
+            self.load[slot] = self.load.get(slot, 0) + 1
+            self.pending[self.pool.slots[slot].run.remote(*args)] = (key, args, attempt, slot)
+
+    def __iter__(self) -> Iterator[Outcome]:
+        while True:
+            self._submit()
+            if not self.pending and not self.queued:
+                return
+            done = self.pool.poll(list(self.pending), timeout=5.0)
+            if not done:
+                continue
+            key, args, attempt, slot = self.pending.pop(done[0])
+            self.load[slot] -= 1
+            try:
+                yield Outcome(key, value=ray.get(done[0]), attempts=attempt)
+            except ray.exceptions.RayTaskError as e:
+                yield Outcome(key, error=describe_failure(e, "model actor"), attempts=attempt)
+            except ray.exceptions.RayActorError as e:
+                self.pool.lost(slot)
+                if attempt > self.retries:
+                    yield Outcome(key, error=f"{describe_failure(e, 'model actor')} ({attempt} times on this unit)",
+                                  attempts=attempt)
+                else:
+                    self.retried += 1
+                    self.put(key, args, first=True, attempt=attempt + 1)

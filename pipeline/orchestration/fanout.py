@@ -1,5 +1,6 @@
-"""Every fan-out of the job: pure functions over Ray tasks, and calls on model actors, each with
-a bounded number in flight, results as they finish, in one shape (`Outcome`).
+"""Every fan-out of the job over Ray tasks (the model actors' queue is in
+`pipeline.orchestration.actors`), each with a bounded number in flight, results as they finish,
+in one shape (`Outcome`).
 
 Workers and actor methods simply raise when a unit of work fails. The driver gets an
 `Outcome` per unit either way: its value, or `error` saying why (`ValueError: ...` for what the
@@ -9,6 +10,7 @@ in one place what a failed unit means (a failed row, or a stop).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -27,6 +29,7 @@ class Outcome:
     value: Any = None
     error: Optional[str] = None
     node: Optional[str] = None  # the Ray node that ran it
+    attempts: int = 1  # more than 1: retried after its worker or actor was lost
 
     @property
     def ok(self) -> bool:
@@ -49,116 +52,81 @@ def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
     return run
 
 
-def _bounded(submit: Callable[[Any, tuple], ray.ObjectRef], items: Iterable[tuple[Any, tuple]],
-             max_in_flight: int) -> Iterator[tuple[Any, ray.ObjectRef]]:
-    """Submit (key, args) items while fewer than `max_in_flight` are pending; yield (key,
-    finished ref) as they finish. `items` is consumed only as calls are submitted."""
-    pending: dict[ray.ObjectRef, Any] = {}
-    it = iter(items)
-    exhausted = False
-    while True:
-        while not exhausted and len(pending) < max_in_flight:
-            try:
-                key, args = next(it)
-            except StopIteration:
-                exhausted = True
-                break
-            pending[submit(key, args)] = key
-        if not pending:
-            return
-        done, _ = ray.wait(list(pending), num_returns=1)
-        for ref in done:
-            yield pending.pop(ref), ref
-
-
 def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *shared: Any, progress: Optional[Progress],
               num_cpus: float = 1, max_in_flight: Optional[int] = None,
-              label_selector: Optional[dict[str, str]] = None) -> Iterator[Outcome]:
+              label_selector: Optional[dict[str, str]] = None, retries: int = 2, timeout_s: float = 0,
+              split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]] = None) -> Iterator[Outcome]:
     """Run `fn(*args, *shared)` as one Ray task per (key, args) item; yield Outcomes as they finish.
 
     At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs), so
     memory stays bounded however many items there are; `items` may be a generator, consumed
     only as tasks are queued. `shared` values go into the object store once, for every task. A
-    task whose worker dies is retried (twice) before its Outcome says so; `label_selector`
-    restricts the tasks to nodes with those Ray labels. `progress` counts one per item (None: the
-    caller counts).
+    task whose worker or node was lost is submitted again (at most `retries` times, before the
+    items not yet started) and its Outcome's `attempts` counts the tries; one whose function
+    raised is not. `label_selector` restricts the tasks to nodes with those Ray labels.
+    `progress` counts one per item (None: the caller counts).
+
+    `timeout_s` (0: none): a task not finished that long after it was queued is stopped
+    (its worker killed: a read stuck in C code cannot be interrupted otherwise) and
+    `split(key, args)` gives the items to run instead (one per video, say); an item that
+    `split` leaves whole, or any item when there is no `split`, ends with a timed-out Outcome.
     """
-    remote = ray.remote(num_cpus=num_cpus, max_retries=2)(_on_node(fn))
+    remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_on_node(fn))
     if label_selector:
         remote = remote.options(label_selector=dict(label_selector))
     refs = [ray.put(a) for a in shared]
     if max_in_flight is None:
         max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
-    for key, ref in _bounded(lambda _key, args: remote.remote(*args, *refs), items, max_in_flight):
+    pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]] = {}
+    again: deque[tuple[Any, tuple, int]] = deque()
+    it = iter(items)
+    while True:
+        while len(pending) < max_in_flight:
+            if again:
+                key, args, attempt = again.popleft()
+            else:
+                try:
+                    key, args = next(it)
+                except StopIteration:
+                    break
+                attempt = 1
+            pending[remote.remote(*args, *refs)] = (key, args, attempt, time.monotonic())
+        if not pending:
+            return
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=min(timeout_s, 5.0) if timeout_s else None)
+        if not done:
+            for out in _stop_late(pending, again, timeout_s, split):
+                if progress is not None:
+                    progress.update()
+                yield out
+            continue
+        key, args, attempt, _ = pending.pop(done[0])
         try:
-            node, value = ray.get(ref)
-            out = Outcome(key, value=value, node=node)
-        except ray.exceptions.RayError as e:
-            out = Outcome(key, error=describe_failure(e))
+            node, value = ray.get(done[0])
+            out = Outcome(key, value=value, node=node, attempts=attempt)
+        except ray.exceptions.RayTaskError as e:  # the function raised: no retry
+            out = Outcome(key, error=describe_failure(e), attempts=attempt)
+        except ray.exceptions.RayError as e:  # its worker or node was lost
+            if attempt <= retries:
+                again.append((key, args, attempt + 1))
+                continue
+            out = Outcome(key, error=f"{describe_failure(e)} ({attempt} times)", attempts=attempt)
         if progress is not None:
             progress.update()
         yield out
 
 
-class ActorQueue:
-    """Calls on a fixed set of actors, submitted while the caller reads results: `put(key,
-    args)` queues `actor.<method>(*args)` (the driver keeps the queue; at most `per_actor` calls
-    are in flight on each actor, the least loaded first), iterating yields Outcomes as calls
-    finish, and the caller may `put` more while it iterates (a pass that depends on the one
-    before, a class opened when the queue runs low)."""
+def _stop_late(pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]], again: deque[tuple[Any, tuple, int]],
+               timeout_s: float, split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]]) -> Iterator[Outcome]:
+    """Cancel the tasks queued more than `timeout_s` ago; queue their split items, or yield
+    their timed-out Outcomes."""
+    now = time.monotonic()
+    for ref in [r for r, (*_, since) in pending.items() if now - since > timeout_s]:
+        key, args, attempt, _ = pending.pop(ref)
+        ray.cancel(ref, force=True)
+        parts = split(key, args) if split else []
+        if len(parts) > 1:
+            again.extend((k, a, 1) for k, a in parts)
+        else:
+            yield Outcome(key, error=f"timed out: not done {timeout_s:g} s after it was queued", attempts=attempt)
 
-    def __init__(self, actors: list[Any], method: str, per_actor: int = 2) -> None:
-        self.actors, self.method, self.per_actor = actors, method, per_actor
-        self.queued: deque[tuple[Any, tuple]] = deque()
-        self.pending: dict[ray.ObjectRef, tuple[Any, int]] = {}
-        self.load = {i: 0 for i in range(len(actors))}
-
-    def put(self, key: Any, args: tuple, first: bool = False) -> None:
-        (self.queued.appendleft if first else self.queued.append)((key, args))
-
-    @property
-    def backlog(self) -> int:
-        """Calls queued or in flight."""
-        return len(self.queued) + len(self.pending)
-
-    def _submit(self) -> None:
-        while self.queued and len(self.pending) < self.per_actor * len(self.actors):
-            key, args = self.queued.popleft()
-            i = min(self.load, key=self.load.get)  # type: ignore[arg-type]
-            self.load[i] += 1
-            self.pending[getattr(self.actors[i], self.method).remote(*args)] = (key, i)
-
-    def __iter__(self) -> Iterator[Outcome]:
-        while True:
-            self._submit()
-            if not self.pending:
-                return
-            done, _ = ray.wait(list(self.pending), num_returns=1)
-            key, i = self.pending.pop(done[0])
-            self.load[i] -= 1
-            try:
-                out = Outcome(key, value=ray.get(done[0]))
-            except ray.exceptions.RayError as e:
-                out = Outcome(key, error=describe_failure(e, "model actor"))
-            yield out
-
-
-def call_actors(actors: list[Any], method: str, items: Iterable[tuple[Any, tuple]],
-                per_actor: int = 2) -> Iterator[Outcome]:
-    """Call `actor.<method>(*args)` for each (key, args) item, at most `per_actor` calls in
-    flight on each actor (so the next item is already queued while one runs), the least loaded
-    actor first; yield Outcomes as they finish. `items` is consumed only as calls are submitted."""
-    queue = ActorQueue(actors, method, per_actor)
-    it = iter(items)
-
-    def top_up() -> None:
-        while len(queue.queued) + len(queue.pending) < per_actor * len(actors):
-            try:
-                queue.put(*next(it))
-            except StopIteration:
-                return
-
-    top_up()
-    for out in queue:
-        yield out
-        top_up()

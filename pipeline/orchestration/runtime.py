@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import ray
 
@@ -46,21 +47,119 @@ def label_selector(items: Sequence[str]) -> dict[str, str]:
     return dict(item.split(":", 1) for item in items)
 
 
-def check_label_selector(selector: dict[str, str]) -> None:
-    """Fail fast, naming the config key, when no alive node carries the labels that
-    `ray.cpu_label_selector` asks for (equality selectors; others are left to Ray)."""
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` writes the autoscaler's config on the head
+
+
+@dataclass(frozen=True)
+class NodeType:
+    """A node type an autoscaler may launch: its resources, Ray labels and most nodes."""
+
+    name: str
+    resources: dict[str, float]
+    labels: dict[str, str]
+    max_workers: int
+
+
+def node_types(path: Optional[str]) -> Optional[list[NodeType]]:
+    """The worker node types of the autoscaler config at `path` (None: `ray up`'s copy on the
+    head node, if there is one); None when there is no such file (a fixed cluster, or one
+    whose autoscaler this driver cannot see)."""
+    import yaml
+
+    path = os.path.expanduser(path or BOOTSTRAP_CONFIG)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        config = yaml.safe_load(f) or {}
+    head = config.get("head_node_type")
+    out = []
+    for name, t in (config.get("available_node_types") or {}).items():
+        if name == head:
+            continue
+        out.append(NodeType(name, {k: float(v) for k, v in (t.get("resources") or {}).items()},
+                            {str(k): str(v) for k, v in (t.get("labels") or {}).items()},
+                            int(t.get("max_workers", config.get("max_workers", 0)) or 0)))
+    return out
+
+
+def _matches(labels: dict[str, str], selector: dict[str, str]) -> bool:
+    """Equality selectors only (`!value` and `in(...)` are left to Ray)."""
+    return all(labels.get(k) == v for k, v in selector.items() if not v.startswith("!") and not v.startswith("in("))
+
+
+def check_label_selector(selector: dict[str, str], autoscaler_config: Optional[str] = None) -> None:
+    """Fail fast, naming the config key, when neither an alive node nor a node type the
+    autoscaler can launch (`ray.autoscaler_config`) carries the labels `ray.cpu_label_selector`
+    asks for. On an autoscaling cluster no worker is up when the job is submitted."""
     if not selector:
         return
-    plain = {k: v for k, v in selector.items() if not v.startswith("!") and not v.startswith("in(")}
-    for node in ray.nodes():
-        labels = node.get("Labels") or {}
-        if node.get("Alive") and all(labels.get(k) == v for k, v in plain.items()):
-            return
+    if any(node.get("Alive") and _matches(node.get("Labels") or {}, selector) for node in ray.nodes()):
+        return
+    types = node_types(autoscaler_config)
+    if types and any(t.max_workers > 0 and _matches(t.labels, selector) for t in types):
+        return
     from pipeline.config import ConfigError
 
-    wanted = [f"{k}:{v}" for k, v in selector.items()]
-    raise ConfigError("ray.cpu_label_selector", "no node of the cluster has these labels (label the CPU nodes, as "
-                      "cluster.yaml does, or set ray.cpu_label_selector=[])", wanted)
+    where = (f"no node of the cluster and no node type of its autoscaler "
+             f"({', '.join(t.name for t in types)}) has these labels" if types else
+             "no node of the cluster has these labels, and no autoscaler config was found "
+             f"(ray.autoscaler_config, default {BOOTSTRAP_CONFIG})")
+    raise ConfigError("ray.cpu_label_selector", f"{where} (label the CPU nodes, as cluster.yaml does, or set "
+                      "ray.cpu_label_selector=[])", [f"{k}:{v}" for k, v in selector.items()])
+
+
+def cluster_gpus(autoscaler_config: Optional[str] = None) -> tuple[int, Optional[int]]:
+    """(GPUs alive now, GPUs the cluster can have: alive plus what its autoscaler's node types
+    can launch, None where no autoscaler config is found)."""
+    now = int(ray.cluster_resources().get("GPU", 0))
+    types = node_types(autoscaler_config)
+    if types is None:
+        return now, None
+    return now, max(now, int(sum(t.resources.get("GPU", 0) * t.max_workers for t in types)))
+
+
+def cluster_nodes() -> dict[str, dict[str, Any]]:
+    """The cluster's nodes as run.json records them (the stages name nodes by id): each one's
+    Ray labels, resources and whether it is alive, those lost or scaled away included."""
+    return {n["NodeID"]: {"alive": bool(n.get("Alive")), "labels": dict(n.get("Labels") or {}),
+                          "resources": {k: v for k, v in (n.get("Resources") or {}).items()
+                                        if k in ("CPU", "GPU", "memory")}}
+            for n in ray.nodes()}
+
+
+class ResourceWaitError(RuntimeError):
+    """What a stage asked the cluster for (a GPU, a model actor) did not come within its wait."""
+
+
+def gpus_wanted(c: dict[str, Any]) -> bool:
+    """Whether the job is meant for GPUs: `activate.gpus_per_actor` > 0, or left null where
+    the cluster has a GPU now."""
+    per = c["activate"].get("gpus_per_actor")
+    return bool(per) if per is not None else ray.cluster_resources().get("GPU", 0) > 0
+
+
+def wait_for_gpu(stage: str, wait_s: float) -> str:
+    """Until a task asking for one GPU runs (on an autoscaling cluster, a GPU node is launched
+    for it), saying what the stage waits for; the id of the node it ran on. Raises
+    ResourceWaitError after `wait_s` seconds (`activate.actor_wait_s`)."""
+    probe = ray.remote(num_gpus=1, num_cpus=0, max_retries=0)(_node_id).remote()
+    start = said = time.monotonic()
+    while True:
+        done, _ = ray.wait([probe], timeout=5.0)
+        if done:
+            return ray.get(probe)
+        now = time.monotonic()
+        if now - start >= wait_s:
+            ray.cancel(probe, force=True)
+            raise ResourceWaitError(f"{stage}: no GPU came within {wait_s:g} s (activate.actor_wait_s); the run "
+                                    "folder keeps what was done, rerun to resume once the cluster has a GPU node")
+        if now - said >= 30.0:
+            said = now
+            log.info("%s: waiting for a GPU node: %.0f s of %g s (activate.actor_wait_s)", stage, now - start, wait_s)
+
+
+def _node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def share(obj: Any) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import numpy as np
 
 from pipeline.data.ingest import read_ingested_clip
-from pipeline.data.video import ClipSpec
+from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.segmentation.supervoxels import SegmentParams, segment_clip
 
 
@@ -27,10 +27,10 @@ class SegmentedVideo:
 
 
 def segment_video(row: dict[str, Any], spec: ClipSpec, params: SegmentParams,
-                  min_frames: Optional[int]) -> SegmentedVideo:
+                  min_frames: Optional[int], limits: Optional[DecodeLimits] = None) -> SegmentedVideo:
     """Decode the clip of one `ok` video and segment it (supervoxels shorter than `min_frames`
     marked `dropped_short`). Raises for a video that cannot be read or segmented."""
     t0 = time.perf_counter()
-    clip = read_ingested_clip(row, spec)
+    clip = read_ingested_clip(row, spec, limits)
     seg = segment_clip(clip.frames, params, min_frames=min_frames)
     return SegmentedVideo(row["video_id"], labels=seg.labels, table=seg.table, seconds=time.perf_counter() - t0)

@@ -55,17 +55,20 @@ def run(job: Job) -> None:
 
     stats = {"supervoxel_vectors": 0, "supervoxel_windows": 0, "clip_windows": 0, "actor_seconds": 0.0}
     failures: dict[str, str] = {}
-    with ModelActors(c, params, job.module) as pool:
+    with ModelActors(c, params, job.module, work=len(todo)) as pool:
         described = pool.described
-        log.info("activate: %d model actor(s) on %s, batch size %d, %s", len(described), ", ".join(pool.devices),
-                 described[0]["batch_size"], {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
-        units = activate_units(todo, where, int(c["activate"]["videos_per_part"]), 2 * len(described))
+        log.info("activate: %d of up to %d model actor(s) ready on %s, batch size %d, %s", len(described), pool.size,
+                 ", ".join(pool.devices), described[0]["batch_size"],
+                 {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
+        units = activate_units(todo, where, int(c["activate"]["videos_per_part"]), 2 * pool.size)
         progress = Progress("activate", len(todo))
         items = ((n, (folder, f"{n:05d}", videos.rows(ids), {v: where[v] for v in ids}, fingerprint))
                  for n, ids in enumerate(units))
+        retried = 0
         for out in pool.map_units(activate_unit, items):
             ids = units[out.key]
             progress.update(len(ids))
+            retried += out.attempts > 1
             if not out.ok:
                 failures.update({v: f"activation failed: {out.error}" for v in ids})
                 continue
@@ -80,13 +83,14 @@ def run(job: Job) -> None:
     activated = len(todo) - new_failures
     windows = stats["supervoxel_windows"] + stats["clip_windows"]
     job.finish("activate", videos_activated=activated, videos_skipped_done=len(done_ids), videos_failed=new_failures,
-               units=len(units), actors=len(described), devices=pool.devices, batch_size=described[0]["batch_size"],
+               units=len(units), units_retried=retried, actors=len(described),
+               actors_replaced=pool.replaced, devices=pool.devices, batch_size=described[0]["batch_size"],
                bf16=pool.bf16, layers=described[0]["layers"],
                batch_seconds_per_window=described[0]["batch_seconds_per_window"],
                supervoxel_vectors=stats["supervoxel_vectors"], windows=windows,
                windows_per_s=round(windows / wall, 2) if wall > 0 else None,
                actor_seconds_per_video=round(stats["actor_seconds"] / activated, 4) if activated else None,
-               actor_nodes=[d["node_id"] for d in described])
+               actor_nodes=pool.nodes)
 
 
 def activate_units(video_ids: list[str], where: dict[str, tuple[str, int]], per_part: int,
@@ -116,7 +120,7 @@ def activate_unit(actor: Any, folder: RunFolder, unit: str, rows: list[dict[str,
 
     def load(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
         vid = row["video_id"]
-        return read_ingested_clip(row, actor.clip_spec).frames, folder.label_volumes([vid], where)[vid]
+        return read_ingested_clip(row, actor.clip_spec, actor.limits).frames, folder.label_volumes([vid], where)[vid]
 
     results: list[VideoActivations] = []
     markers: list[dict[str, Any]] = []

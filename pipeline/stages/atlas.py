@@ -35,7 +35,7 @@ from pipeline import io, schemas
 from pipeline.atlas import build
 from pipeline.atlas.params import AtlasParams
 from pipeline.orchestration.fanout import map_tasks
-from pipeline.orchestration.runtime import Progress
+from pipeline.orchestration.runtime import Progress, gpus_wanted, wait_for_gpu
 from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS as ASSIGNMENTS, ATLAS_CLASS_CONCEPTS as CLASS_CONCEPTS,
                                  ATLAS_CONCEPTS, ATLAS_COUNTS as COUNTS, ATLAS_INDEX as INDEX, ATLAS_LINKS as LINKS,
@@ -67,7 +67,9 @@ def run(job: Job) -> None:
                for r in map(json.loads, done.column("record").to_pylist())}
     skipped = {kind: sum(1 for key in records if key[0] == kind) for kind in ("train", "assign", "index")}
 
-    gpu = p.device == "gpu" or (p.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    gpu = p.device == "gpu" or (p.device == "auto" and gpus_wanted(c))
+    if gpu and any(("train", layer, None) not in records and plans[layer] for layer in layers):
+        wait_for_gpu("atlas", float(c["activate"]["actor_wait_s"]))  # an autoscaler may have to launch one
     trains = {}
     for layer in layers:
         if ("train", layer, None) in records or not plans[layer]:

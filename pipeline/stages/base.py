@@ -12,7 +12,7 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import schemas
+from pipeline import io, schemas
 from pipeline.orchestration.runtime import cluster_cpus, label_selector
 from pipeline.run_folder import DONE, RunFolder
 
@@ -98,6 +98,32 @@ class VideoRows:
     def rows(self, video_ids: list[str]) -> list[dict[str, Any]]:
         """The rows of a few videos, in the order asked (what a unit's task gets)."""
         return self.table.take(pa.array([self.position[v] for v in video_ids], type=pa.int64())).to_pylist()
+
+
+def one_at_a_time(folder: RunFolder, units: dict[str, list[Any]], data: list[str], by_row: bool = False) -> Any:
+    """`map_tasks`'s `split` for units of (folder, unit name, video rows, ...): a unit stopped
+    at its time limit (`decode.unit_timeout_s`) loses what it wrote and becomes one unit per
+    video, named after it, added to `units` (name -> video ids, or rows with `by_row`)."""
+    def split(name: str, args: tuple) -> list[tuple[str, tuple]]:
+        for path in (folder.path(d, folder.part_name(name)) for d in data):
+            if io.exists(path):  # what it wrote before it was stopped (it has no marker)
+                io.remove(path)
+        rows = args[2]
+        if len(rows) < 2:
+            return []
+        out = []
+        for i, row in enumerate(rows):
+            units[f"{name}-{i:03d}"] = [row if by_row else row["video_id"]]
+            out.append((f"{name}-{i:03d}", (args[0], f"{name}-{i:03d}", [row], *args[3:])))
+        return out
+
+    return split
+
+
+def unit_error(what: str, error: str) -> str:
+    """The reason recorded for the videos of a unit that failed as a whole (its task lost
+    more often than retried, or stopped at its time limit, which the config key names)."""
+    return f"{what} failed: {error}" + (" (decode.unit_timeout_s)" if error.startswith("timed out") else "")
 
 
 def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:

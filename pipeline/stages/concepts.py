@@ -247,7 +247,7 @@ def randomised_gradients(job: Job, classes: list[str], scoring: dict[str, list[s
         return
     params = from_section(ActivateParams, {**job.c["activate"], "gradients": True, "measure_batch": False})
     progress = Progress("randomisation check", sum(len(scoring[k]) for k in todo))
-    with ModelActors(job.c, params, job.module) as pool:
+    with ModelActors(job.c, params, job.module, stage="randomisation check", work=len(todo)) as pool:
         items = ((k, (folder, k, scoring[k], layers, seed, fingerprint)) for k in todo)
         for res in pool.map_units(randomise_class, items):
             progress.update(len(scoring[res.key]))

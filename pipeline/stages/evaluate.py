@@ -30,7 +30,6 @@ from pipeline.evaluation.deletion import EvaluateParams, Plan
 from pipeline.evaluation.summary import (causal_importance, crossfit_summary, curves, halves, masking_importance,
                                          masking_plans, masking_summary, single_concept_plans, summarise)
 from pipeline.orchestration.actors import ModelActors
-from pipeline.orchestration.fanout import ActorQueue
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
@@ -70,7 +69,7 @@ def run(job: Job) -> None:
         videos = VideoRows(folder.read_videos())
         where = folder.label_index()
         actor_params = from_section(ActivateParams, {**c["activate"], "gradients": False, "measure_batch": False})
-        with ModelActors(c, actor_params, job.module) as pool:
+        with ModelActors(c, actor_params, job.module, stage="evaluate") as pool:
             runner = ClassRunner(job, pool, videos, where, ranked, params, fill, fingerprint, tcav_mean)
             records.update(runner.run(todo))
 
@@ -114,7 +113,7 @@ class ClassRunner:
         self.job, self.pool, self.videos, self.where = job, pool, videos, where
         self.ranked, self.params, self.fill = ranked, params, fill
         self.fingerprint, self.tcav_mean = fingerprint, tcav_mean
-        self.queue = ActorQueue(pool.actors, "run")
+        self.queue = pool.queue()
         self.open: dict[str, dict[str, Any]] = {}
         self.finishing: dict[str, ray.ObjectRef] = {}
         self.lister = ClassLister.remote(job.folder)
@@ -123,7 +122,7 @@ class ClassRunner:
     def run(self, classes: list[str]) -> dict[str, dict[str, Any]]:
         pending = list(classes)
         progress = Progress("evaluate", len(classes), unit="classes")
-        while pending and self.queue.backlog < 2 * len(self.pool.actors):
+        while pending and self.queue.backlog < 2 * self.pool.size:
             self._open(pending.pop(0), pending)
         records: dict[str, dict[str, Any]] = {}
         for out in self.queue:
@@ -141,7 +140,7 @@ class ClassRunner:
             state["waiting"] -= 1
             if state["waiting"] == 0:
                 self._next_pass(k)
-            while pending and self.queue.backlog < 2 * len(self.pool.actors):
+            while pending and self.queue.backlog < 2 * self.pool.size:
                 self._open(pending.pop(0), pending)
             records.update(self._collect(progress, block=False))
         records.update(self._collect(progress, block=True))
@@ -170,7 +169,7 @@ class ClassRunner:
         """Queue the class's current pass in chunks of videos (or finish a class left without any)."""
         state = self.open[k]
         vids = [v for v in state["videos"] if v not in state["failed"]]
-        size = max(1, min(CHUNK, math.ceil(len(vids) / len(self.pool.actors)))) if vids else 1
+        size = max(1, min(CHUNK, math.ceil(len(vids) / self.pool.size))) if vids else 1
         chunks = [vids[i:i + size] for i in range(0, len(vids), size)]
         state["waiting"] = len(chunks)
         plans = state["plans"][-1]
@@ -260,7 +259,8 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), filter=pc.field("video_id") == vid,
                          columns=["layer", "supervoxel_ids", "concepts"]).to_pylist()
         assignments = {r["layer"]: (r["supervoxel_ids"], r["concepts"]) for r in vi}
-        return (read_ingested_clip(row, actor.clip_spec).frames, folder.label_volumes([vid], where)[vid], assignments)
+        clip = read_ingested_clip(row, actor.clip_spec, actor.limits).frames
+        return clip, folder.label_volumes([vid], where)[vid], assignments
 
     outcomes: dict[str, dict[str, tuple[list[float], list[bool]]]] = {}
     failed: dict[str, str] = {}

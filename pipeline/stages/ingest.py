@@ -18,12 +18,12 @@ from pipeline import schemas
 from pipeline.config import ConfigError
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video, video_row
-from pipeline.data.video import ClipSpec
+from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import ParameterError
 from pipeline.run_folder import VIDEOS, RunFolder
-from pipeline.stages.base import Job, per_second, unit_batches
+from pipeline.stages.base import Job, one_at_a_time, per_second, unit_batches, unit_error
 
 log = logging.getLogger("pipeline")
 
@@ -37,7 +37,7 @@ def run(job: Job) -> None:
         corpus = resolve_corpus(c["dataset"])
     except ParameterError as e:
         raise ConfigError.from_parameter("dataset", e) from None
-    spec = ClipSpec(**c["clip"])
+    spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
     fingerprint = job.fingerprints["ingest"]
     ids = [r["video_id"] for r in corpus.rows]
     paths = [r["path"] for r in corpus.rows]
@@ -59,14 +59,15 @@ def run(job: Job) -> None:
     todo = [r for r in corpus.rows if (r["video_id"], r["path"]) not in have]
     if have:
         log.info("ingest: %d videos already read by an earlier run, %d to go", len(ids) - len(todo), len(todo))
-    units = unit_batches(todo, int(c["segment"]["videos_per_part"]) * 4)
+    units = {f"{n:05d}": rows for n, rows in enumerate(unit_batches(todo, int(c["segment"]["videos_per_part"]) * 4))}
     progress = Progress("ingest", len(todo))
-    for out in map_tasks(ingest_unit, ((n, (folder, f"{n:05d}", rows)) for n, rows in enumerate(units)), spec,
-                         fingerprint, progress=None, label_selector=job.cpu_selector):
+    items = ((name, (folder, name, rows)) for name, rows in list(units.items()))
+    for out in map_tasks(ingest_unit, items, spec, fingerprint, limits, progress=None, label_selector=job.cpu_selector,
+                         timeout_s=limits.unit_timeout_s, split=one_at_a_time(folder, units, [INGESTED], by_row=True)):
         progress.update(len(units[out.key]))
         if not out.ok:
-            rows = [video_row(r, spec, f"ingest failed: {out.error}") for r in units[out.key]]
-            folder.write_unit("ingest", f"{out.key:05d}", [(INGESTED, _rows_table(rows))],
+            rows = [video_row(r, spec, unit_error("ingest", out.error)) for r in units[out.key]]
+            folder.write_unit("ingest", out.key, [(INGESTED, _rows_table(rows))],
                               [{"video_id": r["video_id"]} for r in rows], fingerprint)
     where = {"label_selector": job.cpu_selector} if job.cpu_selector else {}
     summary = ray.get(write_manifest.options(**where).remote(folder, ids, paths, fingerprint))
@@ -86,9 +87,9 @@ def write_manifest(folder: RunFolder, ids: list[str], paths: list[str], fingerpr
 
 
 def ingest_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec,
-                fingerprint: str) -> int:
+                fingerprint: str, limits: DecodeLimits) -> int:
     """One unit (in a Ray task): each video's row from its container, written with the marker."""
-    out = [ingest_video(r, spec) for r in rows]
+    out = [ingest_video(r, spec, limits) for r in rows]
     folder.write_unit("ingest", unit, [(INGESTED, _rows_table(out))], [{"video_id": r["video_id"]} for r in out],
                       fingerprint)
     return len(out)

@@ -14,14 +14,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.data.video import ClipSpec
+from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
-from pipeline.stages.base import Job, VideoRows, per_second, unit_batches, unit_failures
+from pipeline.stages.base import (Job, VideoRows, one_at_a_time, per_second, unit_batches, unit_error,
+                                  unit_failures)
 
 log = logging.getLogger("pipeline")
 
@@ -31,7 +32,7 @@ STATUSES = (KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT)
 def run(job: Job) -> None:
     job.begin("segment")
     c, folder = job.c, job.folder
-    spec = ClipSpec(**c["clip"])
+    spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
     params = from_section(SegmentParams, c["segment"])
     min_frames = job.window if c["segment"]["short_supervoxels"] == "drop" else None
     fingerprint = job.fingerprints["segment"]
@@ -43,19 +44,22 @@ def run(job: Job) -> None:
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done_ids),
              list(params.n_segments))
 
-    units = unit_batches(todo, int(c["segment"]["videos_per_part"]))
+    units = {f"{n:05d}": ids for n, ids in enumerate(unit_batches(todo, int(c["segment"]["videos_per_part"])))}
     progress = Progress("segment", len(todo))
     stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     seconds: list[float] = []
     nodes: dict[str, int] = {}
     failures: dict[str, str] = {}
-    items = ((n, (folder, f"{n:05d}", videos.rows(ids))) for n, ids in enumerate(units))
-    for out in map_tasks(segment_unit, items, spec, params, min_frames, fingerprint, progress=None,
-                         label_selector=job.cpu_selector):
+    retried = 0
+    items = ((name, (folder, name, videos.rows(ids))) for name, ids in list(units.items()))
+    for out in map_tasks(segment_unit, items, spec, params, min_frames, fingerprint, limits, progress=None,
+                         label_selector=job.cpu_selector, timeout_s=limits.unit_timeout_s,
+                         split=one_at_a_time(folder, units, [SUPERVOXELS, LABEL_VOLUMES])):
         ids = units[out.key]
         progress.update(len(ids))
-        if not out.ok:  # the unit's task died (twice retried): its videos fail with the reason
-            failures.update({v: f"segmentation failed: {out.error}" for v in ids})
+        retried += out.attempts > 1
+        if not out.ok:  # the unit's task died (twice retried) or ran past its time limit: its videos fail
+            failures.update({v: unit_error("segmentation", out.error) for v in ids})
             continue
         nodes[out.node] = nodes.get(out.node, 0) + len(ids)
         for k, v in out.value["stats"].items():
@@ -68,7 +72,8 @@ def run(job: Job) -> None:
     new_failures = sum(1 for v in todo if v in failures)
     segmented = len(todo) - new_failures
     job.finish("segment", videos_segmented=segmented, videos_skipped_done=len(done_ids),
-               videos_failed=new_failures, units=len(units), videos_per_s=per_second(segmented, job.wall("segment")),
+               videos_failed=new_failures, units=len(units), units_retried=retried,
+               videos_per_s=per_second(segmented, job.wall("segment")),
                seconds_per_clip_in_task=round(float(np.mean(seconds)), 4) if seconds else None,
                n_segments=list(params.n_segments), supervoxels=stats,
                kept_per_video=round(stats[KEPT] / segmented, 2) if segmented else None, videos_per_node=nodes)
@@ -77,14 +82,14 @@ def run(job: Job) -> None:
 
 
 def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec, params: SegmentParams,
-                 min_frames: Optional[int], fingerprint: str) -> dict[str, Any]:
+                 min_frames: Optional[int], fingerprint: str, limits: DecodeLimits) -> dict[str, Any]:
     """One unit (in a Ray task): segment its videos, write their supervoxels and label volumes
     (one row group per video) and the unit's marker; return the counts."""
     results: list[SegmentedVideo] = []
     markers: list[dict[str, Any]] = []
     for row in rows:
         try:
-            res = segment_video(row, spec, params, min_frames)
+            res = segment_video(row, spec, params, min_frames, limits)
         except Exception as e:  # a video that cannot be read or segmented fails alone
             markers.append({"video_id": row["video_id"], "status": schemas.FAILED,
                             "error": f"segmentation failed: {type(e).__name__}: {e}"})
