@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,10 +18,10 @@ import tempfile
 
 import pytest
 
-from tests.conftest import compose
+from tests.conftest import run_cli
 from tests.test_cluster_job import _free_port, _kill_head
 
-pytestmark = [pytest.mark.ray, pytest.mark.own_cluster]
+pytestmark = [pytest.mark.ray, pytest.mark.own_cluster]  # (its drivers are processes of their own)
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 FAKE_HEAD = "fffffffffffffffffffffffffffffffffffffffffffffffffff00000"  # the fake provider's head id
 
@@ -51,9 +52,6 @@ def autoscaler_config(gcs: str) -> dict:
 
 @pytest.fixture(scope="module")
 def autoscaling_cluster(tmp_path_factory):
-    import ray
-
-    ray.shutdown()  # the shared local Ray, if up: this driver joins the autoscaling cluster instead
     port = _free_port()
     gcs = f"127.0.0.1:{port}"
     config = tmp_path_factory.mktemp("autoscaler") / "cluster.json"
@@ -70,23 +68,25 @@ def autoscaling_cluster(tmp_path_factory):
         assert start.returncode == 0, start.stdout[-2000:] + start.stderr[-2000:]
         yield {"address": gcs, "config": str(config), "temp_dir": temp_dir}
     finally:
-        ray.shutdown()
         _kill_head(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _job(cluster: dict, out, *more: str):
+    """`python -m pipeline` on the cluster, a driver process of its own as `ray job submit` runs
+    one on the head (a pytest process that ran other Ray sessions before is not one)."""
+    return run_cli(f"run.output_dir={out}", f"dataset.root={out.parent / 'corpus'}",
+                   "dataset.synthetic.videos_per_class=2", "segment=reference", "segment.videos_per_part=2",
+                   f"ray.address={cluster['address']}", f"ray.autoscaler_config={cluster['config']}", *more,
+                   timeout=600, env={"RAY_AUTH_MODE": "disabled"})
+
+
 def test_from_zero_workers_segmentation_runs_on_the_cpu_type_and_the_model_actor_on_the_gpu_type(
         autoscaling_cluster, tmp_path):
-    import ray
-
-    from pipeline.job import run_job
-
-    cfg = compose(f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
-                  "dataset.synthetic.videos_per_class=2", "segment=reference", "segment.videos_per_part=2",
-                  f"ray.address={autoscaling_cluster['address']}", "ray.cpu_label_selector=[ace3d-node:cpu]",
-                  f"ray.autoscaler_config={autoscaling_cluster['config']}", "activate.gpus_per_actor=1",
-                  "activate.actor_wait_s=240", "run.stages=[ingest,segment,activate]")
-    record = run_job(cfg)
+    res = _job(autoscaling_cluster, tmp_path / "run", "ray.cpu_label_selector=[ace3d-node:cpu]",
+               "activate.gpus_per_actor=1", "activate.actor_wait_s=240", "run.stages=[ingest,segment,activate]")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    record = json.load(open(tmp_path / "run" / "run.json"))
     nodes = record["nodes"]
     kind = {node: info["labels"].get("ace3d-node") for node, info in nodes.items()}
     seg, act = record["stages"]["segment"], record["stages"]["activate"]
@@ -94,17 +94,12 @@ def test_from_zero_workers_segmentation_runs_on_the_cpu_type_and_the_model_actor
     assert {kind[n] for n in seg["videos_per_node"]} == {"cpu"}, (seg["videos_per_node"], kind)
     assert act["actor_nodes"] and {kind[n] for n in act["actor_nodes"]} == {"gpu"}, (act["actor_nodes"], kind)
     assert all(nodes[n]["resources"].get("GPU") == 1 for n in act["actor_nodes"])
-    assert ray.cluster_resources().get("GPU", 0) == 1  # launched for the actor: none was up at the start
+    assert sum(1 for n in nodes.values() if n["labels"].get("ace3d-node") == "gpu") == 1  # launched for the actor
 
 
 def test_a_label_selector_no_node_type_carries_stops_before_any_work(autoscaling_cluster, tmp_path):
-    from pipeline.config import ConfigError
-    from pipeline.job import run_job
-
-    cfg = compose(f"run.output_dir={tmp_path / 'run'}", f"dataset.root={tmp_path / 'corpus'}",
-                  f"ray.address={autoscaling_cluster['address']}", "ray.cpu_label_selector=[ace3d-node:cpu-large]",
-                  f"ray.autoscaler_config={autoscaling_cluster['config']}")
-    with pytest.raises(ConfigError, match=r"ray.cpu_label_selector.*no node type of its autoscaler \(cpu_worker, "
-                                          r"gpu_worker\)"):
-        run_job(cfg)
+    res = _job(autoscaling_cluster, tmp_path / "run", "ray.cpu_label_selector=[ace3d-node:cpu-large]")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert re.search(r"error: config key 'ray.cpu_label_selector'.*no node type of its autoscaler \(cpu_worker, "
+                     r"gpu_worker\)", res.stderr), res.stderr[-3000:]
     assert not (tmp_path / "run" / "videos.parquet").exists()

@@ -6,6 +6,7 @@ tests/test_cluster_job.py.)"""
 from __future__ import annotations
 
 import json
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -57,6 +58,25 @@ def test_folder_corpus_with_broken_files_keeps_one_row_per_file(broken_folder, t
     assert record["config"]["dataset"]["root"] == broken_folder
     assert record["versions"]["ray"]
     assert "ingest: 9/9 videos" in printed  # progress is shown
+
+
+def test_a_video_that_hangs_alone_fails_at_the_unit_time_limit_and_its_unit_mates_do_not(tmp_path, local_ray):
+    """A read that never returns (a named pipe nobody writes, as a stuck network mount): its
+    unit is stopped at decode.unit_timeout_s, its videos tried one at a time, and only the one
+    that hangs again becomes a failed row naming the limit."""
+    root = tmp_path / "corpus"
+    (root / "walk").mkdir(parents=True)
+    for i in range(8):
+        make_video(str(root / "walk" / f"good{i}.mp4"), frames=12, size=(32, 32), seed=i)
+    os.mkfifo(root / "walk" / "stuck.mp4")
+    out = tmp_path / "run"
+    record, printed = run_job_here(f"run.output_dir={out}", "dataset=folder", f"dataset.root={root}",
+                                   "run.stages=[ingest]", "clip.num_frames=8", "clip.height=32", "clip.width=32",
+                                   "decode.unit_timeout_s=12")  # room for a cold worker on a busy machine
+    by_id = {v["video_id"]: v for v in pq.read_table(out / "videos.parquet").to_pylist()}
+    assert len(by_id) == 9 and sum(v["status"] == "ok" for v in by_id.values()) == 8
+    assert by_id["walk/stuck"]["status"] == "failed"
+    assert "timed out" in by_id["walk/stuck"]["error"] and "decode.unit_timeout_s" in by_id["walk/stuck"]["error"]
 
 
 def test_csv_corpus(tmp_path, local_ray):

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from pipeline.data.video import ClipSpec, VideoError, read_clip, sample_indices
+from pipeline.data.video import ClipSpec, DecodeLimits, VideoError, read_clip, sample_indices
 from tests.conftest import make_video
 
 
@@ -98,3 +98,54 @@ def test_truncated_mdat_is_caught_when_decoding(tmp_path):
     with pytest.raises(VideoError, match="truncated|decoding failed"):
         read_clip(fast, ClipSpec(num_frames=50, start="start", height=32, width=32))
     assert os.path.getsize(fast) > 0
+
+
+def _kinetics_like(path: str, seconds: float = 4.0, fps: int = 30, gop: int = 15) -> None:
+    """H.264 yuv420p with B-frames and a keyframe every `gop` frames, as YouTube serves
+    Kinetics: frames a seek lands between."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    with av.open(path, mode="w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"preset": "veryfast", "g": str(gop), "bf": "2", "threads": "1"}
+        for t in range(int(seconds * fps)):
+            frame = np.stack([(xx * 4 + t * 7) % 256, (yy * 5 + t * 3) % 256, np.full_like(xx, t % 256)], -1)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame.astype(np.uint8), format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+@pytest.mark.parametrize("spec", [ClipSpec(num_frames=16, height=48, width=64),
+                                  ClipSpec(num_frames=8, fps=6, height=32, width=32),
+                                  ClipSpec(num_frames=5, frame_stride=3, start="2.1", height=48, width=64),
+                                  ClipSpec(num_frames=4, start="start", height=48, width=64)],
+                         ids=["centre", "fps-resampled", "start-time", "first-frames"])
+def test_seeking_gives_the_frames_of_a_decode_from_the_start(tmp_path, spec):
+    path = str(tmp_path / "k.mp4")
+    _kinetics_like(path)
+    seek = read_clip(path, spec, DecodeLimits(seek=True))
+    full = read_clip(path, spec, DecodeLimits(seek=False))
+    assert np.array_equal(seek.frames, full.frames) and np.array_equal(seek.frame_indices, full.frame_indices)
+    assert full.decoded_frames == int(full.frame_indices[-1]) + 1
+    if spec.start != "start":  # from the keyframe before the clip: at most a GOP before its first frame
+        assert seek.decoded_frames <= int(seek.frame_indices[-1] - seek.frame_indices[0]) + 1 + 15
+        assert seek.decoded_frames < full.decoded_frames
+
+
+@pytest.mark.parametrize("limits, key", [(DecodeLimits(max_pixels=64 * 47), "decode.max_pixels"),
+                                         (DecodeLimits(max_duration_s=3.5), "decode.max_duration_s"),
+                                         (DecodeLimits(seek=False, max_decoded_mb=64 * 48 * 3 * 50 / 1e6),
+                                          "decode.max_decoded_mb")])
+def test_a_video_past_a_cap_fails_with_the_cap_named(tmp_path, limits, key):
+    from pipeline.data.ingest import ingest_video
+
+    path = str(tmp_path / "k.mp4")
+    _kinetics_like(path)
+    spec = ClipSpec(num_frames=16, height=32, width=32)
+    with pytest.raises(VideoError, match=key.replace(".", r"\.")):
+        read_clip(path, spec, limits)
+    if key != "decode.max_decoded_mb":  # the container says so: a failed row at ingest, nothing decoded
+        row = ingest_video({"video_id": "k", "path": path, "label": "x"}, spec, limits)
+        assert row["status"] == "failed" and key in row["error"]
+    read_clip(path, spec, DecodeLimits())  # under the default caps it reads

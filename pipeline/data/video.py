@@ -107,6 +107,7 @@ class Clip:
     frames: np.ndarray  # uint8 [L, H, W, 3], RGB, resized to the spec's H x W
     frame_indices: np.ndarray  # int64 [L], index of each clip frame in the source stream
     info: VideoInfo
+    decoded_frames: int = 0  # frames decoded to reach it (from the keyframe before it, when seeking)
 
 
 def _probe(container: "av.container.InputContainer", path: str) -> tuple["av.video.stream.VideoStream", VideoInfo]:
@@ -164,7 +165,7 @@ def sample_indices(num_source_frames: int, source_fps: float, spec: ClipSpec) ->
 def _open(path: str) -> "av.container.InputContainer":
     if not os.path.exists(path):
         raise VideoError(f"no such file: {path}")
-    if os.path.getsize(path) == 0:
+    if os.path.isfile(path) and os.path.getsize(path) == 0:  # (a pipe or a device is read as it comes)
         raise VideoError("empty file (0 bytes)")
     try:
         return av.open(path)
@@ -209,19 +210,19 @@ def read_clip(path: str, spec: ClipSpec, limits: Optional[DecodeLimits] = None) 
             container.seek(0)
         indices = sample_indices(info.num_frames, info.fps, spec)
         stream.thread_type = "AUTO"
-        frames = None
+        got = None
         if limits.seek and int(indices[0]) > 0 and info.fps > 0 and stream.time_base is not None:
-            frames = _decode(container, stream, info, indices, spec, limits, seek=True)
-            if frames is None:  # the stream's timestamps are off its frame grid: decoded from the start
+            got = _decode(container, stream, info, indices, spec, limits, seek=True)
+            if got is None:  # the stream's timestamps are off its frame grid: decoded from the start
                 container.seek(0)
-        if frames is None:
-            frames = _decode(container, stream, info, indices, spec, limits, seek=False)
-    return Clip(frames=frames, frame_indices=indices, info=info)
+        frames, decoded = got or _decode(container, stream, info, indices, spec, limits, seek=False)
+    return Clip(frames=frames, frame_indices=indices, info=info, decoded_frames=decoded)
 
 
 def _decode(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream", info: VideoInfo,
-            indices: np.ndarray, spec: ClipSpec, limits: DecodeLimits, seek: bool) -> Optional[np.ndarray]:
-    """The clip's frames. `seek`: from the keyframe at or before the clip's first frame, each
+            indices: np.ndarray, spec: ClipSpec, limits: DecodeLimits,
+            seek: bool) -> Optional[tuple[np.ndarray, int]]:
+    """The clip's frames and how many were decoded. `seek`: from the keyframe at or before the clip's first frame, each
     frame's index read from its timestamp (None when a timestamp is off the frame grid, or the
     seek landed past the clip's first frame); else every frame from the first, counted."""
     wanted: dict[int, list[int]] = {}
@@ -270,7 +271,7 @@ def _decode(container: "av.container.InputContainer", stream: "av.video.stream.V
             return None
         raise VideoError(f"truncated: decoded {idx + 1} frames, the clip needs frame {last} "
                          f"(the container claims {info.num_frames})")
-    return frames
+    return frames, decoded
 
 
 def _count_frames(container: "av.container.InputContainer", stream: "av.video.stream.VideoStream") -> int:

@@ -58,8 +58,10 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
               split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]] = None) -> Iterator[Outcome]:
     """Run `fn(*args, *shared)` as one Ray task per (key, args) item; yield Outcomes as they finish.
 
-    At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs), so
-    memory stays bounded however many items there are; `items` may be a generator, consumed
+    At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs, looked
+    at again every few seconds: on an autoscaling cluster the tasks waiting for a CPU are the
+    demand that brings more nodes, and the bound grows as they come), so memory stays bounded
+    however many items there are; `items` may be a generator, consumed
     only as tasks are queued. `shared` values go into the object store once, for every task. A
     task whose worker or node was lost is submitted again (at most `retries` times, before the
     items not yet started) and its Outcome's `attempts` counts the tries; one whose function
@@ -75,13 +77,14 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
     if label_selector:
         remote = remote.options(label_selector=dict(label_selector))
     refs = [ray.put(a) for a in shared]
-    if max_in_flight is None:
-        max_in_flight = max(2, 2 * int(ray.cluster_resources().get("CPU", 2)))
+    bound, looked = max_in_flight, 0.0
     pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]] = {}
     again: deque[tuple[Any, tuple, int]] = deque()
     it = iter(items)
     while True:
-        while len(pending) < max_in_flight:
+        if max_in_flight is None and time.monotonic() - looked > 5.0:
+            bound, looked = max(2, 2 * int(ray.cluster_resources().get("CPU", 0))), time.monotonic()
+        while len(pending) < bound:
             if again:
                 key, args, attempt = again.popleft()
             else:
@@ -93,12 +96,13 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
             pending[remote.remote(*args, *refs)] = (key, args, attempt, time.monotonic())
         if not pending:
             return
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=min(timeout_s, 5.0) if timeout_s else None)
-        if not done:
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=min(timeout_s, 5.0) if timeout_s else 5.0)
+        if not done and timeout_s:
             for out in _stop_late(pending, again, timeout_s, split):
                 if progress is not None:
                     progress.update()
                 yield out
+        if not done:
             continue
         key, args, attempt, _ = pending.pop(done[0])
         try:
