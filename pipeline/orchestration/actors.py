@@ -359,14 +359,15 @@ class ActorQueue:
             key, args, attempt, slot = self.pending.pop(done[0])
             self.load[slot] -= 1
             try:
-                yield Outcome(key, value=ray.get(done[0]), attempts=attempt)
-            except ray.exceptions.RayTaskError as e:
-                yield Outcome(key, error=describe_failure(e, "model actor"), attempts=attempt)
-            except ray.exceptions.RayActorError as e:
+                out = Outcome(key, value=ray.get(done[0]), attempts=attempt)
+            except ray.exceptions.RayActorError as e:  # the actor died (with its node): replaced
                 self.pool.lost(slot)
-                if attempt > self.retries:
-                    yield Outcome(key, error=f"{describe_failure(e, 'model actor')} ({attempt} times on this unit)",
-                                  attempts=attempt)
-                else:
+                if attempt <= self.retries:
                     self.retried += 1
                     self.put(key, args, first=True, attempt=attempt + 1)
+                    continue
+                out = Outcome(key, error=f"{describe_failure(e, 'model actor')} ({attempt} times on this unit)",
+                              attempts=attempt)
+            except ray.exceptions.RayError as e:  # the unit raised (or its result was lost)
+                out = Outcome(key, error=describe_failure(e, "model actor"), attempts=attempt)
+            yield out
