@@ -88,6 +88,20 @@ def test_a_local_job_on_a_machine_with_a_cluster_starts_its_own(three_node_clust
     assert res.stdout.strip().splitlines()[-1] != three_node_cluster["address"]
 
 
+def _lose(cluster, node) -> None:
+    """A node gone as a spot node goes: its raylet and every process it started (the workers and
+    actors, which would otherwise finish the call they hold before noticing) killed at once."""
+    import psutil
+    from ray._private import ray_constants
+
+    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+    workers = raylet.children(recursive=True)
+    for proc in workers:
+        proc.kill()
+    cluster.remove_node(node, allow_graceful=False)
+    psutil.wait_procs(workers, timeout=30)
+
+
 def _markers(out: str, stage: str) -> int:
     return len(glob.glob(os.path.join(out, "_done", stage, "part-*.parquet")))
 
@@ -123,8 +137,8 @@ def test_nodes_lost_mid_stage_the_job_retries_waits_and_resumes_to_the_clean_run
     out = str(tmp_path / "run")
     cfg = _placement_job(three_node_cluster, out, corpus, "segment.videos_per_part=1", "activate.videos_per_part=1",
                          "activate.actor_wait_s=8")
-    lose_cpu = _when(out, "segment", 2, lambda: cluster.remove_node(nodes["cpu"].pop(0), allow_graceful=False))
-    lose_gpu = _when(out, "activate", 1, lambda: cluster.remove_node(nodes["gpu"].pop(0), allow_graceful=False))
+    lose_cpu = _when(out, "segment", 2, lambda: _lose(cluster, nodes["cpu"].pop(0)))
+    lose_gpu = _when(out, "activate", 1, lambda: _lose(cluster, nodes["gpu"].pop(0)))
     with pytest.raises(ResourceWaitError, match=r"activate: no model actor could start within 8 s "
                                                 r"\(activate.actor_wait_s\).*rerun to resume"):
         run_job(cfg)
@@ -139,8 +153,7 @@ def test_nodes_lost_mid_stage_the_job_retries_waits_and_resumes_to_the_clean_run
         nodes["gpu"].append(cluster.add_node(num_cpus=1, num_gpus=1, labels={"ace3d-node": "gpu"}))
     cluster.wait_for_nodes()
     lost = nodes["gpu"][0].node_id
-    lose_again = _when(out, "activate", done_before + 1,
-                       lambda: cluster.remove_node(nodes["gpu"].pop(0), allow_graceful=False))
+    lose_again = _when(out, "activate", done_before + 1, lambda: _lose(cluster, nodes["gpu"].pop(0)))
     record = run_job(cfg)
     lose_again.join()
     act = record["stages"]["activate"]
