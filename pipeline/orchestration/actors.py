@@ -27,7 +27,7 @@ from pipeline.data.ingest import read_ingested_clip
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.models.registry import load_model
 from pipeline.orchestration.fanout import Outcome, describe_failure
-from pipeline.orchestration.runtime import ResourceWaitError, cluster_gpus
+from pipeline.orchestration.runtime import ResourceWaitError, cluster_gpus, gpus_per_actor
 
 log = logging.getLogger("pipeline")
 
@@ -136,8 +136,7 @@ def actor_shape(a: dict[str, Any], ray_cfg: dict[str, Any]) -> tuple[dict[str, A
     `activate` section: GPU actors when `gpus_per_actor` asks for them (or, left null, where
     the cluster has a GPU now), else CPU actors."""
     gpus_now, gpus_max = cluster_gpus(ray_cfg.get("autoscaler_config"))
-    per = a.get("gpus_per_actor")
-    per = (1.0 if gpus_now else 0.0) if per is None else float(per)
+    per = gpus_per_actor(a)
     if per > 0:
         can = gpus_max if gpus_max is not None else gpus_now
         n = a["num_actors"] or max(1, int(can // per))
@@ -150,7 +149,7 @@ def check_actor_resources(c: dict[str, Any]) -> None:
     has no GPU now would wait in vain unless its autoscaler can launch one: the node types of
     `ray.autoscaler_config` say so."""
     per = c["activate"].get("gpus_per_actor")
-    if not per or not {"activate", "concepts", "evaluate", "score"} & set(c["run"]["stages"]):
+    if not per or not {"activate", "concepts", "evaluate"} & set(c["run"]["stages"]):
         return
     now, can = cluster_gpus(c["ray"].get("autoscaler_config"))
     if now or can:
@@ -323,14 +322,13 @@ class ActorQueue:
 
     A call whose actor died (its node was lost) goes back to the front of the queue, at most
     `retries` times (a unit that kills its actor each time then fails with the reason), while
-    the pool replaces the actor; `retried` counts those calls."""
+    the pool replaces the actor; an Outcome's `attempts` counts its tries."""
 
     def __init__(self, pool: ModelActors, per_actor: int = 2, retries: int = 2) -> None:
         self.pool, self.per_actor, self.retries = pool, per_actor, retries
         self.queued: deque[tuple[Any, tuple, int]] = deque()
         self.pending: dict[ray.ObjectRef, tuple[Any, tuple, int, int]] = {}  # ref -> key, args, attempt, slot
         self.load: dict[int, int] = {}
-        self.retried = 0
 
     def put(self, key: Any, args: tuple, first: bool = False, attempt: int = 1) -> None:
         (self.queued.appendleft if first else self.queued.append)((key, args, attempt))
@@ -363,7 +361,6 @@ class ActorQueue:
             except ray.exceptions.RayActorError as e:  # the actor died (with its node): replaced
                 self.pool.lost(slot)
                 if attempt <= self.retries:
-                    self.retried += 1
                     self.put(key, args, first=True, attempt=attempt + 1)
                     continue
                 out = Outcome(key, error=f"{describe_failure(e, 'model actor')} ({attempt} times on this unit)",
