@@ -27,10 +27,13 @@ from pipeline.data.ingest import read_ingested_clip
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.models.registry import load_model
 from pipeline.orchestration.fanout import Outcome, describe_failure
-from pipeline.orchestration.runtime import ResourceWaitError, cluster_gpus, gpus_per_actor
+from pipeline.orchestration.runtime import ResourceWaitError, a_node_fits, cluster_gpus, gpus_per_actor
 
 log = logging.getLogger("pipeline")
 
+# Once a node can hold a model actor, the time it is given on top of `activate.actor_wait_s`
+# to start: a worker process, torch, the model's weights (a loaded node takes a while).
+START_S = 300.0
 
 
 class ModelActor:
@@ -243,18 +246,24 @@ class ModelActors:
                      described["device"], described["node_id"][:12])
 
     def _check_wait(self) -> None:
+        """Stop after `actor_wait_s` without a node that can hold an actor; where one can, the
+        actor is starting (or the node is busy with other work) and gets `START_S` more."""
         now = time.monotonic()
         waited = now - self.waiting_since
         gpus = int(ray.cluster_resources().get("GPU", 0))
-        if waited >= self.wait_s:
+        room = a_node_fits(self.options)
+        if waited >= self.wait_s + (START_S if room else 0.0):
+            why = (f"a node can hold one but none started within {START_S:g} s more" if room else
+                   f"each asks for {self.asks} and the cluster has {gpus} GPU(s) now")
             raise ResourceWaitError(
-                f"{self.stage}: no model actor could start within {self.wait_s:g} s (activate.actor_wait_s): each asks "
-                f"for {self.asks} and the cluster has {gpus} GPU(s) now; the run folder keeps what was done, rerun "
-                "to resume once the cluster has room (or set activate.gpus_per_actor=0 for CPU actors)")
+                f"{self.stage}: no model actor could start within {self.wait_s:g} s (activate.actor_wait_s): {why}; "
+                "the run folder keeps what was done, rerun to resume once the cluster has room (or set "
+                "activate.gpus_per_actor=0 for CPU actors)")
         if now - self._said >= 30.0 or not self._said:
             self._said = now
-            log.info("%s: waiting for a model actor (each asks for %s; the cluster has %d GPU(s) now): %.0f s of "
-                     "%g s (activate.actor_wait_s)", self.stage, self.asks, gpus, waited, self.wait_s)
+            what = "a node can hold one, it is starting" if room else "no node can hold one yet"
+            log.info("%s: waiting for a model actor (each asks for %s; the cluster has %d GPU(s) now; %s): %.0f s of "
+                     "%g s (activate.actor_wait_s)", self.stage, self.asks, gpus, what, waited, self.wait_s)
 
     def lost(self, slot: int) -> None:
         """The actor of `slot` died (its node was lost, or its process): start a replacement."""

@@ -127,6 +127,15 @@ def cluster_nodes() -> dict[str, dict[str, Any]]:
             for n in ray.nodes()}
 
 
+def a_node_fits(options: dict[str, Any]) -> bool:
+    """Whether an alive node has, in all, the CPUs and GPUs of a task or actor with these Ray
+    `options` (what it holds now aside): whether waiting for it is waiting for it to start
+    rather than for a node."""
+    ask = {"CPU": float(options.get("num_cpus") or 0), "GPU": float(options.get("num_gpus") or 0)}
+    return any(node.get("Alive") and all((node.get("Resources") or {}).get(k, 0.0) >= v for k, v in ask.items())
+               for node in ray.nodes())
+
+
 class ResourceWaitError(RuntimeError):
     """What a stage asked the cluster for (a GPU, a model actor) did not come within its wait."""
 
