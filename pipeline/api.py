@@ -80,15 +80,17 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
     return Run(record["run_dir"])
 
 
-def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, **overrides: Any) -> "Run":
+def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, trust_run: bool = False,
+                 **overrides: Any) -> "Run":
     """Explain new `videos` with a finished run's concepts, no rediscovery (`python -m
     pipeline.score`, see there); returns the scored folder as a `Run` (its voxel_importance,
     concept_presence and report). `overrides`: config groups as for `explain`; the model, clip,
-    segment and activate settings are the run's, and another value for one raises ValueError."""
+    segment and activate settings are the run's, and another value for one raises ValueError.
+    `trust_run`: needed when the run's model runs code on loading (a factory, TorchScript)."""
     from pipeline.score import pin_to_run, score_job, source_run
 
     try:
-        source, c = source_run(run.path if isinstance(run, Run) else str(run))
+        source, c = source_run(run.path if isinstance(run, Run) else str(run), trust_run)
         cfg = _compose(videos, c["model"]["name"], output_dir, None, None, overrides)
         default = _compose(videos, c["model"]["name"], output_dir, None, None, {})
         cfg = pin_to_run(cfg, default, c, _named_keys(overrides))

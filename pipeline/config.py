@@ -70,6 +70,7 @@ class DatasetConfig:
     label,youtube_id,time_start,time_end,split; each row's file is `root/<path_template>`) or
     `list` (the files in `videos`, each labelled by its folder's name).
     classes, splits (csv only), max_videos_per_class: restrict the corpus (None: all).
+    identity: what tells a rerun a video changed: `stat` (size, modification time) or `sha256`.
     """
 
     name: str = MISSING
@@ -77,7 +78,7 @@ class DatasetConfig:
     root: Optional[str] = None
     csv: Optional[str] = None
     path_template: str = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
-    extensions: list[str] = field(default_factory=lambda: [".mp4", ".avi", ".mkv", ".webm", ".mov"])
+    identity: str = "stat"
     classes: Optional[list[str]] = None
     splits: Optional[list[str]] = None
     max_videos_per_class: Optional[int] = None
@@ -86,6 +87,7 @@ class DatasetConfig:
 
     def check(self) -> None:
         require(self.kind in DATASET_KINDS, "kind", self.kind, f"must be one of {list(DATASET_KINDS)}")
+        require(self.identity in ("stat", "sha256"), "identity", self.identity, "must be stat or sha256")
         if self.kind in ("folder", "csv"):
             require(bool(self.root), "root", self.root,
                     f"a {self.kind} corpus needs its root folder (dataset.root=/abs/path)")
@@ -269,12 +271,14 @@ class RunConfig:
 
     output_dir: the run folder (relative paths are taken from the current directory).
     stages: the stages to run, in order. log_level: DEBUG, INFO, WARNING or ERROR.
+    retry_failed: a rerun tries every failed video again (else those whose failure may pass).
     """
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
     seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     log_level: str = "INFO"
+    retry_failed: bool = False
 
     def check(self) -> None:
         for i, stage in enumerate(self.stages):
@@ -346,13 +350,9 @@ def register_configs() -> None:
 
 
 def local_dir(output_dir: str) -> str:
-    """Where Hydra keeps its own files (.hydra/): the run folder itself, or, for a run written
-    to a filesystem URI (s3://...), a local folder named after it under outputs/remote/."""
-    if "://" not in str(output_dir):
-        return str(output_dir)
-    import re
-
-    return os.path.join("outputs", "remote", re.sub(r"[^A-Za-z0-9._-]+", "_", str(output_dir)).strip("_"))
+    """Hydra's run folder, where it writes nothing (`hydra.output_subdir: null`; run.json holds
+    the config): the run folder, or the current folder for a filesystem URI (s3://...)."""
+    return str(output_dir) if "://" not in str(output_dir) else "."
 
 
 def check_group(group: str, section: Any) -> None:

@@ -84,11 +84,26 @@ def read_json(path: str) -> Any:
 
 
 def _write_atomically(path: str, write: Any) -> None:
-    """`write(fs, tmp)` writes `path + ".part"`, which then replaces `path`."""
+    """`write(fs, tmp)` writes `path + ".part"`, which then replaces `path`; on a local disk
+    the file is synced before the rename and the folder after it, so a power loss leaves the
+    old file or the whole new one, never a torn one under the final name."""
     fs, p = resolve(path)
     fs.create_dir(posixpath.dirname(p), recursive=True)
     write(fs, p + ".part")
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local:
+        _fsync(p + ".part")
     fs.move(p + ".part", p)
+    if local:
+        _fsync(os.path.dirname(p))
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_table(table: pa.Table, path: str, row_group_size: int | None = None) -> None:
@@ -129,7 +144,9 @@ def write_with(path: str, write: Any) -> None:
     if local is not None:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         write(local + ".part")
+        _fsync(local + ".part")
         os.replace(local + ".part", local)
+        _fsync(os.path.dirname(local))
         return
     import shutil
     import tempfile
@@ -172,6 +189,20 @@ def part_files(folder: str) -> list[str]:
                   if posixpath.basename(r).startswith("part-") and r.endswith(".parquet"))
 
 
+def leftover_files(folder: str) -> list[str]:
+    """The `*.part` files under a folder: writes a crash (or a full disk) cut short."""
+    fs, p = resolve(folder)
+    infos = fs.get_file_info(pafs.FileSelector(p, allow_not_found=True, recursive=True))
+    return sorted(join(folder, *posixpath.relpath(i.path, p).split("/")) for i in infos
+                  if i.type == pafs.FileType.File and i.path.endswith(".part"))
+
+
+def map_files(fn: Any, files: list[str]) -> list[Any]:
+    """`fn(path)` for each file, a few at once on the process's readers (object stores answer
+    each request slowly), in the order given."""
+    return [fn(f) for f in files] if len(files) <= 1 else list(_readers().map(fn, files))
+
+
 def open_input_file(path: str) -> Any:
     """A random-access file (what a Parquet reader reads one row group of)."""
     fs, p = resolve(path)
@@ -203,8 +234,7 @@ def read_files(files: list[str], columns: list[str] | None = None, filter: Any =
         fs, p = resolve(path)
         return pq.read_table(p, columns=columns, filters=filter, filesystem=fs, use_threads=False, pre_buffer=False)
 
-    tables = [read(f) for f in files] if len(files) <= 1 else list(_readers().map(read, files))
-    return pa.concat_tables(tables, promote_options="default")
+    return pa.concat_tables(map_files(read, files), promote_options="default")
 
 
 _READERS: Any = None

@@ -1,20 +1,26 @@
 """One live driver per run folder: a lease file that names the run holding the folder.
 
-A driver takes the lease before it writes anything and renews it in the background every
-`ttl / 4` seconds; a second driver finds it held and stops, naming the holder. A lease whose
-holder died stops being renewed: it is taken over once it is `ttl` seconds old, or at once
-when its holder ran on this host and its process is gone (a crashed or killed run resumes
-without waiting). A driver that finds its lease taken over (it was suspended longer than `ttl`)
-stops before its next write instead of overwriting the other run's work.
+A driver takes the lease before it writes anything (nothing, Hydra's files included, is
+written into the folder before) and renews it every `ttl / 4` seconds, advancing a counter in
+it; a second driver finds it held and stops, naming the holder. Whether a holder is alive is
+never judged by comparing clocks of two machines: a holder on this host (the same host name,
+boot and PID namespace) is alive while its process is; a holder elsewhere is alive while its
+counter advances, as watched for `ttl` seconds on the reader's own clock (so taking over a
+crashed run's folder from another host waits up to `ttl`). A lease file that cannot be read
+(torn by a crash, edited) is stale and named.
 
-On a local disk the lease file is created whole or not at all (a hard link of a written
-temporary file: two drivers starting together cannot both take it); on an object store, where
-there is no exclusive create, it is written and read back.
+A driver stops before its next write once its lease is gone or names another run (checked
+before every write; it never takes the folder back silently). On a local disk the lease file
+is created whole or not at all (a hard link of a written temporary file: two drivers starting
+together cannot both take it). Object stores offer no exclusive create through pyarrow: the
+lease is written and read back, so two drivers started within the same moment may both pass;
+the one whose lease was overwritten stops at its next write, which checks the file first.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
@@ -28,6 +34,8 @@ from pipeline import io
 from pipeline.run_folder import LEASE
 
 TTL_SECONDS = 60.0
+
+log = logging.getLogger("pipeline")
 
 
 class LeaseError(RuntimeError):
@@ -49,6 +57,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def this_host() -> str:
+    """This machine as a lease names it: host name, boot and PID namespace (two containers
+    with one host name, or a machine rebooted, are other hosts: their pids mean nothing here)."""
+    parts = [socket.gethostname()]
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            parts.append(f.read().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # not Linux: the host name alone
+        pass
+    return "/".join(parts)
+
+
+UNREADABLE = "unreadable"  # the key of what `_read` returns for a lease file that cannot be read
+
+
 class Lease:
     """The lease of `root` for run `run_id`; use as a context manager around the run."""
 
@@ -59,33 +83,51 @@ class Lease:
         self._thread: Optional[threading.Thread] = None
         self.lost: Optional[str] = None
         self.started: Optional[str] = None
+        self.count = 0
+        self.host = this_host()
 
     def _record(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                "command": " ".join(sys.argv), "renewed": time.time(), "ttl_s": self.ttl,
-                "started": self.started}
+        return {"run_id": self.run_id, "host": socket.gethostname(), "host_key": self.host, "pid": os.getpid(),
+                "command": " ".join(sys.argv), "count": self.count, "ttl_s": self.ttl, "started": self.started,
+                "renewed": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     def _read(self) -> Optional[dict[str, Any]]:
+        """The lease file's record; None when there is none; {UNREADABLE: why} when it cannot be read."""
         try:
-            return io.read_json(self.path)
-        except (FileNotFoundError, OSError, ValueError):
+            record = io.read_json(self.path)
+        except FileNotFoundError:
             return None
+        except (OSError, ValueError) as e:
+            return {UNREADABLE: f"{type(e).__name__}: {e}"}
+        return record if isinstance(record, dict) and "run_id" in record else {UNREADABLE: "not a lease record"}
 
     def holder_alive(self, other: dict[str, Any]) -> bool:
-        """Whether the run that wrote `other` may still be running."""
-        if time.time() - float(other.get("renewed", 0)) > float(other.get("ttl_s", self.ttl)):
-            return False
-        if other.get("host") == socket.gethostname() and not _alive(int(other.get("pid", -1))):
-            return False
-        return True
+        """Whether the run that wrote `other` may still be running: on this host, while its
+        process is; elsewhere, while its renewal counter advances (watched up to its ttl)."""
+        if other.get("host_key") == self.host:
+            return _alive(int(other.get("pid", -1)))
+        ttl = float(other.get("ttl_s", self.ttl))
+        log.info("%s is held by run %r on %s: watching up to %.0f s whether it is still renewed", self.root,
+                 other.get("run_id"), other.get("host"), ttl)
+        deadline = time.monotonic() + ttl
+        while time.monotonic() < deadline:
+            time.sleep(min(ttl / 8, 1.0))
+            now = self._read()
+            if now is None:
+                return False  # released
+            if (now.get("run_id"), now.get("count")) != (other.get("run_id"), other.get("count")):
+                return True  # renewed (or taken by a third run)
+        return False
 
     def acquire(self) -> None:
         """Take the lease, or raise LeaseError naming the run that holds it."""
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         io.makedirs(self.root)
         other = self._read()
-        if other is not None and other.get("run_id") != self.run_id and self.holder_alive(other):
-            raise LeaseError(self._held_by(other))
+        if other is not None and UNREADABLE in other:
+            log.warning("%s cannot be read (%s): taken as a stale lease", self.path, other[UNREADABLE])
+        elif other is not None and other.get("run_id") != self.run_id and self.holder_alive(other):
+            raise LeaseError(self._held_by(self._read() or other))
         if io.is_uri(self.root):
             io.write_json(self._record(), self.path)
         else:
@@ -99,7 +141,7 @@ class Lease:
     def _create_locally(self, stale: Optional[dict[str, Any]]) -> None:
         """Create the lease file whole or not at all (a hard link of a written temporary file
         fails when the lease exists): of two drivers starting together, one gets it."""
-        if stale is not None and self._read() == stale:  # a dead run's lease, still the same one
+        if stale is not None and self._read() == stale:  # a dead run's (or a torn) lease, still the same one
             try:
                 os.remove(self.path)
             except FileNotFoundError:
@@ -107,6 +149,8 @@ class Lease:
         tmp = f"{self.path}.{self.run_id}.tmp"
         with open(tmp, "w") as f:
             json.dump(self._record(), f)
+            f.flush()
+            os.fsync(f.fileno())
         try:
             os.link(tmp, self.path)
         except FileExistsError:
@@ -116,25 +160,36 @@ class Lease:
             os.remove(tmp)
 
     def _held_by(self, other: dict[str, Any]) -> str:
-        age = time.time() - float(other.get("renewed", time.time()))
         return (f"{self.root} is in use by run {other.get('run_id')!r} (pid {other.get('pid')} on "
-                f"{other.get('host')}, started {other.get('started')}, renewed {age:.0f} s ago: "
-                f"{other.get('command')!r}). Wait for it to finish, or use another run.output_dir; a lease whose "
-                f"driver died is taken over after {float(other.get('ttl_s', self.ttl)):.0f} s.")
+                f"{other.get('host')}, started {other.get('started')}, last renewed {other.get('renewed')} by its "
+                f"clock: {other.get('command')!r}). Wait for it to finish, or use another run.output_dir; a lease "
+                f"whose driver died is taken over (on its host at once, elsewhere after "
+                f"{float(other.get('ttl_s', self.ttl)):.0f} s without a renewal).")
+
+    def _lost(self, current: Optional[dict[str, Any]]) -> Optional[str]:
+        """Why the lease file `current` says this run no longer holds the folder (None: it does)."""
+        if current is None:
+            return f"{self.path} was removed (by another driver, or by hand)"
+        if UNREADABLE in current:
+            return f"{self.path} cannot be read ({current[UNREADABLE]})"
+        if current.get("run_id") != self.run_id:
+            return self._held_by(current)
+        return None
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 4):
-            current = self._read()
-            if current is not None and current.get("run_id") != self.run_id:
-                self.lost = self._held_by(current)
-                return
+            self.lost = self.lost or self._lost(self._read())
+            if self.lost:
+                return  # never written again: the folder is another run's now
+            self.count += 1
             try:
                 io.write_json(self._record(), self.path)
             except OSError:  # a transient storage error: the next renewal tries again
                 pass
 
     def check(self) -> None:
-        """Raise LeaseError when another run took the lease over (before a write)."""
+        """Raise LeaseError unless the lease file still names this run (read now: before a write)."""
+        self.lost = self.lost or self._lost(self._read())
         if self.lost:
             raise LeaseError(f"this run lost its lease on the run folder: {self.lost}")
 

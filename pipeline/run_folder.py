@@ -20,40 +20,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from typing import Any, Optional, Sequence
-from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import io, schemas
+from pipeline.run_names import (  # noqa: F401 (the names are re-exported: one import for a stage)
+    VIDEOS, SUPERVOXELS, LABEL_VOLUMES, ACTIVATIONS, PREDICTIONS, CONCEPTS, CONCEPT_MEMBERS, TCAV,
+    VOXEL_IMPORTANCE, EVALUATION, REPORT, REPORT_INDEX, REPORT_ATLAS, CONCEPT_PRESENCE, RUN_JSON, LEASE,
+    CLIP_ACTIVATIONS, RANDOMISED_GRADIENTS, DONE, UNLABELLED, ATLAS_TRAINED, ATLAS_ASSIGNMENTS, ATLAS_COUNTS,
+    ATLAS_SHARDS, ATLAS_INDEX, ATLAS_LINKS, ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_MANIFEST, partition)
+from pipeline.run_readers import RunReaders
 
-VIDEOS = "videos.parquet"
-SUPERVOXELS = "supervoxels"
-LABEL_VOLUMES = "label_volumes"
-ACTIVATIONS = "activations"
-PREDICTIONS = "predictions"
-CONCEPTS = "concepts.parquet"
-CONCEPT_MEMBERS = "concept_members"
-TCAV = "tcav_scores"
-VOXEL_IMPORTANCE = "voxel_importance"
-EVALUATION = "evaluation"
-REPORT, REPORT_INDEX, REPORT_ATLAS = "report", "report/index.html", "report/atlas.html"
-CONCEPT_PRESENCE = "concept_presence"  # a scored run's (pipeline.score): <class>/<layer>/ parts
-RUN_JSON = "run.json"
-LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
-CLIP_ACTIVATIONS = "clip_activations"
-RANDOMISED_GRADIENTS = "randomised_gradients"
-DONE = "_done"  # _done/<stage>/part-<run>-<unit>.parquet: the markers of finished units
-UNLABELLED = "_unlabelled"  # the class partition of a video without a label
-# the atlas stage's: <layer>/ (the trained index), <layer>/<class>/ (assignments, counts, links),
-# <layer>/<class>.faiss (a shard, until merged), <layer>.faiss (the index), the tables, the manifest
-ATLAS_TRAINED, ATLAS_ASSIGNMENTS, ATLAS_COUNTS = "atlas/_train", "atlas/assignments", "atlas/_counts"
-ATLAS_SHARDS, ATLAS_INDEX, ATLAS_LINKS = "atlas/_shards", "atlas/index", "atlas/concept_links"
-ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS = "atlas/concepts.parquet", "atlas/class_concepts.parquet"
-ATLAS_MANIFEST = "atlas/atlas.json"
+log = logging.getLogger("pipeline")
+
 
 SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
                   "max_num_iter", "dedupe")
@@ -76,7 +60,8 @@ def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = N
     model = {k: v for k, v in c["model"].items() if k != "layout" or v}  # layout "": fingerprints as before
     model.update({"digest": model_digest} if model_digest else {})
     return {
-        "ingest": _canonical({"clip": c["clip"]}),
+        "ingest": _canonical({"clip": c["clip"], **({"identity": "sha256"} if c["dataset"].get("identity") == "sha256"
+                                                     else {})}),
         "segment": _canonical({"clip": c["clip"], "segment": segment,
                                "min_frames": window if seg["short_supervoxels"] == "drop" else None}),
         "activate": _canonical({"clip": c["clip"], "activate": activate, "model": model,
@@ -88,14 +73,10 @@ def reduction_fingerprint(upstream: str, settings: Any, videos: Sequence[tuple[s
     """The fingerprint of a reduction (concepts, evaluate): its own settings, its input's
     fingerprint and a digest of the videos it reduces over (ids and labels): a rerun over the
     same inputs with the same settings skips its finished units."""
-    digest = hashlib.sha256("\n".join(f"{v}\t{k}" for v, k in sorted(videos, key=str)).encode()).hexdigest()[:16]
+    listed = json.dumps(sorted(videos, key=str))  # JSON: an id holding a tab or newline cannot fake another list
+    digest = hashlib.sha256(listed.encode()).hexdigest()[:16]
     return _canonical({"upstream": hashlib.sha256(upstream.encode()).hexdigest()[:16], "settings": settings,
                        "videos": digest})
-
-
-def class_partition(label: Optional[str]) -> str:
-    """The class partition a video's rows go to (activations/<layer>/<class>/, ...)."""
-    return label if label is not None else UNLABELLED
 
 
 def unit_key(*names: str) -> str:
@@ -107,7 +88,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-class RunFolder:
+class RunFolder(RunReaders):
     """One run folder. `run_id` names the writing run (its part files carry it).
 
     A RunFolder travels to Ray tasks and actors (without the driver's lease): there, before
@@ -121,6 +102,7 @@ class RunFolder:
         self.lease: Any = None  # pipeline.lease.Lease while a driver holds the folder
         self._worker = False
         self._index: Optional[dict[str, tuple[str, int]]] = None
+        self.redone: dict[str, dict[str, int]] = {}  # done_units' counts, per stage
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": self.root, "run_id": self.run_id}
@@ -161,24 +143,38 @@ class RunFolder:
         io.write_table(table, self.path(VIDEOS))
         return table
 
-    def record_failures(self, failures: dict[str, str], stage: str) -> pa.Table:
-        """Mark videos that failed in `stage` in videos.parquet (they stay rows, with the reason);
-        returns the table. Idempotent: a failure already recorded is left as it is."""
+    def record_failures(self, failures: dict[str, tuple[str, bool]], stage: str) -> pa.Table:
+        """Set which videos failed in `stage` in videos.parquet: those in `failures` ({video_id:
+        (reason, retryable)}) fail (they stay rows, with the reason), unless an earlier stage
+        failed them; those `stage` failed before and not now (tried again) are ok again.
+        Returns the table; written only when something changed."""
         table = self.read_videos()
-        if not failures:
+        ids, status, failed_stage = table.column("video_id"), table.column("status"), table.column("failed_stage")
+        listed = pc.is_in(ids, value_set=pa.array(list(failures), type=pa.string()))
+        mine = pc.fill_null(pc.equal(failed_stage, stage), False)
+        hit = pc.and_(listed, pc.or_(pc.equal(status, schemas.OK), mine))
+        healed = pc.and_(mine, pc.invert(listed))
+        if not pc.any(pc.or_(hit, healed)).as_py():
             return table
-        ids = table.column("video_id")
-        hit = pc.and_(pc.is_in(ids, pa.array(list(failures))), pc.equal(table.column("status"), schemas.OK))
-        if not pc.any(hit).as_py():
-            return table
-        errors = pa.array([failures.get(v) for v in ids.to_pylist()], type=pa.string())
-        table = table.set_column(table.schema.get_field_index("status"), "status",
-                                 pc.if_else(hit, schemas.FAILED, table.column("status")))
-        table = table.set_column(table.schema.get_field_index("error"), "error",
-                                 pc.if_else(hit, errors, table.column("error")))
-        table = table.set_column(table.schema.get_field_index("failed_stage"), "failed_stage",
-                                 pc.if_else(hit, stage, table.column("failed_stage")))
+        why = failures
+        errors = pa.array([why[v][0] if v in why else None for v in ids.to_pylist()], type=pa.string())
+        again = pa.array([bool(why[v][1]) if v in why else None for v in ids.to_pylist()], type=pa.bool_())
+        null_s, null_b = pa.nulls(len(ids), pa.string()), pa.nulls(len(ids), pa.bool_())
+        columns = {"status": (pa.array([schemas.FAILED] * len(ids)), pa.array([schemas.OK] * len(ids))),
+                   "error": (errors, null_s), "retryable": (again, null_b),
+                   "failed_stage": (pa.array([stage] * len(ids)), null_s)}
+        for name, (failed, ok) in columns.items():
+            col = pc.if_else(hit, failed, pc.if_else(healed, ok, table.column(name)))
+            table = table.set_column(table.schema.get_field_index(name), name, col)
         return self.write_videos(table, self.videos_fingerprint())
+
+    def remove_parts(self, data: Sequence[str], unit: str) -> None:
+        """What a unit wrote into the `data` datasets (their partitions included) before it
+        failed or was stopped (it has no marker)."""
+        name = self.part_name(unit)
+        for path in (p for d in data for p in io.part_files(self.path(d)) if os.path.basename(p) == name):
+            self._check_lease()
+            io.remove(path)
 
     # --- units of work: a stage's outputs in parts, and the marker that says a unit is done ----
 
@@ -201,7 +197,8 @@ class RunFolder:
             meta = {**(groups[0].schema.metadata or {}), b"settings": fingerprint.encode()}
             io.write_row_groups([t.replace_schema_metadata(meta) for t in groups], self.path(folder, name))
         rows = [{"unit": unit, "part": name, "video_id": None, "status": schemas.OK, "error": None,
-                 "row_group": None, "record": None, **m, "settings": fingerprint} for m in markers]
+                 "row_group": None, "record": None, **m, "settings": fingerprint,
+                 "outputs": [folder for folder, _ in outputs]} for m in markers]
         for r in rows:
             if r["record"] is not None and not isinstance(r["record"], str):
                 r["record"] = json.dumps(r["record"], default=_json_default)
@@ -209,38 +206,139 @@ class RunFolder:
         io.write_table(pa.Table.from_pylist(rows, schema=schemas.MARKERS), self.path(DONE, stage, name))
         return name
 
-    def done_units(self, stage: str, data: Sequence[str], fingerprint: str, what: str,
-                   stale: str = "raise") -> pa.Table:
-        """The marker rows of a stage's finished units made with this fingerprint (read in
-        parallel, one table). Parts of the `data` datasets without their marker are crash
-        leftovers and are removed, so their units are done again. Markers made with other
-        settings: `stale="raise"` stops with an error (the folder would mix settings),
-        `"discard"` removes them and their parts (a reduction recomputed with new settings)."""
-        files = io.part_files(self.path(DONE, stage))
-        table = (io.read_files(files) if files else pa.Table.from_pylist([], schema=schemas.MARKERS)).cast(
-            schemas.MARKERS)
+    def done_units(self, stage: str, data: Sequence[str], fingerprint: str, what: str, stale: str = "raise",
+                   videos: Optional[dict[str, Optional[str]]] = None, retry_failed: bool = False,
+                   whole_units: bool = False) -> pa.Table:
+        """The marker rows of a stage's finished units made with this fingerprint, checked:
+
+        - a marker that cannot be read, or whose parts are missing or unreadable (footer
+          check), is removed with a warning naming the file: its unit is done again;
+        - markers made with other settings: `stale="raise"` stops with an error (the folder
+          would mix settings), `"discard"` removes them (a reduction recomputed);
+        - `videos` (the video stages: each video's identity now, `pipeline.data.ingest`): a unit
+          with a video whose identity changed, or that is no longer in the corpus, is redone
+          whole; a failed video is tried again (its row leaves the marker) when it changed, when
+          its failure is retryable or with `retry_failed` (`whole_units`: its unit is redone
+          whole: ingest's failed rows are in its parts);
+        - parts of the `data` datasets without a marker, and `.part` files, are leftovers of a
+          crash and are removed.
+        `self.redone[stage]` counts the units redone and the failed videos tried again."""
+        table = self._read_markers(stage)
         other = pc.not_equal(table.column("settings"), fingerprint)
         if table.num_rows and pc.any(other).as_py():
             if stale == "raise":
                 raise RunFolderError(f"{self.path(DONE, stage)} holds units made with other {what} settings; use a "
                                      f"new run.output_dir (or delete {self.path(DONE, stage)} and "
                                      f"{', '.join(self.path(d) for d in data)})")
-            for name in set(table.filter(other).column("part").to_pylist()):
-                io.remove(self.path(DONE, stage, name))
+            self._drop_markers(stage, set(table.filter(other).column("part").to_pylist()))
             table = table.filter(pc.invert(other))
+        retried = 0
+        if videos is not None and table.num_rows:
+            table, retried = self._redo_changed(stage, table, videos, retry_failed, whole_units)
+        listed = {p for d in data for p in io.part_files(self.path(d))}
+        table = self._check_parts(stage, table, listed)
         complete = set(table.column("part").to_pylist())
-        for dataset in data:
-            for path in io.part_files(self.path(dataset)):
-                if os.path.basename(path) not in complete:
-                    io.remove(path)
+        leftovers = [p for p in listed if os.path.basename(p) not in complete]
+        leftovers += [p for d in [*data, f"{DONE}/{stage}"] for p in io.leftover_files(self.path(d))]
+        if leftovers:
+            self._check_lease()
+            for path in leftovers:
+                io.remove(path)
+        self.redone[stage] = {"videos_retried": retried}
+        self._index = None  # the label index is read again from the markers left
         return table
 
+    def _read_markers(self, stage: str) -> pa.Table:
+        """A stage's markers as one table; one that cannot be read is removed, with a warning."""
+        def read(path: str) -> Optional[pa.Table]:
+            try:
+                t = io.read_table(path)
+            except (OSError, ValueError, pa.ArrowException) as e:
+                log.warning("%s: the marker %s cannot be read (%s): its unit is done again", stage, path, e)
+                return None
+            for f in schemas.MARKERS:  # markers written before a column existed
+                if f.name not in t.column_names:
+                    t = t.append_column(f.name, pa.nulls(t.num_rows, f.type))
+            return t.select(schemas.MARKERS.names).cast(schemas.MARKERS)
+
+        files = io.part_files(self.path(DONE, stage))
+        tables = list(io.map_files(read, files))
+        bad = [f for f, t in zip(files, tables) if t is None]
+        if bad:
+            self._check_lease()
+            for f in bad:
+                io.remove(f)
+        good = [t for t in tables if t is not None]
+        return pa.concat_tables(good) if good else schemas.MARKERS.empty_table()
+
+    def _drop_markers(self, stage: str, parts: set[str]) -> None:
+        if parts:
+            self._check_lease()
+        for name in parts:
+            io.remove(self.path(DONE, stage, name))
+
+    def _redo_changed(self, stage: str, table: pa.Table, videos: dict[str, Optional[str]], retry_failed: bool,
+                      whole_units: bool) -> tuple[pa.Table, int]:
+        """`done_units`'s identity rules (see there): the markers left, the failed videos retried."""
+        ids = table.column("video_id")
+        keys = pa.array(list(videos), type=pa.string())
+        at = pc.index_in(ids, value_set=keys)
+        now = pc.take(pa.array(list(videos.values()), type=pa.string()), at)
+        has_video, known = pc.is_valid(ids), pc.is_valid(at)
+        gone = pc.and_(has_video, pc.invert(known))
+        changed = pc.and_(known, pc.fill_null(pc.not_equal(table.column("identity"), now), True))
+        failed = pc.equal(table.column("status"), schemas.FAILED)
+        retry = pc.and_(failed, pc.or_(pc.or_(changed, gone), pc.fill_null(table.column("retryable"), False)))
+        if retry_failed:
+            retry = failed
+        redo = pc.and_(pc.invert(failed), pc.or_(changed, gone))
+        if whole_units:
+            redo = pc.or_(redo, retry)
+        drop = set(table.filter(redo).column("part").to_pylist())
+        self._drop_markers(stage, drop)
+        keep = pc.invert(pc.is_in(table.column("part"), value_set=pa.array(sorted(drop), type=pa.string())))
+        if drop:
+            log.info("%s: %d unit(s) to redo: their videos changed or left the corpus", stage, len(drop))
+        rewrite = set(table.filter(pc.and_(retry, keep)).column("part").to_pylist())
+        for name in sorted(rewrite):  # the marker without its failed videos that are tried again
+            rows = table.filter(pc.and_(pc.equal(table.column("part"), name), pc.invert(retry)))
+            self._check_lease()
+            if rows.num_rows:
+                io.write_table(rows, self.path(DONE, stage, name))
+            else:
+                io.remove(self.path(DONE, stage, name))
+        retried = int(pc.sum(pc.and_(retry, keep)).as_py() or 0)
+        if retried:
+            log.info("%s: %d failed video(s) to try again (changed, or their failure may pass: "
+                     "run.retry_failed=true tries every one)", stage, retried)
+        return table.filter(pc.and_(keep, pc.invert(retry))), retried
+
+    def _check_parts(self, stage: str, table: pa.Table, listed: set[str]) -> pa.Table:
+        """The markers whose parts are all there and readable (footers); the others removed."""
+        parts = pc.unique(table.column("part"))
+        first = pc.index_in(parts, value_set=table.column("part"))  # each unit's first marker row
+        outputs = table.column("outputs").take(first).to_pylist()
+        wanted = {p: [self.path(o, p) for o in (os_ or [])] for p, os_ in zip(parts.to_pylist(), outputs)}
+        paths = [p for ps in wanted.values() for p in ps if p in listed]
+        readable = dict(zip(paths, io.map_files(_footer_ok, paths)))
+        bad = {}
+        for part, ps in wanted.items():
+            why = next((f"{p} is missing" for p in ps if p not in listed), None) or next(
+                (f"{p} cannot be read ({readable[p]})" for p in ps if readable[p] is not True), None)
+            if why:
+                bad[part] = why
+                log.warning("%s: %s: its unit is done again", stage, why)
+        self._drop_markers(stage, set(bad))
+        return table.filter(pc.invert(pc.is_in(table.column("part"), value_set=pa.array(sorted(bad), pa.string()))))
+
     def check_owner(self) -> None:
-        """In a worker: stop unless the lease file still names this run (or names none)."""
+        """In a worker: stop unless the lease file still names this run (its driver holds the
+        folder while it runs; a lease gone or torn is not this run's)."""
         try:
             holder = io.read_json(self.path(LEASE)).get("run_id")
-        except (FileNotFoundError, OSError, ValueError):
-            return
+        except (OSError, ValueError, AttributeError) as e:
+            raise RunFolderError(f"run {self.run_id} cannot see its lease on {self.root} ({type(e).__name__}: {e}): "
+                                 "this worker writes nothing") from None
         if holder != self.run_id:
             raise RunFolderError(f"run {self.run_id} no longer holds {self.root} (run {holder!r} does): "
                                  "this worker writes nothing")
@@ -258,6 +356,17 @@ class RunFolder:
         """A file a library writes itself (`write(local_path)`), atomically (`io.write_with`)."""
         self._check_lease()
         io.write_with(self.path(name), write)
+
+    def remove(self, name: str) -> None:
+        """Delete a file of the run (the lease checked first, as before a write)."""
+        self._check_lease()
+        io.remove(self.path(name))
+
+    def clear(self, name: str) -> None:
+        """Delete what a folder of the run holds (the lease checked first)."""
+        self._check_lease()
+        fs, path = io.resolve(self.path(name))
+        fs.delete_dir_contents(path, missing_dir_ok=True)
 
     def write_json(self, name: str, obj: Any) -> None:
         self._check_lease()
@@ -280,116 +389,14 @@ class RunFolder:
         elif self._worker:
             self.check_owner()
 
-    # --- label volumes and supervoxels, one video at a time ------------------------------------
 
-    def label_index(self) -> dict[str, tuple[str, int]]:
-        """Where each segmented video's label volumes are: video_id -> (part file name, row
-        group), from the segment stage's markers (read once per RunFolder)."""
-        if self._index is None:
-            files = io.part_files(self.path(DONE, "segment"))
-            t = io.read_files(files, columns=["video_id", "part", "row_group", "status"]) if files else None
-            self._index = {} if t is None else {
-                v: (p, g) for v, p, g, s in zip(*(t.column(c).to_pylist() for c in ("video_id", "part", "row_group",
-                                                                                     "status")))
-                if s == schemas.OK and g is not None}
-        return self._index
-
-    def locate(self, video_id: str) -> tuple[str, int]:
-        where = self.label_index().get(video_id)
-        if where is None:
-            raise KeyError(f"video {video_id!r} has no label volumes in {self.root} (not segmented, or it failed)")
-        return where
-
-    def label_volumes(self, video_ids: Sequence[str],
-                      where: Optional[dict[str, tuple[str, int]]] = None) -> dict[str, np.ndarray]:
-        """The label volumes uint16 [R, L, H, W] of several videos: one row group each (`where`:
-        their locations, as `label_index` gives them; read from the markers when not given)."""
-        from pipeline.segmentation.supervoxels import stack_label_volumes
-
-        out: dict[str, np.ndarray] = {}
-        by_part: dict[str, list[tuple[str, int]]] = {}
-        for v in video_ids:
-            part, group = (where or {}).get(v) or self.locate(v)
-            by_part.setdefault(part, []).append((v, group))
-        for part, wanted in by_part.items():
-            table = io.read_row_groups(self.path(LABEL_VOLUMES, part), sorted({g for _, g in wanted}))
-            out.update(stack_label_volumes(table.to_pylist()))
-        return {v: out[v] for v in video_ids if v in out}
-
-    def label_volume(self, video_id: str, resolution: int) -> np.ndarray:
-        """The SLIC label volume uint16 [L, H, W] of one video at one resolution."""
-        volumes = self.label_volumes([video_id])[video_id]
-        if not 0 <= resolution < len(volumes):
-            raise KeyError(f"no label volume for video {video_id!r} at resolution {resolution} in {self.root}")
-        return volumes[resolution]
-
-    def supervoxel_mask(self, video_id: str, supervoxel_id: int) -> np.ndarray:
-        """The voxels of one supervoxel: bool [T, H, W] in clip coordinates (the clip's frames
-        are source frames `clip_frame_indices` of videos.parquet, resized to clip_height x
-        clip_width)."""
-        part, group = self.locate(video_id)
-        t = io.read_row_groups(self.path(SUPERVOXELS, part), [group], columns=["supervoxel_id", "resolution", "label"])
-        t = t.filter(pc.equal(t.column("supervoxel_id"), int(supervoxel_id)))
-        if t.num_rows == 0:
-            raise KeyError(f"no supervoxel {supervoxel_id} of video {video_id!r} in {self.root}")
-        resolution, label = t.column("resolution")[0].as_py(), t.column("label")[0].as_py()
-        return self.label_volume(video_id, resolution) == label
-
-    def voxel_importance(self, video_id: str, layer: Optional[str] = None, target_class: Optional[str] = None,
-                         score: str = "tcav") -> np.ndarray:
-        """Voxel importance of a scored video: float32 [T, H, W] in clip coordinates.
-
-        layer: an explained layer (None: the first the run explained); target_class: the class
-        whose concepts score it (None: the one it was scored for, its own); score: `tcav` (the
-        paper's: each supervoxel takes its concept's mean TCAV score) or `causal` (its concept's
-        causal importance, from the evaluate stage).
-        """
-        from pipeline.scoring.voxel_importance import causal_scores, importance_map
-
-        if score not in ("tcav", "causal"):
-            raise ValueError(f"score must be 'tcav' or 'causal', got {score!r}")
-        if target_class is None:
-            rows = self.video_rows([video_id]) if self.exists(VIDEOS) else []
-            target_class = rows[0]["label"] if rows else None
-        rows = self.voxel_importance_rows(video_id, target_class)
-        if not rows:
-            raise KeyError(f"no voxel importance for video {video_id!r} in {self.root} (only scoring videos have one)")
-        layers = list(dict.fromkeys(r["layer"] for r in rows))
-        chosen = layer if layer is not None else layers[0]
-        rows = [r for r in rows if r["layer"] == chosen]
-        if not rows:
-            raise KeyError(f"no voxel importance for video {video_id!r} at layer {chosen!r}; layers: {layers}")
-        row = rows[0]
-        scores = row["scores"]
-        if score == "causal":
-            causal = {r["concept"]: r["causal_importance"]
-                      for r in self.read(CONCEPTS, columns=["concept", "causal_importance"]).to_pylist()}
-            if not any(v is not None for v in causal.values()):
-                raise KeyError(f"{self.root} has no causal importance yet: run the evaluate stage")
-            scores = causal_scores(row["concepts"], causal)
-        return importance_map(self.label_volumes([video_id])[video_id], row["supervoxel_ids"], scores)
-
-    def voxel_importance_rows(self, video_id: str, target_class: Optional[str]) -> list[dict[str, Any]]:
-        """A video's voxel-importance rows: within its class's partitions, the row group whose
-        statistics hold it (footers, then one row group per layer)."""
-        root = self.path(VOXEL_IMPORTANCE)
-        files = io.part_files(io.join(root, partition(target_class=target_class))) if target_class else []
-        files = files or io.part_files(root)
-        if not files:
-            return []
-        return io.read_files(files, filter=pc.field("video_id") == video_id).to_pylist()
-
-
-def partition(**keys: Optional[str]) -> str:
-    """The partition folder of a dataset for these keys, in the order given (`layer`,
-    `target_class`): one folder level per key, named by its value, percent-encoded (class names
-    hold spaces, slashes, apostrophes). Plain names, not Hive's `key=value`: a reader that
-    guesses Hive partitions (pandas, DuckDB) would add the keys again as columns."""
-    def name(v: Optional[str]) -> str:
-        q = quote(str(v), safe="")
-        return "%2E" + q[1:] if q.startswith(".") else q  # never "." or "..", never hidden
-
-    return "/".join(name(v) for v in keys.values())
+def _footer_ok(path: str) -> Any:
+    """True when a Parquet file's footer reads, else why not."""
+    try:
+        io.read_metadata(path)
+        return True
+    except (OSError, ValueError, pa.ArrowException) as e:
+        return f"{type(e).__name__}: {e}"
 
 
 def _json_default(obj: Any) -> Any:

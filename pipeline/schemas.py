@@ -25,6 +25,13 @@ VIDEOS = pa.schema(
         pa.field("clip_height", pa.int32()),  # the clip's frames are resized to this size
         pa.field("clip_width", pa.int32()),
         pa.field("failed_stage", pa.string()),  # the stage that failed it (null when ok)
+        # Failed: whether a rerun tries it again (worker lost, I/O error, time limit; not: not a video)
+        pa.field("retryable", pa.bool_()),
+        pa.field("size", pa.int64()),  # the input file's bytes and modification time, when listed
+        pa.field("mtime_ns", pa.int64()),
+        # What the outputs were made from: "stat:<size>:<mtime_ns>", or "sha256:<hex>" with
+        # dataset.identity=sha256; a rerun redoes a video whose identity changed.
+        pa.field("identity", pa.string()),
     ]
 )
 
@@ -270,5 +277,8 @@ MARKERS = pa.schema(
         pa.field("row_group", pa.int32()),  # the video's row group in the unit's parts
         pa.field("record", pa.string()),  # JSON: the unit's small result
         pa.field("settings", pa.string()),  # the stage's fingerprint
+        pa.field("identity", pa.string()),  # the video's identity (videos.parquet) when the unit did it
+        pa.field("retryable", pa.bool_()),  # failed: whether a rerun tries it again
+        pa.field("outputs", pa.list_(pa.string())),  # the folders the unit wrote its part into
     ]
 )

@@ -66,8 +66,27 @@ def pin_to_run(cfg: DictConfig, default: DictConfig, source: dict[str, Any], nam
     return cfg
 
 
-def source_run(run_dir: Optional[str]) -> tuple[RunFolder, dict[str, Any]]:
-    """The finished run to score with, and its config; ConfigError when it is not one."""
+# The models whose loading runs code a run folder names: scoring with such a folder needs trust.
+RUNS_CODE = {"factory": "imports and calls the factory {factory!r}",
+             "torchscript": "loads the TorchScript file {path!r} (TorchScript is code)"}
+
+
+def literal(value: Any) -> Any:
+    """A record's value with every `${` escaped: a run.json handed over is data, and an
+    interpolation in it (`${oc.env:SECRET}`) stays text instead of being resolved."""
+    if isinstance(value, str):
+        return value.replace("${", "\\${")
+    if isinstance(value, list):
+        return [literal(v) for v in value]
+    if isinstance(value, dict):
+        return {k: literal(v) for k, v in value.items()}
+    return value
+
+
+def source_run(run_dir: Optional[str], trust: bool = False) -> tuple[RunFolder, dict[str, Any]]:
+    """The finished run to score with, and its config (read as data: `literal`); ConfigError
+    when it is not one, or when its model runs code on loading (`RUNS_CODE`) and `trust` is
+    not given (a folder someone hands you could name any module)."""
     if not run_dir:
         raise ConfigError("run_dir", "is missing: name the finished run whose concepts score the videos "
                                      "(run_dir=/path/to/run)")
@@ -76,7 +95,12 @@ def source_run(run_dir: Optional[str]) -> tuple[RunFolder, dict[str, Any]]:
     if not source.exists(RUN_JSON) or not source.exists(CONCEPTS):
         raise ConfigError("run_dir", f"is not a finished run: it needs {RUN_JSON} and {CONCEPTS} (run the job's "
                                      "concepts stage first)", run_dir)
-    c = io.read_json(source.path(RUN_JSON))["config"]
+    c = literal(io.read_json(source.path(RUN_JSON))["config"])
+    what = RUNS_CODE.get(c["model"]["name"])
+    if what and not trust:
+        raise ConfigError("trust_run", f"{run_dir}'s run.json names model.name={c['model']['name']}, and scoring with "
+                                       f"it {what.format(**c['model'])}: give trust_run=true (Python: "
+                                       "trust_run=True) only for a folder you trust", False)
     if c["model"]["name"] == MODULE:
         raise ConfigError("run_dir", "the run explained an nn.Module handed to the Python API; a shell command "
                                      "cannot rebuild it", run_dir)
@@ -109,14 +133,15 @@ def main(argv: list[str]) -> int:
     from pipeline.config import CONF_DIR, register_configs
 
     run_dir = next((a.split("=", 1)[1] for a in argv if a.startswith("run_dir=")), None)
-    overrides = [a for a in argv if not a.startswith("run_dir=")]
+    trust = any(a.lower() in ("trust_run=true", "trust_run=1") for a in argv)
+    overrides = [a for a in argv if not a.startswith(("run_dir=", "trust_run="))]
     if not any(a.startswith("run.output_dir=") for a in overrides):
         print("error: run.output_dir is missing: the scored videos get a run folder of their own "
               "(run.output_dir=/path)", file=sys.stderr)
         return 2
     register_configs()
     try:
-        source, c = source_run(run_dir)
+        source, c = source_run(run_dir, trust)
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             cfg = compose("config", overrides=overrides)
             default = compose("config", overrides=[])

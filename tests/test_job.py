@@ -134,3 +134,15 @@ def test_the_command_itself_stops_on_a_bad_value_with_exit_code_2():
     res = run_cli("run.output_dir=/nonexistent/never", "clip.num_frames=0")
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "error: config key 'clip.num_frames' = 0: must be >= 1" in res.stderr
+
+
+def test_a_second_driver_is_refused_and_writes_nothing_into_the_live_runs_folder(tmp_path):
+    from pipeline.lease import Lease
+
+    out = tmp_path / "live"
+    with Lease(str(out), "the-live-run"):
+        (out / "run.json").write_text("{}")
+        before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+        res = call_main(f"run.output_dir={out}", "dataset.synthetic.videos_per_class=2")
+        assert res.returncode == 2 and "in use by run 'the-live-run'" in res.stderr
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # no .hydra/, nothing touched

@@ -89,7 +89,7 @@ def test_the_algorithm_layer_does_not_import_ray():
 
 
 def test_the_run_folder_names_are_written_in_one_module():
-    from pipeline import run_folder as rf
+    from pipeline import run_names as rf
 
     # the files, and the folders whose names are no column or config key too
     names = {rf.VIDEOS, rf.CONCEPTS, rf.CONCEPT_MEMBERS, rf.TCAV, rf.EVALUATION, rf.RUN_JSON, rf.REPORT_INDEX,
@@ -97,7 +97,7 @@ def test_the_run_folder_names_are_written_in_one_module():
              rf.ATLAS_ASSIGNMENTS, rf.ATLAS_MANIFEST, rf.ATLAS_INDEX, rf.ATLAS_LINKS, rf.REPORT_ATLAS}
     assert {"videos.parquet", "label_volumes", "concepts.parquet", "run.json"} <= names
     for module, path in MODULES.items():
-        if module == "pipeline.run_folder":
+        if module == "pipeline.run_names":
             continue
         tree = ast.parse(open(path).read())
         docstrings = {id(n.body[0].value) for n in ast.walk(tree)

@@ -145,3 +145,27 @@ def test_a_saturated_layer_orders_its_cards_by_causal_importance():
     graded = [dict(r, tcav_mean=v) for r, v in zip(rows, (0.9, 0.8, 0.7, 0.4))]
     assert saturated_tcav(graded) == 0 and card_order(graded, by_causal, "auto", 0) == (graded, "tcav")
     assert card_order(rows, by_causal[:2], "causal", 3) == (rows, "tcav")  # no causal importance for all yet
+
+
+def test_names_that_are_math_or_alike_once_slugged_are_drawn_as_written_and_never_share_a_file():
+    from pipeline.report.atlas_page import exemplar_asset
+    from pipeline.report.images import curves_png, share_heatmap_png
+
+    names = ["a$^$b", "x$\\frac$", "50$ & 10%"]
+    rows = [{"kind": "point", "mode": m, "ranking": "causal", "order": "top", "k": k, "accuracy": 0.5,
+             "mean_prob": 0.5} for m in ("delete", "insert") for k in (1, 2)]
+    assert curves_png(rows, names[0]).startswith(b"\x89PNG")  # matplotlib would parse "$...$" as math and raise
+    assert share_heatmap_png(np.ones((3, 2)), names, ["1", "2"], names[1]).startswith(b"\x89PNG")
+    ids = ["walk/ü1", "walk/é1", "a/" + "x" * 60, "b/" + "x" * 60]
+    assert len({exemplar_asset("layer1", v, 3, "webp") for v in ids}) == len(ids)
+
+
+def test_a_corpus_of_junk_lists_its_first_failed_videos_and_counts_the_rest():
+    from pipeline.report.build import FAILED_SHOWN
+    from pipeline.report.page import index_html
+
+    failed = [{"video_id": f"junk/{i:05d}", "failed_stage": "ingest", "error": "cannot open as a video"}
+              for i in range(FAILED_SHOWN)]
+    html = index_html("/run", {}, {}, [], failed, 10_000, n_failed=10_000)
+    assert "10000 videos (0 ok, 10000 failed)" in html and f"and {10_000 - FAILED_SHOWN} more" in html
+    assert html.count("<tr><td>junk/") == FAILED_SHOWN

@@ -5,6 +5,7 @@ hold only the settings that change outputs."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -59,8 +60,11 @@ def test_a_worker_of_a_driver_that_lost_the_folder_writes_nothing(tmp_path):
 
 
 def _lease_file(root, **fields) -> None:
-    record = {"run_id": "other-run", "host": socket.gethostname(), "pid": os.getpid(), "command": "python -m pipeline",
-              "renewed": time.time(), "ttl_s": 60.0, "started": "2026-12-01T00:00:00+00:00", **fields}
+    from pipeline.lease import this_host
+
+    record = {"run_id": "other-run", "host": socket.gethostname(), "host_key": this_host(), "pid": os.getpid(),
+              "command": "python -m pipeline", "count": 0, "ttl_s": 60.0, "started": "2026-12-01T00:00:00+00:00",
+              **fields}
     (root / LEASE).write_text(json.dumps(record))
 
 
@@ -73,18 +77,47 @@ def test_a_live_lease_refuses_a_second_driver_and_is_released(tmp_path):
         assert json.loads((tmp_path / LEASE).read_text())["run_id"] == "run-b"
 
 
-def test_a_dead_drivers_lease_is_taken_over(tmp_path):
+def test_a_dead_drivers_lease_is_taken_over_and_a_live_one_on_another_host_is_not(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     _lease_file(tmp_path, pid=dead.pid)  # this host, its process gone: at once
     with Lease(str(tmp_path), "run-a"):
         pass
-    _lease_file(tmp_path, host="elsewhere", renewed=time.time() - 120)  # another host, not renewed for 2 min
+    # Another host (or a container with this host name but its own PID namespace: a pid alive
+    # here means nothing), not renewed while watched for its ttl: dead, whatever its clock says.
+    _lease_file(tmp_path, host_key=f"{socket.gethostname()}/other-boot/1", ttl_s=0.5)
     with Lease(str(tmp_path), "run-b"):
         pass
-    _lease_file(tmp_path, host="elsewhere")  # another host, renewed just now: live
-    with pytest.raises(LeaseError, match="in use by run 'other-run'.*on elsewhere"):
-        Lease(str(tmp_path), "run-c").acquire()
+    # Another host whose driver renews its lease: live, however far its clock is from ours.
+    holder = Lease(str(tmp_path), "run-elsewhere", ttl=0.4)
+    holder.host = "elsewhere/boot/1"
+    holder._record = lambda: {**Lease._record(holder), "renewed": "2030-01-01T00:00:00+00:00"}  # a clock ahead
+    with holder:
+        with pytest.raises(LeaseError, match="in use by run 'run-elsewhere'"):
+            Lease(str(tmp_path), "run-c").acquire()
+
+
+def test_a_torn_lease_is_stale_and_named(tmp_path, caplog):
+    (tmp_path / LEASE).write_text("")
+    with Lease(str(tmp_path), "run-a"):
+        assert json.loads((tmp_path / LEASE).read_text())["run_id"] == "run-a"
+    assert "lease.json cannot be read" in caplog.text
+
+
+def test_a_driver_whose_lease_file_was_removed_stops_and_never_takes_the_folder_back(tmp_path):
+    folder = RunFolder(str(tmp_path), "run-a")
+    with Lease(str(tmp_path), "run-a", ttl=0.4) as lease:
+        folder.lease = lease
+        _unit(folder, 1)
+        (tmp_path / LEASE).unlink()  # another run took the folder over while this one slept, and finished
+        time.sleep(0.5)  # renewals came and went: none wrote the lease back
+        assert not (tmp_path / LEASE).exists() and lease.lost
+        with pytest.raises(LeaseError, match="was removed"):
+            _unit(folder, 2)
+    worker = RunFolder(str(tmp_path), "run-a")
+    worker._worker = True
+    with pytest.raises(RunFolderError, match="cannot see its lease"):
+        _unit(worker, 3)
 
 
 def test_a_driver_that_lost_its_lease_stops_before_its_next_write(tmp_path):
@@ -92,10 +125,7 @@ def test_a_driver_that_lost_its_lease_stops_before_its_next_write(tmp_path):
     with Lease(str(tmp_path), "run-a", ttl=0.4) as lease:
         folder.lease = lease
         _unit(folder, 1)
-        _lease_file(tmp_path, run_id="run-b")  # taken over (this run looked dead)
-        deadline = time.monotonic() + 10
-        while lease.lost is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _lease_file(tmp_path, run_id="run-b")  # taken over (this run looked dead): seen at the next write
         with pytest.raises(LeaseError, match="lost its lease.*'run-b'"):
             _unit(folder, 2)
     assert json.loads((tmp_path / LEASE).read_text())["run_id"] == "run-b"  # not released by the loser
@@ -125,3 +155,61 @@ def test_fingerprints_hold_only_the_settings_that_change_outputs():
                               ("model.layers=[layer3]", {"activate"})):
         other = fingerprints(_config(override), window=16)
         assert {s for s in base if base[s] != other[s]} == changed, override
+
+
+def _video_unit(folder: RunFolder, unit: str, videos: dict[str, str], failed: dict[str, bool] = {}) -> None:
+    """A video stage's unit: a part row per ok video, a marker row per video with its identity
+    (`failed`: video -> whether its failure is retryable)."""
+    ok = [v for v in videos if v not in failed]
+    markers = [{"video_id": v, "identity": videos[v]} for v in ok]
+    markers += [{"video_id": v, "identity": videos[v], "status": "failed", "error": "x", "retryable": r}
+                for v, r in failed.items()]
+    folder.write_unit("stage", unit, [("data", pa.table({"video_id": ok}))] if ok else [], markers, "x")
+
+
+def test_a_rerun_redoes_the_units_of_changed_or_removed_videos_and_retries_only_what_may_pass(tmp_path, caplog):
+    folder = RunFolder(str(tmp_path), "run-a")
+    _video_unit(folder, "u1", {"a": "i1", "b": "i1"})
+    _video_unit(folder, "u2", {"c": "i1", "d": "i1"}, failed={"d": True})
+    _video_unit(folder, "u3", {"e": "i1", "f": "i1"}, failed={"f": False})
+    _video_unit(folder, "u4", {"g": "i1"})
+    now = {"a": "i2", "b": "i1", "c": "i1", "d": "i1", "e": "i1", "f": "i1"}  # a changed, g left the corpus
+    with caplog.at_level(logging.INFO, logger="pipeline"):
+        done = folder.done_units("stage", ["data"], "x", "test", videos=now)
+    assert sorted(done.column("video_id").to_pylist()) == ["c", "e", "f"]  # d retried, f's failure is permanent
+    assert folder.redone["stage"] == {"videos_retried": 1}
+    assert sorted(folder.read("data").column("video_id").to_pylist()) == ["c", "e"]  # u1's and u4's parts gone
+    assert "2 unit(s) to redo" in caplog.text
+    again = folder.done_units("stage", ["data"], "x", "test", videos=now, retry_failed=True)
+    assert sorted(again.column("video_id").to_pylist()) == ["c", "e"]  # run.retry_failed=true: f too
+
+
+def test_a_torn_marker_or_a_truncated_part_makes_its_unit_redo_naming_the_file(tmp_path, caplog):
+    folder = RunFolder(str(tmp_path), "run-a")
+    for n in (1, 2, 3):
+        _unit(folder, n)
+    (tmp_path / "_done" / "stage" / "part-run-a-00001.parquet").write_bytes(b"")  # 0 bytes, as a power loss leaves it
+    part = tmp_path / "data" / "part-run-a-00002.parquet"
+    part.write_bytes(part.read_bytes()[:-20])  # truncated
+    (tmp_path / "data" / "part-run-a-00009.parquet.part").write_bytes(b"half")  # a write cut short
+    done = folder.done_units("stage", ["data"], "x", "test")
+    assert done.column("video_id").to_pylist() == ["v3"]
+    assert "_done/stage/part-run-a-00001.parquet cannot be read" in caplog.text
+    assert "data/part-run-a-00002.parquet cannot be read" in caplog.text
+    assert sorted(os.listdir(tmp_path / "data")) == ["part-run-a-00003.parquet"]
+    assert folder.read("data").column("video_id").to_pylist() == ["v3"]
+
+
+def test_a_stages_failures_are_set_each_run_and_those_tried_again_heal(tmp_path):
+    from pipeline import schemas
+
+    folder = RunFolder(str(tmp_path), "run-a")
+    rows = [{"video_id": v, "path": f"/{v}.mp4", "status": "ok"} for v in ("a", "b", "c")]
+    rows[2].update(status="failed", error="not a video", failed_stage="ingest")
+    folder.write_videos(pa.Table.from_pylist(rows, schema=schemas.VIDEOS), "f")
+    t = folder.record_failures({"a": ("segmentation failed: OSError", True), "c": ("other", True)}, "segment")
+    assert t.column("status").to_pylist() == ["failed", "ok", "failed"]
+    assert t.column("retryable").to_pylist() == [True, None, None]
+    assert t.column("error").to_pylist()[2] == "not a video"  # an earlier stage's failure stands
+    t = folder.record_failures({}, "segment")  # a tried again and passed
+    assert t.column("status").to_pylist() == ["ok", "ok", "failed"] and t.column("failed_stage")[0].as_py() is None

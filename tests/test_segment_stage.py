@@ -169,9 +169,12 @@ def test_a_video_that_fails_in_the_actor_becomes_a_failed_row(segmented_run):
     victim = pq.read_table(first).column("video_id")[0].as_py()
     n = pq.read_metadata(first).num_rows
     folder = [a for a in args if a.startswith("dataset.root=")][0].split("=", 1)[1]
-    with open(os.path.join(folder, victim + ".mp4"), "r+b") as f:  # corrupt it after segmentation
-        f.seek(0)
+    path = os.path.join(folder, victim + ".mp4")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:  # corrupt it after segmentation, its listing (size, time) kept:
+        f.seek(0)                 # the one change dataset.identity=stat cannot see
         f.write(b"\x00" * 4096)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     os.remove(first)
     # up to activate: the later stages read a video that failed here as one that failed at ingest
     # (no predictions, no activations; the broken file of this corpus goes through all of them)

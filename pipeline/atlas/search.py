@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pipeline import io
 from pipeline.atlas import build
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_MANIFEST as MANIFEST, CONCEPTS, VIDEOS,
-                                 RunFolder, class_partition, partition)
+                                 RunFolder, partition)
 
 COLUMNS = ("rank", "layer", "video_id", "supervoxel_id", "target_class", "global_concept", "distance")
 
@@ -122,7 +122,7 @@ class Atlas:
         videos = self.folder.read(VIDEOS, columns=["video_id", "label"], filter=pc.field("video_id") == video_id)
         if not videos.num_rows:
             raise KeyError(f"no video {video_id!r} in {self.folder.root}")
-        label = class_partition(videos.column("label")[0].as_py())
+        label = videos.column("label")[0].as_py()
         t = self.folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=label)}", columns=["vector"],
                              filter=(pc.field("video_id") == video_id) & (pc.field("supervoxel_id") == supervoxel_id))
         if not t.num_rows:

@@ -17,7 +17,7 @@ import csv
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 from pipeline.params import ParameterError
 
@@ -29,7 +29,7 @@ KINDS = ("synthetic", "folder", "csv", "list")
 
 @dataclass
 class Corpus:
-    rows: list[dict[str, Any]]  # video_id, path, label, split, error (None or why it fails already)
+    rows: list[dict[str, Any]]  # video_id, path, label, split, error (None or why it fails already), size, mtime_ns
     classes: list[str] = field(default_factory=list)  # sorted class names
 
 
@@ -50,6 +50,14 @@ def resolve_corpus(dataset: dict[str, Any]) -> Corpus:
         corpus = _list_corpus(list(dataset.get("videos") or []))
     else:
         raise ParameterError("kind", kind, f"unknown corpus kind; known: {list(KINDS)}")
+    folded: dict[str, list[str]] = {}
+    for k in corpus.classes:
+        folded.setdefault(k.casefold(), []).append(k)
+    clash = next((names for names in folded.values() if len(names) > 1), None)
+    if clash:
+        key = {"csv": "csv", "list": "videos"}.get(kind, "root")
+        raise ParameterError(key, dataset.get(key), f"classes {clash} differ only in case: on case-insensitive "
+                             "storage (macOS, SMB and NTFS shares) their outputs would share a folder; rename one")
     return _restrict(corpus, dataset)
 
 
@@ -67,13 +75,7 @@ def _folder_corpus(root: str) -> Corpus:
                     continue
                 path = os.path.join(dirpath, name)
                 rel = os.path.relpath(path, root)
-                rows.append({
-                    "video_id": os.path.splitext(rel)[0].replace(os.sep, "/"),
-                    "path": os.path.abspath(path),
-                    "label": label,
-                    "split": None,
-                    "error": None,
-                })
+                rows.append(_row(os.path.splitext(rel)[0].replace(os.sep, "/"), os.path.abspath(path), label))
     _dedupe_ids(rows)
     return Corpus(rows=rows, classes=classes)
 
@@ -102,17 +104,13 @@ def _csv_corpus(csv_path: str, root: str, template: str) -> Corpus:
             raise ParameterError("path_template", template, f"cannot fill it from {csv_path} line {line}: "
                                                             f"{e}") from None
         path = os.path.abspath(os.path.join(root, rel))
-        if error is None and not os.path.exists(path):
-            error = f"no such file: {path}"
-        rows.append({
-            "video_id": f"{r['youtube_id']}_{ts:06d}_{te:06d}",
-            "path": path,
-            "label": r["label"],
-            "split": r["split"] or None,
-            "error": error,
-        })
-    _dedupe_ids(rows)
-    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows}))
+        if not r["label"]:
+            error = error or f"an empty label in {csv_path} line {line}"
+        elif not _under(root, path):
+            error = error or f"{csv_path} line {line} names a file outside dataset.root: {path}"
+        rows.append(_row(f"{r['youtube_id']}_{ts:06d}_{te:06d}", path, r["label"], r["split"] or None, error))
+    _dedupe_ids(rows, keep_extension=False)
+    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows if r["label"]}))
 
 
 def _list_corpus(paths: list[str]) -> Corpus:
@@ -124,19 +122,59 @@ def _list_corpus(paths: list[str]) -> Corpus:
     for path in paths:
         path = os.path.abspath(os.path.expanduser(str(path)))
         label = os.path.basename(os.path.dirname(path))
-        rows.append({"video_id": f"{label}/{os.path.splitext(os.path.basename(path))[0]}", "path": path,
-                     "label": label, "split": None, "error": None if os.path.exists(path) else f"no such file: {path}"})
+        rows.append(_row(f"{label}/{os.path.splitext(os.path.basename(path))[0]}", path, label,
+                         error=None if label else f"no label: {path} is not in a named folder"))
     _dedupe_ids(rows)
-    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows}))
+    return Corpus(rows=rows, classes=sorted({r["label"] for r in rows if r["label"]}))
 
 
-def _dedupe_ids(rows: list[dict[str, Any]]) -> None:
-    seen: dict[str, int] = {}
+def _row(video_id: str, path: str, label: str, split: Optional[str] = None, error: Optional[str] = None
+         ) -> dict[str, Any]:
+    """A manifest row, with the file's size and modification time (its identity, unless
+    `dataset.identity=sha256`): a missing file is a failed row."""
+    size, mtime_ns = _stat(path)
+    if size is None and error is None:
+        error = f"no such file: {path}"
+    return {"video_id": video_id, "path": path, "label": label, "split": split, "error": error, "size": size,
+            "mtime_ns": mtime_ns}
+
+
+def _dedupe_ids(rows: list[dict[str, Any]], keep_extension: bool = True) -> None:
+    """Make the ids unique without depending on which files sort first: files of one folder
+    that share a name but not an extension (`x.mp4`, `x.avi`) each keep their extension in
+    their id; a CSV's repeated rows, and any id still taken, get `#2`, `#3` ... (an id that no
+    other row has, checked against them all)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        n = seen.get(r["video_id"], 0)
-        seen[r["video_id"]] = n + 1
-        if n:
-            r["video_id"] = f"{r['video_id']}#{n + 1}"
+        groups.setdefault(r["video_id"], []).append(r)
+    if keep_extension:
+        for same in groups.values():
+            if len(same) > 1:
+                for r in same:
+                    r["video_id"] += os.path.splitext(r["path"])[1]
+    taken: set[str] = set()
+    wanted = {r["video_id"] for r in rows}
+    for r in rows:
+        vid, n = r["video_id"], 1
+        while vid in taken or (n > 1 and vid in wanted):
+            n += 1
+            vid = f"{r['video_id']}#{n}"
+        taken.add(vid)
+        r["video_id"] = vid
+
+
+def _stat(path: str) -> tuple[Optional[int], Optional[int]]:
+    """(size in bytes, modification time in ns) of a file: part of its identity."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, None
+    return st.st_size, st.st_mtime_ns
+
+
+def _under(root: str, path: str) -> bool:
+    root = os.path.realpath(root)
+    return os.path.commonpath([root, os.path.realpath(path)]) == root
 
 
 def _restrict(corpus: Corpus, dataset: dict[str, Any]) -> Corpus:

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass
 import numpy as np
 import pyarrow as pa
@@ -216,9 +217,11 @@ def video_ids(params: SyntheticParams) -> list[tuple[str, str]]:
 
 
 def generate(root: str, params: SyntheticParams) -> None:
-    """Write the corpus under `root` (replaced atomically: a crash leaves no half corpus)."""
-    tmp = root.rstrip("/") + ".part"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write the corpus under `root`: written beside it under a name of this process's own (two
+    processes never write into one folder), then renamed into place, a corpus already there
+    renamed aside first and removed after (a reader sees a whole corpus or none; a crash
+    leaves none, and the next run generates it again)."""
+    tmp = f"{root.rstrip('/')}.{uuid.uuid4().hex[:8]}.part"
     os.makedirs(tmp)
     rows: dict[str, list] = {name: [] for name in GROUND_TRUTH_SCHEMA.names}
     for ci, label in enumerate(CLASSES):
@@ -236,8 +239,14 @@ def generate(root: str, params: SyntheticParams) -> None:
     pq.write_table(pa.table(rows, schema=GROUND_TRUTH_SCHEMA), os.path.join(tmp, "ground_truth.parquet"))
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"generator_version": GENERATOR_VERSION, "classes": list(CLASSES), **asdict(params)}, f, indent=2)
-    shutil.rmtree(root, ignore_errors=True)
-    os.replace(tmp, root)
+    aside = f"{root.rstrip('/')}.{uuid.uuid4().hex[:8]}.old"
+    if os.path.exists(root):
+        os.replace(root, aside)
+    try:
+        os.replace(tmp, root)
+    except OSError:  # another process put the same corpus in place meanwhile: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def ensure_corpus(root: str, params: SyntheticParams) -> bool:

@@ -23,6 +23,18 @@ class VideoError(Exception):
     in the `failed` row."""
 
 
+class VideoChanged(VideoError):
+    """The file is not the one ingestion read (replaced while the run went on)."""
+
+
+def retryable(e: BaseException) -> bool:
+    """Whether a video's failure may pass when it is tried again: the file changed under the
+    run, an I/O error, memory; not a file that is not a video, too short or past a cap (a
+    rerun with `run.retry_failed=true` tries those too). A lost worker and a time limit are
+    retryable as well: the stages say so where they see them."""
+    return isinstance(e, (VideoChanged, OSError, MemoryError, TimeoutError))
+
+
 @dataclass
 class ClipSpec:
     """How a clip is sampled from a video and resized (method step 1; the config group `clip`).

@@ -284,14 +284,16 @@ class ModelActors:
             ray.kill(actor)
         self.slots, self.starting, self.ready = {}, {}, []
 
-    def queue(self, per_actor: int = 2) -> "ActorQueue":
+    def queue(self, per_actor: int = 2, split: Any = None) -> "ActorQueue":
         """A queue of `ModelActor.run` calls on this pool (see `ActorQueue`)."""
-        return ActorQueue(self, per_actor)
+        return ActorQueue(self, per_actor, split=split)
 
-    def map_units(self, fn: Any, items: Iterable[tuple[Any, tuple]]) -> Iterator[Outcome]:
+    def map_units(self, fn: Any, items: Iterable[tuple[Any, tuple]], split: Any = None) -> Iterator[Outcome]:
         """`fn(actor, *args)` on the actors for each (key, args) item (`ModelActor.run`), two
-        units in flight per actor; `items` is consumed only as units are submitted."""
-        queue = self.queue()
+        units in flight per actor; `items` is consumed only as units are submitted. A unit
+        that fails as a whole is replaced by the items `split(key, args)` gives (see
+        `map_tasks`)."""
+        queue = self.queue(split=split)
         it = iter(items)
 
         def top_up() -> None:
@@ -331,10 +333,11 @@ class ActorQueue:
 
     A call whose actor died (its node was lost) goes back to the front of the queue, at most
     `retries` times (a unit that kills its actor each time then fails with the reason), while
-    the pool replaces the actor; an Outcome's `attempts` counts its tries."""
+    the pool replaces the actor; an Outcome's `attempts` counts its tries. A call that failed
+    as a whole is replaced by what `split(key, args)` gives, when that is more than one call."""
 
-    def __init__(self, pool: ModelActors, per_actor: int = 2, retries: int = 2) -> None:
-        self.pool, self.per_actor, self.retries = pool, per_actor, retries
+    def __init__(self, pool: ModelActors, per_actor: int = 2, retries: int = 2, split: Any = None) -> None:
+        self.pool, self.per_actor, self.retries, self.split = pool, per_actor, retries, split
         self.queued: deque[tuple[Any, tuple, int]] = deque()
         self.pending: dict[ray.ObjectRef, tuple[Any, tuple, int, int]] = {}  # ref -> key, args, attempt, slot
         self.load: dict[int, int] = {}
@@ -376,4 +379,9 @@ class ActorQueue:
                               attempts=attempt)
             except ray.exceptions.RayError as e:  # the unit raised (or its result was lost)
                 out = Outcome(key, error=describe_failure(e, "model actor"), attempts=attempt)
+            parts = self.split(key, args[1:]) if self.split and not out.ok else []
+            if len(parts) > 1:  # failed as a whole: its videos one by one
+                for k, a in reversed(parts):
+                    self.put(k, (args[0], *a), first=True)
+                continue
             yield out

@@ -69,9 +69,10 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
     `progress` counts one per item (None: the caller counts).
 
     `timeout_s` (0: none): a task not finished that long after it was queued is stopped
-    (its worker killed: a read stuck in C code cannot be interrupted otherwise) and
-    `split(key, args)` gives the items to run instead (one per video, say); an item that
-    `split` leaves whole, or any item when there is no `split`, ends with a timed-out Outcome.
+    (its worker killed: a read stuck in C code cannot be interrupted otherwise). A task stopped
+    so, or failed as a whole (it raised, or its worker was lost more often than retried), is
+    replaced by the items `split(key, args)` gives (one per video, say); an item that `split`
+    leaves whole, or any item when there is no `split`, ends with a failed Outcome.
     """
     remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_on_node(fn))
     if label_selector:
@@ -115,6 +116,10 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
                 again.append((key, args, attempt + 1))
                 continue
             out = Outcome(key, error=f"{describe_failure(e)} ({attempt} times)", attempts=attempt)
+        parts = split(key, args) if split and not out.ok else []
+        if len(parts) > 1:  # failed as a whole: its videos one by one
+            again.extend((k, a, 1) for k, a in parts)
+            continue
         if progress is not None:
             progress.update()
         yield out

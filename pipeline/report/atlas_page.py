@@ -6,6 +6,7 @@ stage (`atlas_unit`), which reads atlas/ and the clips it shows."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any, Optional
 
@@ -22,6 +23,13 @@ ASSETS = "atlas_assets"  # under report/, remade with the page (the classes' ima
 CARDS = 6  # global concepts per list (largest, most shared, most class-specific)
 HEATMAP_CONCEPTS = 60  # the largest global concepts in the heat map
 HEATMAP_CLASSES = 60
+
+
+def exemplar_asset(layer: str, video_id: str, supervoxel_id: int, ext: str) -> str:
+    """An exemplar's file: the readable tail of the video's id and a digest of it (ids alike
+    once slugged, or with one long tail, never share a file)."""
+    digest = hashlib.sha256(video_id.encode()).hexdigest()[:8]
+    return f"{ASSETS}/{slug(layer)}/{slug(video_id)[-40:]}-{digest}-{supervoxel_id}.{ext}"
 
 
 def choose(concepts: list[dict[str, Any]], n: int = CARDS) -> dict[str, list[dict[str, Any]]]:
@@ -79,7 +87,7 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
         if frames is None or vid not in volumes:
             return f'<figure class="missing"><figcaption>{esc(vid)}: clip unavailable</figcaption></figure>'
         mask = supervoxel_mask(volumes[vid], sid)
-        rel = f"{ASSETS}/{slug(layer)}/{slug(vid)[-40:]}-{sid}.{ext}"
+        rel = exemplar_asset(layer, vid, sid, ext)
         if rel not in files:
             files[rel] = encode_animation(exemplar_frames(frames, mask), ext, int(rep["frame_ms"]))
         return (f'<figure><img src="{esc(rel)}" alt="{esc(e["target_class"])}: {esc(vid)}" loading="lazy">'
@@ -130,9 +138,7 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any], actor: dict[str, Any
             html.append("</div>")
         html.append("</section>")
         sections.append((layer, "".join(html)))
-    if folder.exists(REPORT, ASSETS):  # an earlier page's images (other settings) go
-        fs, path = io.resolve(folder.path(REPORT, ASSETS))
-        fs.delete_dir_contents(path)
+    folder.clear(f"{REPORT}/{ASSETS}")  # an earlier page's images (other settings) go
     for rel, data in files.items():
         folder.write_bytes(f"{REPORT}/{rel}", data)
     folder.write_bytes(ATLAS_PAGE, page(sections).encode())

@@ -33,6 +33,7 @@ from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPTS, EVAL
                                  unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
+FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
 
 
 def class_job(folder: RunFolder, index: int, k: str, settings: dict[str, Any], info: dict[str, Any],
@@ -115,10 +116,8 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
     fingerprint = report_fingerprint(settings, concepts, class_info, evaluated, classes)
     done = folder.done_units("report", [], fingerprint, "report", stale="discard")
     sections = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
-    assets = folder.path(REPORT, "assets")
-    if not sections and io.exists(assets):  # images of an earlier report (other settings, other concepts) go
-        fs, path = io.resolve(assets)
-        fs.delete_dir_contents(path)
+    if not sections:  # images of an earlier report (other settings, other concepts) go
+        folder.clear(f"{REPORT}/assets")
     todo = [(i, k) for i, k in enumerate(classes) if k not in sections]
     items = ((k, (folder, i, k, settings, class_info.get(k, {}), evaluated.get(k, {}), by_class.get(k, []),
                   fingerprint)) for i, k in todo)
@@ -135,9 +134,10 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
             if not out.ok:
                 raise RuntimeError(f"report: the atlas page: {out.error}")
             atlas = out.value
-    videos = folder.read_videos()
-    failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED)).to_pylist()
-    page = index_html(folder.root, c, record, shown, failed, videos.num_rows, atlas=atlas is not None)
+    videos = folder.read_videos(["video_id", "status", "failed_stage", "error"])
+    failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED))
+    page = index_html(folder.root, c, record, shown, failed.slice(0, FAILED_SHOWN).to_pylist(), videos.num_rows,
+                      atlas=atlas is not None, n_failed=failed.num_rows)
     folder.write_bytes(REPORT_INDEX, page.encode())
     return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
             "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),

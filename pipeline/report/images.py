@@ -62,12 +62,21 @@ def encode_animation(frames: np.ndarray, image_format: str, frame_ms: int) -> by
     return buf.getvalue()
 
 
-def curves_png(rows: list[dict[str, Any]], title: str) -> Optional[bytes]:
-    """Deletion and insertion curves (class accuracy and mean class probability against k)."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot, drawing off screen, with text taken as it is: a class name is
+    never parsed as math (`$` in a name would raise)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["text.parse_math"] = False
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def curves_png(rows: list[dict[str, Any]], title: str) -> Optional[bytes]:
+    """Deletion and insertion curves (class accuracy and mean class probability against k)."""
+    plt = _pyplot()
 
     points = [r for r in rows if r["kind"] == "point"]
     if not points:
@@ -103,10 +112,7 @@ def curves_png(rows: list[dict[str, Any]], title: str) -> Optional[bytes]:
 
 def share_heatmap_png(matrix: np.ndarray, rows: list[str], columns: list[str], title: str) -> bytes:
     """A heat map of shares (rows x columns, 0..max) as a PNG, labelled."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(min(18, 2 + 0.22 * len(columns)), min(14, 1.5 + 0.25 * len(rows))), dpi=90)
     im = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=max(float(matrix.max()), 1e-9))

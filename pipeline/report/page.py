@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from pipeline.report.render import ClassSection, esc, fmt
 
@@ -35,9 +35,10 @@ def gap_cell(row: dict[str, Any]) -> str:
 
 
 def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections: list[ClassSection],
-               failed: list[dict[str, Any]], total: int, atlas: bool = False) -> str:
-    """The page: `failed` the failed videos' rows of videos.parquet, `total` the videos in;
-    `atlas`: link the atlas page (atlas.html)."""
+               failed: list[dict[str, Any]], total: int, atlas: bool = False, n_failed: Optional[int] = None) -> str:
+    """The page: `failed` the failed videos' rows of videos.parquet (the first `FAILED_SHOWN`
+    of `n_failed`), `total` the videos in; `atlas`: link the atlas page (atlas.html)."""
+    n_failed = len(failed) if n_failed is None else n_failed
     model = c.get("model", {}).get("name", "?")
     dataset = c.get("dataset", {}).get("name", "?")
     overview = ["<table><tr><th>class</th><th>layer</th><th>concepts</th><th>significant</th>"
@@ -70,13 +71,15 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
     if failed:
         fails = ("<h2 id=failed>Failed videos</h2><table><tr><th>video</th><th>stage</th><th>reason</th></tr>"
                  + "".join(f"<tr><td>{esc(v['video_id'])}</td><td>{esc(v.get('failed_stage') or '')}</td>"
-                           f"<td>{esc(v.get('error') or '')}</td></tr>" for v in failed) + "</table>")
+                           f"<td>{esc(v.get('error') or '')}</td></tr>" for v in failed) + "</table>"
+                 + (f"<p class=meta>and {n_failed - len(failed)} more: videos.parquet has every one "
+                    "(status failed, with the reason)</p>" if n_failed > len(failed) else ""))
     nav = " ".join(f'<a href="#class-{s.index}">{esc(s.target_class)}</a>' for s in sections)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>3D ACE report: {esc(dataset)} / {esc(model)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{CSS}</style></head>
 <body><header class="top"><h1>3D ACE: spatio-temporal concepts of {esc(model)} on {esc(dataset)}</h1>
-<p>{total} videos ({total - len(failed)} ok, {len(failed)} failed) &middot; {len(sections)} classes
+<p>{total} videos ({total - n_failed} ok, {n_failed} failed) &middot; {len(sections)} classes
 &middot; run started {esc(record.get("started", "?"))} &middot; {timing}</p>
 <p>run folder <code>{esc(run_dir)}</code></p></header>
 <main><nav>{'<a href="atlas.html">global concept atlas</a> · ' if atlas else ""}classes: {nav}\

@@ -62,8 +62,10 @@ def fmt(value: Optional[float], digits: int = 2) -> str:
 
 def clip_reader(videos: dict[str, dict[str, Any]], clip_settings: dict[str, Any]) -> Callable[[str], Any]:
     """`clip(video_id)`: the video's clip frames (uint8 [T, H, W, 3]) read from its source once,
-    or None, with a warning, when the source moved or broke since the run (the card says so)."""
-    from pipeline.data.video import ClipSpec, read_clip
+    or None, with a warning, when the source moved, changed or broke since the run (the card
+    says so)."""
+    from pipeline.data.ingest import read_ingested_clip
+    from pipeline.data.video import ClipSpec
 
     spec = ClipSpec(**clip_settings)
     clips: dict[str, Optional[np.ndarray]] = {}
@@ -71,7 +73,7 @@ def clip_reader(videos: dict[str, dict[str, Any]], clip_settings: dict[str, Any]
     def clip(vid: str) -> Optional[np.ndarray]:
         if vid not in clips:
             try:
-                clips[vid] = read_clip(videos[vid]["path"], spec).frames
+                clips[vid] = read_ingested_clip(videos[vid], spec).frames
             except Exception as e:
                 log.warning("report: cannot read the clip of %s: %s", vid, e)
                 clips[vid] = None

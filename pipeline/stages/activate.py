@@ -26,12 +26,14 @@ from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
-                                 class_partition, partition)
+                                 partition)
 from pipeline.segmentation.supervoxels import KEPT
-from pipeline.stages.base import Job, VideoRows, unit_failures
+from pipeline.stages.base import (Job, VideoRows, candidates, fail_unit, failed_marker, identities, log_failures,
+                                  one_at_a_time, unit_failures)
 
 log = logging.getLogger("pipeline")
 
+OUTPUTS = (ACTIVATIONS, CLIP_ACTIVATIONS, PREDICTIONS)
 BOX = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1"]
 
 
@@ -40,50 +42,51 @@ def run(job: Job) -> None:
     c, folder = job.c, job.folder
     params = from_section(ActivateParams, c["activate"])
     fingerprint = job.fingerprints["activate"]
-    done = folder.done_units("activate", [ACTIVATIONS, CLIP_ACTIVATIONS, PREDICTIONS], fingerprint,
-                             "clip/segment/activate/model")
-    done_ids = set(done.column("video_id").to_pylist())
     table = folder.read_videos()
-    videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
+    done = folder.done_units("activate", OUTPUTS, fingerprint, "clip/segment/activate/model",
+                             videos=identities(table), retry_failed=bool(c["run"]["retry_failed"]))
+    done_ids = set(done.column("video_id").to_pylist())
+    videos = VideoRows(candidates(table))
     where = folder.label_index()  # every segmented video: (segment part, row group)
     todo = [v for v in videos.ids if v in where and v not in done_ids]
     log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done_ids),
              c["model"]["name"])
+    retried_videos = folder.redone["activate"]["videos_retried"]
     if not todo:
-        job.finish("activate", videos_activated=0, videos_skipped_done=len(done_ids))
+        job.record_failures(unit_failures(folder, "activate"), "activate")
+        job.finish("activate", videos_activated=0, videos_skipped_done=len(done_ids), videos_retried=retried_videos)
         return
 
     stats = {"supervoxel_vectors": 0, "supervoxel_windows": 0, "clip_windows": 0, "actor_seconds": 0.0}
-    failures: dict[str, str] = {}
     with ModelActors(c, params, job.module, work=len(todo)) as pool:
         described = pool.described
         log.info("activate: %d of up to %d model actor(s) ready on %s, batch size %d, %s", len(described), pool.size,
                  ", ".join(pool.devices), described[0]["batch_size"],
                  {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
-        units = activate_units(todo, where, int(c["activate"]["videos_per_part"]), 2 * pool.size)
+        per_part = int(c["activate"]["videos_per_part"])
+        units = {f"{n:05d}": ids for n, ids in enumerate(activate_units(todo, where, per_part, 2 * pool.size))}
         progress = Progress("activate", len(todo))
-        items = ((n, (folder, f"{n:05d}", videos.rows(ids), {v: where[v] for v in ids}, fingerprint))
-                 for n, ids in enumerate(units))
+        items = ((name, (folder, name, videos.rows(ids), {v: where[v] for v in ids}, fingerprint))
+                 for name, ids in list(units.items()))
         retried = 0
-        for out in pool.map_units(activate_unit, items):
+        for out in pool.map_units(activate_unit, items, split=one_at_a_time(folder, units, list(OUTPUTS))):
             ids = units[out.key]
             progress.update(len(ids))
             retried += out.attempts > 1
-            if not out.ok:
-                failures.update({v: f"activation failed: {out.error}" for v in ids})
+            if not out.ok:  # one video whose actor died (twice retried), or whose unit raised
+                fail_unit(folder, "activate", out.key, videos.rows(ids), f"activation failed: {out.error}",
+                          fingerprint, list(OUTPUTS))
                 continue
             for k in stats:
                 stats[k] += out.value[k]
-    failures.update(unit_failures(folder, "activate"))
-    for vid, why in sorted(failures.items()):
-        log.warning("activate: %s failed: %s", vid, why)
+    failures = unit_failures(folder, "activate")
+    new_failures = log_failures("activate", failures, todo)
     job.record_failures(failures, "activate")
     wall = job.wall("activate")
-    new_failures = sum(1 for v in todo if v in failures)
     activated = len(todo) - new_failures
     windows = stats["supervoxel_windows"] + stats["clip_windows"]
     job.finish("activate", videos_activated=activated, videos_skipped_done=len(done_ids), videos_failed=new_failures,
-               units=len(units), units_retried=retried, actors=len(described),
+               videos_retried=retried_videos, units=len(units), units_retried=retried, actors=len(described),
                actors_replaced=pool.replaced, devices=pool.devices, batch_size=described[0]["batch_size"],
                bf16=pool.bf16, layers=described[0]["layers"],
                batch_seconds_per_window=described[0]["batch_seconds_per_window"],
@@ -134,10 +137,9 @@ def activate_unit(actor: Any, folder: RunFolder, unit: str, rows: list[dict[str,
             res = activate_video(actor.model, vid, frames, labels, tables.get(vid, {}), row.get("label"),
                                  actor.params, actor.device, actor.pad_short)
         except Exception as e:  # a video that fails fails alone, with the reason
-            markers.append({"video_id": vid, "status": schemas.FAILED,
-                            "error": f"activation failed: {type(e).__name__}: {e}"})
+            markers.append(failed_marker(row, "activation", e))
             continue
-        markers.append({"video_id": vid, "record": layers})  # the layers, in the model's order
+        markers.append({"video_id": vid, "record": layers, "identity": row.get("identity")})  # layers in model order
         results.append(res)
     labels_of = {r["video_id"]: r.get("label") for r in rows}
     outputs = activation_tables(results, labels_of, list(actor.model.class_names)) if results else []
@@ -168,7 +170,7 @@ def activation_tables(results: list[VideoActivations], labels: dict[str, Optiona
         return into.setdefault(key, {name: [] for name in schemas.ACTIVATIONS.names})
 
     for res in results:
-        k = class_partition(labels[res.video_id])
+        k = labels[res.video_id]
         for layer, vec in res.clip_vectors.items():
             grad = res.gradients.get(layer)
             act = columns(clips, (layer, k))

@@ -23,8 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +39,8 @@ from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS as ASSIGNMENTS, ATLAS_CLASS_CONCEPTS as CLASS_CONCEPTS,
                                  ATLAS_CONCEPTS, ATLAS_COUNTS as COUNTS, ATLAS_INDEX as INDEX, ATLAS_LINKS as LINKS,
                                  ATLAS_MANIFEST as MANIFEST, ATLAS_SHARDS as SHARDS, ATLAS_TRAINED as TRAINED,
-                                 CONCEPT_MEMBERS, CONCEPTS, DONE, RunFolder, partition, reduction_fingerprint,
-                                 unit_key)
+                                 CONCEPT_MEMBERS, CONCEPTS, DONE, PREDICTIONS, RunFolder, partition,
+                                 reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -56,12 +55,14 @@ def run(job: Job) -> None:
     p = from_section(AtlasParams, c["atlas"])
     layers = activated_layers(folder)
     cpu = {"label_selector": job.cpu_selector} if job.cpu_selector else {}  # as ray.cpu_label_selector says
-    plans = dict(zip(layers, ray.get([plan_layer.options(**cpu).remote(folder, layer) for layer in layers])))
+    labels = pc.unique(folder.read(PREDICTIONS, columns=["label"]).column("label")).to_pylist()
+    classes = {partition(target_class=k): k for k in labels}  # partition folder -> class
+    plans = dict(zip(layers, ray.get([plan_layer.options(**cpu).remote(folder, layer, classes) for layer in layers])))
     fingerprint = reduction_fingerprint(job.fingerprints["activate"], {"atlas": c["atlas"]},
                                         [(f"{layer}/{q['partition']}/{f}", str(q["rows"])) for layer in layers
                                          for q in plans[layer] for f in q["files"]])
     if folder.exists(MANIFEST) and io.read_json(folder.path(MANIFEST)).get("settings") != fingerprint:
-        io.remove(folder.path(MANIFEST))  # an atlas of other settings or inputs: remade below
+        folder.remove(MANIFEST)  # an atlas of other settings or inputs: remade below
     done = folder.done_units(ATLAS, [TRAINED, ASSIGNMENTS, COUNTS], fingerprint, "atlas", stale="discard")
     records = {(r["kind"], r["layer"], r.get("partition")): r
                for r in map(json.loads, done.column("record").to_pylist())}
@@ -90,7 +91,7 @@ def run(job: Job) -> None:
     todo = [(layer, i, q) for layer in layers for i, q in enumerate(plans[layer])
             if ("assign", layer, q["partition"]) not in records
             or (("index", layer, None) not in records and not folder.exists(shard_name(layer, q["partition"])))]
-    items = (((layer, q["partition"]), (folder, layer, q["partition"], i, p.spherical, fingerprint))
+    items = (((layer, q["partition"]), (folder, layer, q["partition"], q["target_class"], i, p.spherical, fingerprint))
              for layer, i, q in todo)
     for out in map_tasks(assign_partition, items, progress=Progress("atlas", len(todo), unit="partitions"),
                          label_selector=job.cpu_selector):
@@ -106,7 +107,7 @@ def run(job: Job) -> None:
     for layer in layers:  # the shards are in the index now
         for q in plans[layer]:
             if folder.exists(shard_name(layer, q["partition"])):
-                io.remove(folder.path(shard_name(layer, q["partition"])))
+                folder.remove(shard_name(layer, q["partition"]))
 
     links = link_concepts(job, layers, fingerprint)
     actor = {(k, layer): gt["actor_concept"] for k, info in job.record["stages"].get("concepts", {}).get(
@@ -157,9 +158,9 @@ def link_concepts(job: Job, layers: list[str], fingerprint: str) -> dict[str, in
 # --- the tasks ---------------------------------------------------------------------------------
 
 @ray.remote(num_cpus=0)
-def plan_layer(folder: RunFolder, layer: str) -> list[dict[str, Any]]:
-    """A layer's class partitions of activations/, in name order: their part files and rows
-    (from the files' footers)."""
+def plan_layer(folder: RunFolder, layer: str, classes: dict[str, Optional[str]]) -> list[dict[str, Any]]:
+    """A layer's class partitions of activations/, in name order: their class (`classes`: the
+    partition folder of each), part files and rows (from the files' footers)."""
     base = folder.path(ACTIVATIONS, partition(layer=layer))
     by_partition: dict[str, list[str]] = {}
     for path in io.part_files(base):
@@ -167,7 +168,7 @@ def plan_layer(folder: RunFolder, layer: str) -> list[dict[str, Any]]:
     plans = []
     for name, files in sorted(by_partition.items()):
         rows = sum(io.read_metadata(f).num_rows for f in files)
-        plans.append({"partition": name, "target_class": unquote(name), "rows": rows,
+        plans.append({"partition": name, "target_class": classes[name], "rows": rows,
                       "files": [posixpath.basename(f) for f in files]})
     return plans
 
@@ -225,7 +226,7 @@ def trained_index(folder: RunFolder, layer: str) -> Any:
     return build.deserialize(t.column("index")[0].as_py())
 
 
-def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, spherical: bool,
+def assign_partition(folder: RunFolder, layer: str, part: str, k: Optional[str], ordinal: int, spherical: bool,
                      fingerprint: str) -> dict[str, Any]:
     """One class partition of a layer (a Ray task): every vector's global concept, the
     partition's counts, its shard of the index; writes them, then the marker."""
@@ -236,7 +237,6 @@ def assign_partition(folder: RunFolder, layer: str, part: str, ordinal: int, sph
     labels, dist = build.add_assigned(index, build.prepare(x, spherical), atlas_ids)
     folder.write_with(shard_name(layer, part), build.save(index))
     del index, x
-    k = unquote(part)
     vids, sids = ids.column("video_id").to_pylist(), ids.column("supervoxel_id").to_pylist()
     table = pa.table({"video_id": pa.array(vids, pa.string()), "supervoxel_id": pa.array(sids, pa.int64()),
                       "layer": pa.array([layer] * len(vids), pa.string()),

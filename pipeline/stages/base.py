@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import sys
@@ -12,9 +13,12 @@ from typing import Any, Optional
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline import io, schemas
+from pipeline import schemas
+from pipeline.data.video import retryable
 from pipeline.orchestration.runtime import cluster_cpus, label_selector
 from pipeline.run_folder import DONE, RunFolder
+
+log = logging.getLogger("pipeline")
 
 
 @dataclass
@@ -45,12 +49,12 @@ class Job:
         """The Ray label selector of the CPU stages' tasks (`ray.cpu_label_selector`)."""
         return label_selector(self.c["ray"]["cpu_label_selector"])
 
-    def record_failures(self, failures: dict[str, str], stage: str) -> None:
-        """Mark the videos that failed in `stage` in videos.parquet, with their reasons, and count them."""
-        if failures:
-            status = self.folder.record_failures(failures, stage).column("status")
-            self.counts.update(videos_ok=int(pc.sum(pc.equal(status, schemas.OK)).as_py() or 0),
-                               videos_failed=int(pc.sum(pc.equal(status, schemas.FAILED)).as_py() or 0))
+    def record_failures(self, failures: dict[str, tuple[str, bool]], stage: str) -> None:
+        """Set the videos that failed in `stage` in videos.parquet ({video_id: (reason,
+        retryable)}: the stage's markers, this run's and earlier ones), and count them."""
+        status = self.folder.record_failures(failures, stage).column("status")
+        self.counts.update(videos_ok=int(pc.sum(pc.equal(status, schemas.OK)).as_py() or 0),
+                           videos_failed=int(pc.sum(pc.equal(status, schemas.FAILED)).as_py() or 0))
 
     def begin(self, stage: str) -> None:
         self.started[stage] = time.monotonic()
@@ -101,13 +105,13 @@ class VideoRows:
 
 
 def one_at_a_time(folder: RunFolder, units: dict[str, list[Any]], data: list[str], by_row: bool = False) -> Any:
-    """`map_tasks`'s `split` for units of (folder, unit name, video rows, ...): a unit stopped
-    at its time limit (`decode.unit_timeout_s`) loses what it wrote and becomes one unit per
-    video, named after it, added to `units` (name -> video ids, or rows with `by_row`)."""
+    """`map_tasks`'s (and the actor queue's) `split` for units of (folder, unit name, video
+    rows, ...): a unit that failed as a whole (its worker lost more often than retried, or
+    stopped at its time limit, `decode.unit_timeout_s`) loses what it wrote and becomes one
+    unit per video, named after it, added to `units` (name -> video ids, or rows with
+    `by_row`): one bad video fails alone."""
     def split(name: str, args: tuple) -> list[tuple[str, tuple]]:
-        for path in (folder.path(d, folder.part_name(name)) for d in data):
-            if io.exists(path):  # what it wrote before it was stopped (it has no marker)
-                io.remove(path)
+        folder.remove_parts(data, name)  # what it wrote before it stopped (it has no marker)
         rows = args[2]
         if len(rows) < 2:
             return []
@@ -126,11 +130,51 @@ def unit_error(what: str, error: str) -> str:
     return f"{what} failed: {error}" + (" (decode.unit_timeout_s)" if error.startswith("timed out") else "")
 
 
-def unit_failures(folder: RunFolder, stage: str) -> dict[str, str]:
-    """The failed videos in a stage's markers, with their reasons (the markers written by
-    earlier runs of this folder included)."""
+def fail_unit(folder: RunFolder, stage: str, unit: str, rows: list[dict[str, Any]], error: str, fingerprint: str,
+              data: list[str]) -> dict[str, str]:
+    """The marker of a unit that failed as a whole after `one_at_a_time` (one video, as a
+    rule): its videos failed with `error`, retryable (a lost worker, a time limit); what it
+    wrote is removed. Returns {video_id: error}."""
+    folder.remove_parts(data, unit)
+    folder.write_unit(stage, unit, [], [{"video_id": r["video_id"], "status": schemas.FAILED, "error": error,
+                                         "retryable": True, "identity": r.get("identity")} for r in rows],
+                      fingerprint)
+    return {r["video_id"]: error for r in rows}
+
+
+def failed_marker(row: dict[str, Any], what: str, e: BaseException) -> dict[str, Any]:
+    """The marker row of a video that failed alone in a unit, with whether a rerun retries it."""
+    return {"video_id": row["video_id"], "status": schemas.FAILED, "error": f"{what} failed: {type(e).__name__}: {e}",
+            "retryable": retryable(e), "identity": row.get("identity")}
+
+
+def log_failures(stage: str, failures: dict[str, tuple[str, bool]], todo: list[str]) -> int:
+    """Warn of the videos of `todo` that failed (names quoted: a name may hold anything);
+    returns how many."""
+    new = [v for v in todo if v in failures]
+    for vid in new:
+        log.warning("%s: %r failed: %s", stage, vid, failures[vid][0])
+    return len(new)
+
+
+def unit_failures(folder: RunFolder, stage: str) -> dict[str, tuple[str, bool]]:
+    """The failed videos in a stage's markers, with their reasons and whether a rerun tries
+    them again (the markers written by earlier runs of this folder included)."""
     if not folder.exists(DONE, stage):
         return {}
-    t = folder.read(f"{DONE}/{stage}", columns=["video_id", "status", "error"])
+    t = folder.read(f"{DONE}/{stage}", columns=["video_id", "status", "error", "retryable"])
     t = t.filter(pc.equal(t.column("status"), schemas.FAILED))
-    return dict(zip(t.column("video_id").to_pylist(), t.column("error").to_pylist()))
+    return {v: (e, bool(r)) for v, e, r in zip(*(t.column(c).to_pylist() for c in ("video_id", "error", "retryable")))}
+
+
+def candidates(table: pa.Table) -> pa.Table:
+    """The videos a stage after ingest works on: ingested ok (a later stage's failure may be
+    tried again: the stage's markers say which)."""
+    status, stage = table.column("status"), table.column("failed_stage")
+    later = pc.and_(pc.is_valid(stage), pc.not_equal(stage, "ingest"))
+    return table.filter(pc.or_(pc.equal(status, schemas.OK), pc.fill_null(later, False)))
+
+
+def identities(table: pa.Table) -> dict[str, Optional[str]]:
+    """{video_id: identity} of a videos table (what `RunFolder.done_units` checks)."""
+    return dict(zip(table.column("video_id").to_pylist(), table.column("identity").to_pylist()))

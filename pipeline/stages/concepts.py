@@ -33,8 +33,8 @@ from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, PREDICTIONS,
-                                 RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, class_partition,
-                                 partition, reduction_fingerprint, unit_key)
+                                 RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
+                                 reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -57,7 +57,14 @@ def run(job: Job) -> None:
     label_index = pred.column("label_index").to_numpy(zero_copy_only=False)
     correct = dict(zip(all_ids.tolist(), pred.column("correct").to_pylist()))
     known = label_index >= 0
-    classes = sorted(set(all_labels[known].tolist()))
+    counts = dict(zip(*np.unique(all_labels[known].astype(str), return_counts=True))) if known.any() else {}
+    classes = sorted(k for k, n in counts.items() if n >= 2)
+    for k in sorted(set(counts) - set(classes)):
+        log.warning("concepts: class %r skipped: %d activated video (one to discover with and one to score are "
+                    "needed)", k, counts[k])
+    if len({*all_labels[known].tolist()}) < 2:
+        raise RunFolderError(f"concepts need activated videos of at least two classes (a class's random sets are the "
+                             f"other classes' videos); {folder.root} has {counts}")
     fingerprint = reduction_fingerprint(job.fingerprints["activate"],
                                         {"concepts": c["concepts"], "ground_truth": _ground_truth_root(c)},
                                         list(zip(all_ids.tolist(), all_labels.tolist())))
@@ -158,12 +165,12 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     """One (class, layer), in a Ray task: read its partition, explain it
     (`explain_class_layer`), write its parts and marker; returns its small record. `clips`: the
     videos.parquet clip columns of its scoring videos (and discovery videos, for the ground truth)."""
-    sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
+    sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=k)}",
                      columns=["video_id", "supervoxel_id", "vector"]).sort_by([("video_id", "ascending"),
                                                                                 ("supervoxel_id", "ascending")])
     disc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(discovery, type=pa.string())))
     sc = sv.filter(pc.is_in(sv.column("video_id"), pa.array(scoring, type=pa.string())))
-    whole = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=class_partition(k))}",
+    whole = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=k)}",
                         columns=["video_id", "gradient", "gradient_class"])
     grad_of = {v: g for v, g, gc in zip(*(whole.column(n).to_pylist() for n in whole.column_names))
                if gc == gradient_class}
@@ -172,7 +179,7 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     sets = [vectors[np.searchsorted(ids, np.asarray(s, dtype=object))] for s in random_sets]
     randomised = None
     if params.randomisation_check:
-        rg = folder.read(f"{RANDOMISED_GRADIENTS}/{partition(target_class=class_partition(k))}",
+        rg = folder.read(f"{RANDOMISED_GRADIENTS}/{partition(target_class=k)}",
                          filter=pc.field("layer") == layer)
         by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
@@ -265,6 +272,6 @@ def randomise_class(actor: Any, folder: RunFolder, k: str, video_ids: list[str],
     schema = pa.schema([("video_id", pa.string()), ("layer", pa.string()), ("gradient", pa.list_(pa.float32()))])
     table = pa.Table.from_pylist(rows, schema=schema)
     unit = unit_key(k)
-    folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=class_partition(k))}",
+    folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=k)}",
                                            table)], [{"record": {"class": k}}], fingerprint)
 

@@ -17,7 +17,7 @@ import ray
 from pipeline import schemas
 from pipeline.config import ConfigError
 from pipeline.data.corpus import resolve_corpus
-from pipeline.data.ingest import ingest_video, video_row
+from pipeline.data.ingest import ingest_video, stat_identity, video_row
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
@@ -37,43 +37,87 @@ def run(job: Job) -> None:
         corpus = resolve_corpus(c["dataset"])
     except ParameterError as e:
         raise ConfigError.from_parameter("dataset", e) from None
+    check_corpus(corpus.rows, c)
     spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
     fingerprint = job.fingerprints["ingest"]
+    mode, retry_failed = c["dataset"]["identity"], bool(c["run"]["retry_failed"])
     ids = [r["video_id"] for r in corpus.rows]
     paths = [r["path"] for r in corpus.rows]
-    if folder.exists(VIDEOS):
-        previous = folder.read_videos(["video_id", "path"])
-        same_inputs = ids == previous.column("video_id").to_pylist() and paths == previous.column("path").to_pylist()
-        if same_inputs and folder.videos_fingerprint() == fingerprint:
-            log.info("ingest: videos.parquet already covers these %d videos with these clip settings; reused",
-                     len(ids))
-            _count(job, _counts(folder.read_videos(["label", "status"])), reused=True)
+    if folder.exists(VIDEOS) and folder.videos_fingerprint() == fingerprint:
+        previous = folder.read_videos(["video_id", "path", "size", "mtime_ns", "failed_stage", "retryable"])
+        same_inputs = all(previous.column(k).to_pylist() == [r[k] for r in corpus.rows]
+                          for k in ("video_id", "path", "size", "mtime_ns"))
+        again = pc.and_(pc.equal(previous.column("failed_stage"), "ingest"),
+                        pc.fill_null(previous.column("retryable"), False) if not retry_failed else True)
+        if same_inputs and not pc.any(again).as_py():
+            log.info("ingest: videos.parquet already covers these %d videos, unchanged, with these clip settings; "
+                     "reused", len(ids))
+            _count(job, _counts(folder.read_videos(["label", "status"])), reused=True, retried=0)
             return
     log.info("ingest: %d videos in %d classes from %s", len(ids), len(corpus.classes),
              c["dataset"]["root"] or c["dataset"]["csv"] or "a list of files")
-    done = folder.done_units("ingest", [INGESTED], fingerprint, "clip", stale="discard")
-    have = set()
-    if done.num_rows:
-        got = folder.read(INGESTED, columns=["video_id", "path"])
-        have = set(zip(got.column("video_id").to_pylist(), got.column("path").to_pylist()))
-    todo = [r for r in corpus.rows if (r["video_id"], r["path"]) not in have]
+    done = folder.done_units("ingest", [INGESTED], fingerprint, "clip", stale="discard",
+                             videos={r["video_id"]: listing(r) for r in corpus.rows}, retry_failed=retry_failed,
+                             whole_units=True)
+    have = set(done.column("video_id").to_pylist())
+    todo = [r for r in corpus.rows if r["video_id"] not in have]
     if have:
         log.info("ingest: %d videos already read by an earlier run, %d to go", len(ids) - len(todo), len(todo))
     units = {f"{n:05d}": rows for n, rows in enumerate(unit_batches(todo, int(c["segment"]["videos_per_part"]) * 4))}
     progress = Progress("ingest", len(todo))
     items = ((name, (folder, name, rows)) for name, rows in list(units.items()))
-    for out in map_tasks(ingest_unit, items, spec, fingerprint, limits, progress=None, label_selector=job.cpu_selector,
-                         timeout_s=limits.unit_timeout_s, split=one_at_a_time(folder, units, [INGESTED], by_row=True)):
+    for out in map_tasks(ingest_unit, items, spec, fingerprint, limits, mode, progress=None,
+                         label_selector=job.cpu_selector, timeout_s=limits.unit_timeout_s,
+                         split=one_at_a_time(folder, units, [INGESTED], by_row=True)):
         progress.update(len(units[out.key]))
         if not out.ok:
             rows = [video_row(r, spec, unit_error("ingest", out.error)) for r in units[out.key]]
-            folder.write_unit("ingest", out.key, [(INGESTED, _rows_table(rows))],
-                              [{"video_id": r["video_id"]} for r in rows], fingerprint)
+            for r in rows:
+                r["retryable"] = True
+            folder.remove_parts([INGESTED], out.key)
+            folder.write_unit("ingest", out.key, [(INGESTED, _rows_table(rows))], _markers(units[out.key], rows),
+                              fingerprint)
     where = {"label_selector": job.cpu_selector} if job.cpu_selector else {}
     summary = ray.get(write_manifest.options(**where).remote(folder, ids, paths, fingerprint))
     for vid, why in summary.pop("failures"):
-        log.warning("ingest: %s failed: %s", vid, why)
-    _count(job, summary, reused=False)
+        log.warning("ingest: %r failed: %s", vid, why)
+    _count(job, summary, reused=False, retried=folder.redone["ingest"]["videos_retried"])
+
+
+def check_corpus(rows: list[dict[str, Any]], c: dict[str, Any]) -> None:
+    """Before any work: a corpus with no video, or, for a job that explains classes (the
+    concepts stage), fewer than two classes with a video (the random sets are drawn from the
+    other classes) stops with the config key to change; a class with one video is warned of
+    (the concepts stage skips it: it needs one video to discover with and one to score)."""
+    d = c["dataset"]
+    key = {"csv": "csv", "list": "videos"}.get(d["kind"], "root")
+    filters = ", ".join(f"dataset.{k}={d[k]}" for k in ("classes", "splits") if d.get(k))
+    if not rows:
+        raise ConfigError(f"dataset.{key}", "holds no video" + (f" that {filters} keeps" if filters else ""), d[key])
+    if "concepts" not in c["run"]["stages"]:
+        return
+    per_class: dict[str, int] = {}
+    for r in rows:
+        if r["error"] is None:
+            per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+    if len(per_class) < 2:
+        raise ConfigError("dataset.classes", f"concepts need videos of at least two classes (a class's random sets "
+                                             f"are the other classes' videos); the corpus has {per_class}",
+                          d.get("classes"))
+    for k, n in sorted(per_class.items()):
+        if n < 2:
+            log.warning("ingest: class %r has %d video: concepts skip it (they need one to discover with and one to "
+                        "score; add videos or leave it out with dataset.classes)", k, n)
+
+
+def listing(row: dict[str, Any]) -> str:
+    """What ingest's markers check a video by: its path and its listing (size, time)."""
+    return f"{row['path']}\0{stat_identity(row)}"
+
+
+def _markers(manifest: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"video_id": r["video_id"], "identity": listing(m), "status": r["status"], "error": r["error"],
+             "retryable": r["retryable"]} for m, r in zip(manifest, rows)]
 
 
 @ray.remote(num_cpus=1, max_retries=2)
@@ -87,11 +131,10 @@ def write_manifest(folder: RunFolder, ids: list[str], paths: list[str], fingerpr
 
 
 def ingest_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec: ClipSpec,
-                fingerprint: str, limits: DecodeLimits) -> int:
+                fingerprint: str, limits: DecodeLimits, identity: str) -> int:
     """One unit (in a Ray task): each video's row from its container, written with the marker."""
-    out = [ingest_video(r, spec, limits) for r in rows]
-    folder.write_unit("ingest", unit, [(INGESTED, _rows_table(out))], [{"video_id": r["video_id"]} for r in out],
-                      fingerprint)
+    out = [ingest_video(r, spec, limits, identity) for r in rows]
+    folder.write_unit("ingest", unit, [(INGESTED, _rows_table(out))], _markers(rows, out), fingerprint)
     return len(out)
 
 
@@ -119,9 +162,9 @@ def _counts(table: pa.Table) -> dict[str, int]:
     return {"videos": table.num_rows, "failed": int(failed), "classes": len(pc.unique(table.column("label")))}
 
 
-def _count(job: Job, counts: dict[str, int], reused: bool) -> None:
+def _count(job: Job, counts: dict[str, int], reused: bool, retried: int) -> None:
     n, failed = counts["videos"], counts["failed"]
     wall = job.wall("ingest")
     job.finish("ingest", reused=reused, videos_per_s=None if reused else per_second(n, wall),
-               videos_in=n, videos_ok=n - failed, videos_failed=failed)
+               videos_in=n, videos_ok=n - failed, videos_failed=failed, videos_retried=retried)
     job.counts.update(videos_in=n, videos_ok=n - failed, videos_failed=failed, classes=counts["classes"])

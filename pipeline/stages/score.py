@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -25,7 +25,7 @@ from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.run_folder import (ACTIVATIONS, CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, RUN_JSON, VOXEL_IMPORTANCE,
-                                 RunFolder, class_partition, partition, reduction_fingerprint, unit_key)
+                                 RunFolder, partition, reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -56,11 +56,12 @@ def run(job: Job, source: RunFolder) -> None:
     del videos, ok
     fingerprint = reduction_fingerprint(job.fingerprints["activate"] + digest.hexdigest(),
                                         {"source": source.root, "layers": layers}, list(zip(ids, labels)))
-    by_part: dict[str, list[str]] = {}
+    by_part: dict[Optional[str], list[str]] = {}
     for vid, label in zip(ids, labels):
-        by_part.setdefault(class_partition(label), []).append(vid)
+        by_part.setdefault(label, []).append(vid)
     per_unit = int(job.c["activate"]["videos_per_part"])
-    units = {unit_key(p, str(i)): (p, vids[i:i + per_unit]) for p, vids in sorted(by_part.items())
+    units = {unit_key(p or "", str(i)): (p, vids[i:i + per_unit])
+             for p, vids in sorted(by_part.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
              for i in range(0, len(vids), per_unit)}
     del ids, labels, by_part
     done = folder.done_units("score", [VOXEL_IMPORTANCE, CONCEPT_PRESENCE], fingerprint, "score", stale="discard")

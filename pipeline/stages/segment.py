@@ -11,7 +11,6 @@ from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import schemas
 from pipeline.data.video import ClipSpec, DecodeLimits
@@ -21,12 +20,13 @@ from pipeline.params import from_section
 from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
-from pipeline.stages.base import (Job, VideoRows, one_at_a_time, per_second, unit_batches, unit_error,
-                                  unit_failures)
+from pipeline.stages.base import (Job, VideoRows, candidates, fail_unit, failed_marker, identities, log_failures,
+                                  one_at_a_time, per_second, unit_batches, unit_error, unit_failures)
 
 log = logging.getLogger("pipeline")
 
 STATUSES = (KEPT, DROPPED_SMALL, DROPPED_DUPLICATE, DROPPED_SHORT)
+OUTPUTS = (SUPERVOXELS, LABEL_VOLUMES)
 
 
 def run(job: Job) -> None:
@@ -36,10 +36,11 @@ def run(job: Job) -> None:
     params = from_section(SegmentParams, c["segment"])
     min_frames = job.window if c["segment"]["short_supervoxels"] == "drop" else None
     fingerprint = job.fingerprints["segment"]
-    done = folder.done_units("segment", [SUPERVOXELS, LABEL_VOLUMES], fingerprint, "clip/segment")
-    done_ids = set(done.column("video_id").to_pylist())
     table = folder.read_videos()
-    videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
+    done = folder.done_units("segment", OUTPUTS, fingerprint, "clip/segment", videos=identities(table),
+                             retry_failed=bool(c["run"]["retry_failed"]))
+    done_ids = set(done.column("video_id").to_pylist())
+    videos = VideoRows(candidates(table))
     todo = [v for v in videos.ids if v not in done_ids]
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done_ids),
              list(params.n_segments))
@@ -49,30 +50,29 @@ def run(job: Job) -> None:
     stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     seconds: list[float] = []
     nodes: dict[str, int] = {}
-    failures: dict[str, str] = {}
     retried = 0
     items = ((name, (folder, name, videos.rows(ids))) for name, ids in list(units.items()))
     for out in map_tasks(segment_unit, items, spec, params, min_frames, fingerprint, limits, progress=None,
                          label_selector=job.cpu_selector, timeout_s=limits.unit_timeout_s,
-                         split=one_at_a_time(folder, units, [SUPERVOXELS, LABEL_VOLUMES])):
+                         split=one_at_a_time(folder, units, list(OUTPUTS))):
         ids = units[out.key]
         progress.update(len(ids))
         retried += out.attempts > 1
-        if not out.ok:  # the unit's task died (twice retried) or ran past its time limit: its videos fail
-            failures.update({v: unit_error("segmentation", out.error) for v in ids})
+        if not out.ok:  # one video whose task died (twice retried) or ran past its time limit
+            fail_unit(folder, "segment", out.key, videos.rows(ids), unit_error("segmentation", out.error),
+                      fingerprint, list(OUTPUTS))
             continue
         nodes[out.node] = nodes.get(out.node, 0) + len(ids)
         for k, v in out.value["stats"].items():
             stats[k] += v
         seconds += out.value["seconds"]
-    failures.update(unit_failures(folder, "segment"))
-    for vid, why in sorted(failures.items()):
-        log.warning("segment: %s failed: %s", vid, why)
+    failures = unit_failures(folder, "segment")
+    new_failures = log_failures("segment", failures, todo)
     job.record_failures(failures, "segment")
-    new_failures = sum(1 for v in todo if v in failures)
     segmented = len(todo) - new_failures
     job.finish("segment", videos_segmented=segmented, videos_skipped_done=len(done_ids),
-               videos_failed=new_failures, units=len(units), units_retried=retried,
+               videos_failed=new_failures, videos_retried=folder.redone["segment"]["videos_retried"],
+               units=len(units), units_retried=retried,
                videos_per_s=per_second(segmented, job.wall("segment")),
                seconds_per_clip_in_task=round(float(np.mean(seconds)), 4) if seconds else None,
                n_segments=list(params.n_segments), supervoxels=stats,
@@ -91,10 +91,9 @@ def segment_unit(folder: RunFolder, unit: str, rows: list[dict[str, Any]], spec:
         try:
             res = segment_video(row, spec, params, min_frames, limits)
         except Exception as e:  # a video that cannot be read or segmented fails alone
-            markers.append({"video_id": row["video_id"], "status": schemas.FAILED,
-                            "error": f"segmentation failed: {type(e).__name__}: {e}"})
+            markers.append(failed_marker(row, "segmentation", e))
             continue
-        markers.append({"video_id": row["video_id"], "row_group": len(results)})
+        markers.append({"video_id": row["video_id"], "row_group": len(results), "identity": row.get("identity")})
         results.append(res)
     stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     for res in results:

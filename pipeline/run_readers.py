@@ -1,0 +1,116 @@
+"""The readers of a finished run that take one video at a time: where its label volumes are,
+a supervoxel's voxels, a video's voxel importance. `pipeline.run_folder.RunFolder` has them."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pyarrow.compute as pc
+
+from pipeline import io, schemas
+from pipeline.run_names import CONCEPTS, DONE, LABEL_VOLUMES, SUPERVOXELS, VIDEOS, VOXEL_IMPORTANCE, partition
+
+
+class RunReaders:
+    """Mixed into `RunFolder` (which gives `root`, `path`, `read`, `exists`, `video_rows`)."""
+
+    root: str
+    _index: Optional[dict[str, tuple[str, int]]]
+
+    def label_index(self) -> dict[str, tuple[str, int]]:
+        """Where each segmented video's label volumes are: video_id -> (part file name, row
+        group), from the segment stage's markers (read once per RunFolder)."""
+        if self._index is None:
+            files = io.part_files(self.path(DONE, "segment"))
+            t = io.read_files(files, columns=["video_id", "part", "row_group", "status"]) if files else None
+            self._index = {} if t is None else {
+                v: (p, g) for v, p, g, s in zip(*(t.column(c).to_pylist() for c in ("video_id", "part", "row_group",
+                                                                                     "status")))
+                if s == schemas.OK and g is not None}
+        return self._index
+
+    def locate(self, video_id: str) -> tuple[str, int]:
+        where = self.label_index().get(video_id)
+        if where is None:
+            raise KeyError(f"video {video_id!r} has no label volumes in {self.root} (not segmented, or it failed)")
+        return where
+
+    def label_volumes(self, video_ids: Sequence[str],
+                      where: Optional[dict[str, tuple[str, int]]] = None) -> dict[str, np.ndarray]:
+        """The label volumes uint16 [R, L, H, W] of several videos: one row group each (`where`:
+        their locations, as `label_index` gives them; read from the markers when not given)."""
+        from pipeline.segmentation.supervoxels import stack_label_volumes
+
+        out: dict[str, np.ndarray] = {}
+        by_part: dict[str, list[tuple[str, int]]] = {}
+        for v in video_ids:
+            part, group = (where or {}).get(v) or self.locate(v)
+            by_part.setdefault(part, []).append((v, group))
+        for part, wanted in by_part.items():
+            table = io.read_row_groups(self.path(LABEL_VOLUMES, part), sorted({g for _, g in wanted}))
+            out.update(stack_label_volumes(table.to_pylist()))
+        return {v: out[v] for v in video_ids if v in out}
+
+    def label_volume(self, video_id: str, resolution: int) -> np.ndarray:
+        """The SLIC label volume uint16 [L, H, W] of one video at one resolution."""
+        volumes = self.label_volumes([video_id])[video_id]
+        if not 0 <= resolution < len(volumes):
+            raise KeyError(f"no label volume for video {video_id!r} at resolution {resolution} in {self.root}")
+        return volumes[resolution]
+
+    def supervoxel_mask(self, video_id: str, supervoxel_id: int) -> np.ndarray:
+        """The voxels of one supervoxel: bool [T, H, W] in clip coordinates (the clip's frames
+        are source frames `clip_frame_indices` of videos.parquet, resized to clip_height x
+        clip_width)."""
+        part, group = self.locate(video_id)
+        t = io.read_row_groups(self.path(SUPERVOXELS, part), [group], columns=["supervoxel_id", "resolution", "label"])
+        t = t.filter(pc.equal(t.column("supervoxel_id"), int(supervoxel_id)))
+        if t.num_rows == 0:
+            raise KeyError(f"no supervoxel {supervoxel_id} of video {video_id!r} in {self.root}")
+        resolution, label = t.column("resolution")[0].as_py(), t.column("label")[0].as_py()
+        return self.label_volume(video_id, resolution) == label
+
+    def voxel_importance(self, video_id: str, layer: Optional[str] = None, target_class: Optional[str] = None,
+                         score: str = "tcav") -> np.ndarray:
+        """Voxel importance of a scored video: float32 [T, H, W] in clip coordinates.
+
+        layer: an explained layer (None: the first the run explained); target_class: the class
+        whose concepts score it (None: the one it was scored for, its own); score: `tcav` (the
+        paper's: each supervoxel takes its concept's mean TCAV score) or `causal` (its concept's
+        causal importance, from the evaluate stage).
+        """
+        from pipeline.scoring.voxel_importance import causal_scores, importance_map
+
+        if score not in ("tcav", "causal"):
+            raise ValueError(f"score must be 'tcav' or 'causal', got {score!r}")
+        if target_class is None:
+            rows = self.video_rows([video_id]) if self.exists(VIDEOS) else []
+            target_class = rows[0]["label"] if rows else None
+        rows = self.voxel_importance_rows(video_id, target_class)
+        if not rows:
+            raise KeyError(f"no voxel importance for video {video_id!r} in {self.root} (only scoring videos have one)")
+        layers = list(dict.fromkeys(r["layer"] for r in rows))
+        chosen = layer if layer is not None else layers[0]
+        rows = [r for r in rows if r["layer"] == chosen]
+        if not rows:
+            raise KeyError(f"no voxel importance for video {video_id!r} at layer {chosen!r}; layers: {layers}")
+        row = rows[0]
+        scores = row["scores"]
+        if score == "causal":
+            causal = {r["concept"]: r["causal_importance"]
+                      for r in self.read(CONCEPTS, columns=["concept", "causal_importance"]).to_pylist()}
+            if not any(v is not None for v in causal.values()):
+                raise KeyError(f"{self.root} has no causal importance yet: run the evaluate stage")
+            scores = causal_scores(row["concepts"], causal)
+        return importance_map(self.label_volumes([video_id])[video_id], row["supervoxel_ids"], scores)
+
+    def voxel_importance_rows(self, video_id: str, target_class: Optional[str]) -> list[dict[str, Any]]:
+        """A video's voxel-importance rows: within its class's partitions, the row group whose
+        statistics hold it (footers, then one row group per layer)."""
+        root = self.path(VOXEL_IMPORTANCE)
+        files = io.part_files(io.join(root, partition(target_class=target_class))) if target_class else []
+        files = files or io.part_files(root)
+        if not files:
+            return []
+        return io.read_files(files, filter=pc.field("video_id") == video_id).to_pylist()
