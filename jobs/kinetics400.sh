@@ -15,7 +15,8 @@
 set -euo pipefail
 : "${K400_ROOT:?set K400_ROOT to the Kinetics-400 root (videos + annotations/train.csv)}"
 : "${OUTPUT:?set OUTPUT to a run folder every node can write}"
-exec "$(dirname "$0")/submit.sh" dataset=kinetics400 "dataset.root=$K400_ROOT" \
-    "dataset.csv=$K400_ROOT/annotations/train.csv" model=x3d_m "run.output_dir=$OUTPUT" \
+# The paths go in quoted (Hydra's grammar: a comma or a space in a path stays part of it).
+exec "$(dirname "$0")/submit.sh" dataset=kinetics400 "dataset.root='$K400_ROOT'" \
+    "dataset.csv='$K400_ROOT/annotations/train.csv'" model=x3d_m "run.output_dir='$OUTPUT'" \
     clip.num_frames=32 clip.fps=6 clip.height=160 clip.width=160 \
     "ray.cpu_label_selector=[ace3d-node:cpu]" "$@"

@@ -7,8 +7,9 @@
 # RAY_ADDRESS: the cluster's dashboard (default http://127.0.0.1:8265; for a cluster made with
 # cluster.yaml, `ray dashboard cluster.yaml` forwards it there). The token of
 # `ray get-auth-token` (~/.ray/auth_token, or RAY_AUTH_TOKEN) authenticates the submission.
-# The working tree goes up as the job's working_dir (outputs, data and environments left out),
-# so the job runs this checkout's code; run.output_dir should be a path every node shares.
+# The checkout's tracked files go up as the job's working_dir, as they are in the working tree
+# (so the job runs this checkout's code, edits included; untracked files such as .env or
+# credentials never leave this machine); run.output_dir should be a path every node shares.
 # Extra `ray job submit` flags go in SUBMIT_FLAGS (e.g. SUBMIT_FLAGS=--no-wait).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,14 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 RAY="${RAY:-ray}"
 PYTHON="${JOB_PYTHON:-python}"
 runtime_env='{"excludes": [".venv", "data", "outputs", ".git", "**/__pycache__", "*.egg-info"]}'
+workdir=.
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+    workdir="$(mktemp -d)"
+    trap 'rm -rf "$workdir"' EXIT
+    git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$workdir"
+else
+    echo "jobs/submit.sh: not a git checkout: uploading this folder but for $runtime_env" >&2
+fi
 # shellcheck disable=SC2086
-exec "$RAY" job submit --working-dir . --runtime-env-json "$runtime_env" ${SUBMIT_FLAGS:-} \
+"$RAY" job submit --working-dir "$workdir" --runtime-env-json "$runtime_env" ${SUBMIT_FLAGS:-} \
     -- "$PYTHON" -m pipeline ray=cluster "$@"

@@ -99,8 +99,11 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
 def print_summary(record: dict[str, Any]) -> None:
     counts = record["counts"]
     print(f"\nrun folder: {record['run_dir']}")
+    retried = sum(s.get("videos_retried") or 0 for s in record["stages"].values()
+                  if isinstance(s, dict) and "from_run_started" not in s)  # this run's
     print(f"videos: {counts.get('videos_in', 0)} in, {counts.get('videos_ok', 0)} ok, "
-          f"{counts.get('videos_failed', 0)} failed  (videos.parquet)")
+          f"{counts.get('videos_failed', 0)} failed" + (f", {retried} failed before tried again" if retried else "")
+          + "  (videos.parquet)")
     if "supervoxels_kept" in counts:
         print(f"supervoxels kept: {counts['supervoxels_kept']}  (supervoxels/, label_volumes/)")
     if "concepts_found" in counts:

@@ -75,7 +75,7 @@ def clip_reader(videos: dict[str, dict[str, Any]], clip_settings: dict[str, Any]
             try:
                 clips[vid] = read_ingested_clip(videos[vid], spec).frames
             except Exception as e:
-                log.warning("report: cannot read the clip of %s: %s", vid, e)
+                log.warning("report: cannot read the clip of %r: %s", vid, e)
                 clips[vid] = None
         return clips[vid]
 

@@ -57,7 +57,7 @@ def run(job: Job) -> None:
     label_index = pred.column("label_index").to_numpy(zero_copy_only=False)
     correct = dict(zip(all_ids.tolist(), pred.column("correct").to_pylist()))
     known = label_index >= 0
-    counts = dict(zip(*np.unique(all_labels[known].astype(str), return_counts=True))) if known.any() else {}
+    counts = {str(k): int(n) for k, n in zip(*np.unique(all_labels[known].astype(str), return_counts=True))}
     classes = sorted(k for k, n in counts.items() if n >= 2)
     for k in sorted(set(counts) - set(classes)):
         log.warning("concepts: class %r skipped: %d activated video (one to discover with and one to score are "
@@ -124,7 +124,7 @@ def run(job: Job) -> None:
     for (k, layer) in pairs:  # the pairs' order, whatever finished first
         rec = records[(k, layer)]
         for note in rec["info"]["notes"]:
-            log.warning("concepts: %s/%s: %s", k, layer, note)
+            log.warning("concepts: %r/%s: %s", k, layer, note)
         class_info[k].setdefault("layers", {})[layer] = rec["info"]
     concepts = assemble_concepts(folder, [records[p]["part"] for p in pairs])
     folder.write_table(CONCEPTS, concepts)

@@ -208,7 +208,7 @@ class ClassRunner:
         """Hand a class whose passes are in to a Ray task that summarises and writes it."""
         state = self.open.pop(k)
         for vid, why in sorted(state["failed"].items()):
-            log.warning("evaluate: %s/%s left out: %s", k, vid, why)
+            log.warning("evaluate: %r/%r left out: %s", k, vid, why)
         ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
         results = {v: r for v, r in state["results"].items() if v not in state["failed"]}
         plans = sum(len(p[layer]) for v, by_layer in results.items() for layer in by_layer for p in state["plans"])
