@@ -115,8 +115,8 @@ class Lease:
             now = self._read()
             if now is None:
                 return False  # released
-            if (now.get("run_id"), now.get("count")) != (other.get("run_id"), other.get("count")):
-                return True  # renewed (or taken by a third run)
+            if now != other:
+                return True  # renewed (its counter advanced), or taken by a third run
         return False
 
     def acquire(self) -> None:

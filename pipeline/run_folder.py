@@ -1,16 +1,15 @@
 """The run folder: the one module that knows its names, its resume rules and its writers.
 
 A run folder (`run.output_dir`, a local path or a pyarrow filesystem URI) holds one dataset per
-stage output (see the README's Outputs table). This module owns:
+stage output (see the README's Outputs table). This module owns (with `pipeline.run_names`, every output's name, and
+`pipeline.fingerprints`, the settings each stage's outputs depend on):
 
-- every output's name (the constants below);
-- the per-stage fingerprints: the settings that change a stage's outputs, and only those
-  (scheduling settings such as the number of actors or the videos per part may change between
-  runs of one folder);
 - units of work: whoever does a unit (a task, an actor) writes its parts, then its marker rows
   in `_done/<stage>/` with the stage's fingerprint (`write_unit`); a unit is done when its
   marker exists, and parts without one are crash leftovers, removed (`done_units`); part names
   carry the writing run's id and the unit's, so two writers never collide;
+- what a rerun redoes: units whose videos changed, failures that may pass, files that do not
+  read (`done_units`);
 - failure records: a video that fails a stage stays a row of videos.parquet, with the reason;
 - the lease (`pipeline.lease`): one live driver per folder;
 - the readers of a finished run (label volumes, supervoxel masks, voxel importance).
@@ -18,7 +17,6 @@ stage output (see the README's Outputs table). This module owns:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,58 +32,16 @@ from pipeline.run_names import (  # noqa: F401 (the names are re-exported: one i
     VOXEL_IMPORTANCE, EVALUATION, REPORT, REPORT_INDEX, REPORT_ATLAS, CONCEPT_PRESENCE, RUN_JSON, LEASE,
     CLIP_ACTIVATIONS, RANDOMISED_GRADIENTS, DONE, UNLABELLED, ATLAS_TRAINED, ATLAS_ASSIGNMENTS, ATLAS_COUNTS,
     ATLAS_SHARDS, ATLAS_INDEX, ATLAS_LINKS, ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_MANIFEST, partition)
+from pipeline.fingerprints import (  # noqa: F401 (re-exported)
+    ACTIVATE_FIELDS, SEGMENT_FIELDS, fingerprints, reduction_fingerprint, unit_key)
 from pipeline.run_readers import RunReaders
 
 log = logging.getLogger("pipeline")
 
 
-SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
-                  "max_num_iter", "dedupe")
-ACTIVATE_FIELDS = ("batch_size", "measure_batch", "fill", "resampling", "autocast", "gradients", "channels_last")
-
-
 class RunFolderError(RuntimeError):
     """The run folder cannot be used as asked (made with other settings, missing a stage's
     inputs, or in use by another driver); the message says what to do."""
-
-
-def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = None) -> dict[str, str]:
-    """Per resumable stage, the settings its outputs depend on, as canonical JSON. `window`:
-    the model's input frames (segment drops shorter supervoxels with short_supervoxels=drop);
-    `model_digest`: the weights' digest of a model handed over as an nn.Module (it has no name
-    that says what it computes)."""
-    seg = c["segment"]
-    segment = {k: seg[k] for k in SEGMENT_FIELDS if k != "dedupe" or seg[k] != "voxel"}  # voxel: fingerprints as before
-    activate = {k: c["activate"][k] for k in ACTIVATE_FIELDS}
-    model = {k: v for k, v in c["model"].items() if k != "layout" or v}  # layout "": fingerprints as before
-    model.update({"digest": model_digest} if model_digest else {})
-    return {
-        "ingest": _canonical({"clip": c["clip"], **({"identity": "sha256"} if c["dataset"].get("identity") == "sha256"
-                                                     else {})}),
-        "segment": _canonical({"clip": c["clip"], "segment": segment,
-                               "min_frames": window if seg["short_supervoxels"] == "drop" else None}),
-        "activate": _canonical({"clip": c["clip"], "activate": activate, "model": model,
-                                "segment": {**segment, "short_supervoxels": seg["short_supervoxels"]}}),
-    }
-
-
-def reduction_fingerprint(upstream: str, settings: Any, videos: Sequence[tuple[str, Optional[str]]]) -> str:
-    """The fingerprint of a reduction (concepts, evaluate): its own settings, its input's
-    fingerprint and a digest of the videos it reduces over (ids and labels): a rerun over the
-    same inputs with the same settings skips its finished units."""
-    listed = json.dumps(sorted(videos, key=str))  # JSON: an id holding a tab or newline cannot fake another list
-    digest = hashlib.sha256(listed.encode()).hexdigest()[:16]
-    return _canonical({"upstream": hashlib.sha256(upstream.encode()).hexdigest()[:16], "settings": settings,
-                       "videos": digest})
-
-
-def unit_key(*names: str) -> str:
-    """A unit's file-safe name from its keys (a class and a layer): a short digest."""
-    return hashlib.sha256("\0".join(names).encode()).hexdigest()[:12]
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True)
 
 
 class RunFolder(RunReaders):

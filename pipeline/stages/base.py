@@ -176,5 +176,8 @@ def candidates(table: pa.Table) -> pa.Table:
 
 
 def identities(table: pa.Table) -> dict[str, Optional[str]]:
-    """{video_id: identity} of a videos table (what `RunFolder.done_units` checks)."""
-    return dict(zip(table.column("video_id").to_pylist(), table.column("identity").to_pylist()))
+    """{video_id: identity} of a videos table (what `RunFolder.done_units` checks; None for a
+    table made before inputs had an identity: its videos count as changed)."""
+    ids = table.column("video_id").to_pylist()
+    known = "identity" in table.column_names
+    return dict(zip(ids, table.column("identity").to_pylist() if known else [None] * len(ids)))

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline import schemas
+from pipeline import io, schemas
 from pipeline.config import ConfigError
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video, stat_identity, video_row
@@ -43,7 +43,8 @@ def run(job: Job) -> None:
     mode, retry_failed = c["dataset"]["identity"], bool(c["run"]["retry_failed"])
     ids = [r["video_id"] for r in corpus.rows]
     paths = [r["path"] for r in corpus.rows]
-    if folder.exists(VIDEOS) and folder.videos_fingerprint() == fingerprint:
+    identified = folder.exists(VIDEOS) and "identity" in io.read_schema(folder.path(VIDEOS)).names  # else: redone
+    if identified and folder.videos_fingerprint() == fingerprint:
         previous = folder.read_videos(["video_id", "path", "size", "mtime_ns", "failed_stage", "retryable"])
         same_inputs = all(previous.column(k).to_pylist() == [r[k] for r in corpus.rows]
                           for k in ("video_id", "path", "size", "mtime_ns"))
