@@ -1,8 +1,8 @@
 """The run folder: the one module that knows its names, its resume rules and its writers.
 
 A run folder (`run.output_dir`, a local path or a pyarrow filesystem URI) holds one dataset per
-stage output (see the README's Outputs table). This module owns (with `pipeline.run_names`, every output's name, and
-`pipeline.fingerprints`, the settings each stage's outputs depend on):
+stage output (docs/outputs.md). This module owns (with `pipeline.run_names`, every output's
+name, and `pipeline.fingerprints`, the settings each stage's outputs depend on):
 
 - units of work: whoever does a unit (a task, an actor) writes its parts, then its marker rows
   in `_done/<stage>/` with the stage's fingerprint (`write_unit`); a unit is done when its
@@ -112,9 +112,9 @@ class RunFolder(RunReaders):
         healed = pc.and_(mine, pc.invert(listed))
         if not pc.any(pc.or_(hit, healed)).as_py():
             return table
-        why = failures
-        errors = pa.array([why[v][0] if v in why else None for v in ids.to_pylist()], type=pa.string())
-        again = pa.array([bool(why[v][1]) if v in why else None for v in ids.to_pylist()], type=pa.bool_())
+        listed_ids = ids.to_pylist()
+        errors = pa.array([failures[v][0] if v in failures else None for v in listed_ids], type=pa.string())
+        again = pa.array([bool(failures[v][1]) if v in failures else None for v in listed_ids], type=pa.bool_())
         null_s, null_b = pa.nulls(len(ids), pa.string()), pa.nulls(len(ids), pa.bool_())
         columns = {"status": (pa.array([schemas.FAILED] * len(ids)), pa.array([schemas.OK] * len(ids))),
                    "error": (errors, null_s), "retryable": (again, null_b),
@@ -178,7 +178,7 @@ class RunFolder(RunReaders):
           whole: ingest's failed rows are in its parts);
         - parts of the `data` datasets without a marker, and `.part` files, are leftovers of a
           crash and are removed.
-        `self.redone[stage]` counts the units redone and the failed videos tried again."""
+        `self.redone[stage]["videos_retried"]` counts the failed videos tried again."""
         table = self._read_markers(stage)
         other = pc.not_equal(table.column("settings"), fingerprint)
         if table.num_rows and pc.any(other).as_py():

@@ -70,6 +70,10 @@ def test_a_fixed_file_is_redone_alone_and_a_failure_that_may_pass_is_tried_again
     assert _stages(fixed, "segment")["videos_segmented"] == 1 and _stages(fixed, "segment")["videos_skipped_done"] == 5
     assert _stages(fixed, "activate")["videos_activated"] == 1
     assert _videos(out)["advance/v0000"]["status"] == "ok" and fixed["counts"]["videos_failed"] == 0
+    shutil.copy(tmp_path / "synthetic" / "jitter" / "v0001.mp4", corpus / "jitter" / "new.mp4")  # a file added
+    added, _ = run_job_here(*args)
+    assert _stages(added, "segment")["videos_segmented"] == 1 and _stages(added, "activate")["videos_activated"] == 1
+    assert _stages(added, "segment")["videos_skipped_done"] == 6 and added["counts"]["videos_ok"] == 7
 
     # Units of three: a file gone between ingest and segment fails alone, retryable; put back
     # as it was (same bytes and time), the rerun tries it again and only it.

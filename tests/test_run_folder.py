@@ -114,6 +114,8 @@ def test_a_driver_whose_lease_file_was_removed_stops_and_never_takes_the_folder_
         assert not (tmp_path / LEASE).exists() and lease.lost
         with pytest.raises(LeaseError, match="was removed"):
             _unit(folder, 2)
+        with pytest.raises(LeaseError, match="was removed"):  # deletes too
+            folder.remove("data/part-run-a-00001.parquet")
     worker = RunFolder(str(tmp_path), "run-a")
     worker._worker = True
     with pytest.raises(RunFolderError, match="cannot see its lease"):
@@ -140,6 +142,13 @@ def _config(*overrides: str) -> dict:
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return to_plain(compose("config", overrides=list(overrides)))
+
+
+def test_a_reductions_video_digest_cannot_be_faked_by_an_id_holding_a_tab_or_newline():
+    from pipeline.run_folder import reduction_fingerprint
+
+    assert reduction_fingerprint("u", {}, [("a\tb", None)]) != reduction_fingerprint("u", {}, [("a", "b")])
+    assert reduction_fingerprint("u", {}, [("a\tb\nc", "d")]) != reduction_fingerprint("u", {}, [("a", "b"), ("c", "d")])
 
 
 def test_fingerprints_hold_only_the_settings_that_change_outputs():

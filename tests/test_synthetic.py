@@ -78,3 +78,25 @@ def test_a_foreign_folder_is_not_overwritten(tmp_path):
     with pytest.raises(FileExistsError, match="dataset.root"):
         ensure_corpus(str(root), SyntheticParams(videos_per_class=2))
     assert (root / "precious.txt").read_text() == "keep me"
+
+
+def _make(root: str, n: int) -> None:
+    ensure_corpus(root, SyntheticParams(videos_per_class=n, num_frames=4, size=32))
+
+
+def test_two_processes_generating_other_corpora_into_one_root_leave_one_whole_corpus(tmp_path):
+    import multiprocessing
+
+    root = str(tmp_path / "corpus")
+    ctx = multiprocessing.get_context("fork")
+    for _ in range(3):
+        procs = [ctx.Process(target=_make, args=(root, n)) for n in (2, 3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0]
+        meta = json.load(open(os.path.join(root, "meta.json")))
+        videos = sorted(f for k in CLASSES for f in os.listdir(os.path.join(root, k)))
+        assert len(videos) == meta["videos_per_class"] * len(CLASSES)  # the corpus its meta.json says, whole
+        assert sorted(os.listdir(tmp_path)) == ["corpus"]  # no half-written or set-aside folder left

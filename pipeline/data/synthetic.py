@@ -240,8 +240,10 @@ def generate(root: str, params: SyntheticParams) -> None:
     with open(os.path.join(tmp, "meta.json"), "w") as f:
         json.dump({"generator_version": GENERATOR_VERSION, "classes": list(CLASSES), **asdict(params)}, f, indent=2)
     aside = f"{root.rstrip('/')}.{uuid.uuid4().hex[:8]}.old"
-    if os.path.exists(root):
+    try:
         os.replace(root, aside)
+    except FileNotFoundError:  # none there (or another process set it aside first)
+        pass
     try:
         os.replace(tmp, root)
     except OSError:  # another process put the same corpus in place meanwhile: keep that one
