@@ -85,7 +85,7 @@ def test_a_fixed_file_is_redone_alone_and_a_failure_that_may_pass_is_tried_again
     first, printed = run_job_here(*args2, "run.stages=[segment]")
     row = _videos(out2)["advance/v0000"]
     assert row["status"] == "failed" and row["retryable"] is True and "FileNotFoundError" in row["error"]
-    assert _stages(first, "segment")["videos_segmented"] == 5 and _stages(first, "segment")["videos_failed"] == 1
+    assert _stages(first, "segment")["videos_segmented"] == 6 and _stages(first, "segment")["videos_failed"] == 1
     (tmp_path / "aside.mp4").rename(video)
     os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     retried, printed = run_job_here(*args2, "run.stages=[segment]")
