@@ -25,7 +25,7 @@ from pipeline.concepts.params import ConceptParams
 from pipeline.data.synthetic import SyntheticParams
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.evaluation.deletion import EvaluateParams
-from pipeline.params import ParameterError, require
+from pipeline.params import SCHEDULING, ParameterError, require
 from pipeline.segmentation.supervoxels import SegmentParams
 
 # conf/ sits beside the package (an editable install, a source checkout, a Ray working_dir).
@@ -113,7 +113,7 @@ class SegmentConfig(SegmentParams):
     """
 
     short_supervoxels: str = "drop"
-    videos_per_part: int = 64
+    videos_per_part: int = field(default=64, metadata=SCHEDULING)
 
     def check(self) -> None:
         super().check()
@@ -139,13 +139,13 @@ class ActivateConfig(ActivateParams):
     videos_per_part: videos per Parquet part file (a part is the unit of resume).
     """
 
-    gpus_per_actor: Optional[float] = None
-    num_actors: Optional[int] = None
-    min_actors: int = 1
-    actor_wait_s: float = 900.0
-    cpus_per_actor: int = 1
-    torch_threads: int = 0
-    videos_per_part: int = 64
+    gpus_per_actor: Optional[float] = field(default=None, metadata=SCHEDULING)
+    num_actors: Optional[int] = field(default=None, metadata=SCHEDULING)
+    min_actors: int = field(default=1, metadata=SCHEDULING)
+    actor_wait_s: float = field(default=900.0, metadata=SCHEDULING)
+    cpus_per_actor: int = field(default=1, metadata=SCHEDULING)
+    torch_threads: int = field(default=0, metadata=SCHEDULING)
+    videos_per_part: int = field(default=64, metadata=SCHEDULING)
 
     def check(self) -> None:
         super().check()

@@ -8,28 +8,43 @@ import hashlib
 import json
 from typing import Any, Optional, Sequence
 
-SEGMENT_FIELDS = ("n_segments", "compactness", "sigma", "spacing", "min_volume_fraction", "iou_threshold",
-                  "max_num_iter", "dedupe")
-ACTIVATE_FIELDS = ("batch_size", "measure_batch", "fill", "resampling", "autocast", "gradients", "channels_last")
+from pipeline.params import output_settings
+
+# The fingerprints' own version: a change of what they hold (not of a setting's value) bumps it,
+# and a folder made by another version is refused by the video stages instead of special cases.
+VERSION = 2
+
+
+def segment_settings(c: dict[str, Any]) -> dict[str, Any]:
+    """The segment group's settings that change outputs (`SegmentConfig`'s fields not marked
+    `SCHEDULING`): the fingerprint's, and what `pipeline.score` pins to a finished run."""
+    from pipeline.config import SegmentConfig
+
+    return output_settings(SegmentConfig, c["segment"])
+
+
+def activate_settings(c: dict[str, Any]) -> dict[str, Any]:
+    """The activate group's settings that change outputs (`ActivateConfig`'s, as above)."""
+    from pipeline.config import ActivateConfig
+
+    return output_settings(ActivateConfig, c["activate"])
 
 
 def fingerprints(c: dict[str, Any], window: int, model_digest: Optional[str] = None) -> dict[str, str]:
-    """Per resumable stage, the settings its outputs depend on, as canonical JSON. `window`:
-    the model's input frames (segment drops shorter supervoxels with short_supervoxels=drop);
-    `model_digest`: the weights' digest of a model handed over as an nn.Module (it has no name
-    that says what it computes)."""
-    seg = c["segment"]
-    segment = {k: seg[k] for k in SEGMENT_FIELDS if k != "dedupe" or seg[k] != "voxel"}  # voxel: fingerprints as before
-    activate = {k: c["activate"][k] for k in ACTIVATE_FIELDS}
-    model = {k: v for k, v in c["model"].items() if k != "layout" or v}  # layout "": fingerprints as before
-    model.update({"digest": model_digest} if model_digest else {})
+    """Per resumable stage, the settings its outputs depend on, as canonical JSON: every field
+    of its groups but those marked `SCHEDULING`, derived from the dataclasses (a field added to
+    one is in its fingerprint without an edit here). `window`: the model's input frames
+    (segment drops shorter supervoxels with short_supervoxels=drop); `model_digest`: the
+    weights' digest of a model handed over as an nn.Module (it has no name that says what it
+    computes)."""
+    segment = segment_settings(c)
+    model = {**c["model"], **({"digest": model_digest} if model_digest else {})}
+    min_frames = window if segment["short_supervoxels"] == "drop" else None
     return {
-        "ingest": _canonical({"clip": c["clip"], **({"identity": "sha256"} if c["dataset"].get("identity") == "sha256"
-                                                     else {})}),
-        "segment": _canonical({"clip": c["clip"], "segment": segment,
-                               "min_frames": window if seg["short_supervoxels"] == "drop" else None}),
-        "activate": _canonical({"clip": c["clip"], "activate": activate, "model": model,
-                                "segment": {**segment, "short_supervoxels": seg["short_supervoxels"]}}),
+        "ingest": _canonical({"version": VERSION, "clip": c["clip"], "identity": c["dataset"].get("identity", "stat")}),
+        "segment": _canonical({"version": VERSION, "clip": c["clip"], "segment": segment, "min_frames": min_frames}),
+        "activate": _canonical({"version": VERSION, "clip": c["clip"], "segment": segment, "min_frames": min_frames,
+                                "activate": activate_settings(c), "model": model}),
     }
 
 

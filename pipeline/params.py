@@ -15,6 +15,10 @@ from typing import Any, Mapping, TypeVar
 
 T = TypeVar("T")
 
+# A field's metadata for a setting that changes no output (how the work is cut and scheduled): it
+# stays out of the stage's fingerprint, so it may change between runs of one folder.
+SCHEDULING = {"scheduling": True}
+
 
 class ParameterError(ValueError):
     """A parameter holds a value the method cannot run with. `name` is the field's name in its
@@ -36,3 +40,10 @@ def from_section(cls: type[T], section: Mapping[str, Any]) -> T:
     more keys than the set has fields: a config group adds its scheduling settings)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return cls(**{k: v for k, v in section.items() if k in names})
+
+
+def output_settings(cls: type, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `section` for the fields of `cls` that change outputs (every field not
+    marked `SCHEDULING`): what a stage's fingerprint holds."""
+    return {f.name: section[f.name] for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+            if not f.metadata.get("scheduling") and f.name in section}

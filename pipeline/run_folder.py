@@ -32,8 +32,7 @@ from pipeline.run_names import (  # noqa: F401 (the names are re-exported: one i
     VOXEL_IMPORTANCE, EVALUATION, REPORT, REPORT_INDEX, REPORT_ATLAS, CONCEPT_PRESENCE, RUN_JSON, LEASE,
     CLIP_ACTIVATIONS, RANDOMISED_GRADIENTS, DONE, UNLABELLED, ATLAS_TRAINED, ATLAS_ASSIGNMENTS, ATLAS_COUNTS,
     ATLAS_SHARDS, ATLAS_INDEX, ATLAS_LINKS, ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_MANIFEST, partition)
-from pipeline.fingerprints import (  # noqa: F401 (re-exported)
-    ACTIVATE_FIELDS, SEGMENT_FIELDS, fingerprints, reduction_fingerprint, unit_key)
+from pipeline.fingerprints import fingerprints, reduction_fingerprint, unit_key  # noqa: F401 (re-exported)
 from pipeline.run_readers import RunReaders
 
 log = logging.getLogger("pipeline")
@@ -183,7 +182,8 @@ class RunFolder(RunReaders):
         other = pc.not_equal(table.column("settings"), fingerprint)
         if table.num_rows and pc.any(other).as_py():
             if stale == "raise":
-                raise RunFolderError(f"{self.path(DONE, stage)} holds units made with other {what} settings; use a "
+                raise RunFolderError(f"{self.path(DONE, stage)} holds units made with other {what} settings (or by "
+                                     "another version of the pipeline's fingerprints); use a "
                                      f"new run.output_dir (or delete {self.path(DONE, stage)} and "
                                      f"{', '.join(self.path(d) for d in data)})")
             self._drop_markers(stage, set(table.filter(other).column("part").to_pylist()))

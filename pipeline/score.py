@@ -26,7 +26,8 @@ from pipeline import io
 from pipeline.console import show_progress
 from pipeline.config import MODULE, ConfigError, to_plain
 from pipeline.lease import LeaseError
-from pipeline.run_folder import ACTIVATE_FIELDS, CONCEPTS, DONE, RUN_JSON, SEGMENT_FIELDS, RunFolder, RunFolderError
+from pipeline.fingerprints import activate_settings, segment_settings
+from pipeline.run_folder import CONCEPTS, DONE, RUN_JSON, RunFolder, RunFolderError
 
 SCORE_STAGES = ["ingest", "segment", "activate"]
 
@@ -35,8 +36,8 @@ def pinned(c: dict[str, Any]) -> dict[str, Any]:
     """The settings a run's concepts depend on, as flat keys: the clip, the segment and activate
     settings of the fingerprints, the model (but where it runs)."""
     out = {f"clip.{k}": v for k, v in c["clip"].items()}
-    out.update({f"segment.{k}": c["segment"][k] for k in (*SEGMENT_FIELDS, "short_supervoxels") if k in c["segment"]})
-    out.update({f"activate.{k}": c["activate"][k] for k in ACTIVATE_FIELDS if k in c["activate"]})
+    out.update({f"segment.{k}": v for k, v in segment_settings(c).items()})
+    out.update({f"activate.{k}": v for k, v in activate_settings(c).items()})
     out.update({f"model.{k}": v for k, v in c["model"].items() if k != "device"})
     return out
 

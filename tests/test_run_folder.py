@@ -222,3 +222,22 @@ def test_a_stages_failures_are_set_each_run_and_those_tried_again_heal(tmp_path)
     assert t.column("error").to_pylist()[2] == "not a video"  # an earlier stage's failure stands
     t = folder.record_failures({}, "segment")  # a tried again and passed
     assert t.column("status").to_pylist() == ["ok", "ok", "failed"] and t.column("failed_stage")[0].as_py() is None
+
+
+def test_a_field_added_to_a_parameter_set_is_in_its_fingerprint_unless_marked_scheduling(monkeypatch):
+    import dataclasses
+
+    import pipeline.config
+    from pipeline.params import SCHEDULING
+
+    @dataclasses.dataclass
+    class Segment(pipeline.config.SegmentConfig):
+        new_knob: float = 1.0
+        new_schedule: int = dataclasses.field(default=1, metadata=SCHEDULING)
+
+    c = _config()
+    monkeypatch.setattr(pipeline.config, "SegmentConfig", Segment)
+    base = fingerprints({**c, "segment": {**c["segment"], "new_knob": 1.0, "new_schedule": 1}}, window=16)
+    knob = fingerprints({**c, "segment": {**c["segment"], "new_knob": 2.0, "new_schedule": 1}}, window=16)
+    schedule = fingerprints({**c, "segment": {**c["segment"], "new_knob": 1.0, "new_schedule": 7}}, window=16)
+    assert {s for s in base if base[s] != knob[s]} == {"segment", "activate"} and schedule == base
