@@ -55,7 +55,8 @@ def _on_node(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
 def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *shared: Any, progress: Optional[Progress],
               num_cpus: float = 1, max_in_flight: Optional[int] = None,
               label_selector: Optional[dict[str, str]] = None, retries: int = 2, timeout_s: float = 0,
-              split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]] = None) -> Iterator[Outcome]:
+              split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]] = None,
+              on_error: Optional[str] = None) -> Iterator[Outcome]:
     """Run `fn(*args, *shared)` as one Ray task per (key, args) item; yield Outcomes as they finish.
 
     At most `max_in_flight` tasks are queued at once (default: twice the cluster's CPUs, looked
@@ -73,6 +74,9 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
     so, or failed as a whole (it raised, or its worker was lost more often than retried), is
     replaced by the items `split(key, args)` gives (one per video, say); an item that `split`
     leaves whole, or any item when there is no `split`, ends with a failed Outcome.
+
+    `on_error` (a reduction's units, which cannot fail alone): a failed item raises
+    RuntimeError("<on_error> <its key>: <why>") instead of yielding its Outcome.
     """
     remote = ray.remote(num_cpus=num_cpus, max_retries=0)(_on_node(fn))
     if label_selector:
@@ -122,7 +126,14 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
             continue
         if progress is not None:
             progress.update()
+        if on_error is not None and not out.ok:
+            raise RuntimeError(f"{on_error} {_named(key)}: {out.error}")
         yield out
+
+
+def _named(key: Any) -> str:
+    """A unit's key as an error names it: a (class, layer) pair as `class/layer`, quoted."""
+    return "/".join(repr(k) if isinstance(k, str) else str(k) for k in key) if isinstance(key, tuple) else repr(key)
 
 
 def _stop_late(pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]], again: deque[tuple[Any, tuple, int]],

@@ -121,18 +121,16 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
     todo = [(i, k) for i, k in enumerate(classes) if k not in sections]
     items = ((k, (folder, i, k, settings, class_info.get(k, {}), evaluated.get(k, {}), by_class.get(k, []),
                   fingerprint)) for i, k in todo)
-    for out in map_tasks(render_unit, items, progress=Progress("report", len(todo), unit="classes")):
-        if not out.ok:
-            raise RuntimeError(f"report: class {out.key!r}: {out.error}")
+    for out in map_tasks(render_unit, items, progress=Progress("report", len(todo), unit="classes"),
+                         on_error="report: class"):
         sections[out.key] = out.value
     shown = [ClassSection(index=r["index"], target_class=r["class"], html=r["html"], files={}, summary=r["summary"])
              for r in sorted(sections.values(), key=lambda r: r["index"])]
     atlas = None
     if folder.exists(ATLAS_MANIFEST):  # the atlas page: one task, remade with the report
         actor = (stages.get("atlas") or {}).get("actor_concepts") or {}
-        for out in map_tasks(atlas_unit, [("atlas", (folder, settings, actor))], progress=None):
-            if not out.ok:
-                raise RuntimeError(f"report: the atlas page: {out.error}")
+        for out in map_tasks(atlas_unit, [("atlas page", (folder, settings, actor))], progress=None,
+                             on_error="report: the"):
             atlas = out.value
     videos = folder.read_videos(["video_id", "status", "failed_stage", "error"])
     failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED))

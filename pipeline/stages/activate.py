@@ -25,8 +25,8 @@ from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder, RunFolderError,
-                                 partition)
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder,
+                                 RunFolderError, partition)
 from pipeline.segmentation.supervoxels import KEPT
 from pipeline.stages.base import (Job, VideoRows, candidates, fail_unit, failed_marker, identities, log_failures,
                                   one_at_a_time, unit_failures)

@@ -94,9 +94,7 @@ def run(job: Job) -> None:
     items = (((layer, q["partition"]), (folder, layer, q["partition"], q["target_class"], i, p.spherical, fingerprint))
              for layer, i, q in todo)
     for out in map_tasks(assign_partition, items, progress=Progress("atlas", len(todo), unit="partitions"),
-                         label_selector=job.cpu_selector):
-        if not out.ok:
-            raise RuntimeError(f"atlas: assigning {out.key[0]}/{out.key[1]}: {out.error}")
+                         label_selector=job.cpu_selector, on_error="atlas: assigning"):
         records[("assign", *out.key)] = out.value
 
     indexes = {layer: build_index.options(**cpu).remote(folder, layer, [q["partition"] for q in plans[layer]],
@@ -149,9 +147,9 @@ def link_concepts(job: Job, layers: list[str], fingerprint: str) -> dict[str, in
                                                                                             "layer"]).to_pylist()})
     todo = [(k, layer) for k, layer in pairs if layer in layers and (k, layer) not in finished]
     items = (((k, layer), (folder, k, layer, links_fp)) for k, layer in todo)
-    for out in map_tasks(link_pair, items, progress=None, label_selector=job.cpu_selector):
-        if not out.ok:
-            raise RuntimeError(f"atlas: linking {out.key[0]}/{out.key[1]}'s concepts: {out.error}")
+    for _ in map_tasks(link_pair, items, progress=None, label_selector=job.cpu_selector,
+                       on_error="atlas: linking the concepts of"):
+        pass
     return {"linked": len(todo), "skipped": len(pairs) - len(todo)}
 
 

@@ -115,9 +115,7 @@ def run(job: Job) -> None:
 
         for out in map_tasks(explain_pair, tasks(), progress=Progress("concepts", len(todo),
                                                                       unit="(class, layer) pairs"),
-                             label_selector=job.cpu_selector):
-            if not out.ok:
-                raise RuntimeError(f"concepts: {out.key[0]}/{out.key[1]}: {out.error}")
+                             label_selector=job.cpu_selector, on_error="concepts:"):
             records[out.key] = out.value
         del pools
 

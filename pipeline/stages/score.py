@@ -69,15 +69,12 @@ def run(job: Job, source: RunFolder) -> None:
     todo = [u for u in units if u not in records]
     log.info("score: %d units of videos to score with the concepts of %s (%d already done)", len(todo),
              source.root, len(records))
-    items = ((u, (folder, source, u, *units[u], layers, classes, fingerprint)) for u in todo)
+    items = (((units[u][0], u), (folder, source, u, *units[u], layers, classes, fingerprint)) for u in todo)
     for out in map_tasks(score_unit, items, progress=Progress("score", len(todo), unit="units"),
-                         label_selector=job.cpu_selector):
-        if not out.ok:
-            raise RuntimeError(f"score: class partition {units[out.key][0]!r}: {out.error}")
-        records[out.key] = out.value
-    for out in map_tasks(copy_concepts, [("concepts", (source, folder))], progress=None):
-        if not out.ok:
-            raise RuntimeError(f"score: copying {CONCEPTS}: {out.error}")
+                         label_selector=job.cpu_selector, on_error="score: (class, unit)"):
+        records[out.key[1]] = out.value
+    for _ in map_tasks(copy_concepts, [(CONCEPTS, (source, folder))], progress=None, on_error="score: copying"):
+        pass
     totals = {key: sum(r[key] for r in records.values()) for key in ("videos", "explained", "maps", "present")}
     if totals["videos"] > totals["explained"]:
         log.warning("score: %d of %d videos have no class of the run to explain them (neither their predicted class "
