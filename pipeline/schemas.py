@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 # Status of a video in videos.parquet.
@@ -282,3 +283,10 @@ MARKERS = pa.schema(
         pa.field("outputs", pa.list_(pa.string())),  # the folders the unit wrote its part into
     ]
 )
+
+
+def vector_matrix(table: pa.Table, column: str = "vector") -> np.ndarray:
+    """A list<float32> column of equal-length vectors (activations/, clip_activations/) as one
+    float32 [rows, dim] array, without a copy per row."""
+    col = table.column(column).combine_chunks()
+    return col.values.to_numpy().reshape(table.num_rows, -1).astype(np.float32, copy=False)

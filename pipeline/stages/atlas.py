@@ -176,8 +176,7 @@ def _vectors(folder: RunFolder, layer: str, part: str, columns: tuple[str, ...] 
     them into (the sample, the ids and so the atlas do not depend on how the work was split)."""
     t = folder.read(f"{ACTIVATIONS}/{partition(layer=layer)}/{part}", columns=["video_id", "supervoxel_id", "vector"])
     t = t.sort_by([("video_id", "ascending"), ("supervoxel_id", "ascending")]).select([*columns, "vector"])
-    col = t.column("vector").combine_chunks()
-    return t.drop_columns(["vector"]), col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
+    return t.drop_columns(["vector"]), schemas.vector_matrix(t)
 
 
 @ray.remote(num_cpus=1, max_retries=2)

@@ -151,8 +151,7 @@ def load_clip_pool(folder: RunFolder, layer: str) -> tuple[np.ndarray, np.ndarra
     float32), held once in the object store for every (class, layer) task of that layer."""
     t = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer)}", columns=["video_id", "vector"]).sort_by("video_id")
     ids = np.asarray(t.column("video_id").to_pylist(), dtype=object)
-    vectors = t.column("vector").combine_chunks()
-    return ids, vectors.values.to_numpy().reshape(len(ids), -1).astype(np.float32, copy=False)
+    return ids, schemas.vector_matrix(t)
 
 
 def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], scoring: list[str],
@@ -181,9 +180,10 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
                          filter=pc.field("layer") == layer)
         by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
-    res = explain_class_layer(k, layer, _matrix(disc), disc.column("video_id").to_pylist(),
+    scoring_vectors = schemas.vector_matrix(sc) if sc.num_rows else None
+    res = explain_class_layer(k, layer, schemas.vector_matrix(disc), disc.column("video_id").to_pylist(),
                               disc.column("supervoxel_id").to_pylist(), len(discovery), gradients, sets[:-1], sets[-1],
-                              params, _matrix(sc) if sc.num_rows else None, sc.column("video_id").to_pylist(),
+                              params, scoring_vectors, sc.column("video_id").to_pylist(),
                               sc.column("supervoxel_id").to_pylist(), randomised)
     for row in res["concepts"]:
         row.update(class_columns)
@@ -219,11 +219,6 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     record = {"class": k, "layer": layer, "part": folder.part_name(unit), "info": info}
     folder.write_unit("concepts", unit, outputs, [{"record": record}], fingerprint)
     return record
-
-
-def _matrix(t: pa.Table) -> np.ndarray:
-    col = t.column("vector").combine_chunks()
-    return col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
 
 
 def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],

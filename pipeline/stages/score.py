@@ -121,8 +121,7 @@ def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids:
     for layer, t in tables.items():
         ids = t.column("video_id").to_numpy(zero_copy_only=False)
         sids = t.column("supervoxel_id").to_numpy()
-        col = t.column("vector").combine_chunks()
-        vectors = col.values.to_numpy().reshape(t.num_rows, -1).astype(np.float32, copy=False)
+        vectors = schemas.vector_matrix(t)
         starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
         for a, b in zip(starts, [*starts[1:], len(ids)]):
             vid = ids[a]
