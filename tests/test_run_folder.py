@@ -89,7 +89,7 @@ def test_a_dead_drivers_lease_is_taken_over_and_a_live_one_on_another_host_is_no
     with Lease(str(tmp_path), "run-b"):
         pass
     # Another host whose driver renews its lease: live, however far its clock is from ours.
-    holder = Lease(str(tmp_path), "run-elsewhere", ttl=0.4)
+    holder = Lease(str(tmp_path), "run-elsewhere", ttl=2.0)  # renewed every 0.5 s, watched for 2 s
     holder.host = "elsewhere/boot/1"
     holder._record = lambda: {**Lease._record(holder), "renewed": "2030-01-01T00:00:00+00:00"}  # a clock ahead
     with holder:
@@ -110,7 +110,10 @@ def test_a_driver_whose_lease_file_was_removed_stops_and_never_takes_the_folder_
         folder.lease = lease
         _unit(folder, 1)
         (tmp_path / LEASE).unlink()  # another run took the folder over while this one slept, and finished
-        time.sleep(0.5)  # renewals came and went: none wrote the lease back
+        deadline = time.monotonic() + 10
+        while lease.lost is None and time.monotonic() < deadline:  # the next renewal sees it gone
+            time.sleep(0.05)
+        time.sleep(0.3)  # and later ones come and go
         assert not (tmp_path / LEASE).exists() and lease.lost
         with pytest.raises(LeaseError, match="was removed"):
             _unit(folder, 2)
