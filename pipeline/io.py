@@ -90,12 +90,17 @@ def _write_atomically(path: str, write: Any) -> None:
     fs, p = resolve(path)
     fs.create_dir(posixpath.dirname(p), recursive=True)
     write(fs, p + ".part")
-    local = isinstance(fs, pafs.LocalFileSystem)
-    if local:
-        _fsync(p + ".part")
-    fs.move(p + ".part", p)
-    if local:
-        _fsync(os.path.dirname(p))
+    if isinstance(fs, pafs.LocalFileSystem):
+        _replace_synced(p + ".part", p)
+    else:
+        fs.move(p + ".part", p)
+
+
+def _replace_synced(tmp: str, path: str) -> None:
+    """A local file written whole at `tmp` put in place at `path`: synced, renamed, the folder synced."""
+    _fsync(tmp)
+    os.replace(tmp, path)
+    _fsync(os.path.dirname(path))
 
 
 def _fsync(path: str) -> None:
@@ -144,9 +149,7 @@ def write_with(path: str, write: Any) -> None:
     if local is not None:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         write(local + ".part")
-        _fsync(local + ".part")
-        os.replace(local + ".part", local)
-        _fsync(os.path.dirname(local))
+        _replace_synced(local + ".part", local)
         return
     import shutil
     import tempfile

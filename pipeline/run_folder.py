@@ -255,14 +255,19 @@ class RunFolder(RunReaders):
         keep = pc.invert(pc.is_in(table.column("part"), value_set=pa.array(sorted(drop), type=pa.string())))
         if drop:
             log.info("%s: %d unit(s) to redo: their videos changed or left the corpus", stage, len(drop))
-        rewrite = set(table.filter(pc.and_(retry, keep)).column("part").to_pylist())
-        for name in sorted(rewrite):  # the marker without its failed videos that are tried again
-            rows = table.filter(pc.and_(pc.equal(table.column("part"), name), pc.invert(retry)))
+        rewrite = sorted(set(table.filter(pc.and_(retry, keep)).column("part").to_pylist()))
+        if rewrite:  # those markers without their failed videos that are tried again (one pass over the rows)
+            rest = table.filter(pc.and_(pc.is_in(table.column("part"), value_set=pa.array(rewrite, pa.string())),
+                                        pc.invert(retry)))
+            at: dict[str, list[int]] = {}
+            for i, name in enumerate(rest.column("part").to_pylist()):
+                at.setdefault(name, []).append(i)
             self._check_lease()
-            if rows.num_rows:
-                io.write_table(rows, self.path(DONE, stage, name))
-            else:
-                io.remove(self.path(DONE, stage, name))
+            for name in rewrite:
+                if name in at:
+                    io.write_table(rest.take(pa.array(at[name])), self.path(DONE, stage, name))
+                else:
+                    io.remove(self.path(DONE, stage, name))
         retried = int(pc.sum(pc.and_(retry, keep)).as_py() or 0)
         if retried:
             log.info("%s: %d failed video(s) to try again (changed, or their failure may pass: "

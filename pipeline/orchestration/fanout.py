@@ -102,33 +102,30 @@ def map_tasks(fn: Callable[..., Any], items: Iterable[tuple[Any, tuple]], *share
         if not pending:
             return
         done, _ = ray.wait(list(pending), num_returns=1, timeout=min(timeout_s, 5.0) if timeout_s else 5.0)
-        if not done and timeout_s:
-            for out in _stop_late(pending, again, timeout_s, split):
-                if progress is not None:
-                    progress.update()
-                yield out
-        if not done:
-            continue
-        key, args, attempt, _ = pending.pop(done[0])
-        try:
-            node, value = ray.get(done[0])
-            out = Outcome(key, value=value, node=node, attempts=attempt)
-        except ray.exceptions.RayTaskError as e:  # the function raised: no retry
-            out = Outcome(key, error=describe_failure(e), attempts=attempt)
-        except ray.exceptions.RayError as e:  # its worker or node was lost
-            if attempt <= retries:
-                again.append((key, args, attempt + 1))
+        finished = _stop_late(pending, timeout_s) if not done and timeout_s else []
+        if done:
+            key, args, attempt, _ = pending.pop(done[0])
+            try:
+                node, value = ray.get(done[0])
+                finished.append((args, Outcome(key, value=value, node=node, attempts=attempt)))
+            except ray.exceptions.RayTaskError as e:  # the function raised: no retry
+                finished.append((args, Outcome(key, error=describe_failure(e), attempts=attempt)))
+            except ray.exceptions.RayError as e:  # its worker or node was lost
+                if attempt <= retries:
+                    again.append((key, args, attempt + 1))
+                else:
+                    finished.append((args, Outcome(key, error=f"{describe_failure(e)} ({attempt} times)",
+                                                   attempts=attempt)))
+        for args, out in finished:
+            parts = split(out.key, args) if split and not out.ok else []
+            if len(parts) > 1:  # failed as a whole: its videos one by one
+                again.extend((k, a, 1) for k, a in parts)
                 continue
-            out = Outcome(key, error=f"{describe_failure(e)} ({attempt} times)", attempts=attempt)
-        parts = split(key, args) if split and not out.ok else []
-        if len(parts) > 1:  # failed as a whole: its videos one by one
-            again.extend((k, a, 1) for k, a in parts)
-            continue
-        if progress is not None:
-            progress.update()
-        if on_error is not None and not out.ok:
-            raise RuntimeError(f"{on_error} {_named(key)}: {out.error}")
-        yield out
+            if progress is not None:
+                progress.update()
+            if on_error is not None and not out.ok:
+                raise RuntimeError(f"{on_error} {_named(out.key)}: {out.error}")
+            yield out
 
 
 def _named(key: Any) -> str:
@@ -136,17 +133,14 @@ def _named(key: Any) -> str:
     return "/".join(repr(k) if isinstance(k, str) else str(k) for k in key) if isinstance(key, tuple) else repr(key)
 
 
-def _stop_late(pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]], again: deque[tuple[Any, tuple, int]],
-               timeout_s: float, split: Optional[Callable[[Any, tuple], list[tuple[Any, tuple]]]]) -> Iterator[Outcome]:
-    """Cancel the tasks queued more than `timeout_s` ago; queue their split items, or yield
-    their timed-out Outcomes."""
+def _stop_late(pending: dict[ray.ObjectRef, tuple[Any, tuple, int, float]],
+               timeout_s: float) -> list[tuple[tuple, Outcome]]:
+    """Cancel the tasks queued more than `timeout_s` ago: their (args, timed-out Outcome)."""
     now = time.monotonic()
+    out = []
     for ref in [r for r, (*_, since) in pending.items() if now - since > timeout_s]:
         key, args, attempt, _ = pending.pop(ref)
         ray.cancel(ref, force=True)
-        parts = split(key, args) if split else []
-        if len(parts) > 1:
-            again.extend((k, a, 1) for k, a in parts)
-        else:
-            yield Outcome(key, error=f"timed out: not done {timeout_s:g} s after it was queued", attempts=attempt)
-
+        out.append((args, Outcome(key, error=f"timed out: not done {timeout_s:g} s after it was queued",
+                                  attempts=attempt)))
+    return out

@@ -75,7 +75,7 @@ def run(job: Job) -> None:
             retried += out.attempts > 1
             if not out.ok:  # one video whose actor died (twice retried), or whose unit raised
                 fail_unit(folder, "activate", out.key, videos.rows(ids), f"activation failed: {out.error}",
-                          fingerprint, list(OUTPUTS))
+                          fingerprint)
                 continue
             for k in stats:
                 stats[k] += out.value[k]

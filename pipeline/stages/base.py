@@ -130,16 +130,14 @@ def unit_error(what: str, error: str) -> str:
     return f"{what} failed: {error}" + (" (decode.unit_timeout_s)" if error.startswith("timed out") else "")
 
 
-def fail_unit(folder: RunFolder, stage: str, unit: str, rows: list[dict[str, Any]], error: str, fingerprint: str,
-              data: list[str]) -> dict[str, str]:
+def fail_unit(folder: RunFolder, stage: str, unit: str, rows: list[dict[str, Any]], error: str,
+              fingerprint: str) -> None:
     """The marker of a unit that failed as a whole after `one_at_a_time` (one video, as a
-    rule): its videos failed with `error`, retryable (a lost worker, a time limit); what it
-    wrote is removed. Returns {video_id: error}."""
-    folder.remove_parts(data, unit)
+    rule; `one_at_a_time` removed what it wrote): its videos failed with `error`, retryable
+    (a lost worker, a time limit)."""
     folder.write_unit(stage, unit, [], [{"video_id": r["video_id"], "status": schemas.FAILED, "error": error,
                                          "retryable": True, "identity": r.get("identity")} for r in rows],
                       fingerprint)
-    return {r["video_id"]: error for r in rows}
 
 
 def failed_marker(row: dict[str, Any], what: str, e: BaseException) -> dict[str, Any]:

@@ -75,7 +75,6 @@ def run(job: Job) -> None:
             rows = [video_row(r, spec, unit_error("ingest", out.error)) for r in units[out.key]]
             for r in rows:
                 r["retryable"] = True
-            folder.remove_parts([INGESTED], out.key)
             folder.write_unit("ingest", out.key, [(INGESTED, _rows_table(rows))], _markers(units[out.key], rows),
                               fingerprint)
     where = {"label_selector": job.cpu_selector} if job.cpu_selector else {}

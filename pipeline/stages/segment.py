@@ -60,7 +60,7 @@ def run(job: Job) -> None:
         retried += out.attempts > 1
         if not out.ok:  # one video whose task died (twice retried) or ran past its time limit
             fail_unit(folder, "segment", out.key, videos.rows(ids), unit_error("segmentation", out.error),
-                      fingerprint, list(OUTPUTS))
+                      fingerprint)
             continue
         nodes[out.node] = nodes.get(out.node, 0) + len(ids)
         for k, v in out.value["stats"].items():
