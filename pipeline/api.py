@@ -22,9 +22,9 @@ from pipeline import io
 from pipeline.console import show_progress
 from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
-                                 CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPTS, EVALUATION, PREDICTIONS,
-                                 REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS, VOXEL_IMPORTANCE, RunFolder,
-                                 partition)
+                                 CLIP_ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPTS,
+                                 EVALUATION, PREDICTIONS, REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS,
+                                 VOXEL_IMPORTANCE, RunFolder, partition)
 
 
 Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
@@ -243,8 +243,9 @@ class Run:
         """Any output dataset by its name in the README's Outputs table (`"videos"`,
         `"supervoxels"`, `"concepts"`, ...), as a DataFrame."""
         datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, CLIP_ACTIVATIONS,
-                                                             PREDICTIONS, CONCEPTS, CONCEPT_MEMBERS, TCAV,
-                                                             VOXEL_IMPORTANCE, EVALUATION, CONCEPT_PRESENCE)}
+                                                             PREDICTIONS, CONCEPTS, CONCEPT_IMPORTANCE,
+                                                             CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE, EVALUATION,
+                                                             CONCEPT_PRESENCE)}
         datasets.update({n.removesuffix(".parquet").replace("/", "_"): n for n in (
             ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_ASSIGNMENTS, ATLAS_LINKS)})
         if name not in datasets:
@@ -256,7 +257,16 @@ class Run:
     videos = cached_property(lambda self: self.table("videos"))
     supervoxels = cached_property(lambda self: self.table("supervoxels"))
     predictions = cached_property(lambda self: self.table("predictions"))
-    concepts = cached_property(lambda self: self.table("concepts"))
+
+    @cached_property
+    def concepts(self) -> Any:
+        """The concepts with what the evaluate and atlas stages measured of them (their causal
+        importance, their global concept): concepts.parquet joined with those stages' tables
+        (`RunFolder.concept_view`; `table("concepts")` is the file alone)."""
+        if not self.folder.exists(CONCEPTS):
+            raise FileNotFoundError(f"{self.path} has no {CONCEPTS} (its stage has not run)")
+        return self.folder.concept_view().to_pandas()
+
     concept_members = cached_property(lambda self: self.table(CONCEPT_MEMBERS))
     tcav = cached_property(lambda self: self.table(TCAV))
     evaluation = cached_property(lambda self: self.table(EVALUATION))

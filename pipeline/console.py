@@ -114,7 +114,7 @@ def print_summary(record: dict[str, Any]) -> None:
     if record["stages"].get("report", {}).get("path"):
         print(f"report: {record['stages']['report']['path']}")
     if record.get("evaluation_table"):
-        print("evaluation (evaluation/; concepts.parquet causal_importance):")
+        print("evaluation (evaluation/; concept_importance.parquet):")
         for line in record["evaluation_table"]:
             print("  " + line)
     for name, s in record["stages"].items():

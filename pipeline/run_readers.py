@@ -1,15 +1,22 @@
-"""The readers of a finished run that take one video at a time: where its label volumes are,
-a supervoxel's voxels, a video's voxel importance. `pipeline.run_folder.RunFolder` has them."""
+"""The readers of a finished run: the concepts with what later stages measured of them (one
+view over the tables of three stages), and those that take one video at a time: where its label
+volumes are, a supervoxel's voxels, a video's voxel importance. `pipeline.run_folder.RunFolder`
+has them."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Optional, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import io, schemas
-from pipeline.run_names import CONCEPTS, DONE, LABEL_VOLUMES, SUPERVOXELS, VIDEOS, VOXEL_IMPORTANCE, partition
+from pipeline.run_names import (ATLAS_LINKS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPTS, DONE, LABEL_VOLUMES,
+                                SUPERVOXELS, VIDEOS, VOXEL_IMPORTANCE, partition)
+
+log = logging.getLogger("pipeline")
 
 
 class RunReaders:
@@ -17,6 +24,51 @@ class RunReaders:
 
     root: str
     _index: Optional[dict[str, tuple[str, int]]]
+
+    def concept_view(self, columns: Optional[list[str]] = None) -> pa.Table:
+        """The run's concepts with what the later stages measured of them (schemas.CONCEPT_VIEW,
+        or its `columns`): concepts.parquet joined on `concept` with evaluate's
+        concept_importance.parquet, where it was measured on these concepts, and with each
+        concept's largest link of atlas/concept_links/. Null where a stage has not run."""
+        wanted = list(columns or schemas.CONCEPT_VIEW.names)
+        own = [c for c in wanted if c in schemas.CONCEPTS.names]
+        concepts = self.read(CONCEPTS, columns=list(dict.fromkeys([*own, "concept", "rank", "tcav_mean"])))
+        names = concepts.column("concept").to_pylist()
+        later: dict[str, dict[str, Any]] = {}  # column -> concept -> value
+        if {"causal_importance", "causal_importance_masking"} & set(wanted) and self.exists(CONCEPT_IMPORTANCE):
+            importance = self.read(CONCEPT_IMPORTANCE)
+            measured_on = (importance.schema.metadata or {}).get(b"concepts", b"").decode()
+            if measured_on == schemas.concepts_digest(concepts):
+                for column in ("causal_importance", "causal_importance_masking"):
+                    later[column] = dict(zip(importance.column("concept").to_pylist(),
+                                             importance.column(column).to_pylist()))
+            else:
+                log.warning("%s: %s was measured on other concepts (the concepts stage ran after evaluate): "
+                            "causal importance is left out until evaluate runs again", self.root, CONCEPT_IMPORTANCE)
+        if {"global_concept", "global_concept_share"} & set(wanted) and io.part_files(self.path(ATLAS_LINKS)):
+            links = self.read(ATLAS_LINKS, columns=["concept", "global_concept", "share"])
+            top: dict[str, tuple[int, float]] = {}
+            for concept, g, share in zip(*(links.column(c).to_pylist() for c in links.column_names)):
+                if concept not in top or share > top[concept][1]:  # the first of equal shares
+                    top[concept] = (g, share)
+            later["global_concept"] = {c: g for c, (g, _) in top.items()}
+            later["global_concept_share"] = {c: share for c, (_, share) in top.items()}
+        fields = [schemas.CONCEPT_VIEW.field(c) for c in wanted]
+        return pa.Table.from_arrays([concepts.column(f.name) if f.name in own else
+                                     pa.array([later.get(f.name, {}).get(n) for n in names], f.type)
+                                     for f in fields], schema=pa.schema(fields))
+
+    def metrics(self, name: str) -> dict[str, dict[Optional[str], dict[str, Any]]]:
+        """A stage's figures per class and layer (metrics/<stage>.parquet, schemas.METRICS):
+        {class: {layer (None: the class as a whole): {metric: value}}}; {} before the stage ran."""
+        return schemas.metric_figures(self.read(name)) if self.exists(name) else {}
+
+    def actor_concepts(self) -> dict[tuple[str, str], str]:
+        """Each (class, layer)'s actor concept on a synthetic corpus: the concept whose members
+        lie most inside the actor (the concepts stage's ground truth); {} elsewhere."""
+        return {(k, layer): figures["ground_truth.actor_concept"]
+                for k, layers in self.metrics(CONCEPT_METRICS).items() for layer, figures in layers.items()
+                if layer is not None and figures.get("ground_truth.actor_concept")}
 
     def label_index(self) -> dict[str, tuple[str, int]]:
         """Where each segmented video's label volumes are: video_id -> (part file name, row
@@ -99,7 +151,7 @@ class RunReaders:
         scores = row["scores"]
         if score == "causal":
             causal = {r["concept"]: r["causal_importance"]
-                      for r in self.read(CONCEPTS, columns=["concept", "causal_importance"]).to_pylist()}
+                      for r in self.concept_view(["concept", "causal_importance"]).to_pylist()}
             if not any(v is not None for v in causal.values()):
                 raise KeyError(f"{self.root} has no causal importance yet: run the evaluate stage")
             scores = causal_scores(row["concepts"], causal)

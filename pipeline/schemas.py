@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -127,17 +131,39 @@ CONCEPTS = pa.schema(
         # the mean TCAV score again with every weight after the layer re-initialised
         # (concepts.randomisation_check; null when off)
         pa.field("tcav_mean_randomised", pa.float64()),
+    ]
+)
+
+_CONCEPT_KEY = [pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string())]
+
+# concept_importance.parquet (the evaluate stage's): one row per concept of concepts.parquet.
+# Its schema metadata `concepts` is the digest of the concepts it was measured on
+# (`concepts_digest`): a reader joins it to those concepts only.
+CONCEPT_IMPORTANCE = pa.schema(
+    [
+        *_CONCEPT_KEY,
         # the mean drop in class probability when the concept's voxels are removed from the
-        # class's scoring videos (the evaluate stage; null before it runs)
+        # class's scoring videos
         pa.field("causal_importance", pa.float64()),
         # the same by randomised concept masking (evaluate.masking): the mean class probability
         # over random concept subsets removed at once that keep it, minus over those that remove it
         pa.field("causal_importance_masking", pa.float64()),
-        # the global concept (the atlas stage) that holds most of its members, and their share
-        # (null before the atlas stage runs); atlas/concept_links/ has the whole split
-        pa.field("global_concept", pa.int32()), pa.field("global_concept_share", pa.float64()),
     ]
 )
+
+# The concepts as `open_run(...).concepts`, the report and the scoring of new videos read them:
+# concepts.parquet joined with concept_importance.parquet (null before the evaluate stage) and
+# each concept's global concept, the one of atlas/concept_links/ holding most of its members,
+# with that share (null before the atlas stage). `RunFolder.concept_view` builds it.
+CONCEPT_VIEW = pa.schema([*CONCEPTS, *list(CONCEPT_IMPORTANCE)[3:],
+                          pa.field("global_concept", pa.int32()), pa.field("global_concept_share", pa.float64())])
+
+
+def concepts_digest(concepts: pa.Table) -> str:
+    """A digest of a concepts table's concepts (name, rank, mean TCAV score): what the tables
+    derived from it (evaluate's) record, and what a reader checks before joining them."""
+    rows = zip(*(concepts.column(c).to_pylist() for c in ("concept", "rank", "tcav_mean")))
+    return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()
 
 # concept_members/<class>/<layer>/: one row per member supervoxel of a concept.
 CONCEPT_MEMBERS = pa.schema(
@@ -262,6 +288,48 @@ ATLAS_LINKS = pa.schema(
 # atlas/_train/<layer>/: the layer's trained, empty search index (FAISS's own serialisation),
 # whose coarse quantizer holds the global concepts' centroids.
 ATLAS_TRAINED = pa.schema([pa.field("layer", pa.string()), pa.field("index", pa.large_binary())])
+
+
+# randomised_gradients/<class>/ (the concepts stage's randomisation check, concepts.randomisation_check):
+# each scoring video's class-logit gradient at a layer from the model with every weight after
+# that layer re-initialised.
+RANDOMISED_GRADIENTS = pa.schema([pa.field("video_id", pa.string()), pa.field("layer", pa.string()),
+                                  pa.field("gradient", pa.list_(pa.float32()))])
+
+# metrics/<stage>.parquet (the concepts and evaluate stages'): what the stage found per class and
+# layer, one row per figure; layer null: the class as a whole. A nested figure's name joins its
+# keys with "." (ground_truth.actor_fraction) and a list's items with their index (..._ci95.0);
+# numbers (booleans as 0/1) in `value`, words in `text`. The report reads these, not run.json.
+METRICS = pa.schema(
+    [
+        pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
+        pa.field("metric", pa.string()), pa.field("value", pa.float64()), pa.field("text", pa.string()),
+    ]
+)
+
+
+def metric_rows(target_class: str, layer: str | None, figures: dict[str, Any], prefix: str = "") -> list[dict]:
+    """A stage's figures of one class (and layer) as rows of METRICS."""
+    rows: list[dict[str, Any]] = []
+    for name, v in figures.items():
+        metric = f"{prefix}{name}"
+        if isinstance(v, dict):
+            rows += metric_rows(target_class, layer, v, f"{metric}.")
+        elif isinstance(v, (list, tuple)):
+            rows += metric_rows(target_class, layer, {str(i): x for i, x in enumerate(v)}, f"{metric}.")
+        else:
+            number = v is not None and not isinstance(v, str)
+            rows.append({"target_class": target_class, "layer": layer, "metric": metric,
+                         "value": float(v) if number else None, "text": v if isinstance(v, str) else None})
+    return rows
+
+
+def metric_figures(table: pa.Table) -> dict[str, dict[str | None, dict[str, Any]]]:
+    """METRICS rows back as {class: {layer (None: the class): {metric: number, word or None}}}."""
+    out: dict[str, dict[str | None, dict[str, Any]]] = {}
+    for k, layer, metric, value, text in zip(*(table.column(c).to_pylist() for c in METRICS.names)):
+        out.setdefault(k, {}).setdefault(layer, {})[metric] = text if text is not None else value
+    return out
 
 
 # _done/<stage>/: the markers of a stage's finished units of work, written last by whoever did

@@ -266,6 +266,7 @@ def pytest_terminal_summary(terminalreporter):
 
 # The tables the resilience and node-loss tests compare between two run folders, with their keys.
 KEYS = {"concepts.parquet": ["target_class", "layer", "concept"],
+        "concept_importance.parquet": ["target_class", "layer", "concept"],
         "concept_members": ["concept", "video_id", "supervoxel_id"],
         "tcav_scores": ["target_class", "layer", "concept", "random_set"],
         "evaluation": ["target_class", "layer", "ranking", "mode", "order", "kind", "k"],

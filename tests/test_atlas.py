@@ -165,8 +165,11 @@ def test_the_default_job_writes_the_atlas(small_run):
             assert abs(sum(r.class_shares) - 1) < 1e-4 and r.top_class == r.classes[0]
     per_class = cells.groupby(["target_class", "layer"]).share_of_class.sum()
     assert np.allclose(per_class.values, 1, atol=1e-3)
-    # every concept of concepts.parquet is linked to the global concepts its members fall into
-    run_concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
+    # every concept of concepts.parquet is linked to the global concepts its members fall into;
+    # the run's concepts, as read, carry the one holding most of their members
+    from pipeline.run_folder import RunFolder
+
+    run_concepts = RunFolder(out).concept_view().to_pandas()
     links = read_parts(os.path.join(out, "atlas", "concept_links")).to_pandas()
     assert set(links.concept) == set(run_concepts.concept)
     assert run_concepts.global_concept.notna().all()

@@ -117,8 +117,10 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     removing the most important concept first never helps less than a random one and the top-k
     deletion curve lies no higher than the bottom-k one."""
     out, record = small_run["out"], small_run["record"]
+    from pipeline.run_folder import RunFolder
+
     ev = read_parts(os.path.join(out, "evaluation")).to_pandas()
-    concepts = pq.read_table(os.path.join(out, "concepts.parquet")).to_pandas()
+    concepts = RunFolder(out).concept_view().to_pandas()  # concepts.parquet and concept_importance.parquet
     assert concepts.causal_importance.notna().all()
     assert concepts.causal_importance_masking.notna().mean() > 0.9  # randomised masking (None: in every mask or none)
     points = ev[ev.kind == "point"]

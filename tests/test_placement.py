@@ -88,14 +88,32 @@ def test_a_local_job_on_a_machine_with_a_cluster_starts_its_own(three_node_clust
     assert res.stdout.strip().splitlines()[-1] != three_node_cluster["address"]
 
 
+def _raylet(node):
+    import psutil
+    from ray._private import ray_constants
+
+    return psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
+
+
+def _running(node, task: str) -> bool:
+    """Whether one of the node's workers is running `task` now (its process title)."""
+    import psutil
+
+    for proc in _raylet(node).children(recursive=True):
+        try:
+            if " ".join(proc.cmdline()).startswith(f"ray::{task}"):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 def _lose(cluster, node) -> None:
     """A node gone as a spot node goes: its raylet and every process it started (the workers and
     actors, which would otherwise finish the call they hold before noticing) killed at once."""
     import psutil
-    from ray._private import ray_constants
 
-    raylet = psutil.Process(node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid)
-    workers = raylet.children(recursive=True)
+    workers = _raylet(node).children(recursive=True)
     for proc in workers:
         proc.kill()
     cluster.remove_node(node, allow_graceful=False)
@@ -106,11 +124,12 @@ def _markers(out: str, stage: str) -> int:
     return len(glob.glob(os.path.join(out, "_done", stage, "part-*.parquet")))
 
 
-def _when(out: str, stage: str, done: int, action) -> threading.Thread:
-    """Run `action()` in a thread once `done` units of `stage` are marked done in `out`."""
+def _when(out: str, stage: str, done: int, action, busy=lambda: True) -> threading.Thread:
+    """Run `action()` in a thread once `done` units of `stage` are marked done in `out` and
+    `busy()` holds."""
     def watch() -> None:
         deadline = time.monotonic() + 600
-        while _markers(out, stage) < done and time.monotonic() < deadline:
+        while (_markers(out, stage) < done or not busy()) and time.monotonic() < deadline:
             time.sleep(0.05)
         action()
 
@@ -137,7 +156,9 @@ def test_nodes_lost_mid_stage_the_job_retries_waits_and_resumes_to_the_clean_run
     out = str(tmp_path / "run")
     cfg = _placement_job(three_node_cluster, out, corpus, "segment.videos_per_part=1", "activate.videos_per_part=1",
                          "activate.actor_wait_s=8")
-    lose_cpu = _when(out, "segment", 2, lambda: _lose(cluster, nodes["cpu"].pop(0)))
+    # lost while it segments (idle between two units, it would hold nothing to retry)
+    lose_cpu = _when(out, "segment", 2, lambda: _lose(cluster, nodes["cpu"].pop(0)),
+                     busy=lambda: _running(nodes["cpu"][0], "segment_unit"))
     lose_gpu = _when(out, "activate", 1, lambda: _lose(cluster, nodes["gpu"].pop(0)))
     with pytest.raises(ResourceWaitError, match=r"activate: no model actor could start within 8 s "
                                                 r"\(activate.actor_wait_s\).*rerun to resume"):

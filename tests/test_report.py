@@ -92,13 +92,20 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
 
 def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     """`python -m pipeline.report` on a copy of the run: other settings, the earlier images
-    gone, a class without concepts still shown."""
+    gone, a class without concepts still shown. The figures come from the run's tables
+    (metrics/, the atlas's), not from run.json: emptied of them, the page still has them."""
+    import json
     import shutil
 
     import pyarrow as pa
 
+    from pipeline.report.render import fmt
+
     out = str(tmp_path / "run")
     shutil.copytree(small_run["out"], out)
+    record = json.load(open(os.path.join(out, "run.json")))
+    record["stages"] = {name: {"wall_s": stage["wall_s"]} for name, stage in record["stages"].items()}
+    json.dump(record, open(os.path.join(out, "run.json"), "w"))
     concepts = pq.read_table(os.path.join(out, "concepts.parquet"))
     # the run's concepts of one class are dropped: the class must still have its section
     filtered = concepts.filter(pa.compute.not_equal(concepts.column("target_class"), "retreat"))
@@ -117,6 +124,16 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     text = open(index, encoding="utf-8").read()
     assert text.count('<article class="card') == sum(min(len(g), 2) for _, g in kept.groupby(["target_class", "layer"]))
     assert ">retreat</h2>" in text and "no concept was accepted for this class" in text
+    assert text.count("model accuracy on the class's scoring videos") == 3
+    for layers in small_run["record"]["stages"]["evaluate"]["classes"].values():
+        for s in (s for s in layers.values() if "crossfit_causal_deletion_prob_auc_gap" in s):
+            g, (lo, hi) = s["crossfit_causal_deletion_prob_auc_gap"], s["crossfit_causal_deletion_prob_auc_gap_ci95"]
+            assert f"; {fmt(g)} [{fmt(lo)}, {fmt(hi)}]</td>" in text
+    atlas = open(os.path.join(out, "report", "atlas.html"), encoding="utf-8").read()
+    actors = small_run["record"]["stages"]["atlas"]["actor_concepts"]
+    assert "Where each class's actor concept falls" in atlas
+    assert all(f"<td>{a['actor_concept'].rsplit('/', 1)[-1]}</td>" in atlas
+               for layers in actors.values() for a in layers.values())
     check_in_browser(index)
 
 

@@ -17,6 +17,7 @@ from tests.conftest import run_job_here
 pytestmark = pytest.mark.ray
 
 ONE_PER_UNIT = ("segment.videos_per_part=1", "activate.videos_per_part=1")
+SMALL = "segment=reference"  # the method's three resolutions: fewer patches to activate than the default's five
 
 
 def _stages(record: dict, stage: str) -> dict:
@@ -33,7 +34,7 @@ def test_other_videos_under_the_same_names_are_all_redone(tmp_path):
     same ids and lengths)."""
     out = str(tmp_path / "run")
     args = (f"run.output_dir={out}", f"dataset.root={tmp_path}/seed${{dataset.synthetic.seed}}",
-            "dataset.synthetic.videos_per_class=2", "run.stages=[ingest,segment,activate]", *ONE_PER_UNIT)
+            "dataset.synthetic.videos_per_class=2", "run.stages=[ingest,segment,activate]", SMALL, *ONE_PER_UNIT)
     first, _ = run_job_here(*args, "dataset.synthetic.seed=3")
     assert _stages(first, "segment")["videos_segmented"] == 6
     record, printed = run_job_here(*args, "dataset.synthetic.seed=4")
@@ -56,7 +57,7 @@ def test_a_fixed_file_is_redone_alone_and_a_failure_that_may_pass_is_tried_again
     good = video.read_bytes()
     out = str(tmp_path / "run")
     args = (f"run.output_dir={out}", "dataset=folder", f"dataset.root={corpus}", "run.stages=[ingest,segment,activate]",
-            *ONE_PER_UNIT)
+            SMALL, *ONE_PER_UNIT)
 
     video.write_bytes(good[: len(good) // 2])  # truncated: fails, and stays failed while it is
     run_job_here(*args)
@@ -78,7 +79,7 @@ def test_a_fixed_file_is_redone_alone_and_a_failure_that_may_pass_is_tried_again
     # Units of three: a file gone between ingest and segment fails alone, retryable; put back
     # as it was (same bytes and time), the rerun tries it again and only it.
     out2 = str(tmp_path / "run2")
-    args2 = (f"run.output_dir={out2}", "dataset=folder", f"dataset.root={corpus}", "segment.videos_per_part=3")
+    args2 = (f"run.output_dir={out2}", "dataset=folder", f"dataset.root={corpus}", SMALL, "segment.videos_per_part=3")
     run_job_here(*args2, "run.stages=[ingest]")
     stat = os.stat(video)
     video.rename(tmp_path / "aside.mp4")

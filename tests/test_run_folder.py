@@ -244,3 +244,36 @@ def test_a_field_added_to_a_parameter_set_is_in_its_fingerprint_unless_marked_sc
     knob = fingerprints({**c, "segment": {**c["segment"], "new_knob": 2.0, "new_schedule": 1}}, window=16)
     schedule = fingerprints({**c, "segment": {**c["segment"], "new_knob": 1.0, "new_schedule": 7}}, window=16)
     assert {s for s in base if base[s] != knob[s]} == {"segment", "activate"} and schedule == base
+
+
+def test_the_concepts_are_read_with_what_later_stages_measured_of_those_concepts_only(tmp_path, caplog):
+    """One writer per table: concepts.parquet (concepts), concept_importance.parquet (evaluate),
+    atlas/concept_links/ (atlas). The view joins them on the concept; importance measured on
+    other concepts (the concepts stage ran again after evaluate) is left out, saying why."""
+    from pipeline import schemas
+    from pipeline.run_folder import ATLAS_LINKS, CONCEPT_IMPORTANCE, CONCEPTS
+
+    folder = RunFolder(str(tmp_path))
+    rows = [{"target_class": "a", "layer": "L", "concept": f"a/L/concept{i}", "rank": i, "tcav_mean": 0.9 - i / 10}
+            for i in (1, 2)]
+    concepts = pa.Table.from_pylist(rows, schema=schemas.CONCEPTS)
+    folder.write_table(CONCEPTS, concepts)
+    view = folder.concept_view()
+    assert view.schema.names == schemas.CONCEPT_VIEW.names and view.column("causal_importance").null_count == 2
+    importance = pa.Table.from_pylist([{**r, "causal_importance": 0.1 * r["rank"]} for r in rows],
+                                      schema=schemas.CONCEPT_IMPORTANCE)
+    folder.write_table(CONCEPT_IMPORTANCE, importance.replace_schema_metadata(
+        {"concepts": schemas.concepts_digest(concepts)}))
+    links = [{"target_class": "a", "layer": "L", "concept": "a/L/concept1", "global_concept": g, "members": m,
+              "share": m / 4} for g, m in ((3, 1), (7, 3))]
+    folder.write_table(f"{ATLAS_LINKS}/layer=L/part-x.parquet", pa.Table.from_pylist(links, schema=schemas.ATLAS_LINKS))
+    view = folder.concept_view(["concept", "causal_importance", "global_concept", "global_concept_share"]).to_pylist()
+    assert view == [{"concept": "a/L/concept1", "causal_importance": 0.1, "global_concept": 7,
+                     "global_concept_share": 0.75},
+                    {"concept": "a/L/concept2", "causal_importance": 0.2, "global_concept": None,
+                     "global_concept_share": None}]
+    rows[0]["tcav_mean"] = 0.5  # the concepts stage again, other scores: evaluate's measurement is of the old ones
+    folder.write_table(CONCEPTS, pa.Table.from_pylist(rows, schema=schemas.CONCEPTS))
+    with caplog.at_level(logging.WARNING, logger="pipeline"):
+        assert folder.concept_view(["causal_importance"]).column(0).null_count == 2
+    assert "concept_importance.parquet was measured on other concepts" in caplog.text

@@ -363,6 +363,25 @@ def concept_links(members: Sequence[dict[str, Any]], global_of: dict[tuple[str, 
     return rows
 
 
+def actor_placements(actor: dict[tuple[str, str], str], links: Sequence[dict[str, Any]],
+                     concepts: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Where each (class, layer)'s actor concept (`actor`: its name) falls in the atlas:
+    {class: {layer: {"actor_concept", **placement}}}, from the rows of atlas/concept_links
+    (`links`) and atlas/concepts.parquet (`concepts`)."""
+    split: dict[str, list[tuple[int, float]]] = {}
+    for row in links:
+        split.setdefault(row["concept"], []).append((row["global_concept"], row["share"]))
+    classes_of: dict[str, dict[int, dict[str, float]]] = {}
+    for c in concepts:
+        classes_of.setdefault(c["layer"], {})[c["global_concept"]] = dict(zip(c["classes"], c["class_shares"]))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for (k, layer), concept in sorted(actor.items()):
+        if concept in split and layer in classes_of:
+            shares = sorted(split[concept], key=lambda gs: -gs[1])  # largest first; equal ones as written
+            out.setdefault(k, {})[layer] = {"actor_concept": concept, **placement(k, shares, classes_of[layer])}
+    return out
+
+
 def placement(k: str, shares: Sequence[tuple[int, float]], classes_of: dict[int, dict[str, float]],
               top: int = 3) -> dict[str, Any]:
     """Where a concept of class k falls in the atlas: its largest global concepts (`shares`:

@@ -23,7 +23,6 @@ from pipeline.activations.extract import choose_batch_size, resolve_autocast
 from pipeline.activations.params import ActivateParams
 from pipeline.activations.patches import patch_spec
 from pipeline.activations.video import pick_device, prepare_model
-from pipeline.data.ingest import read_ingested_clip
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.models.registry import load_model
 from pipeline.orchestration.fanout import Outcome, describe_failure
@@ -37,8 +36,11 @@ START_S = 300.0
 
 
 class ModelActor:
-    """Loads the model once (`__init__`), then maps videos to vectors (`activate`), to
-    randomised-model gradients (`randomised_gradients`) or to plan outcomes (`evaluate`)."""
+    """Hosts the model: loads it once (`__init__`) and runs a stage's unit of work on it
+    (`run`). The work itself is the algorithm layer's: activating videos
+    (`pipeline.activations`), randomised-model gradients (`pipeline.scoring.randomisation`),
+    deletion plans' outcomes (`pipeline.evaluation.outcomes`); each reads what it needs here:
+    `model`, `device`, `spec`, `params`, `clip_spec`, `limits`, `class_index`, `cache`."""
 
     def __init__(self, model_cfg: dict[str, Any], clip_cfg: dict[str, Any], params: ActivateParams,
                  pad_short: bool, torch_threads: int, module: Any = None,
@@ -62,9 +64,9 @@ class ModelActor:
                                                           bf16)
         self.params = dataclasses.replace(params, batch_size=batch, measure_batch=False, autocast=bf16)
         self.spec = patch_spec(self.model, self.params, pad_short)
-        self._randomised: dict[tuple[str, int], Any] = {}  # (layer, seed) -> randomised model copy
+        self.cache: dict[Any, Any] = {}  # what the work keeps between units (randomised model copies)
 
-    def _class_index(self, row: dict[str, Any]) -> int:
+    def class_index(self, row: dict[str, Any]) -> int:
         """The model's index of the video's label (a video scored for its own class)."""
         label = row.get("label")
         if label not in self.model.class_names:
@@ -82,56 +84,6 @@ class ModelActor:
         """`fn(self, *args)`: a stage's unit of work on this actor (the stage's module defines it;
         it uses the model loaded here and writes its own parts)."""
         return fn(self, *args)
-
-    def randomised_gradients(self, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, Any]:
-        """The video's class-logit gradient at each layer from a copy of the model whose every
-        weight after that layer is re-initialised (the model-randomisation check): {layer: vector}."""
-        import torch
-
-        from pipeline.activations.extract import clip_outputs
-        from pipeline.activations.video import to_device
-        from pipeline.scoring.randomisation import randomised_copy
-
-        k = self._class_index(row)
-        t_clip = to_device(read_ingested_clip(row, self.clip_spec, self.limits).frames, self.device)
-        out: dict[str, Any] = {}
-        for layer in layers:
-            if (layer, seed) not in self._randomised:
-                example = torch.zeros((1, 3, self.spec.window, self.spec.height, self.spec.width), device=self.device)
-                self._randomised[(layer, seed)] = randomised_copy(self.model.module, layer, example, seed)[0]
-            res = clip_outputs(self._randomised[(layer, seed)], t_clip, self.spec, [layer], k,
-                               self.params.batch_size, self.params.autocast)
-            out[layer] = res.gradients[layer]
-        return out
-
-    def evaluate(self, row: dict[str, Any], labels: Any, assignments: dict[str, tuple[list[int], list[Optional[str]]]],
-                 plans: dict[str, list[Any]], fill: float, chunk: int = 16, clip: Any = None) -> dict[str, Any]:
-        """The video's class probability and correctness under each plan (method step 10 and
-        causal importance): `assignments[layer]` = (supervoxel ids, concept of each or None),
-        `plans[layer]` = deletion / insertion plans (pipeline.evaluation.deletion.Plan).
-        `clip`: its frames when already decoded. Returns {layer: {"prob": [...], "correct": [...]}}."""
-        import numpy as np
-        import torch
-
-        from pipeline.activations.extract import clips_logits
-        from pipeline.activations.video import to_device
-        from pipeline.evaluation.deletion import apply_plan, concept_voxels
-
-        k = self._class_index(row)
-        clip = read_ingested_clip(row, self.clip_spec, self.limits).frames if clip is None else clip
-        out: dict[str, Any] = {}
-        for layer, layer_plans in plans.items():
-            voxels = concept_voxels(labels, *assignments[layer])
-            probs, correct = [], []
-            for start in range(0, len(layer_plans), chunk):
-                clips = [to_device(apply_plan(clip, voxels, p, fill), self.device)
-                         for p in layer_plans[start:start + chunk]]
-                logits = clips_logits(self.model.module, clips, self.spec, self.params.batch_size, self.params.autocast)
-                p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-                probs += p[:, k].tolist()
-                correct += (np.argmax(logits, axis=1) == k).tolist()
-            out[layer] = {"prob": probs, "correct": correct}
-        return out
 
 
 def actor_shape(a: dict[str, Any], ray_cfg: dict[str, Any]) -> tuple[dict[str, Any], int, str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any, Optional
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -28,9 +28,9 @@ from pipeline.orchestration.runtime import Progress
 from pipeline.report.atlas_page import atlas_unit
 from pipeline.report.page import index_html
 from pipeline.report.render import ClassJob, ClassSection, render_class
-from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPTS, EVALUATION, REPORT, REPORT_ATLAS,
-                                 REPORT_INDEX, RUN_JSON, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
-                                 unit_key)
+from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, EVALUATE_METRICS,
+                                 EVALUATION, REPORT, REPORT_ATLAS, REPORT_INDEX, VOXEL_IMPORTANCE, RunFolder,
+                                 RunFolderError, partition, unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
 FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
@@ -94,19 +94,20 @@ def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     return chosen
 
 
-def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     """Write report/index.html and its images (report/assets/); returns counts for run.json.
     One Ray task per class reads that class's rows, renders it and writes its images; a rerun
-    over the same results with the same report settings reuses the classes already rendered."""
+    over the same results with the same report settings reuses the classes already rendered.
+    The figures shown come from the run's tables (concepts.parquet and its view, metrics/,
+    evaluation/, the atlas's); `record` (the run record) gives the page's header only: the
+    run's command, settings, timings and counts."""
     t0 = time.monotonic()
-    if record is None:
-        record = io.read_json(folder.path(RUN_JSON)) if folder.exists(RUN_JSON) else {}
     if not folder.exists(CONCEPTS):
         raise RunFolderError(f"the report needs {CONCEPTS} in {folder.root}: run the concepts stage first")
-    concepts = folder.read(CONCEPTS).drop_columns(["centroid"]).to_pylist()
-    stages = record.get("stages", {})
-    class_info = (stages.get("concepts") or {}).get("classes") or {}
-    evaluated = (stages.get("evaluate") or {}).get("classes") or {}
+    concepts = folder.concept_view([c for c in schemas.CONCEPT_VIEW.names if c != "centroid"]).to_pylist()
+    class_info = {k: {**figures.get(None, {}), "layers": {lay: f for lay, f in figures.items() if lay is not None}}
+                  for k, figures in folder.metrics(CONCEPT_METRICS).items()}
+    evaluated = folder.metrics(EVALUATE_METRICS)
     classes = list(dict.fromkeys([*class_info, *(r["target_class"] for r in concepts)]))
     by_class: dict[str, list[dict[str, Any]]] = {}
     for r in concepts:
@@ -128,8 +129,7 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: Optional[dict[str
              for r in sorted(sections.values(), key=lambda r: r["index"])]
     atlas = None
     if folder.exists(ATLAS_MANIFEST):  # the atlas page: one task, remade with the report
-        actor = (stages.get("atlas") or {}).get("actor_concepts") or {}
-        for out in map_tasks(atlas_unit, [("atlas page", (folder, settings, actor))], progress=None,
+        for out in map_tasks(atlas_unit, [("atlas page", (folder, settings))], progress=None,
                              on_error="report: the"):
             atlas = out.value
     videos = folder.read_videos(["video_id", "status", "failed_stage", "error"])

@@ -26,8 +26,8 @@ class ClassJob:
     index: int
     target_class: str
     settings: dict[str, Any]  # report config, clip config, dataset kind and root
-    info: dict[str, Any]  # the concepts stage's record of the class (run.json), or {}
-    evaluated: dict[str, dict[str, Any]]  # the evaluate stage's record per layer (run.json), or {}
+    info: dict[str, Any]  # the concepts stage's figures of the class, its layers' under "layers" (metrics/), or {}
+    evaluated: dict[str, dict[str, Any]]  # the evaluate stage's figures per layer (metrics/), or {}
     concepts: list[dict[str, Any]]  # concepts.parquet rows of the class
     exemplars: dict[str, list[dict[str, Any]]]  # concept -> chosen concept_members rows
     masks: dict[tuple[str, int], np.ndarray]  # (video, supervoxel) of each exemplar -> bool [T, H, W]
@@ -125,7 +125,8 @@ def render_class(job: ClassJob) -> ClassSection:
         causal_rank = {r["concept"]: i + 1 for i, r in enumerate(by_causal)}
         curve_rows = [r for r in job.curves if r["layer"] == layer]
         aucs = {(r["ranking"], r["mode"], r["order"]): r for r in curve_rows if r["kind"] == "auc"}
-        rho = job.evaluated.get(layer, {}).get("spearman_tcav_causal")
+        ev = job.evaluated.get(layer, {})
+        rho = ev.get("spearman_tcav_causal")
         summary.append({"layer": layer, "concepts": len(rows), "significant": sum(r["significant"] for r in rows),
                         "spearman": rho,
                         "top_tcav": rows[0]["concept"] if rows else None,
@@ -134,9 +135,9 @@ def render_class(job: ClassJob) -> ClassSection:
                                       if rows and rows[0].get("stability") is not None else None),
                         "crossfit_top1": job.evaluated.get(layer, {}).get(
                             "crossfit_causal_top1_deletion_accuracy_drop_vs_random"),
-                        "crossfit_gap": {w: (job.evaluated.get(layer, {}).get(f"crossfit_causal_deletion_{w}auc_gap"),
-                                             job.evaluated.get(layer, {}).get(
-                                                 f"crossfit_causal_deletion_{w}auc_gap_ci95"))
+                        "crossfit_gap": {w: (ev.get(f"crossfit_causal_deletion_{w}auc_gap"),
+                                             [ev[f"crossfit_causal_deletion_{w}auc_gap_ci95.{i}"] for i in (0, 1)]
+                                             if f"crossfit_causal_deletion_{w}auc_gap_ci95.0" in ev else None)
                                          for w in ("", "prob_")},
                         "top1": (job.evaluated.get(layer, {}).get("causal_top1_deletion_accuracy_drop_vs_random"),
                                  job.evaluated.get(layer, {}).get("tcav_top1_deletion_accuracy_drop_vs_random"),

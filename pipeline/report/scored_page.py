@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.report.render import clip_reader, esc, fmt, slug
-from pipeline.run_folder import (CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, REPORT, REPORT_INDEX, RunFolder,
+from pipeline.run_folder import (CONCEPT_PRESENCE, PREDICTIONS, REPORT, REPORT_INDEX, RunFolder,
                                  partition)
 
 MAX_VIDEOS = 60  # on the page, whatever the corpus
@@ -51,8 +51,8 @@ def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple
     pred = {r["video_id"]: r for r in folder.read(PREDICTIONS, columns=["video_id", "label", "logits",
                                                                         "predicted_class"],
                                                   filter=pc.is_in(pc.field("video_id"), wanted)).to_pylist()}
-    causal = {r["concept"]: r["causal_importance"] for r in folder.read(CONCEPTS, columns=["concept",
-                                                                                          "causal_importance"]).to_pylist()}
+    causal = {r["concept"]: r["causal_importance"] for r in folder.concept_view(["concept",
+                                                                                 "causal_importance"]).to_pylist()}
     volumes = folder.label_volumes(vids)
     clip = clip_reader(videos, settings["clip"])
     rep = settings["report"]

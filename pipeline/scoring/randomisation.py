@@ -10,9 +10,15 @@ ranking survives this is not explaining the model's decision.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+
+from pipeline.activations.extract import clip_outputs
+from pipeline.activations.video import to_device
+from pipeline.data.ingest import read_ingested_clip
 
 
 def downstream_modules(model: nn.Module, layer: str, example: torch.Tensor) -> list[str]:
@@ -64,3 +70,21 @@ def randomised_copy(model: nn.Module, layer: str, example: torch.Tensor, seed: i
                     p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
     clone.eval()
     return clone, names
+
+
+def randomised_gradients(host: Any, row: dict[str, Any], layers: list[str], seed: int) -> dict[str, np.ndarray]:
+    """One video's class-logit gradient at each layer from a copy of the model whose every
+    weight after that layer is re-initialised: {layer: vector}. Runs on a model actor (`host`,
+    pipeline.orchestration.actors.ModelActor), which keeps each (layer, seed)'s copy."""
+    k = host.class_index(row)
+    t_clip = to_device(read_ingested_clip(row, host.clip_spec, host.limits).frames, host.device)
+    out: dict[str, np.ndarray] = {}
+    for layer in layers:
+        key = ("randomised", layer, seed)
+        if key not in host.cache:
+            example = torch.zeros((1, 3, host.spec.window, host.spec.height, host.spec.width), device=host.device)
+            host.cache[key] = randomised_copy(host.model.module, layer, example, seed)[0]
+        res = clip_outputs(host.cache[key], t_clip, host.spec, [layer], k, host.params.batch_size,
+                           host.params.autocast)
+        out[layer] = res.gradients[layer]
+    return out

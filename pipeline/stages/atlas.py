@@ -14,8 +14,8 @@ crash loses at most the units in flight):
 Then per (class, layer) with concepts, a task links each concept of concepts.parquet to the
 global concepts its members fall into (atlas/concept_links/, markers in `_done/atlas_links/`,
 redone when the concepts change), and one task writes the summaries: atlas/concepts.parquet,
-atlas/class_concepts.parquet, the global_concept columns of concepts.parquet and
-atlas/atlas.json (what `pipeline.atlas.search` opens). The driver holds partition names and
+atlas/class_concepts.parquet and atlas/atlas.json (what `pipeline.atlas.search` opens); a
+concept's global concept is its largest link (`RunFolder.concept_view`). The driver holds partition names and
 counts, never vectors."""
 
 from __future__ import annotations
@@ -108,13 +108,10 @@ def run(job: Job) -> None:
                 folder.remove(shard_name(layer, q["partition"]))
 
     links = link_concepts(job, layers, fingerprint)
-    actor = {(k, layer): gt["actor_concept"] for k, info in job.record["stages"].get("concepts", {}).get(
-        "classes", {}).items() for layer, li in info.get("layers", {}).items()
-        if (gt := li.get("ground_truth")) and gt.get("actor_concept")}
     layer_records = {layer: {**records[("train", layer, None)], **records[("index", layer, None)]}
                      for layer in layers if plans[layer]}
     summary = ray.get(summarise.options(**cpu).remote(folder, layer_records,
-                                                      {layer: plans[layer] for layer in layer_records}, actor,
+                                                      {layer: plans[layer] for layer in layer_records},
                                                       fingerprint))
     for layer, info in summary["layers"].items():
         log.info("atlas: %s: %d global concepts, %d in one class only, mean class entropy %s bits; index %s, %.1f MB",
@@ -288,9 +285,10 @@ def link_pair(folder: RunFolder, k: str, layer: str, fingerprint: str) -> dict[s
 
 @ray.remote(num_cpus=1, max_retries=2)
 def summarise(folder: RunFolder, layers: dict[str, dict[str, Any]], plans: dict[str, list[dict[str, Any]]],
-              actor: dict[tuple[str, str], str], fingerprint: str) -> dict[str, Any]:
-    """atlas/concepts.parquet, atlas/class_concepts.parquet, concepts.parquet's global_concept
-    columns and atlas/atlas.json; returns the stage's summary for run.json."""
+              fingerprint: str) -> dict[str, Any]:
+    """atlas/concepts.parquet, atlas/class_concepts.parquet and atlas/atlas.json; returns the
+    stage's summary for run.json, with where each class's actor concept falls on a synthetic
+    corpus (the concepts stage's ground truth)."""
     concept_rows: list[dict[str, Any]] = []
     cell_rows: list[dict[str, Any]] = []
     out: dict[str, Any] = {"layers": {}, "actor": {}}
@@ -311,19 +309,7 @@ def summarise(folder: RunFolder, layers: dict[str, dict[str, Any]], plans: dict[
     folder.write_table(CLASS_CONCEPTS, pa.Table.from_pylist(cell_rows, schema=schemas.ATLAS_CLASS_CONCEPTS))
 
     links = folder.read(LINKS).to_pylist() if io.part_files(folder.path(LINKS)) else []
-    split: dict[str, list[tuple[int, float]]] = {}
-    for row in links:  # largest share first within each concept
-        split.setdefault(row["concept"], []).append((row["global_concept"], row["share"]))
-    top = {concept: shares[0] for concept, shares in split.items()}
-    if folder.exists(CONCEPTS):
-        folder.write_table(CONCEPTS, with_global_concepts(folder.read(CONCEPTS), top))
-
-    by_key = {(c["layer"], c["global_concept"]): c for c in concept_rows}
-    for (k, layer), concept in sorted(actor.items()):
-        if concept in split and layer in layers:
-            out["actor"].setdefault(k, {})[layer] = {
-                "actor_concept": concept, **build.placement(k, split[concept], {
-                    g: dict(zip(c["classes"], c["class_shares"])) for (lay, g), c in by_key.items() if lay == layer})}
+    out["actor"] = build.actor_placements(folder.actor_concepts(), links, concept_rows)
     folder.write_json(MANIFEST, {"settings": fingerprint, "layers": {
         layer: {"k": r["k"], "dim": r["dim"], "index": r["index"], "nprobe": r["nprobe"],
                 "spherical": r["spherical"], "file": r["file"], "ntotal": r["ntotal"],
@@ -331,14 +317,3 @@ def summarise(folder: RunFolder, layers: dict[str, dict[str, Any]], plans: dict[
                                for q in plans[layer]]} for layer, r in layers.items()}})
     return out
 
-
-def with_global_concepts(concepts: pa.Table, top: dict[str, tuple[int, float]]) -> pa.Table:
-    """concepts.parquet with each concept's global concept (the one holding most of its
-    members) and that share."""
-    names = concepts.column("concept").to_pylist()
-    for name, values in (("global_concept", pa.array([top.get(n, (None, None))[0] for n in names], pa.int32())),
-                         ("global_concept_share", pa.array([top.get(n, (None, None))[1] for n in names],
-                                                           pa.float64()))):
-        i = concepts.schema.get_field_index(name)  # -1: a concepts.parquet from before the atlas
-        concepts = concepts.set_column(i, name, values) if i >= 0 else concepts.append_column(name, values)
-    return concepts

@@ -32,7 +32,8 @@ from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPTS, PREDICTIONS,
+from pipeline.scoring.randomisation import randomised_gradients
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, PREDICTIONS,
                                  RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
                                  reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
@@ -94,7 +95,7 @@ def run(job: Job) -> None:
     if todo:
         todo_classes = sorted({k for k, _ in todo})
         if params.randomisation_check:
-            randomised_gradients(job, todo_classes, {k: splits[k][1] for k in todo_classes}, layers, params.seed)
+            randomisation_check(job, todo_classes, {k: splits[k][1] for k in todo_classes}, layers, params.seed)
         videos = folder.read_videos(["video_id", "clip_frame_indices", "clip_height", "clip_width"])
         truth = _ground_truth_root(c)  # the ground truth also needs the discovery videos' clips
         wanted = set(v for k in todo_classes for v in splits[k][1] + (splits[k][0] if truth else []))
@@ -126,10 +127,23 @@ def run(job: Job) -> None:
         class_info[k].setdefault("layers", {})[layer] = rec["info"]
     concepts = assemble_concepts(folder, [records[p]["part"] for p in pairs])
     folder.write_table(CONCEPTS, concepts)
+    folder.write_table(CONCEPT_METRICS, metrics_table(class_info))
     rows = concepts.drop_columns(["centroid"]).to_pylist()
     job.finish("concepts", pairs=len(pairs), pairs_skipped_done=len(pairs) - len(todo), classes=class_info)
     job.counts.update(concepts_found=len(rows), concepts_significant=sum(r["significant"] for r in rows))
     job.record["concept_table"] = console.concept_table(rows, class_info)
+
+
+def metrics_table(class_info: dict[str, dict[str, Any]]) -> pa.Table:
+    """metrics/concepts.parquet: each class's split and recognition (layer null) and each
+    explained layer's figures (concepts found, significant, the random baseline, the ground
+    truth on a synthetic corpus, the randomisation check)."""
+    rows = []
+    for k, info in class_info.items():
+        rows += schemas.metric_rows(k, None, {n: v for n, v in info.items() if n != "layers"})
+        for layer, figures in info.get("layers", {}).items():
+            rows += schemas.metric_rows(k, layer, figures)
+    return pa.Table.from_pylist(rows, schema=schemas.METRICS)
 
 
 def _ground_truth_root(c: dict[str, Any]) -> Optional[str]:
@@ -232,7 +246,7 @@ def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],
              "scores": [r["score"] for r in rows]} for vid, rows in by_video.items()]
 
 
-def randomised_gradients(job: Job, classes: list[str], scoring: dict[str, list[str]], layers: list[str],
+def randomisation_check(job: Job, classes: list[str], scoring: dict[str, list[str]], layers: list[str],
                          seed: int) -> None:
     """The model-randomisation check's gradients, one unit per class on the model actors: for
     every scoring video and layer, the class-logit gradient from the model with every weight
@@ -260,10 +274,9 @@ def randomise_class(actor: Any, folder: RunFolder, k: str, video_ids: list[str],
     """One class's randomised-model gradients on a model actor, written with its marker."""
     rows: list[dict[str, Any]] = []
     for row in folder.video_rows(video_ids):
-        for layer, grad in actor.randomised_gradients(row, layers, seed).items():
+        for layer, grad in randomised_gradients(actor, row, layers, seed).items():
             rows.append({"video_id": row["video_id"], "layer": layer, "gradient": np.asarray(grad, np.float32)})
-    schema = pa.schema([("video_id", pa.string()), ("layer", pa.string()), ("gradient", pa.list_(pa.float32()))])
-    table = pa.Table.from_pylist(rows, schema=schema)
+    table = pa.Table.from_pylist(rows, schema=schemas.RANDOMISED_GRADIENTS)
     unit = unit_key(k)
     folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=k)}",
                                            table)], [{"record": {"class": k}}], fingerprint)

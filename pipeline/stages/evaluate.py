@@ -8,11 +8,11 @@ volumes and concept assignments itself and decodes the next clip while the model
 its first pass is in, its curves are queued; once those are in, a Ray task summarises the class
 and writes evaluation/class=<k>/ and its marker. The driver keeps a few classes open at a time
 and holds their class probabilities only. A rerun skips finished classes. At the end
-causal_importance goes into concepts.parquet and run.json gets the summaries."""
+each concept's causal importance goes into concept_importance.parquet (the evaluate stage's own
+table: `RunFolder.concept_view` joins it to the concepts) and run.json gets the summaries."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -27,14 +27,15 @@ from pipeline import console, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.data.ingest import read_ingested_clip
 from pipeline.evaluation.deletion import EvaluateParams, Plan
+from pipeline.evaluation.outcomes import plan_outcomes
 from pipeline.evaluation.summary import (causal_importance, crossfit_summary, curves, halves, masking_importance,
                                          masking_plans, masking_summary, single_concept_plans, summarise)
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
-from pipeline.run_folder import (CONCEPTS, EVALUATION, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint,
-                                 unit_key)
+from pipeline.run_folder import (CONCEPT_IMPORTANCE, CONCEPTS, EVALUATE_METRICS, EVALUATION, VOXEL_IMPORTANCE,
+                                 RunFolder, partition, reduction_fingerprint, unit_key)
 from pipeline.stages.base import Job, VideoRows
 
 log = logging.getLogger("pipeline")
@@ -47,16 +48,16 @@ LISTED_AHEAD = 2  # classes whose scored videos are listed before they open
 def run(job: Job) -> None:
     job.begin("evaluate")
     c, folder = job.c, job.folder
-    concepts = folder.read(CONCEPTS)
-    light = concepts.select(["target_class", "layer", "concept", "rank", "tcav_mean"]).to_pylist()
+    concepts = folder.read(CONCEPTS, columns=["target_class", "layer", "concept", "rank", "tcav_mean"])
+    light = concepts.to_pylist()
     ranked: dict[tuple[str, str], list[str]] = {}
     for row in sorted(light, key=lambda r: r["rank"]):
         ranked.setdefault((row["target_class"], row["layer"]), []).append(row["concept"])
     tcav_mean = {r["concept"]: r["tcav_mean"] for r in light}
     params = from_section(EvaluateParams, c["evaluate"])
     fill = float(c["activate"]["fill"])
-    digest = hashlib.sha256(json.dumps(sorted((r["concept"], r["rank"], r["tcav_mean"]) for r in light)).encode())
-    fingerprint = reduction_fingerprint(job.fingerprints["activate"] + digest.hexdigest(),
+    concepts_digest = schemas.concepts_digest(concepts)
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"] + concepts_digest,
                                         {"evaluate": c["evaluate"], "fill": fill,
                                          "ground_truth": c["dataset"]["root"] if _synthetic(c) else None}, [])
     done = folder.done_units("evaluate", [EVALUATION], fingerprint, "evaluate", stale="discard")
@@ -88,12 +89,15 @@ def run(job: Job) -> None:
     if not summary:
         log.warning("evaluate: no scoring video has concepts to remove; nothing to evaluate")
     names = concepts.column("concept").to_pylist()
-    concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance"), "causal_importance",
-                                   pa.array([causal.get(cn) for cn in names], type=pa.float64()))
-    by_masking = pa.array([masking.get(cn) for cn in names], type=pa.float64())
-    concepts = concepts.set_column(concepts.schema.get_field_index("causal_importance_masking"),
-                                   "causal_importance_masking", by_masking)
-    folder.write_table(CONCEPTS, concepts)
+    importance = pa.Table.from_arrays(
+        [concepts.column("target_class"), concepts.column("layer"), concepts.column("concept"),
+         pa.array([causal.get(cn) for cn in names], pa.float64()), pa.array([masking.get(cn) for cn in names],
+                                                                            pa.float64())],
+        schema=schemas.CONCEPT_IMPORTANCE.with_metadata({"concepts": concepts_digest}))
+    folder.write_table(CONCEPT_IMPORTANCE, importance)
+    folder.write_table(EVALUATE_METRICS, pa.Table.from_pylist(
+        [row for k, layers in summary.items() for layer, figures in layers.items()
+         for row in schemas.metric_rows(k, layer, figures)], schema=schemas.METRICS))
     job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
     job.record["evaluation_table"] = console.evaluation_table(summary)
@@ -270,8 +274,8 @@ def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, 
             if isinstance(loaded, Exception):
                 raise loaded
             clip, labels, assignments = loaded
-            res = actor.evaluate(row, labels, assignments, {layer: plans[layer] for layer in layers_of[vid]}, fill,
-                                 clip=clip)
+            res = plan_outcomes(actor, row, labels, assignments, {layer: plans[layer] for layer in layers_of[vid]},
+                                fill, clip=clip)
         except Exception as e:  # this video is left out of its class's figures, with the reason
             failed[vid] = f"{type(e).__name__}: {e}"
             continue

@@ -6,7 +6,8 @@ One Ray task per unit (at most activate.videos_per_part videos of one class part
 folder) reads their supervoxel vectors, predictions and label volumes, and the finished run's
 concepts of the classes that explain them (`pipeline.scoring.apply`), and writes
 voxel_importance/ (as a run's, for every video) and concept_presence/. The finished run's
-concepts.parquet is copied beside them: the concepts the videos were scored with, so the scored
+concepts.parquet and concept_importance.parquet are copied beside them: the concepts the videos
+were scored with, so the scored
 folder reads like a run (`open_run(...).voxel_importance`, the causal maps). A rerun over the
 same videos, source and settings skips the units done."""
 
@@ -24,8 +25,8 @@ import pyarrow.compute as pc
 from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.run_folder import (ACTIVATIONS, CONCEPT_PRESENCE, CONCEPTS, PREDICTIONS, RUN_JSON, VOXEL_IMPORTANCE,
-                                 RunFolder, partition, reduction_fingerprint, unit_key)
+from pipeline.run_folder import (ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPT_PRESENCE, CONCEPTS,
+                                 PREDICTIONS, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -41,11 +42,10 @@ def run(job: Job, source: RunFolder) -> None:
     for needed in (ACTIVATIONS, PREDICTIONS):
         folder.require(needed, "score", "activate")
     layers = activated_layers(folder)
-    light = source.read(CONCEPTS, columns=["target_class", "layer", "concept", "tcav_mean", "causal_importance",
-                                           "radius"])
+    light = source.concept_view(["target_class", "layer", "concept", "tcav_mean", "causal_importance", "radius"])
     digest = hashlib.sha256(json.dumps(sorted(map(list, zip(*(light.column(n).to_pylist() for n in
                                                                light.column_names)))), default=str).encode())
-    explained = ((io.read_json(source.path(RUN_JSON)).get("stages") or {}).get("concepts") or {}).get("classes") or {}
+    explained = source.metrics(CONCEPT_METRICS)  # the classes the run explained, some perhaps with no concept
     classes = sorted(set(light.column("target_class").to_pylist()) | set(explained))  # some may have no concept
     missing = sorted(set(layers) - set(light.column("layer").to_pylist()))
     if missing:
@@ -109,8 +109,8 @@ def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids:
     needed = sorted({k for ks in targets.values() for k in ks})
     concepts: dict[tuple[str, str], list[dict[str, Any]]] = {}
     if needed:
-        rows = source.read(CONCEPTS, columns=CONCEPT_COLUMNS,
-                           filter=pc.is_in(pc.field("target_class"), pa.array(needed, type=pa.string()))).to_pylist()
+        rows = source.concept_view(CONCEPT_COLUMNS).filter(
+            pc.is_in(pc.field("target_class"), pa.array(needed, type=pa.string()))).to_pylist()
         for r in rows:
             concepts.setdefault((r["target_class"], r["layer"]), []).append(r)
     shapes = {r["video_id"]: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]]
@@ -155,5 +155,8 @@ def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids:
 
 
 def copy_concepts(source: RunFolder, folder: RunFolder) -> None:
-    """The finished run's concepts.parquet into the scored folder (in a task: it holds the centroids)."""
-    folder.write_table(CONCEPTS, source.read(CONCEPTS))
+    """The finished run's concepts.parquet and concept_importance.parquet into the scored folder
+    (in a task: they hold the centroids), as they are."""
+    for name in (CONCEPTS, CONCEPT_IMPORTANCE):
+        if source.exists(name):
+            folder.write_bytes(name, io.read_bytes(source.path(name)))
