@@ -30,16 +30,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pipeline.concepts.explain import draw_random_sets, split_videos  # noqa: E402
+from pipeline.concepts.explain import split_videos  # noqa: E402
 from pipeline.concepts.params import ConceptParams  # noqa: E402
 from pipeline.params import from_section  # noqa: E402
-from pipeline.scoring.tcav import fit_cavs, score_concepts  # noqa: E402
+from pipeline.scoring.tcav import draw_random_sets, fit_cavs, score_concepts  # noqa: E402
 
 TRAINERS = ("torch", "fastcav", "sgd")
 
 
 def class_inputs(run: str, layer: str, params: ConceptParams) -> dict[str, dict]:
-    """Per class: concept member vectors, random sets, extra random set, scoring gradients."""
+    """Per class: concept member vectors, random sets (with the baseline set), scoring gradients."""
     import pandas as pd
 
     from pipeline.run_folder import partition
@@ -53,9 +53,8 @@ def class_inputs(run: str, layer: str, params: ConceptParams) -> dict[str, dict]
         mine = pred[pred.label == k]
         _, scoring = split_videos(mine.video_id.tolist(), params.discovery_fraction, params.seed)
         pool = np.asarray(pred.video_id[pred.label != k].tolist(), dtype=object)
-        sets = [[pool_vectors[v] for v in pool[i]] for i in
-                draw_random_sets(pool, params.num_random_exp + 1, params.random_set_size, params.seed)]
-        sets = [np.stack(s) for s in sets]
+        sets = draw_random_sets(pool, params.num_random_exp, params.random_set_size, params.seed).map(
+            lambda i: np.stack([pool_vectors[v] for v in pool[i]]))
         own = clips[(clips.video_id.isin(scoring)) & clips.gradient.notna()]
         gradients = np.stack([np.asarray(g, np.float32) for g in own.gradient])
         sv = pd.read_parquet(os.path.join(run, "activations", partition(layer=layer, target_class=k)))
@@ -63,7 +62,7 @@ def class_inputs(run: str, layer: str, params: ConceptParams) -> dict[str, dict]
         members = pd.read_parquet(os.path.join(run, "concept_members", partition(target_class=k, layer=layer)))
         concepts = [np.stack([vec[(v, s)] for v, s in zip(g.video_id, g.supervoxel_id)])
                     for _, g in members.groupby("concept", sort=True)]
-        out[k] = {"concepts": concepts, "random": sets[:-1], "extra": sets[-1], "gradients": gradients,
+        out[k] = {"concepts": concepts, "random": sets, "gradients": gradients,
                   "names": sorted(members.concept.unique())}
     return out
 
@@ -93,9 +92,9 @@ def main() -> None:
     results: dict[str, dict[str, list]] = {t: {"means": [], "p": [], "scores": []} for t in TRAINERS}
     cavs = 0
     for k, x in inputs.items():
-        cavs += (len(x["concepts"]) + 1) * len(x["random"])
+        cavs += (len(x["concepts"]) + 1) * len(x["random"].sets)
         for t in TRAINERS:
-            (scored, base), s = timed(score_concepts, x["concepts"], x["random"], x["extra"], x["gradients"],
+            (scored, base), s = timed(score_concepts, x["concepts"], x["random"], x["gradients"],
                                       seed=params.seed, model=t, alpha=params.cav_alpha)
             seconds[t] += s
             results[t]["means"] += [c.mean for c in scored]
@@ -119,9 +118,9 @@ def main() -> None:
     big_cavs = 0
     rng = np.random.default_rng(0)
     for k, x in inputs.items():
-        pool = np.concatenate(x["random"] + [x["extra"]])
-        sets = [pool[rng.choice(len(pool), size=len(x["extra"]), replace=False)]
-                for _ in range(a.scale * len(x["random"]))]
+        pool = np.concatenate([*x["random"].sets, x["random"].baseline])
+        sets = [pool[rng.choice(len(pool), size=len(x["random"].baseline), replace=False)]
+                for _ in range(a.scale * len(x["random"].sets))]
         positives = [cv for cv in x["concepts"] for _ in sets]
         negatives = [s for _ in x["concepts"] for s in sets]
         seeds = [params.seed + i for _ in x["concepts"] for i in range(len(sets))]

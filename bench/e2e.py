@@ -34,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pipeline.activations.extract import LayerTap  # noqa: E402
 from pipeline.activations.patches import window_starts  # noqa: E402
 from pipeline.concepts.discovery import RULE_PRESETS, accept  # noqa: E402
-from pipeline.concepts.explain import draw_random_sets, split_videos  # noqa: E402
+from pipeline.concepts.explain import split_videos  # noqa: E402
+from pipeline.scoring.tcav import draw_random_sets  # noqa: E402
 from pipeline.data.corpus import resolve_corpus  # noqa: E402
 from pipeline.data.synthetic import SyntheticParams, ensure_corpus  # noqa: E402
 from pipeline.data.video import ClipSpec, read_clip  # noqa: E402
@@ -106,7 +107,7 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
         ids = [r["video_id"] for r in rows if r["label"] == k]
         discovery, scoring = split_videos(ids, 0.5, SEED)
         pool_ids = sorted(r["video_id"] for r in rows if r["label"] != k)
-        sets = draw_random_sets(np.array(pool_ids), N_RANDOM + 1, RANDOM_SIZE, SEED)
+        sets = draw_random_sets(np.array(pool_ids), N_RANDOM, RANDOM_SIZE, SEED)
         for layer in layers:
             items = [(vid, sid, v) for vid in discovery for sid, v in sv_vec[layer].get(vid, [])]
             x = np.stack([v for _, _, v in items])
@@ -115,9 +116,9 @@ def reference_run(root: str, seg: dict) -> dict[str, float]:
             concepts = accept(km.labels_, dist, km.cluster_centers_, [vid for vid, _, _ in items], len(discovery),
                               RULE_PRESETS["3dace"], MIN_VIDEOS, MAX_VIDEOS)
             pool_vec = np.stack([clip_vec[layer][vid] for vid in pool_ids])
-            randoms = [pool_vec[s] for s in sets[:-1]]
+            randoms = [pool_vec[s] for s in sets.sets]
             gr = np.stack([grads[layer][vid] for vid in scoring])
-            base = [tcav_score(gr, fit_cav(pool_vec[sets[-1]], rs, seed=SEED + i, alpha=0.01).direction)
+            base = [tcav_score(gr, fit_cav(pool_vec[sets.baseline], rs, seed=SEED + i, alpha=0.01).direction)
                     for i, rs in enumerate(randoms)]
             importance = []
             for c in concepts:

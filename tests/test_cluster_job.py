@@ -115,7 +115,9 @@ def test_a_job_submitted_through_the_jobs_api_runs_to_completion(ray_head, tmp_p
     env = {**ray_head["env"], "RAY_ADDRESS": ray_head["address"], "RAY": RAY, "JOB_PYTHON": sys.executable}
     res = subprocess.run(["bash", os.path.join(ROOT, "jobs", "submit.sh"), f"run.output_dir={out}",
                           f"dataset.root={corpus}", "dataset.synthetic.videos_per_class=4", "segment=reference",
-                          "concepts.num_random_exp=5", "activate.gpus_per_actor=0"],  # ray=cluster asks for GPUs
+                          "concepts.num_random_exp=5", "activate.gpus_per_actor=0",  # ray=cluster asks for GPUs
+                          # the stages up to the concepts: the later ones run in other tests' jobs
+                          "run.stages=[ingest,segment,activate,concepts]"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = res.stdout[-4000:] + res.stderr[-4000:]
     assert res.returncode == 0, log + "\n" + _logs(ray_head["temp_dir"])

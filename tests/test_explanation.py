@@ -57,8 +57,8 @@ def test_batched_cavs_agree_with_sklearn_on_the_runs_activations(small_run):
     scores, hold-out accuracies and significance agree as closely as sklearn under two seeds
     agrees with itself (with a small floor: a score is a share of a dozen videos)."""
     from pipeline.concepts.discovery import discover_concepts
-    from pipeline.concepts.explain import draw_random_sets, split_videos
-    from pipeline.scoring.tcav import score_concepts
+    from pipeline.concepts.explain import split_videos
+    from pipeline.scoring.tcav import draw_random_sets, score_concepts
 
     out = small_run["out"]
     act = pd.concat([read_parts(os.path.join(out, name)).to_pandas() for name in ("activations", "clip_activations")])
@@ -77,11 +77,11 @@ def test_batched_cavs_agree_with_sklearn_on_the_runs_activations(small_run):
     clips = act[(act.layer == layer) & (act.supervoxel_id == -1)].set_index("video_id")
     pool = sorted(pred.video_id[pred.label != k])
     pool_vectors = np.stack(clips.loc[pool].vector)
-    sets = [pool_vectors[s] for s in draw_random_sets(np.array(pool), 21, 40, 0)]
+    sets = draw_random_sets(np.array(pool), 20, 40, 0).map(lambda s: pool_vectors[s])
     grads = np.stack(clips.loc[scoring].gradient)
     concepts = [vectors[c.members] for c in found.concepts]
     assert len(concepts) >= 5
-    runs = {name: score_concepts(concepts, sets[:-1], sets[-1], grads, seed=seed, model=model, alpha=0.01)[0]
+    runs = {name: score_concepts(concepts, sets, grads, seed=seed, model=model, alpha=0.01)[0]
             for name, model, seed in (("torch", "torch", 0), ("sgd", "sgd", 0), ("sgd2", "sgd", 1000))}
 
     def gap(a: str, b: str, what) -> float:

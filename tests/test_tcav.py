@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.scoring.tcav import (fit_cav, fit_cavs, gradients_are_constant, holm, random_baseline, score_concept,
-                                   score_concepts, significance, stratified_split, tcav_magnitudes, tcav_score,
-                                   tcav_scores, ties_broken)
+from pipeline.scoring.tcav import (RandomSets, fit_cav, fit_cavs, gradients_are_constant, holm, random_baseline,
+                                   score_concept, score_concepts, significance, stratified_split, tcav_magnitudes,
+                                   tcav_score, tcav_scores, ties_broken)
 
 
 def test_cav_points_toward_the_concept_and_is_accurate():
@@ -70,25 +70,25 @@ def _planted(seed: int, dim: int, noise: float, n_sets: int = 10):
     grads = rng.normal(0, noise, (40, dim)) + axis
     random_sets = [rng.normal(0, 1, (30, dim)) for _ in range(n_sets)]
     extra = rng.normal(0, 1, (30, dim))
-    return grads, random_sets, extra, rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
+    return grads, RandomSets(random_sets, extra), rng.normal(0, 1, (30, dim)) + 2 * axis, rng.normal(0, 1, (30, dim))
 
 
 def test_graded_tcav_of_a_used_concept_is_significant_and_of_an_unused_one_is_not():
-    grads, random_sets, extra, used, unused = _planted(2, 16, 0.5)
-    (u, n), base = score_concepts([used, unused], random_sets, extra, grads, seed=1, model="fastcav", alpha=0.01)
+    grads, random, used, unused = _planted(2, 16, 0.5)
+    (u, n), base = score_concepts([used, unused], random, grads, seed=1, model="fastcav", alpha=0.01)
     assert u.magnitudes.mean() > 0.9 and u.magnitude_p_value <= 0.01
     assert n.magnitude_p_value > 0.01 and 0.1 < base.magnitudes.mean() < 0.9
     assert np.allclose(u.magnitudes, tcav_magnitudes(grads, u.directions))
 
 
 def test_a_concept_the_class_uses_is_significant_and_a_random_one_is_not():
-    grads, random_sets, extra, used_vectors, unused_vectors = _planted(1, 24, 0.3)
+    grads, random, used_vectors, unused_vectors = _planted(1, 24, 0.3)
     for model in ("torch", "fastcav"):  # the reference classifier, as the job fits it; the closed form
         FIT = {"seed": 3, "model": model, "alpha": 0.01}
-        baseline, _ = random_baseline(random_sets, extra, grads, **FIT)
+        baseline, _ = random_baseline(random, grads, **FIT)
         assert 0.1 < baseline.mean() < 0.9  # random CAVs point anywhere
-        used = score_concept(used_vectors, random_sets, grads, baseline, **FIT)
-        unused = score_concept(unused_vectors, random_sets, grads, baseline, **FIT)
+        used = score_concept(used_vectors, random.sets, grads, baseline, **FIT)
+        unused = score_concept(unused_vectors, random.sets, grads, baseline, **FIT)
         assert used.mean > 0.95 and used.p_value <= 0.01, model
         assert unused.p_value > 0.01, model
         assert used.cav_accuracies.mean() >= 0.7, model

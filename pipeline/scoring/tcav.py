@@ -11,7 +11,7 @@ differ from the random-vs-random baseline's (two-sided paired t-test, p <= 0.01 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Generic, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -173,6 +173,33 @@ def holm(p_values: Sequence[float]) -> np.ndarray:
     return adjusted
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclass(frozen=True)
+class RandomSets(Generic[T]):
+    """A class's random counterexamples (method step 7): each of `sets` is the negatives of one
+    CAV per concept; `baseline` is one more set, whose CAV against each of `sets` gives the
+    random-vs-random scores a concept is tested against. A set is whatever a step holds of it:
+    row indices of the pool, video ids, whole-clip vectors [n, C]."""
+
+    sets: list[T]
+    baseline: T
+
+    def map(self, fn: Callable[[T], U]) -> "RandomSets[U]":
+        return RandomSets([fn(s) for s in self.sets], fn(self.baseline))
+
+
+def draw_random_sets(pool: Sequence, count: int, size: int, seed: int) -> RandomSets[np.ndarray]:
+    """`count` random sets of `size` rows of the pool (row indices) and the baseline set, each
+    drawn without replacement, independently (seeded; the baseline last)."""
+    rng = np.random.default_rng(seed)
+    size = min(size, len(pool))
+    drawn = [np.sort(rng.choice(len(pool), size=size, replace=False)) for _ in range(count + 1)]
+    return RandomSets(drawn[:-1], drawn[-1])
+
+
 @dataclass
 class ConceptScores:
     """TCAV of one concept (or of the random baseline) against every random set, and its test
@@ -194,13 +221,13 @@ class ConceptScores:
         return float(self.scores.std())
 
 
-def score_concepts(concepts: Sequence[np.ndarray], random_sets: Sequence[np.ndarray], extra: np.ndarray,
-                   gradients: np.ndarray, *, seed: int, model: str,
-                   alpha: float) -> tuple[list[ConceptScores], ConceptScores]:
+def score_concepts(concepts: Sequence[np.ndarray], random: RandomSets[np.ndarray], gradients: np.ndarray, *,
+                   seed: int, model: str, alpha: float) -> tuple[list[ConceptScores], ConceptScores]:
     """Every CAV of one (class, layer) in one fit: each concept against each random set, and the
-    random-vs-random baseline (the extra set against each random set). Random set i is fitted
-    with seed + i in every pair. Returns (per-concept scores with their p-value against the
-    baseline, the baseline's scores)."""
+    random-vs-random baseline (the baseline set against each random set). Random set i is
+    fitted with seed + i in every pair. Returns (per-concept scores with their p-value against
+    the baseline, the baseline's scores)."""
+    random_sets, extra = random.sets, random.baseline
     n = len(random_sets)
     positives = [c for c in concepts for _ in range(n)] + [extra] * n
     negatives = [r for _ in concepts for r in random_sets] + list(random_sets)
@@ -241,11 +268,11 @@ def rescore(scored: Sequence[ConceptScores], baseline: ConceptScores,
     return out, base
 
 
-def random_baseline(random_sets: Sequence[np.ndarray], extra: np.ndarray, gradients: np.ndarray,
-                    *, seed: int, model: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """Scores of the random-vs-random CAVs: the extra random set against each random set.
+def random_baseline(random: RandomSets[np.ndarray], gradients: np.ndarray, *, seed: int, model: str,
+                    alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of the random-vs-random CAVs: the baseline set against each random set.
     Returns (scores [N], CAV accuracies [N])."""
-    _, baseline = score_concepts([], random_sets, extra, gradients, seed=seed, model=model, alpha=alpha)
+    _, baseline = score_concepts([], random, gradients, seed=seed, model=model, alpha=alpha)
     return baseline.scores, baseline.cav_accuracies
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -25,7 +26,7 @@ import ray
 
 from pipeline import console, io, schemas
 from pipeline.activations.params import ActivateParams
-from pipeline.concepts.explain import draw_random_sets, explain_class_layer, split_videos
+from pipeline.concepts.explain import Supervoxels, explain_class_layer, split_videos
 from pipeline.concepts.params import ConceptParams
 from pipeline.evaluation.summary import class_recognition
 from pipeline.orchestration.actors import ModelActors
@@ -33,6 +34,7 @@ from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import from_section
 from pipeline.scoring.randomisation import randomised_gradients
+from pipeline.scoring.tcav import RandomSets, draw_random_sets
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, PREDICTIONS,
                                  RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
                                  reduction_fingerprint, unit_key)
@@ -73,18 +75,18 @@ def run(job: Job) -> None:
     records = {(r["class"], r["layer"]): r for r in map(json.loads, done.column("record").to_pylist())}
 
     class_info: dict[str, dict[str, Any]] = {}
-    splits: dict[str, tuple[list[str], list[str], list[list[str]], int]] = {}
+    splits: dict[str, ClassSplit] = {}
     for k in classes:
         mine = known & (all_labels == k)
         discovery, scoring = split_videos(all_ids[mine].tolist(), params.discovery_fraction, params.seed)
         accuracy, chance, recognised = class_recognition([correct[v] for v in scoring], num_model_classes)
         pool = all_ids[all_labels != k]  # sorted: the random sets are drawn from every other video
-        sets = [pool[i].tolist() for i in draw_random_sets(pool, params.num_random_exp + 1, params.random_set_size,
-                                                           params.seed)]
-        splits[k] = (discovery, scoring, sets, int(label_index[mine][0]))
+        sets = draw_random_sets(pool, params.num_random_exp, params.random_set_size, params.seed).map(
+            lambda i: pool[i].tolist())
+        splits[k] = ClassSplit(discovery, scoring, sets, int(label_index[mine][0]))
         class_info[k] = {"discovery_videos": len(discovery), "scoring_videos": len(scoring),
                          "scoring_accuracy": accuracy, "chance": chance, "recognised": recognised,
-                         "random_pool_videos": len(pool), "random_set_size": len(sets[0]) if sets else 0}
+                         "random_pool_videos": len(pool), "random_set_size": len(sets.baseline)}
         if not recognised:
             log.warning("concepts: the model does not recognise class %r (accuracy %.2f on %d scoring videos, chance "
                         "%.2f): its concepts say little about the model", k, accuracy, len(scoring), chance)
@@ -95,10 +97,10 @@ def run(job: Job) -> None:
     if todo:
         todo_classes = sorted({k for k, _ in todo})
         if params.randomisation_check:
-            randomisation_check(job, todo_classes, {k: splits[k][1] for k in todo_classes}, layers, params.seed)
+            randomisation_check(job, todo_classes, {k: splits[k].scoring for k in todo_classes}, layers, params.seed)
         videos = folder.read_videos(["video_id", "clip_frame_indices", "clip_height", "clip_width"])
         truth = _ground_truth_root(c)  # the ground truth also needs the discovery videos' clips
-        wanted = set(v for k in todo_classes for v in splits[k][1] + (splits[k][0] if truth else []))
+        wanted = set(v for k in todo_classes for v in splits[k].scoring + (splits[k].discovery if truth else []))
         clips = {r["video_id"]: r for r in
                  videos.filter(pc.is_in(videos.column("video_id"), pa.array(sorted(wanted)))).to_pylist()}
         del videos
@@ -107,12 +109,13 @@ def run(job: Job) -> None:
 
         def tasks() -> Iterator[tuple[tuple[str, str], tuple]]:
             for k, layer in todo:
-                discovery, scoring, sets, gradient_class = splits[k]
-                info = {"class_accuracy": class_info[k]["scoring_accuracy"],
-                        "class_recognised": class_info[k]["recognised"]}
-                yield (k, layer), (folder, k, layer, discovery, scoring, sets, gradient_class, pools[layer], params,
-                                   info, {v: clips[v] for v in (discovery + scoring if truth else scoring)},
-                                   {v: where[v] for v in discovery + scoring if v in where}, truth, fingerprint)
+                split = splits[k]
+                shown = split.discovery + split.scoring if truth else split.scoring
+                work = PairWork(k, layer, split, {"class_accuracy": class_info[k]["scoring_accuracy"],
+                                                  "class_recognised": class_info[k]["recognised"]},
+                                {v: clips[v] for v in shown},
+                                {v: where[v] for v in split.discovery + split.scoring if v in where})
+                yield (k, layer), (folder, work, pools[layer], params, truth, fingerprint)
 
         for out in map_tasks(explain_pair, tasks(), progress=Progress("concepts", len(todo),
                                                                       unit="(class, layer) pairs"),
@@ -132,6 +135,12 @@ def run(job: Job) -> None:
     job.finish("concepts", pairs=len(pairs), pairs_skipped_done=len(pairs) - len(todo), classes=class_info)
     job.counts.update(concepts_found=len(rows), concepts_significant=sum(r["significant"] for r in rows))
     job.record["concept_table"] = console.concept_table(rows, class_info)
+
+
+def _supervoxels(t: pa.Table) -> Supervoxels:
+    """A partition's rows (video_id, supervoxel_id, vector) as the explanation takes them."""
+    return Supervoxels(schemas.vector_matrix(t), t.column("video_id").to_pylist(),
+                       t.column("supervoxel_id").to_pylist())
 
 
 def metrics_table(class_info: dict[str, dict[str, Any]]) -> pa.Table:
@@ -168,14 +177,38 @@ def load_clip_pool(folder: RunFolder, layer: str) -> tuple[np.ndarray, np.ndarra
     return ids, schemas.vector_matrix(t)
 
 
-def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], scoring: list[str],
-                 random_sets: list[list[str]], gradient_class: int, pool: tuple[np.ndarray, np.ndarray],
-                 params: ConceptParams, class_columns: dict[str, Any], clips: dict[str, dict[str, Any]],
-                 where: dict[str, tuple[str, int]], ground_truth_root: Optional[str],
-                 fingerprint: str) -> dict[str, Any]:
+@dataclass
+class ClassSplit:
+    """A class's videos for its explanation: discovery and scoring videos, the random sets'
+    videos (other classes'), and the model's index of the class (its gradients' class)."""
+
+    discovery: list[str]
+    scoring: list[str]
+    random: RandomSets[list[str]]
+    gradient_class: int
+
+
+@dataclass
+class PairWork:
+    """One (class, layer) to explain: its class's split, the columns its concept rows take
+    from the class (class_accuracy, class_recognised), the videos.parquet clip columns of its
+    scoring videos (and discovery videos, for the ground truth) and where their label volumes are."""
+
+    target_class: str
+    layer: str
+    split: ClassSplit
+    class_columns: dict[str, Any]
+    clips: dict[str, dict[str, Any]]
+    where: dict[str, tuple[str, int]]
+
+
+def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.ndarray], params: ConceptParams,
+                 ground_truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
     """One (class, layer), in a Ray task: read its partition, explain it
-    (`explain_class_layer`), write its parts and marker; returns its small record. `clips`: the
-    videos.parquet clip columns of its scoring videos (and discovery videos, for the ground truth)."""
+    (`explain_class_layer`), write its parts and marker; returns its small record. `pool`: the
+    layer's whole-clip vectors (video ids sorted, vectors) the random sets are drawn from."""
+    k, layer, split, clips, where = work.target_class, work.layer, work.split, work.clips, work.where
+    discovery, scoring = split.discovery, split.scoring
     sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=k)}",
                      columns=["video_id", "supervoxel_id", "vector"]).sort_by([("video_id", "ascending"),
                                                                                 ("supervoxel_id", "ascending")])
@@ -184,23 +217,20 @@ def explain_pair(folder: RunFolder, k: str, layer: str, discovery: list[str], sc
     whole = folder.read(f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=k)}",
                         columns=["video_id", "gradient", "gradient_class"])
     grad_of = {v: g for v, g, gc in zip(*(whole.column(n).to_pylist() for n in whole.column_names))
-               if gc == gradient_class}
+               if gc == split.gradient_class}
     gradients = np.asarray([grad_of[v] for v in scoring if v in grad_of], dtype=np.float32)
     ids, vectors = pool
-    sets = [vectors[np.searchsorted(ids, np.asarray(s, dtype=object))] for s in random_sets]
+    sets = split.random.map(lambda s: vectors[np.searchsorted(ids, np.asarray(s, dtype=object))])
     randomised = None
     if params.randomisation_check:
         rg = folder.read(f"{RANDOMISED_GRADIENTS}/{partition(target_class=k)}",
                          filter=pc.field("layer") == layer)
         by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
-    scoring_vectors = schemas.vector_matrix(sc) if sc.num_rows else None
-    res = explain_class_layer(k, layer, schemas.vector_matrix(disc), disc.column("video_id").to_pylist(),
-                              disc.column("supervoxel_id").to_pylist(), len(discovery), gradients, sets[:-1], sets[-1],
-                              params, scoring_vectors, sc.column("video_id").to_pylist(),
-                              sc.column("supervoxel_id").to_pylist(), randomised)
+    res = explain_class_layer(k, layer, _supervoxels(disc), len(discovery), gradients, sets, params,
+                              _supervoxels(sc) if sc.num_rows else None, randomised)
     for row in res["concepts"]:
-        row.update(class_columns)
+        row.update(work.class_columns)
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
             "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"],
             "magnitude_significant": sum(r["magnitude_significant"] for r in res["concepts"]),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 import math
 from typing import Any, Optional
 
@@ -218,10 +219,10 @@ class ClassRunner:
         plans = sum(len(p[layer]) for v, by_layer in results.items() for layer in by_layer for p in state["plans"])
         root = self.job.c["dataset"]["root"] if _synthetic(self.job.c) else None
         tcav = {cn: self.tcav_mean[cn] for names in ranked.values() for cn in names}
-        self.finishing[k] = finish_class.remote(self.job.folder, k, ranked, state["plans"], results, tcav, self.params,
-                                                state["failed"], plans, {v: self.where[v] for v in results}, root,
-                                                self.videos.rows(sorted(results)) if root else [], self.fingerprint,
-                                                state.get("crossfit", ([], {})))
+        done = ClassOutcomes(k, ranked, state["plans"], results, tcav, state["failed"], plans,
+                             {v: self.where[v] for v in results}, self.videos.rows(sorted(results)) if root else [],
+                             state.get("crossfit", ([], {})))
+        self.finishing[k] = finish_class.remote(self.job.folder, done, self.params, root, self.fingerprint)
 
     def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
         if not self.finishing:
@@ -308,17 +309,31 @@ class ClassLister:
         return out
 
 
+@dataclass
+class ClassOutcomes:
+    """A class whose passes are in, as the task that summarises it takes it."""
+
+    target_class: str
+    ranked: dict[tuple[str, str], list[str]]  # its concepts per (class, layer), in TCAV order
+    pass_plans: list[dict[str, list[Plan]]]  # each pass's plans per layer
+    results: Results  # each video's outcomes, per pass, in its plans' order
+    tcav_mean: dict[str, float]  # its concepts' mean TCAV scores
+    failed: dict[str, str]  # videos left out, and why
+    plans: int  # plans run
+    where: dict[str, tuple[str, int]]  # where its videos' label volumes are
+    videos: list[dict[str, Any]]  # their videos.parquet rows (the ground truth's clips; [] without one)
+    crossfit: tuple[list[list[str]], dict[int, dict[str, float]]]  # the halves and their causal importance
+
+
 @ray.remote(num_cpus=0, max_retries=2)
-def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[str]],
-                 pass_plans: list[dict[str, list[Plan]]], results: Results, tcav_mean: dict[str, float],
-                 params: EvaluateParams, failed: dict[str, str], plans: int, where: dict[str, tuple[str, int]],
-                 ground_truth_root: Optional[str], videos: list[dict[str, Any]], fingerprint: str,
-                 crossfit: tuple[list[list[str]], dict[int, dict[str, float]]]) -> dict[str, Any]:
+def finish_class(folder: RunFolder, done: ClassOutcomes, params: EvaluateParams, ground_truth_root: Optional[str],
+                 fingerprint: str) -> dict[str, Any]:
     """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
-    curves' points and summaries, in sample and cross-fitted (`crossfit`: the halves and their
-    causal importance that ordered the second pass), the ground-truth shares on the synthetic
-    corpus; writes evaluation/<k>/ and the class's marker, returns its record."""
-    outcomes = outcome_dicts(pass_plans, results)
+    curves' points and summaries, in sample and cross-fitted (the halves' causal importance
+    ordered the second pass), the ground-truth shares on the synthetic corpus; writes
+    evaluation/<k>/ and the class's marker, returns its record."""
+    k, ranked, tcav_mean, failed, crossfit = done.target_class, done.ranked, done.tcav_mean, done.failed, done.crossfit
+    outcomes = outcome_dicts(done.pass_plans, done.results)
     class_of = {v: k for v in outcomes}
     causal, correct_without = causal_importance(ranked, outcomes, class_of) if outcomes else ({}, {})
     split, half_causal = crossfit
@@ -353,8 +368,8 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
         vids = sorted(outcomes)
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k),
                          filter=pc.is_in(pc.field("video_id"), pa.array(vids, type=pa.string()))).to_pylist()
-        volumes = folder.label_volumes(vids, where)
-        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in videos}
+        volumes = folder.label_volumes(vids, done.where)
+        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in done.videos}
         for report in (importance_mass_report(vi, causal, volumes, tubes), localisation_report(vi, causal, volumes,
                                                                                                tubes)):
             for (kk, layer), shares in report.items():
@@ -363,7 +378,7 @@ def finish_class(folder: RunFolder, k: str, ranked: dict[tuple[str, str], list[s
     if failed:
         for layer in summary.values():
             layer["videos_failed"] = len(failed)
-    record = {"class": k, "summary": summary, "causal": causal, "masking": masking, "plans": plans,
+    record = {"class": k, "summary": summary, "causal": causal, "masking": masking, "plans": done.plans,
               "videos": len(outcomes), "failed": failed}
     table = pa.Table.from_pylist(rows, schema=schemas.EVALUATION)
     folder.write_unit("evaluate", unit_key(k), [(f"{EVALUATION}/{partition(target_class=k)}", table)],
