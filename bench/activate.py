@@ -141,7 +141,8 @@ def main() -> None:
     ap.add_argument("--model", default="demo")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     ap.add_argument("--clips", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=0, help="0: measured (as the actors do with activate.measure_batch=true)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="0: measured (as the actors do with activate.measure_batch=true)")
     ap.add_argument("--no-reference", action="store_true", help="skip (c)")
     ap.add_argument("--no-autocast", action="store_true", help="(a), (b) in fp32 (activate.autocast=false); by default "
                     "bf16 where the device runs it natively, a GPU or a CPU with AVX512-BF16/AMX, as the actors do")
@@ -166,7 +167,8 @@ def main() -> None:
         print("seconds per window by batch size: " + ", ".join(f"{b}: {t * 1e3:.2f} ms" for b, t in timings.items()))
     clips = make_clips(args.clips, s.height, s.window)
     n_sv = sum(len(seg.kept()) for _, seg in clips)
-    print(f"model={args.model} device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"model={args.model} device={device} ({name})"
           f" batch={batch} bf16={amp} clips={args.clips} of {s.window}x{s.height}x{s.width} supervoxels={n_sv}",
           flush=True)
 

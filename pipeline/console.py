@@ -46,10 +46,12 @@ def gap_text(s: dict[str, Any]) -> str:
     """The cross-fitted deletion gap, top-first minus bottom-first area, with its interval."""
     if s.get("crossfit_causal_deletion_prob_auc_gap") is None:
         return ""
+    def gap(w: str) -> str:
+        low, high = s[f"crossfit_causal_deletion_{w}auc_gap_ci95"]
+        return f"{s[f'crossfit_causal_deletion_{w}auc_gap']:.2f} [{low:.2f}, {high:.2f}]"
+
     return "; gap top - bottom " + ", ".join(
-        f"{s[f'crossfit_causal_deletion_{w}auc_gap']:.2f} "
-        f"[{s[f'crossfit_causal_deletion_{w}auc_gap_ci95'][0]:.2f}, {s[f'crossfit_causal_deletion_{w}auc_gap_ci95'][1]:.2f}]"
-        f" in {name}" for w, name in (("", "accuracy"), ("prob_", "probability"))) + " (95% over videos)"
+        f"{gap(w)} in {name}" for w, name in (("", "accuracy"), ("prob_", "probability"))) + " (95% over videos)"
 
 
 def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
@@ -66,7 +68,8 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          f"concept (causal order; TCAV order {drop('tcav_top1_deletion_accuracy_drop_vs_random')}; "
                          f"at most {drop('best_single_concept_top1_deletion_accuracy_drop_vs_random')} for any "
                          "single concept); "
-                         f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/{s['causal_deletion_auc_bottom']:.2f} "
+                         f"deletion AUC top/bottom {s['causal_deletion_auc_top']:.2f}/"
+                         f"{s['causal_deletion_auc_bottom']:.2f} "
                          f"(TCAV order {s['tcav_deletion_auc_top']:.2f}/{s['tcav_deletion_auc_bottom']:.2f})"
                          + (f"; cross-fitted (each half of the scoring videos ordered by the other's causal "
                             f"importance): top-1 drop {drop('crossfit_causal_top1_deletion_accuracy_drop_vs_random')}, "
@@ -86,7 +89,8 @@ def evaluation_table(summary: dict[str, dict[str, Any]]) -> list[str]:
                          + (f"; importance mass on the actor {s['importance_mass_in_actor_tube_causal']} causal, "
                             f"{s.get('importance_mass_in_actor_tube_tcav')} TCAV (ground-truth reference scorings: "
                             f"{s.get('importance_mass_in_actor_tube_oracle_supervoxel_share')} scoring supervoxels by "
-                            f"their actor share, {s.get('importance_mass_in_actor_tube_oracle_actor_concepts')} scoring "
+                            "their actor share, "
+                            f"{s.get('importance_mass_in_actor_tube_oracle_actor_concepts')} scoring "
                             "actor concepts 1)"
                             if "importance_mass_in_actor_tube_causal" in s else "")
                          + (f"; on the actor, pointing game {s['pointing_game_tcav']:.2f} TCAV, "

@@ -69,10 +69,10 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
     window = validate(cfg, module)
     driver_memory_pool()
     absolutise(cfg)
-    c = to_plain(cfg)
+    c, settings = to_plain(cfg), OmegaConf.to_object(cfg)
     run_id = new_run_id()
-    folder = RunFolder(c["run"]["output_dir"], run_id)
-    logging.getLogger("pipeline").setLevel(c["run"]["log_level"].upper())
+    folder = RunFolder(settings.run.output_dir, run_id)
+    logging.getLogger("pipeline").setLevel(settings.run.log_level.upper())
     record: dict[str, Any] = {
         "run_dir": folder.root,
         "run_id": run_id,
@@ -86,16 +86,16 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
     }
     with Lease(folder.root, run_id) as lease:
         folder.lease = lease
-        keep_earlier_stages(record, folder, c["run"]["stages"])
-        check_inputs(folder, c["run"]["stages"])
+        keep_earlier_stages(record, folder, settings.run.stages)
+        check_inputs(folder, settings.run.stages)
         init_ray(c["ray"])
-        check_label_selector(label_selector(c["ray"]["cpu_label_selector"]), c["ray"]["autoscaler_config"])
-        check_actor_resources(c)
+        check_label_selector(label_selector(settings.ray.cpu_label_selector), settings.ray.autoscaler_config)
+        check_actor_resources(settings)
         digest = model_digest(module) if module is not None else None
-        job = Job(c, folder, record, window, fingerprints(c, window, digest),
+        job = Job(settings, c, folder, record, window, fingerprints(c, window, digest),
                   module=share(module) if module is not None else None)
         t0 = time.monotonic()
-        for step in [stage(name) for name in c["run"]["stages"]] + list(then):
+        for step in [stage(name) for name in settings.run.stages] + list(then):
             step(job)
             record["nodes"] = cluster_nodes()
             folder.write_json(RUN_JSON, record)

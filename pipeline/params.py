@@ -42,6 +42,13 @@ def from_section(cls: type[T], section: Mapping[str, Any]) -> T:
     return cls(**{k: v for k, v in section.items() if k in names})
 
 
+def narrowed(cls: type[T], group: Any, **changes: Any) -> T:
+    """The parameter set `cls` out of a config group that extends it (`ActivateConfig` is
+    `ActivateParams` plus its scheduling settings): its own fields only, with `changes`."""
+    values = {f.name: getattr(group, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{**values, **changes})
+
+
 def output_settings(cls: type, section: Mapping[str, Any]) -> dict[str, Any]:
     """The values of `section` for the fields of `cls` that change outputs (every field not
     marked `SCHEDULING`): what a stage's fingerprint holds."""

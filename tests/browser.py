@@ -76,4 +76,5 @@ if __name__ == "__main__":
     check = open_page(page, width=int(os.environ.get("WIDTH", 1400)), height=int(os.environ.get("HEIGHT", 1500)))
     with open(png, "wb") as f:
         f.write(check.screenshot)
-    print(f"{png}: {check.images} images, {len(check.broken_images)} broken, {len(check.console_errors)} console errors")
+    print(f"{png}: {check.images} images, {len(check.broken_images)} broken, "
+          f"{len(check.console_errors)} console errors")

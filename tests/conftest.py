@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY_FIXTURES = {"local_ray", "small_run", "tiny_run", "segmented_run", "clean_run", "scored"}
 
 
-def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fps: int = 10, seed: int = 0) -> np.ndarray:
+def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fps: int = 10,
+               seed: int = 0) -> np.ndarray:
     """A real mp4 (H.264) of moving noise blocks; returns the frames written."""
     from pipeline.data.video import write_video
 
@@ -40,7 +41,8 @@ def make_video(path: str, frames: int = 20, size: tuple[int, int] = (48, 64), fp
     return video
 
 
-def run_cli(*args: str, module: str = "pipeline", timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, module: str = "pipeline", timeout: int = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m <module> <args>` as a user would, from the project root (a real process:
     the few tests that check an entry point end to end, or need a process to kill)."""
     return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
@@ -296,5 +298,6 @@ def same_outputs(a: str, b: str, later_stages: bool = True) -> None:
     assert sv[0].equals(sv[1])
     for name, k in (KEYS.items() if later_stages else ()):
         x, y = ((pq.read_table(os.path.join(d, name)) if name.endswith(".parquet")
-                 else read_parts(os.path.join(d, name))).to_pandas().sort_values(k).reset_index(drop=True) for d in (a, b))
+                 else read_parts(os.path.join(d, name))).to_pandas().sort_values(k).reset_index(drop=True)
+                for d in (a, b))
         pd.testing.assert_frame_equal(x, y)

@@ -45,7 +45,8 @@ sys.exit(1)
 """
 
 
-def _logs(temp_dir: str, names: tuple[str, ...] = ("dashboard_agent.log", "dashboard_JobHead.log", "raylet.err")) -> str:
+def _logs(temp_dir: str,
+          names: tuple[str, ...] = ("dashboard_agent.log", "dashboard_JobHead.log", "raylet.err")) -> str:
     out = []
     for name in names:
         path = os.path.join(temp_dir, "session_latest", "logs", name)

@@ -64,12 +64,12 @@ def test_classes_that_differ_only_in_case_are_refused_naming_both(tmp_path):
 
 
 def test_a_degenerate_corpus_is_refused_before_any_work_naming_the_key(tmp_path, caplog):
-    from pipeline.config import ConfigError
+    from pipeline.config import Config, ConfigError, DatasetConfig, RunConfig
     from pipeline.stages.ingest import check_corpus
 
-    def c(**dataset):
-        return {"dataset": {"kind": "folder", "root": str(tmp_path), "classes": None, "splits": None, **dataset},
-                "run": {"stages": ["ingest", "segment", "activate", "concepts"]}}
+    def c(stages=("ingest", "segment", "activate", "concepts"), **dataset):
+        return Config(dataset=DatasetConfig(name="mine", kind="folder", root=str(tmp_path), **dataset),
+                      run=RunConfig(stages=list(stages)))
 
     def rows(*labels):
         return [{"label": k, "error": None} for k in labels]
@@ -78,6 +78,6 @@ def test_a_degenerate_corpus_is_refused_before_any_work_naming_the_key(tmp_path,
         check_corpus([], c(classes=["x"]))
     with pytest.raises(ConfigError, match=r"'dataset.classes'.*at least two classes.*\{'walk': 3\}"):
         check_corpus(rows("walk", "walk", "walk") + [{"label": "run", "error": "not a video"}], c())
-    check_corpus(rows("walk"), {**c(), "run": {"stages": ["ingest", "segment"]}})  # no concepts: one class will do
+    check_corpus(rows("walk"), c(stages=("ingest", "segment")))  # no concepts: one class will do
     check_corpus(rows("walk", "walk", "run"), c())
     assert "class 'run' has 1 video: concepts skip it" in caplog.text

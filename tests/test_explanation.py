@@ -87,7 +87,8 @@ def test_batched_cavs_agree_with_sklearn_on_the_runs_activations(small_run):
     def gap(a: str, b: str, what) -> float:
         return float(np.mean([np.abs(what(x) - what(y)).mean() for x, y in zip(runs[a], runs[b])]))
 
-    for what, floor in ((lambda s: s.mean, 0.02), (lambda s: s.scores, 0.03), (lambda s: s.cav_accuracies.mean(), 0.02)):
+    for what, floor in ((lambda s: s.mean, 0.02), (lambda s: s.scores, 0.03),
+                        (lambda s: s.cav_accuracies.mean(), 0.02)):
         spread = gap("sgd", "sgd2", what)
         assert gap("torch", "sgd", what) <= max(2 * spread, floor), (gap("torch", "sgd", what), spread)
     agree = np.mean([(t.p_value <= 0.01) == (s.p_value <= 0.01) for t, s in zip(runs["torch"], runs["sgd"])])
@@ -126,7 +127,8 @@ def test_deletion_insertion_curves_and_causal_importance(small_run):
     points = ev[ev.kind == "point"]
     for (k, layer), group in concepts.groupby(["target_class", "layer"]):
         curve = points[(points.target_class == k) & (points.layer == layer)]
-        assert set(curve.ranking) == {"tcav", "causal", "causal_crossfit"} and set(curve["mode"]) == {"delete", "insert"}
+        assert set(curve.ranking) == {"tcav", "causal", "causal_crossfit"}
+        assert set(curve["mode"]) == {"delete", "insert"}
         assert set(curve.order) == {"top", "bottom", "random"}
         top = curve[(curve.ranking == "causal") & (curve["mode"] == "delete") & (curve.order == "top")]
         assert list(top.k) == list(range(min(len(group), 10) + 1))

@@ -112,8 +112,8 @@ def test_a_short_supervoxel_is_padded_to_the_window_centred_on_it():
     for i in short[:6]:
         box = tuple(int(tb[k][i]) for k in BOX)
         req = PatchRequest(0, int(tb["resolution"][i]), int(tb["label"][i]), box)
-        (batch, owners), = list(iter_window_batches(torch.from_numpy(clip), torch.from_numpy(seg.labels.astype(np.int64)),
-                                                    [req], spec, batch_size=2))
+        labels = torch.from_numpy(seg.labels.astype(np.int64))
+        (batch, owners), = list(iter_window_batches(torch.from_numpy(clip), labels, [req], spec, batch_size=2))
         start = window_starts(box[0], box[1], 16, 24, pad_short=True)[0]
         assert start <= box[0] and box[1] <= start + 16 and owners == [0]
         mask = seg.labels[tb["resolution"][i]] == tb["label"][i]

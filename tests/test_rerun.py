@@ -38,7 +38,8 @@ def test_other_videos_under_the_same_names_are_all_redone(tmp_path):
     first, _ = run_job_here(*args, "dataset.synthetic.seed=3")
     assert _stages(first, "segment")["videos_segmented"] == 6
     record, printed = run_job_here(*args, "dataset.synthetic.seed=4")
-    assert _stages(record, "segment")["videos_segmented"] == 6 and _stages(record, "segment")["videos_skipped_done"] == 0
+    segment = _stages(record, "segment")
+    assert segment["videos_segmented"] == 6 and segment["videos_skipped_done"] == 0
     assert _stages(record, "activate")["videos_activated"] == 6
     assert "segment: 6 unit(s) to redo: their videos changed" in printed
     predictions = pq.read_table(os.path.join(out, "predictions"))

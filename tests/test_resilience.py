@@ -113,7 +113,8 @@ def test_faults_in_every_stage_end_with_an_uninterrupted_runs_outputs(clean_run)
     args = _args(clean_run["corpus"], out)
     first = _start(args, out + ".log")
     _kill_a_segment_worker(first, out + ".log")
-    assert first.poll() is None, "the run ended before a second driver could start: " + open(out + ".log").read()[-2000:]
+    assert first.poll() is None, ("the run ended before a second driver could start: "
+                                  + open(out + ".log").read()[-2000:])
     holder = json.load(open(os.path.join(out, "lease.json")))
     assert holder["pid"] == first.pid
     second = run_cli(*args)

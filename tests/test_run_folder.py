@@ -151,7 +151,8 @@ def test_a_reductions_video_digest_cannot_be_faked_by_an_id_holding_a_tab_or_new
     from pipeline.run_folder import reduction_fingerprint
 
     assert reduction_fingerprint("u", {}, [("a\tb", None)]) != reduction_fingerprint("u", {}, [("a", "b")])
-    assert reduction_fingerprint("u", {}, [("a\tb\nc", "d")]) != reduction_fingerprint("u", {}, [("a", "b"), ("c", "d")])
+    joined = reduction_fingerprint("u", {}, [("a\tb\nc", "d")])
+    assert joined != reduction_fingerprint("u", {}, [("a", "b"), ("c", "d")])
 
 
 def test_fingerprints_hold_only_the_settings_that_change_outputs():

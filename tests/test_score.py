@@ -118,5 +118,5 @@ def test_a_rerun_with_more_videos_scores_them_too(scored, small_run):
     record = json.load(open(os.path.join(scored["out"], "run.json")))
     assert record["stages"]["score"]["videos"] == len(scored["picked"]) + 1
     layer = sorted(run.concepts.layer.unique())[-1]
-    assert np.array_equal(open_run(scored["out"]).voxel_importance(extra, layer=layer, target_class=extra.split("/")[0]),
-                          run.voxel_importance(extra, layer=layer))
+    scored_map = open_run(scored["out"]).voxel_importance(extra, layer=layer, target_class=extra.split("/")[0])
+    assert np.array_equal(scored_map, run.voxel_importance(extra, layer=layer))

@@ -128,7 +128,8 @@ def resolve_autocast(setting: Optional[bool], device: torch.device) -> bool:
 
 
 def supervoxel_vectors(model: nn.Module, clip: torch.Tensor, labels: torch.Tensor, requests: Sequence[PatchRequest],
-                       spec: PatchSpec, layers: Sequence[str], batch_size: int, autocast: bool = False) -> SupervoxelResult:
+                       spec: PatchSpec, layers: Sequence[str], batch_size: int,
+                       autocast: bool = False) -> SupervoxelResult:
     """Pooled layer vectors of every requested patch (windows averaged), built and run in batches
     (bf16 with `autocast`, see `resolve_autocast`)."""
     position = {r.owner: i for i, r in enumerate(requests)}

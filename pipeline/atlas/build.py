@@ -382,13 +382,13 @@ def actor_placements(actor: dict[tuple[str, str], str], links: Sequence[dict[str
     return out
 
 
-def placement(k: str, shares: Sequence[tuple[int, float]], classes_of: dict[int, dict[str, float]],
+def placement(target_class: str, shares: Sequence[tuple[int, float]], classes_of: dict[int, dict[str, float]],
               top: int = 3) -> dict[str, Any]:
     """Where a concept of class k falls in the atlas: its largest global concepts (`shares`:
     (global concept, share of the concept's members), largest first) with the classes of each,
     and other_classes_share: over its members, the mean share of other classes among the
     members of the global concept each falls in (0: its global concepts are k's alone)."""
-    other = sum(share * (1.0 - classes_of.get(g, {}).get(k, 0.0)) for g, share in shares)
+    other = sum(share * (1.0 - classes_of.get(g, {}).get(target_class, 0.0)) for g, share in shares)
     return {"global_concepts": [{"global_concept": int(g), "share": round(float(share), 4),
                                  "classes": {c: round(v, 4) for c, v in classes_of.get(g, {}).items()}}
                                 for g, share in shares[:top]],

@@ -80,7 +80,8 @@ def actor_concept_report(concepts: Sequence[dict[str, Any]], members: Sequence[d
         gt: dict[str, Any] = {"dilation_px": dilation}
         if rows:
             best = max(rows, key=lambda r: np.mean(fractions[r["concept"]]))
-            gt.update(actor_concept=best["concept"], actor_fraction=round(float(np.mean(fractions[best["concept"]])), 3),
+            gt.update(actor_concept=best["concept"],
+                      actor_fraction=round(float(np.mean(fractions[best["concept"]])), 3),
                       actor_concept_rank=best["rank"], actor_concept_tcav=best["tcav_mean"],
                       actor_concept_p_value=best["p_value"], actor_concept_significant=best["significant"],
                       concepts_mostly_on_actor=sum(np.mean(fractions[r["concept"]]) >= 0.5 for r in rows))
@@ -126,7 +127,8 @@ def importance_mass_report(rows: Sequence[dict[str, Any]], causal: dict[str, flo
             "causal": causal_scores(r["concepts"], causal),
             "tcav": r["scores"],
             "oracle_supervoxel_share": [own_share(vid, sid) for sid in r["supervoxel_ids"]],
-            "oracle_actor_concepts": [float(on_actor.get(cn, False)) if cn is not None else 0.0 for cn in r["concepts"]],
+            "oracle_actor_concepts": [float(on_actor.get(cn, False)) if cn is not None else 0.0
+                                      for cn in r["concepts"]],
         }
         for name, values in scores.items():
             share = positive_mass_inside(importance_map(volumes[vid], r["supervoxel_ids"], values), tubes[vid])

@@ -30,7 +30,8 @@ def plan_outcomes(host: Any, row: dict[str, Any], labels: np.ndarray,
         probs: list[float] = []
         correct: list[bool] = []
         for start in range(0, len(layer_plans), chunk):
-            clips = [to_device(apply_plan(clip, voxels, p, fill), host.device) for p in layer_plans[start:start + chunk]]
+            clips = [to_device(apply_plan(clip, voxels, p, fill), host.device)
+                     for p in layer_plans[start:start + chunk]]
             logits = clips_logits(host.model.module, clips, host.spec, host.params.batch_size, host.params.autocast)
             p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
             probs += p[:, k].tolist()

@@ -1,6 +1,6 @@
 """The evaluation's science as pure functions: whether the model recognises a class, causal
 concept importance from the one-concept-removed clips, the curves' plans, and per (class,
-layer) the curve points, their areas and the summary figures run.json records.
+layer) the curve points, their areas and the summary figures (metrics/evaluate.parquet).
 
 `outcomes[video][layer][plan] = (class probability, correct)`: what the model actors measured.
 """
@@ -20,6 +20,7 @@ log = logging.getLogger("pipeline")
 
 Key = tuple[str, str]  # (class, layer)
 Curve = tuple[str, str, str, list[Plan]]  # (ranking, order, mode, plans)
+Outcomes = dict[str, dict[Plan, tuple[float, bool]]]  # one layer's: video -> plan -> (probability, correct)
 
 
 def class_recognition(correct: Sequence[bool], num_classes: int, alpha: float = 0.05) -> tuple[float, float, bool]:
@@ -40,19 +41,19 @@ def single_concept_plans(names: Sequence[str]) -> list[Plan]:
     return [Plan(DELETE, frozenset())] + [Plan(DELETE, frozenset([cn])) for cn in names]
 
 
-def masking_plans(k: str, layer: str, names: Sequence[str], params: MaskingParams, seed: int) -> list[Plan]:
+def masking_plans(target_class: str, layer: str, names: Sequence[str], params: MaskingParams, seed: int) -> list[Plan]:
     """The random concept subsets removed at once from each scoring video of (k, layer)
     (seeded by the class and layer, so a rerun and the summarising task draw the same)."""
     if not params.masks or not names:
         return []
-    digest = int(hashlib.sha256(f"{k}\0{layer}".encode()).hexdigest()[:8], 16)
+    digest = int(hashlib.sha256(f"{target_class}\0{layer}".encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng([seed, digest])
     return [Plan(DELETE, frozenset(n for n, r in zip(names, rng.random(len(names))) if r < params.ratio))
             for _ in range(params.masks)]
 
 
 def masking_importance(names: Sequence[str], masks: Sequence[Plan],
-                       outcomes: dict[str, dict[Plan, tuple[float, bool]]]) -> dict[str, Optional[float]]:
+                       outcomes: Outcomes) -> dict[str, Optional[float]]:
     """Per concept of one (class, layer): the coefficient of keeping it in a least-squares fit
     of the class probability on the mask matrix, `p(video, mask) = b0 + sum_c b_c keep_c(mask)`:
     the mean probability with it kept minus with it removed, adjusted for the other concepts
@@ -73,7 +74,7 @@ def masking_importance(names: Sequence[str], masks: Sequence[Plan],
 
 def masking_summary(names: Sequence[str], masking: dict[str, Optional[float]], tcav_mean: dict[str, float],
                     causal: dict[str, float], masks: Sequence[Plan], videos: int) -> dict[str, Any]:
-    """run.json's masking figures of one (class, layer): the Spearman correlation of masking
+    """The masking figures of one (class, layer): the Spearman correlation of masking
     importance with the TCAV scores and with single-removal importance, and its cost in forward
     windows (the masks not already run for single removal, times the videos)."""
     from scipy.stats import spearmanr
@@ -156,11 +157,11 @@ def deletion_gap(top: np.ndarray, bottom: np.ndarray, seed: int, resamples: int 
             "videos_top_below": round(float(np.mean((d < 0) + 0.5 * (d == 0))), 4)}
 
 
-def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
-                     names: list[str], split: list[list[str]], seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def crossfit_summary(target_class: str, layer: str, curve_list: list[Curve], outcomes: Outcomes, names: list[str],
+                     split: list[list[str]], seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The cross-fitted causal figures of one (class, layer): each half's curves in the order
     of the causal importance measured on the other half, the two halves' figures averaged.
-    Rows of ranking `causal_crossfit` for evaluation/ and the run.json keys `crossfit_causal_*`:
+    Rows of ranking `causal_crossfit` for evaluation/ and the figures `crossfit_causal_*`:
     the areas under the accuracy curves (the paper's), under the mean class probability curves
     (`..._prob_auc_*`: the same clips without the argmax threshold, which with a few videos a
     class keeps while its probability falls), and the videos' paired deletion gap, top minus
@@ -186,8 +187,8 @@ def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict
             continue
         acc[(mode, order)], prob = np.mean(curves_, axis=0)  # the two halves' means, averaged
         areas[(mode, order)], prob_areas[(mode, order)] = auc(acc[(mode, order)]), auc(prob)
-        base = {"target_class": k, "layer": layer, "ranking": "causal_crossfit", "mode": mode, "order": order,
-                "n_videos": sum(len(v) for v in split)}
+        base = {"target_class": target_class, "layer": layer, "ranking": "causal_crossfit", "mode": mode,
+                "order": order, "n_videos": sum(len(v) for v in split)}
         rows += [{**base, "kind": "point", "k": kk, "accuracy": float(a), "mean_prob": float(p)}
                  for kk, (a, p) in enumerate(zip(acc[(mode, order)], prob))]
         rows.append({**base, "kind": "auc", "k": None, "accuracy": areas[(mode, order)],
@@ -208,10 +209,10 @@ def crossfit_summary(k: str, layer: str, curve_list: list[Curve], outcomes: dict
     return rows, summary
 
 
-def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, dict[Plan, tuple[float, bool]]],
-              names: list[str], tcav_mean: dict[str, float], causal: dict[str, float],
+def summarise(target_class: str, layer: str, curve_list: list[Curve], outcomes: Outcomes, names: list[str],
+              tcav_mean: dict[str, float], causal: dict[str, float],
               correct_without: dict[str, list[float]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """evaluation/ rows of one (class, layer) and its run.json summary.
+    """evaluation/ rows of one (class, layer) and its summary figures.
     `outcomes[video][plan]`: the class's scoring videos at this layer; `names`: its concepts in
     rank order."""
     from scipy.stats import spearmanr
@@ -232,7 +233,7 @@ def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, d
         prob = np.mean([d[1] for d in draws], axis=0)
         accuracy[(ranking, mode, order)], areas[(ranking, mode, order)] = acc, auc(acc)
         prob_areas[(ranking, mode, order)] = auc(prob)
-        base = {"target_class": k, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
+        base = {"target_class": target_class, "layer": layer, "ranking": ranking, "mode": mode, "order": order,
                 "n_videos": len(vids)}
         for kk, (a_, p_) in enumerate(zip(acc, prob)):
             rows.append({**base, "kind": "point", "k": kk, "accuracy": float(a_), "mean_prob": float(p_)})
@@ -265,8 +266,8 @@ def summarise(k: str, layer: str, curve_list: list[Curve], outcomes: dict[str, d
     empty_accuracy = None if empty is None else round(float(empty[0]), 4)
     if empty_accuracy is not None and empty_accuracy >= 0.5:
         log.warning("evaluate: %s/%s: the model predicts %r for %.0f%% of its wholly mean-filled scoring clips, so "
-                    "deleting concepts can hardly take the class away: its deletion figures say little", k, layer,
-                    k, 100 * empty_accuracy)
+                    "deleting concepts can hardly take the class away: its deletion figures say little",
+                    target_class, layer, target_class, 100 * empty_accuracy)
     summary = {
         "spearman_tcav_causal": rho, "videos": len(vids),
         "mean_filled_clip_accuracy": empty_accuracy,

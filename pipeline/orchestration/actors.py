@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import ray
 
@@ -27,6 +27,9 @@ from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.models.registry import load_model
 from pipeline.orchestration.fanout import Outcome, describe_failure
 from pipeline.orchestration.runtime import ResourceWaitError, a_node_fits, cluster_gpus, gpus_per_actor
+
+if TYPE_CHECKING:
+    from pipeline.config import ActivateConfig, Config
 
 log = logging.getLogger("pipeline")
 
@@ -86,27 +89,27 @@ class ModelActor:
         return fn(self, *args)
 
 
-def actor_shape(a: dict[str, Any], ray_cfg: dict[str, Any]) -> tuple[dict[str, Any], int, str]:
+def actor_shape(a: ActivateConfig, autoscaler_config: Optional[str]) -> tuple[dict[str, Any], int, str]:
     """(Ray options of one model actor, the most actors, what one asks for in words) from the
     `activate` section: GPU actors when `gpus_per_actor` asks for them (or, left null, where
     the cluster has a GPU now), else CPU actors."""
-    gpus_now, gpus_max = cluster_gpus(ray_cfg.get("autoscaler_config"))
+    gpus_now, gpus_max = cluster_gpus(autoscaler_config)
     per = gpus_per_actor(a)
     if per > 0:
         can = gpus_max if gpus_max is not None else gpus_now
-        n = a["num_actors"] or max(1, int(can // per))
+        n = a.num_actors or max(1, int(can // per))
         return {"num_gpus": per, "num_cpus": 1}, n, f"{per:g} GPU"
-    return {"num_cpus": int(a["cpus_per_actor"])}, a["num_actors"] or 1, f"{int(a['cpus_per_actor'])} CPU"
+    return {"num_cpus": a.cpus_per_actor}, a.num_actors or 1, f"{a.cpus_per_actor} CPU"
 
 
-def check_actor_resources(c: dict[str, Any]) -> None:
+def check_actor_resources(cfg: Config) -> None:
     """Before any work: GPU actors asked for (`activate.gpus_per_actor` > 0) on a cluster that
     has no GPU now would wait in vain unless its autoscaler can launch one: the node types of
     `ray.autoscaler_config` say so."""
-    per = c["activate"].get("gpus_per_actor")
-    if not per or not {"activate", "concepts", "evaluate"} & set(c["run"]["stages"]):
+    per = cfg.activate.gpus_per_actor
+    if not per or not {"activate", "concepts", "evaluate"} & set(cfg.run.stages):
         return
-    now, can = cluster_gpus(c["ray"].get("autoscaler_config"))
+    now, can = cluster_gpus(cfg.ray.autoscaler_config)
     if now or can:
         return
     from pipeline.config import ConfigError
@@ -129,15 +132,15 @@ class ModelActors:
     `ResourceWaitError`. `described` holds each ready actor's `describe()` (device, node, batch
     size, precision, classes, layers)."""
 
-    def __init__(self, c: dict[str, Any], params: ActivateParams, module: Any = None, stage: str = "activate",
+    def __init__(self, cfg: Config, params: ActivateParams, module: Any = None, stage: str = "activate",
                  work: Optional[int] = None) -> None:
-        self.c, self.params, self.module, self.stage = c, params, module, stage
-        a = c["activate"]
-        self.options, self.size, self.asks = actor_shape(a, c["ray"])
+        self.cfg, self.params, self.module, self.stage = cfg, params, module, stage
+        a = cfg.activate
+        self.options, self.size, self.asks = actor_shape(a, cfg.ray.autoscaler_config)
         if work is not None:  # no more actors (nodes) than the stage has units of work for
             self.size = max(1, min(self.size, work))
-        self.min_ready = min(int(a.get("min_actors") or 1), self.size)
-        self.wait_s = float(a.get("actor_wait_s") or 900.0)
+        self.min_ready = min(a.min_actors, self.size)
+        self.wait_s = float(a.actor_wait_s)
         self.slots: dict[int, Any] = {}  # slot -> actor handle
         self.starting: dict[ray.ObjectRef, int] = {}  # describe() call -> slot, until the actor is ready
         self.ready: list[int] = []
@@ -149,11 +152,12 @@ class ModelActors:
 
     def _start(self) -> None:
         remote = ray.remote(max_restarts=0, max_task_retries=0)(ModelActor)
-        pad_short = self.c["segment"]["short_supervoxels"] == "pad"
+        cfg = self.cfg
         slot, self._next = self._next, self._next + 1
-        actor = remote.options(**self.options).remote(self.c["model"], self.c["clip"], self.params, pad_short,
-                                                      int(self.c["activate"]["torch_threads"]), self.module,
-                                                      self.c.get("decode"))
+        actor = remote.options(**self.options).remote(
+            dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.clip), self.params,
+            cfg.segment.short_supervoxels == "pad", cfg.activate.torch_threads, self.module,
+            dataclasses.asdict(cfg.decode))
         self.slots[slot] = actor
         self.starting[actor.describe.remote()] = slot
 

@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar, Union
 T = TypeVar("T")
 
 
-def prefetched(items: Iterable[T], load: Callable[[T], Any], depth: int = 2) -> Iterator[tuple[T, Union[Any, Exception]]]:
+def prefetched(items: Iterable[T], load: Callable[[T], Any],
+               depth: int = 2) -> Iterator[tuple[T, Union[Any, Exception]]]:
     """(item, load(item)) in order, with up to `depth` items loading ahead in a thread; a load
     that raises yields its exception (the caller decides what a failed item means)."""
     it = iter(items)

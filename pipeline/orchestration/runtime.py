@@ -7,9 +7,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import ray
+
+if TYPE_CHECKING:
+    from pipeline.config import ActivateConfig, Config
 
 log = logging.getLogger("pipeline")
 
@@ -140,16 +143,16 @@ class ResourceWaitError(RuntimeError):
     """What a stage asked the cluster for (a GPU, a model actor) did not come within its wait."""
 
 
-def gpus_per_actor(a: dict[str, Any]) -> float:
+def gpus_per_actor(a: ActivateConfig) -> float:
     """`activate.gpus_per_actor` resolved: as set, or, left null, 1 where the cluster has a GPU
     now and 0 (CPU actors) where it has none."""
-    per = a.get("gpus_per_actor")
+    per = a.gpus_per_actor
     return float(per) if per is not None else (1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0)
 
 
-def gpus_wanted(c: dict[str, Any]) -> bool:
+def gpus_wanted(cfg: Config) -> bool:
     """Whether the job is meant for GPUs (its model actors ask for them)."""
-    return gpus_per_actor(c["activate"]) > 0
+    return gpus_per_actor(cfg.activate) > 0
 
 
 def wait_for_gpu(stage: str, wait_s: float) -> str:

@@ -36,48 +36,49 @@ from pipeline.segmentation.supervoxels import supervoxel_mask
 FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
 
 
-def class_job(folder: RunFolder, index: int, k: str, settings: dict[str, Any], info: dict[str, Any],
+def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any], info: dict[str, Any],
               evaluated: dict[str, Any], concepts: list[dict[str, Any]]) -> ClassJob:
     """Everything one class's section needs, read from the class's own partitions (its members,
     its scoring videos' voxel importance, its curves) and one row group per video it shows."""
     rep = settings["report"]
-    members = _class_rows(folder, CONCEPT_MEMBERS, k)
+    members = _class_rows(folder, CONCEPT_MEMBERS, target_class)
+    most = int(rep["max_concepts"])
     shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in concepts)
-             for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[: int(rep["max_concepts"])]]
+             for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[:most]]
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
     exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
-    vi = _class_rows(folder, VOXEL_IMPORTANCE, k)  # the class's own scoring videos
+    vi = _class_rows(folder, VOXEL_IMPORTANCE, target_class)  # the class's own scoring videos
     heat_vids = sorted({r["video_id"] for r in vi})[: int(rep["heatmap_videos"])]
     heatmaps = [r for r in vi if r["video_id"] in heat_vids]
     wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
     volumes = folder.label_volumes(wanted)
     masks = {(m["video_id"], int(m["supervoxel_id"])): supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"])
              for ms in exemplars.values() for m in ms if m["video_id"] in volumes}
-    return ClassJob(index=index, target_class=k, settings=settings, info=info, evaluated=evaluated, concepts=concepts,
-                    exemplars=exemplars, masks=masks, heatmaps=heatmaps,
+    return ClassJob(index=index, target_class=target_class, settings=settings, info=info, evaluated=evaluated,
+                    concepts=concepts, exemplars=exemplars, masks=masks, heatmaps=heatmaps,
                     volumes={v: volumes[v] for v in heat_vids if v in volumes},
-                    curves=_class_rows(folder, EVALUATION, k),
+                    curves=_class_rows(folder, EVALUATION, target_class),
                     videos={r["video_id"]: r for r in folder.video_rows(wanted)})
 
 
-def _class_rows(folder: RunFolder, dataset: str, k: str) -> list[dict[str, Any]]:
+def _class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict[str, Any]]:
     """A dataset's rows of one class (its class=<k> partition; none when it has no partition)."""
-    files = io.part_files(folder.path(dataset, partition(target_class=k)))
+    files = io.part_files(folder.path(dataset, partition(target_class=target_class)))
     return io.read_files(files).to_pylist() if files else []
 
 
-def render_unit(folder: RunFolder, index: int, k: str, settings: dict[str, Any], info: dict[str, Any],
+def render_unit(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any], info: dict[str, Any],
                 evaluated: dict[str, Any], concepts: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
     """One class of the report (in a Ray task): read its rows, render it, write its images and
     its marker (holding the section's HTML); returns the section's record."""
-    section = render_class(class_job(folder, index, k, settings, info, evaluated, concepts))
+    section = render_class(class_job(folder, index, target_class, settings, info, evaluated, concepts))
     for rel, data in section.files.items():
         folder.write_bytes(f"{REPORT}/{rel}", data)
-    record = {"class": k, "index": index, "html": section.html, "summary": section.summary,
+    record = {"class": target_class, "index": index, "html": section.html, "summary": section.summary,
               "files": len(section.files)}
-    folder.write_unit("report", unit_key(k), [], [{"record": record}], fingerprint)
+    folder.write_unit("report", unit_key(target_class), [], [{"record": record}], fingerprint)
     return record
 
 

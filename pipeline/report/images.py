@@ -34,7 +34,8 @@ def exemplar_frames(frames: np.ndarray, mask: np.ndarray, colour: tuple[int, int
     return out
 
 
-def heat_frames(frames: np.ndarray, importance: np.ndarray, vmax: float, tube: Optional[np.ndarray] = None) -> np.ndarray:
+def heat_frames(frames: np.ndarray, importance: np.ndarray, vmax: float,
+                tube: Optional[np.ndarray] = None) -> np.ndarray:
     """Voxel importance over the clip: red for positive, blue for negative, opacity by
     magnitude (scaled by `vmax`); the ground-truth actor tube outlined in white if given."""
     from matplotlib import colormaps

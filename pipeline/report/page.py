@@ -20,8 +20,10 @@ dl{display:grid;grid-template-columns:auto 1fr;gap:1px 10px;margin:8px 0}dt{colo
 .exemplars,.heatrow{display:flex;gap:8px;flex-wrap:wrap}figure{margin:0;text-align:center}
 figure img{width:124px;height:124px;image-rendering:auto;border-radius:3px;background:#000}
 .heatrow figure img{width:168px;height:168px}figcaption{font-size:11px;color:#566573;max-width:168px;
-overflow-wrap:anywhere}.curves{display:flex;gap:16px;align-items:flex-start;flex-wrap:wrap}img.plot{max-width:100%;background:#fff;border:1px solid #d5d8dc}
-table{border-collapse:collapse;background:#fff;margin:8px 0}table.auc{max-width:340px}td,th{border:1px solid #d5d8dc;padding:3px 8px;
+overflow-wrap:anywhere}.curves{display:flex;gap:16px;align-items:flex-start;flex-wrap:wrap}
+img.plot{max-width:100%;background:#fff;border:1px solid #d5d8dc}
+table{border-collapse:collapse;background:#fff;margin:8px 0}table.auc{max-width:340px}
+td,th{border:1px solid #d5d8dc;padding:3px 8px;
 text-align:right}th{background:#eaeded}td:first-child,th:first-child,td:nth-child(2){text-align:left}
 caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding-top:4px}code{font-size:13px}
 """

@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.report.images import curves_png, encode_animation, exemplar_frames, heat_frames
 
 log = logging.getLogger("pipeline")
+MISSING_CLIP = '<figure class="missing"><figcaption>{}: clip unavailable</figcaption></figure>'
 
 
 @dataclass
@@ -177,7 +178,7 @@ def render_class(job: ClassJob) -> ClassSection:
                 vid, sid = m["video_id"], int(m["supervoxel_id"])
                 frames = clip(vid)
                 if frames is None or (vid, sid) not in job.masks:
-                    figs.append(f'<figure class="missing"><figcaption>{esc(vid)}: clip unavailable</figcaption></figure>')
+                    figs.append(MISSING_CLIP.format(esc(vid)))
                     continue
                 mask = job.masks[(vid, sid)]
                 rel = save(exemplar_frames(frames, mask), f"{lslug}/{slug(cname)}-{vname(vid)}-{sid}")

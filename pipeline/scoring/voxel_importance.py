@@ -10,7 +10,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 
-def assign_to_concepts(vectors: np.ndarray, centroids: np.ndarray, radii: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def assign_to_concepts(vectors: np.ndarray, centroids: np.ndarray,
+                       radii: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Nearest concept of each vector [N, C] among centroids [K, C], or -1 when it lies outside
     that concept's radius. Returns (concept index [N], distance to it [N])."""
     vectors = np.asarray(vectors, dtype=np.float64)

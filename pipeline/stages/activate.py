@@ -24,7 +24,7 @@ from pipeline.data.ingest import read_ingested_clip
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import from_section
+from pipeline.params import narrowed
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder,
                                  RunFolderError, partition)
 from pipeline.segmentation.supervoxels import KEPT
@@ -39,18 +39,18 @@ BOX = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1
 
 def run(job: Job) -> None:
     job.begin("activate")
-    c, folder = job.c, job.folder
-    params = from_section(ActivateParams, c["activate"])
+    cfg, folder = job.cfg, job.folder
+    params = narrowed(ActivateParams, cfg.activate)
     fingerprint = job.fingerprints["activate"]
     table = folder.read_videos()
     done = folder.done_units("activate", OUTPUTS, fingerprint, "clip/segment/activate/model",
-                             videos=identities(table), retry_failed=bool(c["run"]["retry_failed"]))
+                             videos=identities(table), retry_failed=cfg.run.retry_failed)
     done_ids = set(done.column("video_id").to_pylist())
     videos = VideoRows(candidates(table))
     where = folder.label_index()  # every segmented video: (segment part, row group)
     todo = [v for v in videos.ids if v in where and v not in done_ids]
     log.info("activate: %d videos to activate (%d already done), layers from model=%s", len(todo), len(done_ids),
-             c["model"]["name"])
+             cfg.model.name)
     retried_videos = folder.redone["activate"]["videos_retried"]
     if not todo:
         job.record_failures(unit_failures(folder, "activate"), "activate")
@@ -58,12 +58,12 @@ def run(job: Job) -> None:
         return
 
     stats = {"supervoxel_vectors": 0, "supervoxel_windows": 0, "clip_windows": 0, "actor_seconds": 0.0}
-    with ModelActors(c, params, job.module, work=len(todo)) as pool:
+    with ModelActors(cfg, params, job.module, work=len(todo)) as pool:
         described = pool.described
         log.info("activate: %d of up to %d model actor(s) ready on %s, batch size %d, %s", len(described), pool.size,
                  ", ".join(pool.devices), described[0]["batch_size"],
                  {True: "bf16", False: "float32"}.get(pool.bf16, pool.bf16))
-        per_part = int(c["activate"]["videos_per_part"])
+        per_part = cfg.activate.videos_per_part
         units = {f"{n:05d}": ids for n, ids in enumerate(activate_units(todo, where, per_part, 2 * pool.size))}
         progress = Progress("activate", len(todo))
         items = ((name, (folder, name, videos.rows(ids), {v: where[v] for v in ids}, fingerprint))

@@ -35,7 +35,6 @@ from pipeline.atlas import build
 from pipeline.atlas.params import AtlasParams
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress, gpus_wanted, wait_for_gpu
-from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS as ASSIGNMENTS, ATLAS_CLASS_CONCEPTS as CLASS_CONCEPTS,
                                  ATLAS_CONCEPTS, ATLAS_COUNTS as COUNTS, ATLAS_INDEX as INDEX, ATLAS_LINKS as LINKS,
                                  ATLAS_MANIFEST as MANIFEST, ATLAS_SHARDS as SHARDS, ATLAS_TRAINED as TRAINED,
@@ -51,14 +50,14 @@ ATLAS = "atlas"  # the stage's markers: _done/atlas/
 
 def run(job: Job) -> None:
     job.begin("atlas")
-    c, folder = job.c, job.folder
-    p = from_section(AtlasParams, c["atlas"])
+    cfg, folder = job.cfg, job.folder
+    p = cfg.atlas
     layers = activated_layers(folder)
     cpu = {"label_selector": job.cpu_selector} if job.cpu_selector else {}  # as ray.cpu_label_selector says
     labels = pc.unique(folder.read(PREDICTIONS, columns=["label"]).column("label")).to_pylist()
     classes = {partition(target_class=k): k for k in labels}  # partition folder -> class
     plans = dict(zip(layers, ray.get([plan_layer.options(**cpu).remote(folder, layer, classes) for layer in layers])))
-    fingerprint = reduction_fingerprint(job.fingerprints["activate"], {"atlas": c["atlas"]},
+    fingerprint = reduction_fingerprint(job.fingerprints["activate"], {"atlas": job.c["atlas"]},
                                         [(f"{layer}/{q['partition']}/{f}", str(q["rows"])) for layer in layers
                                          for q in plans[layer] for f in q["files"]])
     if folder.exists(MANIFEST) and io.read_json(folder.path(MANIFEST)).get("settings") != fingerprint:
@@ -68,9 +67,9 @@ def run(job: Job) -> None:
                for r in map(json.loads, done.column("record").to_pylist())}
     skipped = {kind: sum(1 for key in records if key[0] == kind) for kind in ("train", "assign", "index")}
 
-    gpu = p.device == "gpu" or (p.device == "auto" and gpus_wanted(c))
+    gpu = p.device == "gpu" or (p.device == "auto" and gpus_wanted(cfg))
     if gpu and any(("train", layer, None) not in records and plans[layer] for layer in layers):
-        wait_for_gpu("atlas", float(c["activate"]["actor_wait_s"]))  # an autoscaler may have to launch one
+        wait_for_gpu("atlas", cfg.activate.actor_wait_s)  # an autoscaler may have to launch one
     trains = {}
     for layer in layers:
         if ("train", layer, None) in records or not plans[layer]:
@@ -262,13 +261,13 @@ def build_index(folder: RunFolder, layer: str, partitions: list[str], fingerprin
     return record
 
 
-def link_pair(folder: RunFolder, k: str, layer: str, fingerprint: str) -> dict[str, Any]:
+def link_pair(folder: RunFolder, target_class: str, layer: str, fingerprint: str) -> dict[str, Any]:
     """A (class, layer)'s concepts linked to the global concepts their members fall into."""
-    members = folder.read(f"{CONCEPT_MEMBERS}/{partition(target_class=k, layer=layer)}",
+    members = folder.read(f"{CONCEPT_MEMBERS}/{partition(target_class=target_class, layer=layer)}",
                           columns=["target_class", "layer", "concept", "video_id", "supervoxel_id"]).to_pylist()
     vids = sorted({m["video_id"] for m in members})
     try:
-        a = folder.read(f"{ASSIGNMENTS}/{partition(layer=layer, target_class=k)}",
+        a = folder.read(f"{ASSIGNMENTS}/{partition(layer=layer, target_class=target_class)}",
                         columns=["video_id", "supervoxel_id", "global_concept"],
                         filter=pc.is_in(pc.field("video_id"), pa.array(vids, pa.string())))
         global_of = dict(zip(zip(a.column("video_id").to_pylist(), a.column("supervoxel_id").to_pylist()),
@@ -276,9 +275,10 @@ def link_pair(folder: RunFolder, k: str, layer: str, fingerprint: str) -> dict[s
     except FileNotFoundError:
         global_of = {}
     rows = build.concept_links(members, global_of)
-    record = {"class": k, "layer": layer, "links": len(rows)}
-    folder.write_unit("atlas_links", unit_key(k, layer), [(f"{LINKS}/{partition(layer=layer, target_class=k)}",
-                                                           pa.Table.from_pylist(rows, schema=schemas.ATLAS_LINKS))],
+    record = {"class": target_class, "layer": layer, "links": len(rows)}
+    where = f"{LINKS}/{partition(layer=layer, target_class=target_class)}"
+    folder.write_unit("atlas_links", unit_key(target_class, layer),
+                      [(where, pa.Table.from_pylist(rows, schema=schemas.ATLAS_LINKS))],
                       [{"record": record}], fingerprint)
     return record
 

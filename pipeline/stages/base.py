@@ -8,7 +8,7 @@ import resource
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +18,9 @@ from pipeline.data.video import retryable
 from pipeline.orchestration.runtime import cluster_cpus, label_selector
 from pipeline.run_folder import DONE, RunFolder
 
+if TYPE_CHECKING:
+    from pipeline.config import Config
+
 log = logging.getLogger("pipeline")
 
 
@@ -25,13 +28,15 @@ log = logging.getLogger("pipeline")
 class Job:
     """One run of the job, as its stages see it.
 
-    c: the resolved config as plain dicts; folder: the run folder; record: run.json as it is
-    being written (a stage adds `record["stages"][name]` and updates `record["counts"]`);
+    cfg: the typed config (`pipeline.config.Config`: what the stages read); c: the same, resolved,
+    as plain dicts (what run.json records and the fingerprints hash); folder: the run folder;
+    record: run.json as it is being written (a stage adds `record["stages"][name]` and updates `record["counts"]`);
     window: the model's input frames; fingerprints: per resumable stage, the settings its
     outputs depend on (`pipeline.run_folder.fingerprints`); module: the object-store reference
     of an nn.Module handed to the Python API (None: the config names the model).
     """
 
+    cfg: Config
     c: dict[str, Any]
     folder: RunFolder
     record: dict[str, Any]
@@ -47,7 +52,7 @@ class Job:
     @property
     def cpu_selector(self) -> dict[str, str]:
         """The Ray label selector of the CPU stages' tasks (`ray.cpu_label_selector`)."""
-        return label_selector(self.c["ray"]["cpu_label_selector"])
+        return label_selector(self.cfg.ray.cpu_label_selector)
 
     def record_failures(self, failures: dict[str, tuple[str, bool]], stage: str) -> None:
         """Set the videos that failed in `stage` in videos.parquet ({video_id: (reason,
@@ -68,6 +73,11 @@ class Job:
         self.record["stages"][stage] = {"wall_s": round(self.wall(stage), 3), **entry,
                                         "driver_peak_rss_mb": driver_peak_rss_mb()}
         return self.record["stages"][stage]
+
+
+def ground_truth_root(cfg: Config) -> Optional[str]:
+    """The synthetic corpus's folder (its actor masks are the ground truth), else None."""
+    return cfg.dataset.root if cfg.dataset.kind == "synthetic" else None
 
 
 def driver_peak_rss_mb() -> float:

@@ -32,14 +32,14 @@ from pipeline.evaluation.summary import class_recognition
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import from_section
+from pipeline.params import narrowed
 from pipeline.scoring.randomisation import randomised_gradients
 from pipeline.scoring.tcav import RandomSets, draw_random_sets
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, PREDICTIONS,
                                  RANDOMISED_GRADIENTS, TCAV, VOXEL_IMPORTANCE, RunFolder, RunFolderError, partition,
                                  reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
-from pipeline.stages.base import Job
+from pipeline.stages.base import Job, ground_truth_root
 
 log = logging.getLogger("pipeline")
 
@@ -49,8 +49,8 @@ OUTPUTS = (PAIR_CONCEPTS, CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE)
 
 def run(job: Job) -> None:
     job.begin("concepts")
-    c, folder = job.c, job.folder
-    params = from_section(ConceptParams, c["concepts"])
+    cfg, folder = job.cfg, job.folder
+    params = cfg.concepts
     pred = folder.read(PREDICTIONS, columns=["video_id", "label", "label_index", "correct"]).sort_by("video_id")
     layers = activated_layers(folder)
     num_model_classes = len(io.read_row_groups(io.part_files(folder.path(PREDICTIONS))[0], [0],
@@ -69,7 +69,7 @@ def run(job: Job) -> None:
         raise RunFolderError(f"concepts need activated videos of at least two classes (a class's random sets are the "
                              f"other classes' videos); {folder.root} has {counts}")
     fingerprint = reduction_fingerprint(job.fingerprints["activate"],
-                                        {"concepts": c["concepts"], "ground_truth": _ground_truth_root(c)},
+                                        {"concepts": job.c["concepts"], "ground_truth": ground_truth_root(cfg)},
                                         list(zip(all_ids.tolist(), all_labels.tolist())))
     done = folder.done_units("concepts", OUTPUTS, fingerprint, "concepts", stale="discard")
     records = {(r["class"], r["layer"]): r for r in map(json.loads, done.column("record").to_pylist())}
@@ -99,7 +99,7 @@ def run(job: Job) -> None:
         if params.randomisation_check:
             randomisation_check(job, todo_classes, {k: splits[k].scoring for k in todo_classes}, layers, params.seed)
         videos = folder.read_videos(["video_id", "clip_frame_indices", "clip_height", "clip_width"])
-        truth = _ground_truth_root(c)  # the ground truth also needs the discovery videos' clips
+        truth = ground_truth_root(cfg)  # the ground truth also needs the discovery videos' clips
         wanted = set(v for k in todo_classes for v in splits[k].scoring + (splits[k].discovery if truth else []))
         clips = {r["video_id"]: r for r in
                  videos.filter(pc.is_in(videos.column("video_id"), pa.array(sorted(wanted)))).to_pylist()}
@@ -153,11 +153,6 @@ def metrics_table(class_info: dict[str, dict[str, Any]]) -> pa.Table:
         for layer, figures in info.get("layers", {}).items():
             rows += schemas.metric_rows(k, layer, figures)
     return pa.Table.from_pylist(rows, schema=schemas.METRICS)
-
-
-def _ground_truth_root(c: dict[str, Any]) -> Optional[str]:
-    """The synthetic corpus's folder (its actor masks are the ground truth), else None."""
-    return c["dataset"]["root"] if c["dataset"]["kind"] == "synthetic" else None
 
 
 def assemble_concepts(folder: RunFolder, parts: list[str]) -> pa.Table:
@@ -251,12 +246,12 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
         report = actor_concept_report(res["concepts"], res["members"], importance, [(k, layer)], volumes,
                                       lambda v: video_actor_tube(ground_truth_root, clips[v], 3), 3)
         info["ground_truth"] = report[(k, layer)]
-    where_part = partition(target_class=k, layer=layer)
-    outputs = [(f"{PAIR_CONCEPTS}/{where_part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),
-               (f"{CONCEPT_MEMBERS}/{where_part}", pa.Table.from_pylist(res["members"], schema=schemas.CONCEPT_MEMBERS)),
-               (f"{TCAV}/{where_part}", pa.Table.from_pylist(res["tcav"], schema=schemas.TCAV))]
+    part = partition(target_class=k, layer=layer)
+    outputs = [(f"{PAIR_CONCEPTS}/{part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),
+               (f"{CONCEPT_MEMBERS}/{part}", pa.Table.from_pylist(res["members"], schema=schemas.CONCEPT_MEMBERS)),
+               (f"{TCAV}/{part}", pa.Table.from_pylist(res["tcav"], schema=schemas.TCAV))]
     if importance:  # one row group per scoring video: a reader of one video reads one group
-        outputs.append((f"{VOXEL_IMPORTANCE}/{where_part}",
+        outputs.append((f"{VOXEL_IMPORTANCE}/{part}",
                         [pa.Table.from_pylist([r], schema=schemas.VOXEL_IMPORTANCE)
                          for r in sorted(importance, key=lambda r: r["video_id"])]))
     unit = unit_key(k, layer)
@@ -265,13 +260,14 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
     return record
 
 
-def importance_rows(k: str, layer: str, supervoxel_scores: list[dict[str, Any]],
+def importance_rows(target_class: str, layer: str, supervoxel_scores: list[dict[str, Any]],
                     shapes: dict[str, list[int]]) -> list[dict[str, Any]]:
     """voxel_importance/ rows of one (class, layer): per scoring video, its supervoxels' scores."""
     by_video: dict[str, list[dict[str, Any]]] = {}
     for row in supervoxel_scores:
         by_video.setdefault(row["video_id"], []).append(row)
-    return [{"video_id": vid, "target_class": k, "layer": layer, "shape": shapes[vid], "encoding": "supervoxel_scores",
+    return [{"video_id": vid, "target_class": target_class, "layer": layer, "shape": shapes[vid],
+             "encoding": "supervoxel_scores",
              "supervoxel_ids": [r["supervoxel_id"] for r in rows], "concepts": [r["concept"] for r in rows],
              "scores": [r["score"] for r in rows]} for vid, rows in by_video.items()]
 
@@ -289,9 +285,9 @@ def randomisation_check(job: Job, classes: list[str], scoring: dict[str, list[st
     todo = [k for k in classes if k not in finished]
     if not todo:
         return
-    params = from_section(ActivateParams, {**job.c["activate"], "gradients": True, "measure_batch": False})
+    params = narrowed(ActivateParams, job.cfg.activate, gradients=True, measure_batch=False)
     progress = Progress("randomisation check", sum(len(scoring[k]) for k in todo))
-    with ModelActors(job.c, params, job.module, stage="randomisation check", work=len(todo)) as pool:
+    with ModelActors(job.cfg, params, job.module, stage="randomisation check", work=len(todo)) as pool:
         items = ((k, (folder, k, scoring[k], layers, seed, fingerprint)) for k in todo)
         for res in pool.map_units(randomise_class, items):
             progress.update(len(scoring[res.key]))
@@ -299,15 +295,15 @@ def randomisation_check(job: Job, classes: list[str], scoring: dict[str, list[st
                 raise RuntimeError(f"randomisation check: class {res.key!r}: {res.error}")
 
 
-def randomise_class(actor: Any, folder: RunFolder, k: str, video_ids: list[str], layers: list[str], seed: int,
-                    fingerprint: str) -> None:
+def randomise_class(actor: Any, folder: RunFolder, target_class: str, video_ids: list[str], layers: list[str],
+                    seed: int, fingerprint: str) -> None:
     """One class's randomised-model gradients on a model actor, written with its marker."""
     rows: list[dict[str, Any]] = []
     for row in folder.video_rows(video_ids):
         for layer, grad in randomised_gradients(actor, row, layers, seed).items():
             rows.append({"video_id": row["video_id"], "layer": layer, "gradient": np.asarray(grad, np.float32)})
     table = pa.Table.from_pylist(rows, schema=schemas.RANDOMISED_GRADIENTS)
-    unit = unit_key(k)
-    folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=k)}",
-                                           table)], [{"record": {"class": k}}], fingerprint)
+    unit = unit_key(target_class)
+    folder.write_unit("randomise", unit, [(f"{RANDOMISED_GRADIENTS}/{partition(target_class=target_class)}",
+                                           table)], [{"record": {"class": target_class}}], fingerprint)
 

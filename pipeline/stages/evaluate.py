@@ -34,10 +34,10 @@ from pipeline.evaluation.summary import (causal_importance, crossfit_summary, cu
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import from_section
+from pipeline.params import narrowed
 from pipeline.run_folder import (CONCEPT_IMPORTANCE, CONCEPTS, EVALUATE_METRICS, EVALUATION, VOXEL_IMPORTANCE,
                                  RunFolder, partition, reduction_fingerprint, unit_key)
-from pipeline.stages.base import Job, VideoRows
+from pipeline.stages.base import Job, VideoRows, ground_truth_root
 
 log = logging.getLogger("pipeline")
 
@@ -48,19 +48,18 @@ LISTED_AHEAD = 2  # classes whose scored videos are listed before they open
 
 def run(job: Job) -> None:
     job.begin("evaluate")
-    c, folder = job.c, job.folder
+    cfg, folder = job.cfg, job.folder
     concepts = folder.read(CONCEPTS, columns=["target_class", "layer", "concept", "rank", "tcav_mean"])
     light = concepts.to_pylist()
     ranked: dict[tuple[str, str], list[str]] = {}
     for row in sorted(light, key=lambda r: r["rank"]):
         ranked.setdefault((row["target_class"], row["layer"]), []).append(row["concept"])
     tcav_mean = {r["concept"]: r["tcav_mean"] for r in light}
-    params = from_section(EvaluateParams, c["evaluate"])
-    fill = float(c["activate"]["fill"])
+    params, fill = cfg.evaluate, cfg.activate.fill
     concepts_digest = schemas.concepts_digest(concepts)
     fingerprint = reduction_fingerprint(job.fingerprints["activate"] + concepts_digest,
-                                        {"evaluate": c["evaluate"], "fill": fill,
-                                         "ground_truth": c["dataset"]["root"] if _synthetic(c) else None}, [])
+                                        {"evaluate": job.c["evaluate"], "fill": fill,
+                                         "ground_truth": ground_truth_root(cfg)}, [])
     done = folder.done_units("evaluate", [EVALUATION], fingerprint, "evaluate", stale="discard")
     records = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
     classes = list(dict.fromkeys(k for k, _ in ranked))
@@ -70,8 +69,8 @@ def run(job: Job) -> None:
     if todo:
         videos = VideoRows(folder.read_videos())
         where = folder.label_index()
-        actor_params = from_section(ActivateParams, {**c["activate"], "gradients": False, "measure_batch": False})
-        with ModelActors(c, actor_params, job.module, stage="evaluate") as pool:
+        actor_params = narrowed(ActivateParams, cfg.activate, gradients=False, measure_batch=False)
+        with ModelActors(cfg, actor_params, job.module, stage="evaluate") as pool:
             runner = ClassRunner(job, pool, videos, where, ranked, params, fill, fingerprint, tcav_mean)
             records.update(runner.run(todo))
 
@@ -102,10 +101,6 @@ def run(job: Job) -> None:
     job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
     job.record["evaluation_table"] = console.evaluation_table(summary)
-
-
-def _synthetic(c: dict[str, Any]) -> bool:
-    return c["dataset"]["kind"] == "synthetic"
 
 
 class ClassRunner:
@@ -152,52 +147,52 @@ class ClassRunner:
         ray.kill(self.lister)
         return records
 
-    def _open(self, k: str, pending: list[str]) -> None:
+    def _open(self, target_class: str, pending: list[str]) -> None:
         """Queue a class's first pass: each scoring video with every concept removed in turn.
         A class's plans are the same for each of its videos: the driver keeps them once per
         layer, and each video's outcomes as arrays in plan order (a few KB per video). The
         next classes' video lists are asked for now, so they are in when those classes open."""
-        for kk in [k, *pending[:LISTED_AHEAD]]:
+        for kk in [target_class, *pending[:LISTED_AHEAD]]:
             if kk not in self.listed:
                 self.listed[kk] = self.lister.scored_layers.remote(kk)
-        layers_of = {vid: mine for vid, layers in ray.get(self.listed.pop(k)).items()
-                     if (mine := [layer for layer in layers if (k, layer) in self.ranked])}
+        layers_of = {vid: mine for vid, layers in ray.get(self.listed.pop(target_class)).items()
+                     if (mine := [layer for layer in layers if (target_class, layer) in self.ranked])}
         vids = sorted(layers_of)  # the class's partition holds its own scoring videos only
         plans = {layer: list(dict.fromkeys(single_concept_plans(names) + masking_plans(
-                     k, layer, names, self.params.masking, self.params.seed)))
-                 for (kk, layer), names in self.ranked.items() if kk == k}
-        self.open[k] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {}, "failed": {},
-                        "pass": 1, "waiting": 0, "plans": [plans]}
-        self._queue(k)
+                     target_class, layer, names, self.params.masking, self.params.seed)))
+                 for (kk, layer), names in self.ranked.items() if kk == target_class}
+        self.open[target_class] = {"videos": vids, "layers_of": {v: layers_of[v] for v in vids}, "results": {},
+                                   "failed": {}, "pass": 1, "waiting": 0, "plans": [plans]}
+        self._queue(target_class)
 
-    def _queue(self, k: str) -> None:
+    def _queue(self, target_class: str) -> None:
         """Queue the class's current pass in chunks of videos (or finish a class left without any)."""
-        state = self.open[k]
+        state = self.open[target_class]
         vids = [v for v in state["videos"] if v not in state["failed"]]
         size = max(1, min(CHUNK, math.ceil(len(vids) / self.pool.size))) if vids else 1
         chunks = [vids[i:i + size] for i in range(0, len(vids), size)]
         state["waiting"] = len(chunks)
         plans = state["plans"][-1]
         for chunk in chunks:
-            self.queue.put((k, tuple(chunk)), (evaluate_videos, self.job.folder, k, self.videos.rows(chunk),
-                                               {v: state["layers_of"][v] for v in chunk}, plans,
-                                               {v: self.where[v] for v in chunk}, self.fill), first=state["pass"] == 2)
+            work = (evaluate_videos, self.job.folder, target_class, self.videos.rows(chunk),
+                    {v: state["layers_of"][v] for v in chunk}, plans, {v: self.where[v] for v in chunk}, self.fill)
+            self.queue.put((target_class, tuple(chunk)), work, first=state["pass"] == 2)
         if not chunks:
-            self._finish(k)
+            self._finish(target_class)
 
-    def _next_pass(self, k: str) -> None:
+    def _next_pass(self, target_class: str) -> None:
         """After the first pass: the class's causal importance orders its curves, whose plans
         not already run make the second pass."""
-        state = self.open[k]
+        state = self.open[target_class]
         if state["pass"] == 2:
-            self._finish(k)
+            self._finish(target_class)
             return
-        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
+        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == target_class}
         first = outcome_dicts(state["plans"][:1], {v: r for v, r in state["results"].items()
                                                    if v not in state["failed"]})
-        causal, _ = causal_importance(ranked, first, {v: k for v in first}) if first else ({}, {})
+        causal, _ = causal_importance(ranked, first, {v: target_class for v in first}) if first else ({}, {})
         split = halves(list(first), self.params.seed)  # cross-fitting: each half ordered by the other's importance
-        crossfit = {h: causal_importance(ranked, {v: first[v] for v in vids}, {v: k for v in vids})[0]
+        crossfit = {h: causal_importance(ranked, {v: first[v] for v in vids}, {v: target_class for v in vids})[0]
                     for h, vids in enumerate(split)}
         state["crossfit"] = (split, crossfit)
         curve_sets = curves(ranked, causal, self.params, crossfit)
@@ -207,22 +202,22 @@ class ClassRunner:
             second[layer] = [p for p in dict.fromkeys(p for *_, ps in curve_list for p in ps) if p not in done]
         state["pass"] = 2
         state["plans"].append(second)
-        self._queue(k)
+        self._queue(target_class)
 
-    def _finish(self, k: str) -> None:
+    def _finish(self, target_class: str) -> None:
         """Hand a class whose passes are in to a Ray task that summarises and writes it."""
-        state = self.open.pop(k)
+        state = self.open.pop(target_class)
         for vid, why in sorted(state["failed"].items()):
-            log.warning("evaluate: %r/%r left out: %s", k, vid, why)
-        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == k}
+            log.warning("evaluate: %r/%r left out: %s", target_class, vid, why)
+        ranked = {kl: names for kl, names in self.ranked.items() if kl[0] == target_class}
         results = {v: r for v, r in state["results"].items() if v not in state["failed"]}
         plans = sum(len(p[layer]) for v, by_layer in results.items() for layer in by_layer for p in state["plans"])
-        root = self.job.c["dataset"]["root"] if _synthetic(self.job.c) else None
+        root = ground_truth_root(self.job.cfg)
         tcav = {cn: self.tcav_mean[cn] for names in ranked.values() for cn in names}
-        done = ClassOutcomes(k, ranked, state["plans"], results, tcav, state["failed"], plans,
+        done = ClassOutcomes(target_class, ranked, state["plans"], results, tcav, state["failed"], plans,
                              {v: self.where[v] for v in results}, self.videos.rows(sorted(results)) if root else [],
                              state.get("crossfit", ([], {})))
-        self.finishing[k] = finish_class.remote(self.job.folder, done, self.params, root, self.fingerprint)
+        self.finishing[target_class] = finish_class.remote(self.job.folder, done, self.params, root, self.fingerprint)
 
     def _collect(self, progress: Progress, block: bool) -> dict[str, dict[str, Any]]:
         if not self.finishing:
@@ -254,14 +249,16 @@ def outcome_dicts(plans: list[dict[str, list[Plan]]], results: Results) -> Outco
     return out
 
 
-def evaluate_videos(actor: Any, folder: RunFolder, k: str, rows: list[dict[str, Any]], layers_of: dict[str, list[str]],
-                    plans: dict[str, list[Plan]], where: dict[str, tuple[str, int]], fill: float) -> dict[str, Any]:
+def evaluate_videos(actor: Any, folder: RunFolder, target_class: str, rows: list[dict[str, Any]],
+                    layers_of: dict[str, list[str]], plans: dict[str, list[Plan]],
+                    where: dict[str, tuple[str, int]], fill: float) -> dict[str, Any]:
     """A chunk of one class's videos on a model actor (`ModelActor.run`): each video's class
     probability and correctness under each plan of its layers (`plans[layer]`, in order); the
     next video's clip, label volumes and concept assignments loaded while the model works."""
     def load(row: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[list[int], list[Optional[str]]]]]:
         vid = row["video_id"]
-        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), filter=pc.field("video_id") == vid,
+        vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=target_class),
+                         filter=pc.field("video_id") == vid,
                          columns=["layer", "supervoxel_ids", "concepts"]).to_pylist()
         assignments = {r["layer"]: (r["supervoxel_ids"], r["concepts"]) for r in vi}
         clip = read_ingested_clip(row, actor.clip_spec, actor.limits).frames
@@ -296,11 +293,12 @@ class ClassLister:
     def __init__(self, folder: RunFolder) -> None:
         self.folder = folder
 
-    def scored_layers(self, k: str) -> dict[str, list[str]]:
+    def scored_layers(self, target_class: str) -> dict[str, list[str]]:
         """The class's scored videos and the layers each was scored at (its voxel_importance
         partition)."""
         try:
-            vi = self.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k), columns=["video_id", "layer"])
+            vi = self.folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=target_class),
+                                  columns=["video_id", "layer"])
         except FileNotFoundError:  # no scoring video of the class was scored
             return {}
         out: dict[str, list[str]] = {}

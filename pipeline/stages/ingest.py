@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import ray
 
 from pipeline import io, schemas
-from pipeline.config import ConfigError
+from pipeline.config import Config, ConfigError
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video, stat_identity, video_row
 from pipeline.data.video import ClipSpec, DecodeLimits
@@ -32,15 +32,15 @@ INGESTED = "_videos"  # each unit's videos.parquet rows, until videos.parquet is
 
 def run(job: Job) -> None:
     job.begin("ingest")
-    c, folder = job.c, job.folder
+    cfg, folder = job.cfg, job.folder
     try:
-        corpus = resolve_corpus(c["dataset"])
+        corpus = resolve_corpus(job.c["dataset"])
     except ParameterError as e:
         raise ConfigError.from_parameter("dataset", e) from None
-    check_corpus(corpus.rows, c)
-    spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
+    check_corpus(corpus.rows, cfg)
+    spec, limits = cfg.clip, cfg.decode
     fingerprint = job.fingerprints["ingest"]
-    mode, retry_failed = c["dataset"]["identity"], bool(c["run"]["retry_failed"])
+    mode, retry_failed = cfg.dataset.identity, cfg.run.retry_failed
     ids = [r["video_id"] for r in corpus.rows]
     paths = [r["path"] for r in corpus.rows]
     identified = folder.exists(VIDEOS) and "identity" in io.read_schema(folder.path(VIDEOS)).names  # else: redone
@@ -56,7 +56,7 @@ def run(job: Job) -> None:
             _count(job, _counts(folder.read_videos(["label", "status"])), reused=True, retried=0)
             return
     log.info("ingest: %d videos in %d classes from %s", len(ids), len(corpus.classes),
-             c["dataset"]["root"] or c["dataset"]["csv"] or "a list of files")
+             cfg.dataset.root or cfg.dataset.csv or "a list of files")
     done = folder.done_units("ingest", [INGESTED], fingerprint, "clip", stale="discard",
                              videos={r["video_id"]: listing(r) for r in corpus.rows}, retry_failed=retry_failed,
                              whole_units=True)
@@ -64,7 +64,7 @@ def run(job: Job) -> None:
     todo = [r for r in corpus.rows if r["video_id"] not in have]
     if have:
         log.info("ingest: %d videos already read by an earlier run, %d to go", len(ids) - len(todo), len(todo))
-    units = {f"{n:05d}": rows for n, rows in enumerate(unit_batches(todo, int(c["segment"]["videos_per_part"]) * 4))}
+    units = {f"{n:05d}": rows for n, rows in enumerate(unit_batches(todo, cfg.segment.videos_per_part * 4))}
     progress = Progress("ingest", len(todo))
     items = ((name, (folder, name, rows)) for name, rows in list(units.items()))
     for out in map_tasks(ingest_unit, items, spec, fingerprint, limits, mode, progress=None,
@@ -84,17 +84,18 @@ def run(job: Job) -> None:
     _count(job, summary, reused=False, retried=folder.redone["ingest"]["videos_retried"])
 
 
-def check_corpus(rows: list[dict[str, Any]], c: dict[str, Any]) -> None:
+def check_corpus(rows: list[dict[str, Any]], cfg: Config) -> None:
     """Before any work: a corpus with no video, or, for a job that explains classes (the
     concepts stage), fewer than two classes with a video (the random sets are drawn from the
     other classes) stops with the config key to change; a class with one video is warned of
     (the concepts stage skips it: it needs one video to discover with and one to score)."""
-    d = c["dataset"]
-    key = {"csv": "csv", "list": "videos"}.get(d["kind"], "root")
-    filters = ", ".join(f"dataset.{k}={d[k]}" for k in ("classes", "splits") if d.get(k))
+    d = cfg.dataset
+    key = {"csv": "csv", "list": "videos"}.get(d.kind, "root")
+    filters = ", ".join(f"dataset.{k}={getattr(d, k)}" for k in ("classes", "splits") if getattr(d, k))
     if not rows:
-        raise ConfigError(f"dataset.{key}", "holds no video" + (f" that {filters} keeps" if filters else ""), d[key])
-    if "concepts" not in c["run"]["stages"]:
+        raise ConfigError(f"dataset.{key}", "holds no video" + (f" that {filters} keeps" if filters else ""),
+                          getattr(d, key))
+    if "concepts" not in cfg.run.stages:
         return
     per_class: dict[str, int] = {}
     for r in rows:
@@ -103,7 +104,7 @@ def check_corpus(rows: list[dict[str, Any]], c: dict[str, Any]) -> None:
     if len(per_class) < 2:
         raise ConfigError("dataset.classes", f"concepts need videos of at least two classes (a class's random sets "
                                              f"are the other classes' videos); the corpus has {per_class}",
-                          d.get("classes"))
+                          d.classes)
     for k, n in sorted(per_class.items()):
         if n < 2:
             log.warning("ingest: class %r has %d video: concepts skip it (they need one to discover with and one to "

@@ -59,7 +59,7 @@ def run(job: Job, source: RunFolder) -> None:
     by_part: dict[Optional[str], list[str]] = {}
     for vid, label in zip(ids, labels):
         by_part.setdefault(label, []).append(vid)
-    per_unit = int(job.c["activate"]["videos_per_part"])
+    per_unit = job.cfg.activate.videos_per_part
     units = {unit_key(p or "", str(i)): (p, vids[i:i + per_unit])
              for p, vids in sorted(by_part.items(), key=lambda kv: (kv[0] is None, kv[0] or ""))
              for i in range(0, len(vids), per_unit)}

@@ -16,7 +16,7 @@ from pipeline import schemas
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import from_section
+from pipeline.params import narrowed
 from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
@@ -31,21 +31,21 @@ OUTPUTS = (SUPERVOXELS, LABEL_VOLUMES)
 
 def run(job: Job) -> None:
     job.begin("segment")
-    c, folder = job.c, job.folder
-    spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
-    params = from_section(SegmentParams, c["segment"])
-    min_frames = job.window if c["segment"]["short_supervoxels"] == "drop" else None
+    cfg, folder = job.cfg, job.folder
+    spec, limits = cfg.clip, cfg.decode
+    params = narrowed(SegmentParams, cfg.segment)
+    min_frames = job.window if cfg.segment.short_supervoxels == "drop" else None
     fingerprint = job.fingerprints["segment"]
     table = folder.read_videos()
     done = folder.done_units("segment", OUTPUTS, fingerprint, "clip/segment", videos=identities(table),
-                             retry_failed=bool(c["run"]["retry_failed"]))
+                             retry_failed=cfg.run.retry_failed)
     done_ids = set(done.column("video_id").to_pylist())
     videos = VideoRows(candidates(table))
     todo = [v for v in videos.ids if v not in done_ids]
     log.info("segment: %d videos to segment (%d already done), n_segments=%s", len(todo), len(done_ids),
              list(params.n_segments))
 
-    units = {f"{n:05d}": ids for n, ids in enumerate(unit_batches(todo, int(c["segment"]["videos_per_part"])))}
+    units = {f"{n:05d}": ids for n, ids in enumerate(unit_batches(todo, cfg.segment.videos_per_part))}
     progress = Progress("segment", len(todo))
     stats = {"candidates": 0, **{k: 0 for k in STATUSES}}
     seconds: list[float] = []

@@ -48,7 +48,8 @@ def dedupe_mask_by_mask(labels: np.ndarray, min_volume_fraction: float = 0.001,
 
 def segment_clip_reference(clip: np.ndarray, n_segments: Sequence[int] = (15, 50, 80), compactness: float = 20.0,
                            sigma: float = 1.0, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                           min_volume_fraction: float = 0.001, iou_threshold: float = 0.5) -> tuple[np.ndarray, list[int]]:
+                           min_volume_fraction: float = 0.001,
+                           iou_threshold: float = 0.5) -> tuple[np.ndarray, list[int]]:
     """SLIC at each resolution, then the mask-by-mask dedupe. Returns (labels, kept ids)."""
     labels = np.stack([slic_labels(clip, n, compactness, sigma, spacing, max_num_iter=10) for n in n_segments])
     return labels, dedupe_mask_by_mask(labels, min_volume_fraction, iou_threshold)
