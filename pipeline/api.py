@@ -295,8 +295,8 @@ class Run:
 
     @cached_property
     def atlas(self) -> Any:
-        """The run's global concept atlas, opened for search (`pipeline.atlas.search.Atlas`)."""
-        from pipeline.atlas.search import Atlas
+        """The run's global concept atlas, opened for search (`pipeline.run_search.Atlas`)."""
+        from pipeline.run_search import Atlas
 
         return Atlas(self.folder)
 
@@ -309,7 +309,7 @@ class Run:
         query does not say which."""
         import pandas as pd
 
-        from pipeline.atlas.search import COLUMNS
+        from pipeline.run_search import COLUMNS
 
         return pd.DataFrame(self.atlas.nearest(query, k=k, layer=layer, nprobe=nprobe), columns=list(COLUMNS))
 

@@ -5,8 +5,12 @@
     activate  patches built on the device, model layers (actor pool)    -> activations/, clip_activations/,
                                                                            predictions/
     concepts  k-means, acceptance rules, CAVs, TCAV, significance (a task per class and layer)
-              -> concepts.parquet, concept_members/, tcav_scores/, voxel_importance/
-    evaluate  causal importance, deletion/insertion curves (actor pool) -> evaluation/
+              -> concepts.parquet, concept_members/, tcav_scores/, voxel_importance/,
+                 metrics/concepts.parquet
+    atlas     FAISS k-means over every supervoxel vector, per layer    -> atlas/
+    evaluate  causal importance, deletion/insertion curves (actor pool) -> evaluation/,
+                                                                           concept_importance.parquet,
+                                                                           metrics/evaluate.parquet
     report    report/index.html (a task per class)
 
 `run_job` validates the config, takes the run folder's lease, runs the configured stages

@@ -13,10 +13,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import io, schemas
-from pipeline.run_names import (ATLAS_LINKS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPTS, DONE, LABEL_VOLUMES,
-                                SUPERVOXELS, VIDEOS, VOXEL_IMPORTANCE, partition)
+from pipeline.run_names import (ATLAS_LINKS, ATLAS_MANIFEST, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPTS, DONE,
+                                LABEL_VOLUMES, SUPERVOXELS, VIDEOS, VOXEL_IMPORTANCE, partition)
 
 log = logging.getLogger("pipeline")
+_warned: set[tuple[str, str]] = set()  # (run folder, table): said once per process
+
+
+def _stale(root: str, name: str, stage: str) -> None:
+    if (root, name) not in _warned:
+        _warned.add((root, name))
+        log.warning("%s: %s was made from other concepts (the concepts stage ran after %s): it is left out until "
+                    "%s runs again", root, name, stage, stage)
 
 
 class RunReaders:
@@ -37,20 +45,16 @@ class RunReaders:
         later: dict[str, dict[str, Any]] = {}  # column -> concept -> value
         if {"causal_importance", "causal_importance_masking"} & set(wanted) and self.exists(CONCEPT_IMPORTANCE):
             importance = self.read(CONCEPT_IMPORTANCE)
-            measured_on = (importance.schema.metadata or {}).get(b"concepts", b"").decode()
-            if measured_on == schemas.concepts_digest(concepts):
+            if self._of_these_concepts(importance.schema.metadata, CONCEPT_IMPORTANCE, "evaluate", concepts):
                 for column in ("causal_importance", "causal_importance_masking"):
                     later[column] = dict(zip(importance.column("concept").to_pylist(),
                                              importance.column(column).to_pylist()))
-            else:
-                log.warning("%s: %s was measured on other concepts (the concepts stage ran after evaluate): "
-                            "causal importance is left out until evaluate runs again", self.root, CONCEPT_IMPORTANCE)
-        if {"global_concept", "global_concept_share"} & set(wanted) and io.part_files(self.path(ATLAS_LINKS)):
-            links = self.read(ATLAS_LINKS, columns=["concept", "global_concept", "share"])
+        if {"global_concept", "global_concept_share"} & set(wanted):
             top: dict[str, tuple[int, float]] = {}
-            for concept, g, share in zip(*(links.column(c).to_pylist() for c in links.column_names)):
-                if concept not in top or share > top[concept][1]:  # the first of equal shares
-                    top[concept] = (g, share)
+            for link in self.concept_links(concepts):  # the largest share, the first of equal ones
+                name = link["concept"]
+                if name not in top or link["share"] > top[name][1]:
+                    top[name] = (link["global_concept"], link["share"])
             later["global_concept"] = {c: g for c, (g, _) in top.items()}
             later["global_concept_share"] = {c: share for c, (_, share) in top.items()}
         fields = [schemas.CONCEPT_VIEW.field(c) for c in wanted]
@@ -60,8 +64,36 @@ class RunReaders:
 
     def metrics(self, name: str) -> dict[str, dict[Optional[str], dict[str, Any]]]:
         """A stage's figures per class and layer (metrics/<stage>.parquet, schemas.METRICS):
-        {class: {layer (None: the class as a whole): {metric: value}}}; {} before the stage ran."""
-        return schemas.metric_figures(self.read(name)) if self.exists(name) else {}
+        {class: {layer (None: the class as a whole): {metric: value}}}; {} before the stage ran,
+        and for evaluate's when it measured other concepts than concepts.parquet's."""
+        if not self.exists(name):
+            return {}
+        table = self.read(name)
+        if name != CONCEPT_METRICS and not self._of_these_concepts(table.schema.metadata, name, "evaluate"):
+            return {}
+        return schemas.metric_figures(table)
+
+    def concept_links(self, concepts: Optional[pa.Table] = None) -> list[dict[str, Any]]:
+        """atlas/concept_links/ (concept, global concept, share, ...) when the atlas linked the
+        concepts concepts.parquet holds now; [] before it ran or after a later concepts stage."""
+        if not io.part_files(self.path(ATLAS_LINKS)) or not self.exists(ATLAS_MANIFEST):
+            return []
+        manifest = io.read_json(self.path(ATLAS_MANIFEST))
+        linked = {b"concepts": str(manifest.get("concepts") or "").encode()}
+        if not self._of_these_concepts(linked, ATLAS_LINKS, "atlas", concepts):
+            return []
+        return self.read(ATLAS_LINKS).to_pylist()
+
+    def _of_these_concepts(self, metadata: Optional[dict[bytes, bytes]], name: str, stage: str,
+                           concepts: Optional[pa.Table] = None) -> bool:
+        """Whether a table derived from the concepts (its `concepts` digest in `metadata`) was
+        made from those concepts.parquet holds now; warns once when not."""
+        if concepts is None:
+            concepts = self.read(CONCEPTS, columns=["concept", "rank", "tcav_mean"])
+        if (metadata or {}).get(b"concepts", b"").decode() == schemas.concepts_digest(concepts):
+            return True
+        _stale(self.root, name, stage)
+        return False
 
     def actor_concepts(self) -> dict[tuple[str, str], str]:
         """Each (class, layer)'s actor concept on a synthetic corpus: the concept whose members

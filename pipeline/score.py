@@ -112,7 +112,7 @@ def score_job(cfg: DictConfig, source: RunFolder) -> dict[str, Any]:
     """Run the ingest, segment and activate stages on the new videos, then the score step and
     the scored report, under one lease; returns run.json."""
     from pipeline.job import run_job
-    from pipeline.report.scored_page import build_scored_report
+    from pipeline.stages.report import build_scored_report
     from pipeline.stages import score
 
     out = str(cfg.run.output_dir)

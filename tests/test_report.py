@@ -99,6 +99,7 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
 
     import pyarrow as pa
 
+    from pipeline import schemas
     from pipeline.report.render import fmt
 
     out = str(tmp_path / "run")
@@ -110,6 +111,12 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     # the run's concepts of one class are dropped: the class must still have its section
     filtered = concepts.filter(pa.compute.not_equal(concepts.column("target_class"), "retreat"))
     pq.write_table(filtered, os.path.join(out, "concepts.parquet"))
+    digest = {"concepts": schemas.concepts_digest(filtered)}  # as if evaluate and the atlas had seen these
+    for name in ("concept_importance.parquet", "metrics/evaluate.parquet"):
+        path = os.path.join(out, name)
+        pq.write_table(pq.read_table(path).replace_schema_metadata(digest), path)
+    manifest = json.load(open(os.path.join(out, "atlas", "atlas.json")))
+    json.dump({**manifest, **digest}, open(os.path.join(out, "atlas", "atlas.json"), "w"))
     kept = filtered.to_pandas()
     res = call_main(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
                     "report.heatmap_videos=1", module="pipeline.report")
@@ -178,7 +185,7 @@ def test_names_that_are_math_or_alike_once_slugged_are_drawn_as_written_and_neve
 
 
 def test_a_corpus_of_junk_lists_its_first_failed_videos_and_counts_the_rest():
-    from pipeline.report.build import FAILED_SHOWN
+    from pipeline.report.page import FAILED_SHOWN
     from pipeline.report.page import index_html
 
     failed = [{"video_id": f"junk/{i:05d}", "failed_stage": "ingest", "error": "cannot open as a video"}

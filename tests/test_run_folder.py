@@ -248,11 +248,12 @@ def test_a_field_added_to_a_parameter_set_is_in_its_fingerprint_unless_marked_sc
 
 
 def test_the_concepts_are_read_with_what_later_stages_measured_of_those_concepts_only(tmp_path, caplog):
-    """One writer per table: concepts.parquet (concepts), concept_importance.parquet (evaluate),
-    atlas/concept_links/ (atlas). The view joins them on the concept; importance measured on
-    other concepts (the concepts stage ran again after evaluate) is left out, saying why."""
-    from pipeline import schemas
-    from pipeline.run_folder import ATLAS_LINKS, CONCEPT_IMPORTANCE, CONCEPTS
+    """One writer per table: concepts.parquet (concepts), concept_importance.parquet and
+    metrics/evaluate.parquet (evaluate), atlas/concept_links/ (atlas). The view joins them on the
+    concept; what evaluate measured and the atlas linked from other concepts (the concepts stage
+    ran again after them) is left out, saying why."""
+    from pipeline import io, schemas
+    from pipeline.run_folder import ATLAS_LINKS, ATLAS_MANIFEST, CONCEPT_IMPORTANCE, CONCEPTS, EVALUATE_METRICS
 
     folder = RunFolder(str(tmp_path))
     rows = [{"target_class": "a", "layer": "L", "concept": f"a/L/concept{i}", "rank": i, "tcav_mean": 0.9 - i / 10}
@@ -268,6 +269,13 @@ def test_the_concepts_are_read_with_what_later_stages_measured_of_those_concepts
     links = [{"target_class": "a", "layer": "L", "concept": "a/L/concept1", "global_concept": g, "members": m,
               "share": m / 4} for g, m in ((3, 1), (7, 3))]
     folder.write_table(f"{ATLAS_LINKS}/layer=L/part-x.parquet", pa.Table.from_pylist(links, schema=schemas.ATLAS_LINKS))
+    assert folder.concept_view(["global_concept"]).column(0).null_count == 2  # no atlas.json yet
+    digest = {"concepts": schemas.concepts_digest(concepts)}
+    io.write_json(digest, folder.path(ATLAS_MANIFEST))
+    figures = schemas.metric_rows("a", "L", {"crossfit_gap": 0.25})
+    schema = schemas.METRICS.with_metadata(digest)
+    folder.write_table(EVALUATE_METRICS, pa.Table.from_pylist(figures, schema=schema))
+    assert folder.metrics(EVALUATE_METRICS) == {"a": {"L": {"crossfit_gap": 0.25}}}
     view = folder.concept_view(["concept", "causal_importance", "global_concept", "global_concept_share"]).to_pylist()
     assert view == [{"concept": "a/L/concept1", "causal_importance": 0.1, "global_concept": 7,
                      "global_concept_share": 0.75},
@@ -276,5 +284,8 @@ def test_the_concepts_are_read_with_what_later_stages_measured_of_those_concepts
     rows[0]["tcav_mean"] = 0.5  # the concepts stage again, other scores: evaluate's measurement is of the old ones
     folder.write_table(CONCEPTS, pa.Table.from_pylist(rows, schema=schemas.CONCEPTS))
     with caplog.at_level(logging.WARNING, logger="pipeline"):
-        assert folder.concept_view(["causal_importance"]).column(0).null_count == 2
-    assert "concept_importance.parquet was measured on other concepts" in caplog.text
+        stale = folder.concept_view(["causal_importance", "global_concept"])
+        assert stale.column(0).null_count == stale.column(1).null_count == 2
+        assert folder.metrics(EVALUATE_METRICS) == {}
+    for name in (CONCEPT_IMPORTANCE, EVALUATE_METRICS, ATLAS_LINKS):
+        assert f"{name} was made from other concepts" in caplog.text

@@ -106,14 +106,14 @@ def test_placed_checkpoint_loads_through_the_hub_cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def kinetics_named_corpus(tmp_path_factory):
-    """Two synthetic videos in each of three folders named after Kinetics-400 classes, so the
+    """A synthetic video in each of two folders named after Kinetics-400 classes, so the
     random-weight models' class logits have a target (the gradients)."""
     from pipeline.data.synthetic import SyntheticParams, ensure_corpus
 
     base = tmp_path_factory.mktemp("tf")
     ensure_corpus(str(base / "corpus"), SyntheticParams(videos_per_class=1, seed=31))
     root = base / "folder"
-    for src, dst in (("advance", "abseiling"), ("retreat", "archery"), ("jitter", "bowling")):
+    for src, dst in (("advance", "abseiling"), ("retreat", "archery")):
         shutil.copytree(base / "corpus" / src, root / dst, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
     return base, root
 
@@ -140,6 +140,6 @@ def test_a_tiny_run_of_each_family(kinetics_named_corpus, local_ray, name, width
         assert vectors.shape[1] == width and np.isfinite(vectors).all() and vectors.std(0).max() > 0
         clips = rows[rows.supervoxel_id == -1]
         gradients = np.stack(clips.gradient.to_numpy())
-        assert gradients.shape == (3, width) and np.isfinite(gradients).all() and np.abs(gradients).sum() > 0
+        assert gradients.shape == (2, width) and np.isfinite(gradients).all() and np.abs(gradients).sum() > 0
     stage = json.load(open(out / "run.json"))["stages"]["activate"]
-    assert stage["videos_activated"] == 3
+    assert stage["videos_activated"] == 2

@@ -1,3 +1,3 @@
 """The global concept atlas: FAISS k-means over every supervoxel vector of a corpus, per layer
-(`build`), the search over them (`search`), and `python -m pipeline.atlas query` (see
-`pipeline.stages.atlas` for how the stage schedules it)."""
+(`build`; `pipeline.stages.atlas` schedules it). Searching a finished run's atlas is
+`pipeline.run_search`, and `python -m pipeline.atlas query` (`pipeline.commands.atlas`)."""

@@ -14,7 +14,7 @@ import numpy as np
 
 from pipeline.report.images import encode_animation, exemplar_frames, share_heatmap_png
 from pipeline.report.render import clip_reader, esc, fmt, slug
-from pipeline.run_folder import (ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS, ATLAS_MANIFEST, REPORT,
+from pipeline.run_folder import (ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_MANIFEST, REPORT,
                                  REPORT_ATLAS as ATLAS_PAGE, RunFolder)
 
 log = logging.getLogger("pipeline")
@@ -66,8 +66,7 @@ def atlas_unit(folder: RunFolder, settings: dict[str, Any]) -> dict[str, Any]:
 
     manifest = io.read_json(folder.path(ATLAS_MANIFEST))
     concepts = folder.read(ATLAS_CONCEPTS).drop_columns(["centroid"]).to_pylist()
-    actor = actor_placements(folder.actor_concepts(), folder.read(ATLAS_LINKS).to_pylist()
-                             if io.part_files(folder.path(ATLAS_LINKS)) else [], concepts)
+    actor = actor_placements(folder.actor_concepts(), folder.concept_links(), concepts)
     cells_all = folder.read(ATLAS_CLASS_CONCEPTS).to_pylist()
     rep, ext = settings["report"], settings["report"]["format"]
     n_ex = max(1, int(rep["exemplars"]))

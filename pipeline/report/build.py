@@ -7,34 +7,23 @@ clips with the supervoxel outlined on its source clip), the deletion/insertion c
 voxel-importance heat maps of a few scoring videos. Static HTML and image files with relative
 links: it opens from disk, with no server, no script and no network.
 
-Rendering is a pure function per class (`render_class`); the stage fans the classes out over
-Ray tasks, each reading its class's partitions and writing its images and its section (in its
-marker), and writes index.html from the sections.
+Rendering is a pure function per class (`render_class`); `render_unit` reads a class's
+partitions, renders it and writes its images and its section (in its marker); the report stage
+(`pipeline.stages.report.build_report`) fans the classes out over Ray tasks and writes
+index.html from the sections.
 """
-
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 from typing import Any
 
-import pyarrow.compute as pc
-
-from pipeline import io, schemas
-from pipeline.orchestration.fanout import map_tasks
-from pipeline.orchestration.runtime import Progress
-from pipeline.report.atlas_page import atlas_unit
-from pipeline.report.page import index_html
-from pipeline.report.render import ClassJob, ClassSection, render_class
-from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, EVALUATE_METRICS,
-                                 EVALUATION, REPORT, REPORT_ATLAS, REPORT_INDEX, VOXEL_IMPORTANCE, RunFolder,
-                                 RunFolderError, partition, unit_key)
+from pipeline import io
+from pipeline.report.render import ClassJob, render_class
+from pipeline.run_folder import (CONCEPT_MEMBERS, EVALUATION, REPORT, VOXEL_IMPORTANCE, RunFolder,
+                                 partition, unit_key)
 from pipeline.segmentation.supervoxels import supervoxel_mask
-
-FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
-
 
 def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any], info: dict[str, Any],
               evaluated: dict[str, Any], concepts: list[dict[str, Any]]) -> ClassJob:
@@ -59,7 +48,7 @@ def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[s
     return ClassJob(index=index, target_class=target_class, settings=settings, info=info, evaluated=evaluated,
                     concepts=concepts, exemplars=exemplars, masks=masks, heatmaps=heatmaps,
                     volumes={v: volumes[v] for v in heat_vids if v in volumes},
-                    curves=_class_rows(folder, EVALUATION, target_class),
+                    curves=_class_rows(folder, EVALUATION, target_class) if evaluated else [],
                     videos={r["video_id"]: r for r in folder.video_rows(wanted)})
 
 
@@ -93,54 +82,6 @@ def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     chosen = list(first.values())[:n]
     chosen += [m for m in members if m not in chosen][: n - len(chosen)]
     return chosen
-
-
-def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    """Write report/index.html and its images (report/assets/); returns counts for run.json.
-    One Ray task per class reads that class's rows, renders it and writes its images; a rerun
-    over the same results with the same report settings reuses the classes already rendered.
-    The figures shown come from the run's tables (concepts.parquet and its view, metrics/,
-    evaluation/, the atlas's); `record` (the run record) gives the page's header only: the
-    run's command, settings, timings and counts."""
-    t0 = time.monotonic()
-    if not folder.exists(CONCEPTS):
-        raise RunFolderError(f"the report needs {CONCEPTS} in {folder.root}: run the concepts stage first")
-    concepts = folder.concept_view([c for c in schemas.CONCEPT_VIEW.names if c != "centroid"]).to_pylist()
-    class_info = {k: {**figures.get(None, {}), "layers": {lay: f for lay, f in figures.items() if lay is not None}}
-                  for k, figures in folder.metrics(CONCEPT_METRICS).items()}
-    evaluated = folder.metrics(EVALUATE_METRICS)
-    classes = list(dict.fromkeys([*class_info, *(r["target_class"] for r in concepts)]))
-    by_class: dict[str, list[dict[str, Any]]] = {}
-    for r in concepts:
-        by_class.setdefault(r["target_class"], []).append(r)
-    settings = {"report": c["report"], "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
-                "dataset_root": c["dataset"]["root"]}
-    fingerprint = report_fingerprint(settings, concepts, class_info, evaluated, classes)
-    done = folder.done_units("report", [], fingerprint, "report", stale="discard")
-    sections = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
-    if not sections:  # images of an earlier report (other settings, other concepts) go
-        folder.clear(f"{REPORT}/assets")
-    todo = [(i, k) for i, k in enumerate(classes) if k not in sections]
-    items = ((k, (folder, i, k, settings, class_info.get(k, {}), evaluated.get(k, {}), by_class.get(k, []),
-                  fingerprint)) for i, k in todo)
-    for out in map_tasks(render_unit, items, progress=Progress("report", len(todo), unit="classes"),
-                         on_error="report: class"):
-        sections[out.key] = out.value
-    shown = [ClassSection(index=r["index"], target_class=r["class"], html=r["html"], files={}, summary=r["summary"])
-             for r in sorted(sections.values(), key=lambda r: r["index"])]
-    atlas = None
-    if folder.exists(ATLAS_MANIFEST):  # the atlas page: one task, remade with the report
-        for out in map_tasks(atlas_unit, [("atlas page", (folder, settings))], progress=None,
-                             on_error="report: the"):
-            atlas = out.value
-    videos = folder.read_videos(["video_id", "status", "failed_stage", "error"])
-    failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED))
-    page = index_html(folder.root, c, record, shown, failed.slice(0, FAILED_SHOWN).to_pylist(), videos.num_rows,
-                      atlas=atlas is not None, n_failed=failed.num_rows)
-    folder.write_bytes(REPORT_INDEX, page.encode())
-    return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
-            "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),
-            "path": folder.path(REPORT_INDEX), **({"atlas_page": folder.path(REPORT_ATLAS)} if atlas else {})}
 
 
 def report_fingerprint(settings: dict[str, Any], concepts: list[dict[str, Any]], class_info: dict[str, Any],

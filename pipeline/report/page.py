@@ -27,6 +27,7 @@ td,th{border:1px solid #d5d8dc;padding:3px 8px;
 text-align:right}th{background:#eaeded}td:first-child,th:first-child,td:nth-child(2){text-align:left}
 caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding-top:4px}code{font-size:13px}
 """
+FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
 
 
 def gap_cell(row: dict[str, Any]) -> str:
@@ -90,7 +91,7 @@ def index_html(run_dir: str, c: dict[str, Any], record: dict[str, Any], sections
 <p class="meta">Concepts are ranked by mean TCAV score (the paper's ordering); causal importance is the mean drop in
 class probability when the concept's voxels are mean-filled in the class's scoring videos. Each card's clips are the
 members nearest the concept's centroid, the supervoxel outlined in yellow on its source clip, everything else
-dimmed. Curves and tables are in evaluation/; scores in concepts.parquet.</p>
+dimmed. The tables: evaluation/ (curves), concepts.parquet, concept_importance.parquet.</p>
 {"".join(overview)}
 {"".join(s.html for s in sections)}
 {fails}

@@ -2,41 +2,21 @@
 videos of each explaining class (up to `report.heatmap_videos`, from the score step's record):
 the model's prediction, the concepts of the finished run present in the video with where and
 how much, and the TCAV-based and causal voxel importance over the clip, per layer. One Ray task
-renders the page from the scored folder and the source clips; the driver writes what it returns."""
+(`pipeline.stages.report.build_scored_report`) renders the page from the scored folder and the
+source clips (`render_scored`); the driver writes what it returns."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.orchestration.fanout import map_tasks
 from pipeline.report.render import clip_reader, esc, fmt, slug
-from pipeline.run_folder import (CONCEPT_PRESENCE, PREDICTIONS, REPORT, REPORT_INDEX, RunFolder,
-                                 partition)
+from pipeline.run_folder import CONCEPT_PRESENCE, PREDICTIONS, RunFolder, partition
 
 MAX_VIDEOS = 60  # on the page, whatever the corpus
-
-
-def build_scored_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any], source_root: str
-                        ) -> dict[str, Any]:
-    t0 = time.monotonic()
-    examples = record["stages"]["score"]["examples"]
-    picks = [(k, v) for k, vids in examples.items() for v in vids[: int(c["report"]["heatmap_videos"])]]
-    settings = {"report": c["report"], "clip": c["clip"]}
-    outs = list(map_tasks(render_scored, [("page", (folder, settings, picks[:MAX_VIDEOS], record, source_root))],
-                          progress=None))
-    if not outs[0].ok:
-        raise RuntimeError(f"report: the scored videos' page: {outs[0].error}")
-    html, files = outs[0].value
-    for rel, data in files.items():
-        folder.write_bytes(f"{REPORT}/{rel}", data)
-    folder.write_bytes(REPORT_INDEX, html.encode())
-    return {"wall_s": round(time.monotonic() - t0, 3), "videos": len(picks[:MAX_VIDEOS]), "assets": len(files),
-            "path": folder.path(REPORT_INDEX)}
 
 
 def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple[str, str]], record: dict[str, Any],

@@ -14,7 +14,7 @@ crash loses at most the units in flight):
 Then per (class, layer) with concepts, a task links each concept of concepts.parquet to the
 global concepts its members fall into (atlas/concept_links/, markers in `_done/atlas_links/`,
 redone when the concepts change), and one task writes the summaries: atlas/concepts.parquet,
-atlas/class_concepts.parquet and atlas/atlas.json (what `pipeline.atlas.search` opens); a
+atlas/class_concepts.parquet and atlas/atlas.json (what `pipeline.run_search` opens); a
 concept's global concept is its largest link (`RunFolder.concept_view`). The driver holds partition names and
 counts, never vectors."""
 
@@ -310,7 +310,9 @@ def summarise(folder: RunFolder, layers: dict[str, dict[str, Any]], plans: dict[
 
     links = folder.read(LINKS).to_pylist() if io.part_files(folder.path(LINKS)) else []
     out["actor"] = build.actor_placements(folder.actor_concepts(), links, concept_rows)
-    folder.write_json(MANIFEST, {"settings": fingerprint, "layers": {
+    linked = (schemas.concepts_digest(folder.read(CONCEPTS, columns=["concept", "rank", "tcav_mean"]))
+              if links else None)  # which concepts the links are of (`RunFolder.concept_links`)
+    folder.write_json(MANIFEST, {"settings": fingerprint, "concepts": linked, "layers": {
         layer: {"k": r["k"], "dim": r["dim"], "index": r["index"], "nprobe": r["nprobe"],
                 "spherical": r["spherical"], "file": r["file"], "ntotal": r["ntotal"],
                 "partitions": [{"partition": q["partition"], "target_class": q["target_class"], "rows": q["rows"]}

@@ -9,7 +9,7 @@ the object store; it writes its own parts (concept_members/, tcav/, voxel_import
 class=<k>/layer=<layer>/, its concepts in _concepts/) and its marker. The driver holds video ids
 and per-class summaries; a rerun with the same settings over the same activations skips the
 finished pairs (other settings: the pairs are recomputed). concepts.parquet, the whole-run
-table of concepts, is assembled at the end."""
+table of concepts, and metrics/concepts.parquet, each class's figures, are written at the end."""
 
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ class PairWork:
 
 
 def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.ndarray], params: ConceptParams,
-                 ground_truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
+                 truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
     """One (class, layer), in a Ray task: read its partition, explain it
     (`explain_class_layer`), write its parts and marker; returns its small record. `pool`: the
     layer's whole-clip vectors (video ids sorted, vectors) the random sets are drawn from."""
@@ -239,12 +239,12 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
         info["randomisation"] = check
     shapes = {v: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]] for v, r in clips.items()}
     importance = importance_rows(k, layer, res["supervoxel_scores"], shapes)
-    if ground_truth_root:
+    if truth_root:
         from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
 
         volumes = folder.label_volumes(sorted(where), where)
         report = actor_concept_report(res["concepts"], res["members"], importance, [(k, layer)], volumes,
-                                      lambda v: video_actor_tube(ground_truth_root, clips[v], 3), 3)
+                                      lambda v: video_actor_tube(truth_root, clips[v], 3), 3)
         info["ground_truth"] = report[(k, layer)]
     part = partition(target_class=k, layer=layer)
     outputs = [(f"{PAIR_CONCEPTS}/{part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),

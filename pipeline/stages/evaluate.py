@@ -9,7 +9,8 @@ its first pass is in, its curves are queued; once those are in, a Ray task summa
 and writes evaluation/class=<k>/ and its marker. The driver keeps a few classes open at a time
 and holds their class probabilities only. A rerun skips finished classes. At the end
 each concept's causal importance goes into concept_importance.parquet (the evaluate stage's own
-table: `RunFolder.concept_view` joins it to the concepts) and run.json gets the summaries."""
+table: `RunFolder.concept_view` joins it to the concepts) and each class's figures into
+metrics/evaluate.parquet, both with the digest of the concepts they measured."""
 
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def run(job: Job) -> None:
     folder.write_table(CONCEPT_IMPORTANCE, importance)
     folder.write_table(EVALUATE_METRICS, pa.Table.from_pylist(
         [row for k, layers in summary.items() for layer, figures in layers.items()
-         for row in schemas.metric_rows(k, layer, figures)], schema=schemas.METRICS))
+         for row in schemas.metric_rows(k, layer, figures)],
+        schema=schemas.METRICS.with_metadata({"concepts": concepts_digest})))
     job.finish("evaluate", videos=videos_done, plans=plans, classes_skipped_done=len(classes) - len(todo),
                classes=summary)
     job.record["evaluation_table"] = console.evaluation_table(summary)
@@ -324,7 +326,7 @@ class ClassOutcomes:
 
 
 @ray.remote(num_cpus=0, max_retries=2)
-def finish_class(folder: RunFolder, done: ClassOutcomes, params: EvaluateParams, ground_truth_root: Optional[str],
+def finish_class(folder: RunFolder, done: ClassOutcomes, params: EvaluateParams, truth_root: Optional[str],
                  fingerprint: str) -> dict[str, Any]:
     """One class's figures from its videos' outcomes (in a Ray task): causal importance, the
     curves' points and summaries, in sample and cross-fitted (the halves' causal importance
@@ -360,14 +362,14 @@ def finish_class(folder: RunFolder, done: ClassOutcomes, params: EvaluateParams,
             mask_importance = masking_importance(names, masks, mine)
             masking.update(mask_importance)
             summary[layer].update(masking_summary(names, mask_importance, tcav_mean, causal, masks, len(mine)))
-    if ground_truth_root and outcomes:
+    if truth_root and outcomes:
         from pipeline.evaluation.ground_truth import importance_mass_report, localisation_report, video_actor_tube
 
         vids = sorted(outcomes)
         vi = folder.read(VOXEL_IMPORTANCE + "/" + partition(target_class=k),
                          filter=pc.is_in(pc.field("video_id"), pa.array(vids, type=pa.string()))).to_pylist()
         volumes = folder.label_volumes(vids, done.where)
-        tubes = {r["video_id"]: video_actor_tube(ground_truth_root, r, 3) for r in done.videos}
+        tubes = {r["video_id"]: video_actor_tube(truth_root, r, 3) for r in done.videos}
         for report in (importance_mass_report(vi, causal, volumes, tubes), localisation_report(vi, causal, volumes,
                                                                                                tubes)):
             for (kk, layer), shares in report.items():
