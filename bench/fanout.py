@@ -75,8 +75,8 @@ def ray_data_side(overrides: list[str], out: str, idiomatic: bool) -> float:
 
     from pipeline import io, schemas
     from pipeline.config import to_plain
-    from pipeline.data.video import ClipSpec
-    from pipeline.lease import new_run_id
+    from pipeline.data.video import ClipSpec, DecodeLimits
+    from pipeline.lease import Lease, new_run_id
     from pipeline.models.registry import model_window
     from pipeline.params import from_section
     from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder, fingerprints
@@ -87,41 +87,46 @@ def ray_data_side(overrides: list[str], out: str, idiomatic: bool) -> float:
 
     t0 = time.perf_counter()
     c = to_plain(config(overrides + [f"run.output_dir={out}"]))
-    spec = ClipSpec(**c["clip"])
+    spec, limits = ClipSpec(**c["clip"]), DecodeLimits(**c["decode"])
     params = from_section(SegmentParams, c["segment"])
     window = model_window(c["model"])
     min_frames = window if c["segment"]["short_supervoxels"] == "drop" else None
-    folder = RunFolder(out, new_run_id())
-    fingerprint = fingerprints(c, window, None)["segment"]
-    table = folder.read_videos()
-    videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
-    per_part = int(c["segment"]["videos_per_part"])
-    units = unit_batches(videos.ids, per_part)
-    if not idiomatic:
-        items = [{"unit": f"{n:05d}", "ids": ids} for n, ids in enumerate(units)]
+    run_id = new_run_id()
+    folder = RunFolder(out, run_id)
+    with Lease(out, run_id) as lease:  # workers write only under a live lease, as the job's
+        folder.lease = lease
+        fingerprint = fingerprints(c, window, None)["segment"]
+        table = folder.read_videos()
+        videos = VideoRows(table.filter(pc.equal(table.column("status"), schemas.OK)))
+        per_part = int(c["segment"]["videos_per_part"])
+        units = unit_batches(videos.ids, per_part)
+        if not idiomatic:
+            items = [{"unit": f"{n:05d}", "ids": ids} for n, ids in enumerate(units)]
 
-        def run_unit(item: dict) -> dict:
-            segment_unit(folder, item["unit"], videos.rows(list(item["ids"])), spec, params, min_frames, fingerprint)
-            return {"unit": item["unit"]}
+            def run_unit(item: dict) -> dict:
+                segment_unit(folder, item["unit"], videos.rows(list(item["ids"])), spec, params, min_frames,
+                             fingerprint, limits)
+                return {"unit": item["unit"]}
 
-        done = ray.data.from_items(items, override_num_blocks=len(items)).map(run_unit, num_cpus=1).take_all()
-        assert len(done) == len(units)
+            done = ray.data.from_items(items, override_num_blocks=len(items)).map(run_unit, num_cpus=1).take_all()
+            assert len(done) == len(units)
+            return time.perf_counter() - t0
+
+        n_segments = list(params.n_segments)
+        sv_dir = folder.path(SUPERVOXELS)
+
+        def segment_batch(batch: pa.Table) -> pa.Table:
+            results = [segment_video(row, spec, params, min_frames, limits) for row in batch.to_pylist()]
+            (_, label_groups), (_, sv_groups) = segment_tables(results, n_segments)
+            name = f"part-{results[0].video_id.replace('/', '_')}.parquet"
+            io.write_row_groups(sv_groups, os.path.join(sv_dir, name))
+            return pa.concat_tables(label_groups)
+
+        blocks = [videos.table.take(pa.array([videos.position[v] for v in ids])) for ids in units]
+        rows = ray.data.from_arrow(blocks)  # a block per unit, as the tasks side has
+        rows.map_batches(segment_batch, batch_size=per_part, batch_format="pyarrow", num_cpus=1,
+                         zero_copy_batch=True).write_parquet(folder.path(LABEL_VOLUMES))
         return time.perf_counter() - t0
-
-    n_segments = list(params.n_segments)
-    sv_dir = folder.path(SUPERVOXELS)
-
-    def segment_batch(batch: pa.Table) -> pa.Table:
-        results = [segment_video(row, spec, params, min_frames) for row in batch.to_pylist()]
-        (_, label_groups), (_, sv_groups) = segment_tables(results, n_segments)
-        io.write_row_groups(sv_groups, os.path.join(sv_dir, f"part-{results[0].video_id.replace('/', '_')}.parquet"))
-        return pa.concat_tables(label_groups)
-
-    blocks = [videos.table.take(pa.array([videos.position[v] for v in ids])) for ids in units]
-    rows = ray.data.from_arrow(blocks)  # a block per unit, as the tasks side has
-    rows.map_batches(segment_batch, batch_size=per_part, batch_format="pyarrow", num_cpus=1,
-                     zero_copy_batch=True).write_parquet(folder.path(LABEL_VOLUMES))
-    return time.perf_counter() - t0
 
 
 def main() -> None:
