@@ -1,5 +1,5 @@
 """What every parameter set of the method shares: its checks raise `ParameterError` in the
-set's own terms (the field's name), and it is read from a plain config section.
+set's own terms (the field's name), and it is read from a config section or group.
 
 A parameter set is a dataclass beside the functions that use it (`SegmentParams` in
 `pipeline.segmentation.supervoxels`, `ConceptParams` in `pipeline.concepts.params`, ...): the
@@ -35,17 +35,14 @@ def require(ok: bool, name: str, value: Any, why: str) -> None:
         raise ParameterError(name, value, why)
 
 
-def from_section(cls: type[T], section: Mapping[str, Any]) -> T:
-    """An instance of the parameter set `cls` from a plain config section (a dict that may hold
-    more keys than the set has fields: a config group adds its scheduling settings)."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    return cls(**{k: v for k, v in section.items() if k in names})
-
-
-def narrowed(cls: type[T], group: Any, **changes: Any) -> T:
-    """The parameter set `cls` out of a config group that extends it (`ActivateConfig` is
-    `ActivateParams` plus its scheduling settings): its own fields only, with `changes`."""
-    values = {f.name: getattr(group, f.name) for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+def from_section(cls: type[T], section: Any, **changes: Any) -> T:
+    """An instance of the parameter set `cls` from a config section, with `changes`: a plain
+    dict (its missing keys keep their defaults) or a typed group that extends the set
+    (`ActivateConfig` is `ActivateParams` plus its scheduling settings). Keys or fields the set
+    does not have are left out."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    values = ({k: v for k, v in section.items() if k in names} if isinstance(section, Mapping)
+              else {n: getattr(section, n) for n in names})
     return cls(**{**values, **changes})
 
 

@@ -51,7 +51,8 @@ class RunReaders:
                                              importance.column(column).to_pylist()))
         if {"global_concept", "global_concept_share"} & set(wanted):
             top: dict[str, tuple[int, float]] = {}
-            for link in self.concept_links(concepts):  # the largest share, the first of equal ones
+            links = self.concept_links(concepts, ["concept", "global_concept", "share"])
+            for link in links:  # the largest share, the first of equal ones
                 name = link["concept"]
                 if name not in top or link["share"] > top[name][1]:
                     top[name] = (link["global_concept"], link["share"])
@@ -73,16 +74,18 @@ class RunReaders:
             return {}
         return schemas.metric_figures(table)
 
-    def concept_links(self, concepts: Optional[pa.Table] = None) -> list[dict[str, Any]]:
-        """atlas/concept_links/ (concept, global concept, share, ...) when the atlas linked the
-        concepts concepts.parquet holds now; [] before it ran or after a later concepts stage."""
+    def concept_links(self, concepts: Optional[pa.Table] = None,
+                      columns: Optional[list[str]] = None) -> list[dict[str, Any]]:
+        """atlas/concept_links/ rows (or their `columns`) when the atlas linked the concepts
+        concepts.parquet holds now (`concepts`: that table, if already read); [] before the atlas
+        ran or after a later concepts stage."""
         if not io.part_files(self.path(ATLAS_LINKS)) or not self.exists(ATLAS_MANIFEST):
             return []
         manifest = io.read_json(self.path(ATLAS_MANIFEST))
         linked = {b"concepts": str(manifest.get("concepts") or "").encode()}
         if not self._of_these_concepts(linked, ATLAS_LINKS, "atlas", concepts):
             return []
-        return self.read(ATLAS_LINKS).to_pylist()
+        return self.read(ATLAS_LINKS, columns=columns).to_pylist()
 
     def _of_these_concepts(self, metadata: Optional[dict[bytes, bytes]], name: str, stage: str,
                            concepts: Optional[pa.Table] = None) -> bool:

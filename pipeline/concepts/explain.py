@@ -93,7 +93,7 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
             "random_mean": float(base.scores.mean()),
             "supervoxel_scores": _supervoxel_scores(found.concepts, [c["concept"] for c in concepts], means, scoring),
             "randomisation": None if randomised_gradients is None else
-            _randomisation(scored, base, randomised_gradients, p_values, params)}
+            _randomisation(scored, means, base, randomised_gradients, p_values, params)}
 
 
 def _corrected(p_values: Sequence[float], params: ConceptParams) -> np.ndarray:
@@ -122,13 +122,14 @@ def _supervoxel_scores(found: Sequence[Any], names: Sequence[str], means: np.nda
             for vid, sid, j in zip(scoring.video_ids, scoring.ids, nearest)]
 
 
-def _randomisation(scored: Sequence[ConceptScores], base: ConceptScores, randomised_gradients: np.ndarray,
-                   p_values: np.ndarray, params: ConceptParams) -> dict[str, Any]:
+def _randomisation(scored: Sequence[ConceptScores], means: np.ndarray, base: ConceptScores,
+                   randomised_gradients: np.ndarray, p_values: np.ndarray,
+                   params: ConceptParams) -> dict[str, Any]:
     """The model-randomisation check: the same CAVs scored on the randomised model's gradients."""
     after, after_base = rescore(scored, base, randomised_gradients)
     after_p = _corrected([s.p_value for s in after], params)
     before_sig, after_sig = p_values <= params.p_threshold, after_p <= params.p_threshold
-    return {**rank_change(np.array([s.mean for s in scored]), [s.mean for s in after]),
+    return {**rank_change(means, [s.mean for s in after]),
             "significant_before": int(before_sig.sum()), "significant_after": int(after_sig.sum()),
             "significance_changed": int((before_sig != after_sig).sum()),
             "random_baseline_mean_after": float(after_base.scores.mean()),

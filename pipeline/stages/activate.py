@@ -24,7 +24,7 @@ from pipeline.data.ingest import read_ingested_clip
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import narrowed
+from pipeline.params import from_section
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, DONE, PREDICTIONS, SUPERVOXELS, RunFolder,
                                  RunFolderError, partition)
 from pipeline.segmentation.supervoxels import KEPT
@@ -40,7 +40,7 @@ BOX = ["supervoxel_id", "resolution", "label", "t0", "t1", "y0", "y1", "x0", "x1
 def run(job: Job) -> None:
     job.begin("activate")
     cfg, folder = job.cfg, job.folder
-    params = narrowed(ActivateParams, cfg.activate)
+    params = from_section(ActivateParams, cfg.activate)
     fingerprint = job.fingerprints["activate"]
     table = folder.read_videos()
     done = folder.done_units("activate", OUTPUTS, fingerprint, "clip/segment/activate/model",

@@ -32,7 +32,7 @@ from pipeline.evaluation.summary import class_recognition
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import narrowed
+from pipeline.params import from_section
 from pipeline.scoring.randomisation import randomised_gradients
 from pipeline.scoring.tcav import RandomSets, draw_random_sets
 from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS, CONCEPT_METRICS, CONCEPTS, PREDICTIONS,
@@ -285,7 +285,7 @@ def randomisation_check(job: Job, classes: list[str], scoring: dict[str, list[st
     todo = [k for k in classes if k not in finished]
     if not todo:
         return
-    params = narrowed(ActivateParams, job.cfg.activate, gradients=True, measure_batch=False)
+    params = from_section(ActivateParams, job.cfg.activate, gradients=True, measure_batch=False)
     progress = Progress("randomisation check", sum(len(scoring[k]) for k in todo))
     with ModelActors(job.cfg, params, job.module, stage="randomisation check", work=len(todo)) as pool:
         items = ((k, (folder, k, scoring[k], layers, seed, fingerprint)) for k in todo)

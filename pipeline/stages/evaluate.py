@@ -35,7 +35,7 @@ from pipeline.evaluation.summary import (causal_importance, crossfit_summary, cu
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.prefetch import prefetched
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import narrowed
+from pipeline.params import from_section
 from pipeline.run_folder import (CONCEPT_IMPORTANCE, CONCEPTS, EVALUATE_METRICS, EVALUATION, VOXEL_IMPORTANCE,
                                  RunFolder, partition, reduction_fingerprint, unit_key)
 from pipeline.stages.base import Job, VideoRows, ground_truth_root
@@ -70,7 +70,8 @@ def run(job: Job) -> None:
     if todo:
         videos = VideoRows(folder.read_videos())
         where = folder.label_index()
-        actor_params = narrowed(ActivateParams, cfg.activate, gradients=False, measure_batch=False)
+        actor_params = from_section(ActivateParams, cfg.activate, gradients=False,
+                                    measure_batch=False)
         with ModelActors(cfg, actor_params, job.module, stage="evaluate") as pool:
             runner = ClassRunner(job, pool, videos, where, ranked, params, fill, fingerprint, tcav_mean)
             records.update(runner.run(todo))

@@ -16,7 +16,7 @@ from pipeline import schemas
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.params import narrowed
+from pipeline.params import from_section
 from pipeline.run_folder import LABEL_VOLUMES, SUPERVOXELS, RunFolder
 from pipeline.segmentation.supervoxels import DROPPED_DUPLICATE, DROPPED_SHORT, DROPPED_SMALL, KEPT, SegmentParams
 from pipeline.segmentation.video import SegmentedVideo, segment_video
@@ -33,7 +33,7 @@ def run(job: Job) -> None:
     job.begin("segment")
     cfg, folder = job.cfg, job.folder
     spec, limits = cfg.clip, cfg.decode
-    params = narrowed(SegmentParams, cfg.segment)
+    params = from_section(SegmentParams, cfg.segment)
     min_frames = job.window if cfg.segment.short_supervoxels == "drop" else None
     fingerprint = job.fingerprints["segment"]
     table = folder.read_videos()
