@@ -14,7 +14,7 @@ def concept_table(concepts: list[dict[str, Any]], class_info: dict[str, dict[str
     """The short per-class table the job prints: top concepts by mean TCAV score."""
     lines = []
     for k, info in class_info.items():
-        flag = "" if info["recognised"] else "  << the model does not recognise this class"
+        flag = "" if info["recognised"] else "  << not significantly above chance"
         lines.append(f"{k}: model accuracy {info['scoring_accuracy']:.2f} on {info['scoring_videos']} scoring videos"
                      f"{flag}")
         for layer, li in info.get("layers", {}).items():

@@ -151,10 +151,12 @@ def small_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def segmented_run(tmp_path_factory):
-    """The default job on a folder corpus (4 synthetic videos per class and one broken file) in
-    units of 4 videos, its outputs written through a `file://` URI (pyarrow's filesystems, as
-    on an object store); shared by the segment-stage and remote-output tests. `out`: the same
-    folder as a local path, for reading."""
+    """The job with the method's supervoxels (`segment=reference`: a quarter of the default's
+    patches to activate) on a folder corpus (4 synthetic videos per class and one broken file)
+    in units of 4 videos, its outputs written through a `file://` URI (pyarrow's filesystems,
+    as on an object store); shared by the segment-stage and remote-output tests. `out`: the
+    same folder as a local path, for reading. The default's supervoxels go through every stage
+    in small_run."""
     from pipeline.data.synthetic import SyntheticParams, ensure_corpus
 
     base = tmp_path_factory.mktemp("seg")
@@ -164,8 +166,8 @@ def segmented_run(tmp_path_factory):
     shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
     (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
     out = base / "run"
-    args = [f"run.output_dir=file://{out}", "dataset=folder", f"dataset.root={folder}", "segment.videos_per_part=4",
-            "activate.videos_per_part=4"]
+    args = [f"run.output_dir=file://{out}", "dataset=folder", f"dataset.root={folder}", "segment=reference",
+            "segment.videos_per_part=4", "activate.videos_per_part=4"]
     record, printed = run_job_here(*args)
     return {"out": str(out), "uri": f"file://{out}", "args": args, "first": printed, "record": record}
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluation.deletion import DELETE, INSERT, Plan, apply_plan, auc, concept_voxels, curve_plans, orderings
+from pipeline.evaluation.deletion import (DELETE, INSERT, Plan, apply_plan, auc, concept_voxels, curve_plans, in_video,
+                                         orderings)
 from pipeline.segmentation.supervoxels import supervoxel_id
 
 
@@ -39,6 +40,18 @@ def test_delete_fills_the_concept_and_insert_keeps_only_it():
     assert (inserted[:, :, :2] == 200).all() and (inserted[:, :, 2:] == 117).all()
     assert (apply_plan(clip, voxels, Plan(DELETE, frozenset()), fill=117) == clip).all()  # k = 0: the clip
     assert (apply_plan(clip, voxels, Plan(INSERT, frozenset()), fill=117) == 117).all()  # k = 0: all fill
+
+
+def test_a_plan_naming_concepts_absent_from_a_video_makes_the_clip_of_its_present_ones():
+    """What lets the evaluate stage run each distinct clip of a video once."""
+    voxels = concept_voxels(_labels(), [supervoxel_id(0, 0)], ["left"])
+    clip = np.random.default_rng(0).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
+    for mode in (DELETE, INSERT):
+        plan = Plan(mode, frozenset({"left", "elsewhere"}))
+        assert in_video(plan, voxels) == Plan(mode, frozenset({"left"}))
+        same = apply_plan(clip, voxels, in_video(plan, voxels), 117)
+        assert np.array_equal(apply_plan(clip, voxels, plan, 117), same)
+    assert in_video(Plan(DELETE, frozenset({"elsewhere"})), voxels) == Plan(DELETE, frozenset())
 
 
 def test_curves_orders_and_areas():

@@ -1,5 +1,6 @@
 """The segment and activate stages as a user runs them (tests/conftest.py's segmented_run: the
-default job on a folder corpus with a broken file, its outputs on a file:// URI): supervoxels
+job with the method's supervoxels on a folder corpus with a broken file, its outputs on a
+file:// URI): supervoxels
 on disk, masks read back, vectors for every kept supervoxel and clip, resume, failures."""
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_the_authors_dedupe_rule_runs_in_the_stage(segmented_run, tmp_path):
 
     args = [a for a in segmented_run["args"] if not a.startswith("run.output_dir=")]
     out = tmp_path / "stce"
-    run_job_here(*args, f"run.output_dir={out}", "segment=reference", "segment.dedupe=stce",
+    run_job_here(*args, f"run.output_dir={out}", "segment.dedupe=stce",
                  "run.stages=[ingest,segment]")
     sv = read_parts(str(out / "supervoxels")).to_pandas()
     dup = sv[sv.status == "dropped_duplicate"]

@@ -90,6 +90,13 @@ class Plan:
     concepts: frozenset[str]
 
 
+def in_video(plan: Plan, voxels: dict[str, np.ndarray]) -> Plan:
+    """The plan with the concepts that have no voxels in this video left out: it makes the same
+    clip (`apply_plan`)."""
+    present = frozenset(c for c in plan.concepts if c in voxels)
+    return plan if present == plan.concepts else Plan(plan.mode, present)
+
+
 def apply_plan(clip: np.ndarray, voxels: dict[str, np.ndarray], plan: Plan, fill: float) -> np.ndarray:
     """uint8 [T, H, W, 3]: the clip under the plan."""
     covered = np.zeros(clip.shape[:3], dtype=bool)

@@ -12,7 +12,7 @@ import torch
 from pipeline.activations.extract import clips_logits
 from pipeline.activations.video import to_device
 from pipeline.data.ingest import read_ingested_clip
-from pipeline.evaluation.deletion import Plan, apply_plan, concept_voxels
+from pipeline.evaluation.deletion import Plan, apply_plan, concept_voxels, in_video
 
 
 def plan_outcomes(host: Any, row: dict[str, Any], labels: np.ndarray,
@@ -27,14 +27,18 @@ def plan_outcomes(host: Any, row: dict[str, Any], labels: np.ndarray,
     out: dict[str, dict[str, list]] = {}
     for layer, layer_plans in plans.items():
         voxels = concept_voxels(labels, *assignments[layer])
+        # Plans that differ only in concepts absent from this video make the same clip: each
+        # distinct clip runs once (in a class's curves and masks, about a fifth of them repeat).
+        distinct = list(dict.fromkeys(in_video(p, voxels) for p in layer_plans))
         probs: list[float] = []
         correct: list[bool] = []
-        for start in range(0, len(layer_plans), chunk):
-            clips = [to_device(apply_plan(clip, voxels, p, fill), host.device)
-                     for p in layer_plans[start:start + chunk]]
+        for start in range(0, len(distinct), chunk):
+            clips = [to_device(apply_plan(clip, voxels, p, fill), host.device) for p in distinct[start:start + chunk]]
             logits = clips_logits(host.model.module, clips, host.spec, host.params.batch_size, host.params.autocast)
             p = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
             probs += p[:, k].tolist()
             correct += (np.argmax(logits, axis=1) == k).tolist()
-        out[layer] = {"prob": probs, "correct": correct}
+        at = {plan: i for i, plan in enumerate(distinct)}
+        rows = [at[in_video(p, voxels)] for p in layer_plans]
+        out[layer] = {"prob": [probs[i] for i in rows], "correct": [correct[i] for i in rows]}
     return out

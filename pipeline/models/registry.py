@@ -14,11 +14,12 @@ project checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch import nn
@@ -283,11 +284,31 @@ def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = 
     check_layers(module, layers, name)
 
 
-def skeleton(builder: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
-    """The model with its module names, built on torch's meta device (no memory, no weights);
-    on the CPU for a builder that computes with tensors while building (PyTorchVideo's MViT)."""
+# torch.nn.init's fillers: a skeleton's weights are never read, and on the meta device a normal
+# draw loads torch's Python reference kernels (torch._refs, and with them torch._dynamo): about
+# 1.2 s of every driver's start, for the demo network's five convolutions.
+_INIT_FILLERS = ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
+                 "xavier_uniform_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def _no_weight_init() -> Iterator[None]:
+    saved = {name: getattr(nn.init, name) for name in _INIT_FILLERS}
     try:
-        with torch.device("meta"):
+        for name in _INIT_FILLERS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
+def skeleton(builder: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
+    """The model with its module names, built on torch's meta device (no memory, no weights,
+    torch.nn.init's fillers skipped); on the CPU for a builder that computes with tensors while
+    building (PyTorchVideo's MViT)."""
+    try:
+        with torch.device("meta"), _no_weight_init():
             return builder(**kwargs)
     except (RuntimeError, NotImplementedError):
         return builder(**kwargs)
