@@ -166,8 +166,8 @@ def segmented_run(tmp_path_factory):
     shutil.copytree(corpus, folder, ignore=shutil.ignore_patterns("*.parquet", "*.json"))
     (folder / "advance" / "broken.mp4").write_bytes(b"\x00" * 100)
     out = base / "run"
-    args = [f"run.output_dir=file://{out}", "dataset=folder", f"dataset.root={folder}", "segment=reference",
-            "segment.videos_per_part=4", "activate.videos_per_part=4"]
+    args = [f"run.output_dir=file://{out}", "dataset=folder", f"dataset.root={folder}",
+            "segment=reference", "segment.videos_per_part=4", "activate.videos_per_part=4"]
     record, printed = run_job_here(*args)
     return {"out": str(out), "uri": f"file://{out}", "args": args, "first": printed, "record": record}
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluation.deletion import (DELETE, INSERT, Plan, apply_plan, auc, concept_voxels, curve_plans, in_video,
-                                         orderings)
+from pipeline.evaluation.deletion import (DELETE, INSERT, Plan, apply_plan, auc, concept_voxels,
+                                         curve_plans, in_video, orderings)
 from pipeline.segmentation.supervoxels import supervoxel_id
 
 

@@ -39,7 +39,7 @@ def test_device_patches_match_the_pil_reference(seed, out_size):
     labels = torch.from_numpy(seg.labels.astype(np.int64))
     tb = seg.table
     diffs, diffs_model, diffs_half = [], [], []
-    for i in seg.kept()[::3]:  # every resolution, a third of the supervoxels
+    for i in seg.kept()[::6]:  # every resolution, a sixth of the supervoxels (millions of values)
         box = tuple(int(tb[k][i]) for k in BOX)
         mask = seg.labels[tb["resolution"][i]] == tb["label"][i]
         ref = reference_patch(clip, mask, box, out_size, out_size)

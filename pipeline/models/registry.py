@@ -14,16 +14,16 @@ project checkpoint).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import importlib
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import nn
 
+from pipeline.models.skeleton import skeleton
 from pipeline.params import ParameterError
 
 CHECKPOINT_FORMAT = "pipeline-checkpoint-v1"
@@ -282,36 +282,6 @@ def check_model_config(model_cfg: dict[str, Any], module: Optional[nn.Module] = 
         if name in ("demo", "checkpoint"):
             check_weights_fit(module, ckpt["state_dict"], path, spec.name)
     check_layers(module, layers, name)
-
-
-# torch.nn.init's fillers: a skeleton's weights are never read, and on the meta device a normal
-# draw loads torch's Python reference kernels (torch._refs, and with them torch._dynamo): about
-# 1.2 s of every driver's start, for the demo network's five convolutions.
-_INIT_FILLERS = ("normal_", "uniform_", "trunc_normal_", "kaiming_normal_", "kaiming_uniform_", "xavier_normal_",
-                 "xavier_uniform_", "orthogonal_")
-
-
-@contextlib.contextmanager
-def _no_weight_init() -> Iterator[None]:
-    saved = {name: getattr(nn.init, name) for name in _INIT_FILLERS}
-    try:
-        for name in _INIT_FILLERS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
-
-
-def skeleton(builder: Callable[..., nn.Module], **kwargs: Any) -> nn.Module:
-    """The model with its module names, built on torch's meta device (no memory, no weights,
-    torch.nn.init's fillers skipped); on the CPU for a builder that computes with tensors while
-    building (PyTorchVideo's MViT)."""
-    try:
-        with torch.device("meta"), _no_weight_init():
-            return builder(**kwargs)
-    except (RuntimeError, NotImplementedError):
-        return builder(**kwargs)
 
 
 def model_window(model_cfg: dict[str, Any]) -> int:

@@ -55,9 +55,9 @@ def encode_animation(frames: np.ndarray, image_format: str, frame_ms: int) -> by
 
     images = [Image.fromarray(f) for f in frames]
     buf = _io.BytesIO()
-    if image_format == "webp":
+    if image_format == "webp":  # method 2: a third of method 4's encoding time, files 5% larger
         images[0].save(buf, format="WEBP", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,
-                       quality=80, method=4)
+                       quality=80, method=2)
     else:
         images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return buf.getvalue()

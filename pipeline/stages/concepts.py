@@ -88,9 +88,8 @@ def run(job: Job) -> None:
                          "scoring_accuracy": accuracy, "chance": chance, "recognised": recognised,
                          "random_pool_videos": len(pool), "random_set_size": len(sets.baseline)}
         if not recognised:
-            log.warning("concepts: class %r: the model's accuracy on it, %.2f on %d scoring videos, is not "
-                        "significantly above chance (%.2f; one-sided binomial test at 0.05), so its concepts may say "
-                        "little about the model", k, accuracy, len(scoring), chance)
+            log.warning("concepts: class %r: accuracy %.2f on %d scoring videos, not significantly above "
+                        "chance (%.2f): its concepts may say little about the model", k, accuracy, len(scoring), chance)
 
     pairs = [(k, layer) for k in classes for layer in layers]
     todo = [p for p in pairs if p not in records]
