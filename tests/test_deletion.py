@@ -54,6 +54,41 @@ def test_a_plan_naming_concepts_absent_from_a_video_makes_the_clip_of_its_presen
     assert in_video(Plan(DELETE, frozenset({"elsewhere"})), voxels) == Plan(DELETE, frozenset())
 
 
+def test_each_distinct_clip_of_a_video_runs_once_and_every_plan_gets_its_outcome(monkeypatch):
+    """`plan_outcomes` on a host whose model scores a clip by its mean pixel: the same outcomes,
+    in the plans' order, as running every plan, from fewer clips."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from pipeline.evaluation import outcomes
+
+    clips_run = []
+
+    def logits_of_mean_pixel(module, clips, spec, batch_size, autocast):
+        clips_run.extend(clips)
+        return np.array([[float(c.float().mean()) / 255, 0.5] for c in clips], dtype=np.float32)
+
+    monkeypatch.setattr(outcomes, "clips_logits", logits_of_mean_pixel)
+    host = SimpleNamespace(class_index=lambda row: 0, device=torch.device("cpu"),
+                           model=SimpleNamespace(module=None), spec=None,
+                           params=SimpleNamespace(batch_size=4, autocast=False))
+    ids = [supervoxel_id(0, 0), supervoxel_id(0, 1)]
+    assignments = {"layer2": (ids, ["left", "right"])}
+    clip = np.random.default_rng(1).integers(0, 255, (2, 4, 4, 3), dtype=np.uint8)
+    named = [(DELETE, ()), (DELETE, ("gone",)), (DELETE, ("left", "gone")), (INSERT, ("gone",)),
+             (DELETE, ("left",)), (INSERT, ()), (INSERT, ("right",))]
+    plans = {"layer2": [Plan(mode, frozenset(concepts)) for mode, concepts in named]}
+    args = ({"label": "a"}, _labels(), assignments, plans, 117.0)
+    every = outcomes.plan_outcomes(host, *args, clip=clip, distinct=False)["layer2"]
+    assert len(clips_run) == 7
+    clips_run.clear()
+    distinct = outcomes.plan_outcomes(host, *args, clip=clip)["layer2"]
+    assert len(clips_run) == 4  # the clip, left deleted, all fill, right kept
+    assert distinct == every and len(distinct["prob"]) == 7
+    assert distinct["prob"][0] == distinct["prob"][1] and distinct["prob"][2] == distinct["prob"][4]
+
+
 def test_curves_orders_and_areas():
     plans = curve_plans(["a", "b", "c"], DELETE)
     assert [sorted(p.concepts) for p in plans] == [[], ["a"], ["a", "b"], ["a", "b", "c"]]

@@ -1,5 +1,5 @@
 """Outputs on a filesystem URI instead of a local path (s3://, gs://, hdfs://, ... through
-pyarrow's filesystems): the whole default job on a `file://` URI (tests/conftest.py's
+pyarrow's filesystems): a whole job (every stage) on a `file://` URI (tests/conftest.py's
 segmented_run: its Ray workers write their own parts there, so the filesystem must be one that
 every process sees), then the public readers on pyarrow's in-memory `mock://` filesystem (an
 object store's semantics: no directories, a rename is a copy), in this process. (A rerun on

@@ -1,7 +1,7 @@
 """The segment and activate stages as a user runs them (tests/conftest.py's segmented_run: the
 job with the method's supervoxels on a folder corpus with a broken file, its outputs on a
-file:// URI): supervoxels
-on disk, masks read back, vectors for every kept supervoxel and clip, resume, failures."""
+file:// URI): supervoxels on disk, masks read back, vectors for every kept supervoxel and clip,
+resume, failures."""
 
 from __future__ import annotations
 

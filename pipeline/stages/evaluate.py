@@ -320,7 +320,7 @@ class ClassOutcomes:
     results: Results  # each video's outcomes, per pass, in its plans' order
     tcav_mean: dict[str, float]  # its concepts' mean TCAV scores
     failed: dict[str, str]  # videos left out, and why
-    plans: int  # plans run
+    plans: int  # plans evaluated (a video runs each distinct clip of a pass once: fewer clips)
     where: dict[str, tuple[str, int]]  # where its videos' label volumes are
     videos: list[dict[str, Any]]  # their videos.parquet rows (the ground truth's clips; [] without one)
     crossfit: tuple[list[list[str]], dict[int, dict[str, float]]]  # the halves and their causal importance
