@@ -9,10 +9,11 @@ import json
 from typing import Any, Optional, Sequence
 
 from pipeline.params import output_settings
+from pipeline.schemas import FORMAT_VERSION
 
-# The fingerprints' own version: a change of what they hold (not of a setting's value) bumps it,
-# and a folder made by another version is refused by the video stages instead of special cases.
-VERSION = 2
+# The fingerprints hold the output format (`schemas.FORMAT_VERSION`): a change of what they hold
+# (not of a setting's value) bumps it, and a folder of another format is refused.
+VERSION = FORMAT_VERSION
 
 
 def segment_settings(c: dict[str, Any]) -> dict[str, Any]:

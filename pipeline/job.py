@@ -23,16 +23,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console, io
+from pipeline import console, io, schemas
 from pipeline.config import CONF_DIR, STAGES, ConfigError, register_configs, to_plain, validate
 from pipeline.lease import Lease, LeaseError, new_run_id
 from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError, fingerprints
@@ -52,6 +53,21 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def git_commit() -> Optional[str]:
+    """The commit of the code when it runs from this project's own git checkout (None for an
+    installed package, even one inside another repository)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "-C", package, "rev-parse", "--show-toplevel", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = out.stdout.split()
+    top = os.path.realpath(os.path.dirname(package))
+    ours = len(lines) == 2 and os.path.realpath(lines[0]) == top
+    return lines[1] if out.returncode == 0 and ours else None
 
 
 def absolutise(cfg: DictConfig) -> None:
@@ -84,12 +100,15 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
         "finished": None,
         "command": " ".join(sys.argv),
         "config": c,
+        "format_version": schemas.FORMAT_VERSION,
         "versions": versions(),
+        "git_commit": git_commit(),
         "stages": {},
         "counts": {},
     }
     with Lease(folder.root, run_id) as lease:
         folder.lease = lease
+        folder.check_format()
         keep_earlier_stages(record, folder, settings.run.stages)
         check_inputs(folder, settings.run.stages)
         init_ray(c["ray"])

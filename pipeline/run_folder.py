@@ -95,7 +95,8 @@ class RunFolder(RunReaders):
 
     def write_videos(self, table: pa.Table, fingerprint: str) -> pa.Table:
         self._check_lease()
-        table = table.cast(schemas.VIDEOS).replace_schema_metadata({"settings": fingerprint})
+        meta = {"settings": fingerprint, **schemas.file_metadata()}
+        table = table.cast(schemas.VIDEOS).replace_schema_metadata(meta)
         io.write_table(table, self.path(VIDEOS))
         return table
 
@@ -150,7 +151,8 @@ class RunFolder(RunReaders):
         for folder, tables in outputs:
             self._check_lease()
             groups = [tables] if isinstance(tables, pa.Table) else list(tables)
-            meta = {**(groups[0].schema.metadata or {}), b"settings": fingerprint.encode()}
+            meta = {**(groups[0].schema.metadata or {}), b"settings": fingerprint.encode(),
+                    **schemas.file_metadata()}
             io.write_row_groups([t.replace_schema_metadata(meta) for t in groups], self.path(folder, name))
         rows = [{"unit": unit, "part": name, "video_id": None, "status": schemas.OK, "error": None,
                  "row_group": None, "record": None, **m, "settings": fingerprint,
@@ -159,7 +161,8 @@ class RunFolder(RunReaders):
             if r["record"] is not None and not isinstance(r["record"], str):
                 r["record"] = json.dumps(r["record"], default=_json_default)
         self._check_lease()
-        io.write_table(pa.Table.from_pylist(rows, schema=schemas.MARKERS), self.path(DONE, stage, name))
+        marked = schemas.MARKERS.with_metadata(schemas.file_metadata())
+        io.write_table(pa.Table.from_pylist(rows, schema=marked), self.path(DONE, stage, name))
         return name
 
     def done_units(self, stage: str, data: Sequence[str], fingerprint: str, what: str, stale: str = "raise",
@@ -305,10 +308,26 @@ class RunFolder(RunReaders):
             raise RunFolderError(f"run {self.run_id} no longer holds {self.root} (run {holder!r} does): "
                                  "this worker writes nothing")
 
+    def check_format(self) -> None:
+        """Before any work: refuse a folder whose run.json names another output format
+        (`schemas.FORMAT_VERSION`; a folder from before formats were recorded goes on, and its
+        stages' fingerprints decide)."""
+        try:
+            old = io.read_json(self.path(RUN_JSON)) if self.exists(RUN_JSON) else {}
+        except (ValueError, OSError):
+            return
+        made = old.get("format_version")
+        if made is not None and made != schemas.FORMAT_VERSION:
+            by = (old.get("versions") or {}).get("pipeline", "another version")
+            raise RunFolderError(f"{self.root} holds outputs of format {made} (written by {by}); "
+                                 f"this code writes format {schemas.FORMAT_VERSION}: write to a new "
+                                 "run.output_dir, or finish this folder with the code that made it")
+
     def write_table(self, name: str, table: pa.Table) -> None:
         """A whole-run table (concepts.parquet, ...), replaced atomically."""
         self._check_lease()
-        io.write_table(table, self.path(name))
+        meta = {**(table.schema.metadata or {}), **schemas.file_metadata()}
+        io.write_table(table.replace_schema_metadata(meta), self.path(name))
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self._check_lease()

@@ -96,6 +96,7 @@ def source_run(run_dir: Optional[str], trust: bool = False) -> tuple[RunFolder, 
     if not source.exists(RUN_JSON) or not source.exists(CONCEPTS):
         raise ConfigError("run_dir", f"is not a finished run: it needs {RUN_JSON} and {CONCEPTS} (run the job's "
                                      "concepts stage first)", run_dir)
+    source.check_format()
     c = literal(io.read_json(source.path(RUN_JSON))["config"])
     what = RUNS_CODE.get(c["model"]["name"])
     if what and not trust:

@@ -79,6 +79,27 @@ def test_a_video_that_hangs_alone_fails_at_the_unit_time_limit_and_its_unit_mate
     assert "timed out" in by_id["walk/stuck"]["error"] and "decode.unit_timeout_s" in by_id["walk/stuck"]["error"]
 
 
+def test_a_folder_of_another_output_format_is_refused_before_any_work(tmp_path):
+    """run.json names the format a folder was written in: the job and the score command stop on
+    another, saying what to do; the folder keeps what it had."""
+    from pipeline import schemas
+
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format_version": schemas.FORMAT_VERSION - 1,
+                                              "versions": {"pipeline": "0.0.9"}, "config": {}}))
+    (out / "concepts.parquet").write_bytes(b"")
+    res = call_main(f"run.output_dir={out}", f"dataset.root={tmp_path / 'never'}")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"format {schemas.FORMAT_VERSION - 1} (written by 0.0.9)" in res.stderr
+    assert "write to a new run.output_dir" in res.stderr
+    assert sorted(os.listdir(out)) == ["concepts.parquet", "run.json"]
+    assert not (tmp_path / "never").exists()
+    scored = call_main(f"run_dir={out}", "dataset=folder", f"dataset.root={tmp_path}",
+                       f"run.output_dir={tmp_path / 'scored'}", module="pipeline.score")
+    assert scored.returncode == 2 and f"format {schemas.FORMAT_VERSION - 1}" in scored.stderr
+
+
 def test_csv_corpus(tmp_path, local_ray):
     root = tmp_path / "k400"
     make_video(str(root / "train" / "abseiling" / "abc_000010_000020.mp4"), frames=12, size=(32, 32))

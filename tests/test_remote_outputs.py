@@ -8,6 +8,7 @@ the URI skips the finished units: tests/test_segment_stage.py's rerun tests run 
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 
@@ -21,6 +22,13 @@ def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(segmented_run):
     stored = read_json(f"{run}/run.json")
     assert stored["counts"]["videos_in"] == record["counts"]["videos_in"] == 13
     assert record["counts"]["videos_ok"] == 12 and set(stored["stages"]) == set(record["stages"])
+    from pipeline import schemas
+    from tests.conftest import ROOT
+
+    assert stored["format_version"] == schemas.FORMAT_VERSION and stored["versions"]["pipeline"]
+    if os.path.isdir(os.path.join(ROOT, ".git")):  # run from this project's checkout: its commit
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+        assert stored["git_commit"] == head.stdout.strip()
     for name in ("videos.parquet", "concepts.parquet", "tcav_scores", "concept_members", "evaluation"):
         assert exists(f"{run}/{name}") and os.path.exists(os.path.join(segmented_run["out"], name))
     # the readers on an object store: the finished run copied into pyarrow's mock:// filesystem

@@ -34,6 +34,27 @@ def test_two_writers_of_one_dataset_never_collide(tmp_path):
     assert sorted(a.done_units("stage", ["data"], "x", "test").column("video_id").to_pylist()) == ["v1", "v2", "v3"]
 
 
+def test_every_parquet_file_says_its_output_format_and_the_code_version_that_wrote_it(tmp_path):
+    import glob
+    from importlib import metadata
+
+    import pyarrow.parquet as pq
+
+    from pipeline import schemas
+
+    folder = RunFolder(str(tmp_path), "run-a")
+    _unit(folder, 1)
+    own = pa.table({"x": [1]}).replace_schema_metadata({"concepts": "d"})
+    folder.write_table("table.parquet", own)
+    files = glob.glob(str(tmp_path / "**" / "*.parquet"), recursive=True)
+    assert len(files) == 3  # the unit's part, its marker, the table
+    for path in files:
+        meta = pq.read_schema(path).metadata
+        assert meta[b"ace3d.format"] == str(schemas.FORMAT_VERSION).encode()
+        assert meta[b"ace3d.version"].decode() == metadata.version("pipeline")
+    assert pq.read_schema(tmp_path / "table.parquet").metadata[b"concepts"] == b"d"  # its own kept
+
+
 def test_a_unit_without_its_marker_is_removed_and_other_settings_are_refused_or_discarded(tmp_path):
     folder = RunFolder(str(tmp_path), "run-a")
     _unit(folder, 1)
