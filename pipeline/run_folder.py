@@ -95,8 +95,7 @@ class RunFolder(RunReaders):
 
     def write_videos(self, table: pa.Table, fingerprint: str) -> pa.Table:
         self._check_lease()
-        meta = {"settings": fingerprint, **schemas.file_metadata()}
-        table = table.cast(schemas.VIDEOS).replace_schema_metadata(meta)
+        table = _stamped(table.cast(schemas.VIDEOS), {b"settings": fingerprint.encode()})
         io.write_table(table, self.path(VIDEOS))
         return table
 
@@ -151,9 +150,8 @@ class RunFolder(RunReaders):
         for folder, tables in outputs:
             self._check_lease()
             groups = [tables] if isinstance(tables, pa.Table) else list(tables)
-            meta = {**(groups[0].schema.metadata or {}), b"settings": fingerprint.encode(),
-                    **schemas.file_metadata()}
-            io.write_row_groups([t.replace_schema_metadata(meta) for t in groups], self.path(folder, name))
+            settings = {b"settings": fingerprint.encode()}
+            io.write_row_groups([_stamped(t, settings) for t in groups], self.path(folder, name))
         rows = [{"unit": unit, "part": name, "video_id": None, "status": schemas.OK, "error": None,
                  "row_group": None, "record": None, **m, "settings": fingerprint,
                  "outputs": [folder for folder, _ in outputs]} for m in markers]
@@ -161,8 +159,7 @@ class RunFolder(RunReaders):
             if r["record"] is not None and not isinstance(r["record"], str):
                 r["record"] = json.dumps(r["record"], default=_json_default)
         self._check_lease()
-        marked = schemas.MARKERS.with_metadata(schemas.file_metadata())
-        io.write_table(pa.Table.from_pylist(rows, schema=marked), self.path(DONE, stage, name))
+        io.write_table(_stamped(pa.Table.from_pylist(rows, schema=schemas.MARKERS)), self.path(DONE, stage, name))
         return name
 
     def done_units(self, stage: str, data: Sequence[str], fingerprint: str, what: str, stale: str = "raise",
@@ -326,8 +323,7 @@ class RunFolder(RunReaders):
     def write_table(self, name: str, table: pa.Table) -> None:
         """A whole-run table (concepts.parquet, ...), replaced atomically."""
         self._check_lease()
-        meta = {**(table.schema.metadata or {}), **schemas.file_metadata()}
-        io.write_table(table.replace_schema_metadata(meta), self.path(name))
+        io.write_table(_stamped(table), self.path(name))
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self._check_lease()
@@ -369,6 +365,13 @@ class RunFolder(RunReaders):
             self.lease.check()
         elif self._worker:
             self.check_owner()
+
+
+def _stamped(table: pa.Table, extra: Optional[dict[bytes, bytes]] = None) -> pa.Table:
+    """The table with its own metadata, `extra` and the run's format and code version
+    (`schemas.file_metadata`): what every Parquet file of a run carries."""
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **(extra or {}),
+                                          **schemas.file_metadata()})
 
 
 def _footer_ok(path: str) -> Any:
