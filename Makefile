@@ -6,10 +6,11 @@ STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: demo test test-fast browser demo-model bench clean-outputs
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[cpu,test]'
+	$(BIN)/python -m pip uninstall --quiet --yes pipeline 2>/dev/null || true  # the distribution's former name
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[cpu,test]'
 	touch $(STAMP)
 
 ## the main job on the embedded default (synthetic corpus, demo model); ARGS=... adds Hydra overrides

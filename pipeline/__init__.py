@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+__version__ = "0.2.0"
+
 __all__ = ["explain", "open_run", "score_videos", "Run"]
 
 

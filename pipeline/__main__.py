@@ -1,6 +1,8 @@
-"""`python -m pipeline`: the main job (see pipeline/job.py and conf/config.yaml)."""
+"""`python -m pipeline`: the main job, `ace3d run` (see pipeline/job.py and conf/config.yaml)."""
 
-from pipeline.job import main
+import sys
+
+from pipeline.commands.cli import run_module
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_module("run", sys.argv[1:]))

@@ -4,10 +4,10 @@ Hydra composes `conf/` on top of these dataclasses, so an unknown key or a value
 type fails at composition time with a message naming the key. `validate` adds what a type
 cannot express (ranges, choices, files that must exist) and runs in the driver before any work.
 
-The groups that are parameter sets of the method are the algorithm's own dataclasses
-(`clip`: `ClipSpec`, `segment`: `SegmentParams` plus its scheduling settings, `concepts`:
-`ConceptParams`, ...): each field, unit and default is defined once, beside the code that uses
-it. Their checks raise `ParameterError` in their own terms; this module names the config key.
+The groups that are parameter sets of the method are the algorithm's own dataclasses (`clip`:
+`ClipSpec`, `segment`: `SegmentParams` plus its scheduling settings, `concepts`: `ConceptParams`,
+...): each field, unit and default is defined once, beside the code that uses it. Their checks
+raise `ParameterError` in their own terms; this module names the config key.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pipeline.evaluation.deletion import EvaluateParams
 from pipeline.params import SCHEDULING, ParameterError, require
 from pipeline.segmentation.supervoxels import SegmentParams
 
-# conf/ sits beside the package (an editable install, a source checkout, a Ray working_dir).
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+_HERE = os.path.dirname(os.path.abspath(__file__))  # Hydra's configs: in the package in a wheel, else beside it
+CONF_DIR = max((os.path.join(_HERE, "conf"), os.path.join(os.path.dirname(_HERE), "conf")), key=os.path.isdir)
 
 STAGES = ("ingest", "segment", "activate", "concepts", "atlas", "evaluate", "report")
 DATASET_KINDS = ("synthetic", "folder", "csv", "list")

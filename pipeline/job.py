@@ -33,7 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import console, io, schemas
+from pipeline import __version__, console, io, schemas
 from pipeline.config import CONF_DIR, STAGES, ConfigError, register_configs, to_plain, validate
 from pipeline.lease import Lease, LeaseError, new_run_id
 from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError, fingerprints
@@ -41,12 +41,12 @@ from pipeline.stages import check_inputs, stage
 from pipeline.stages.base import Job
 
 
-VERSIONED_PACKAGES = ("pipeline", "ray", "torch", "torchvision", "pytorchvideo", "scikit-image", "faiss-cpu",
+VERSIONED_PACKAGES = ("ray", "torch", "torchvision", "pytorchvideo", "scikit-image", "faiss-cpu",
                       "pyarrow", "numpy", "av", "hydra-core", "scikit-learn", "scipy")
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), "ace3d": __version__}
     for name in VERSIONED_PACKAGES:
         try:
             out[name] = metadata.version(name)

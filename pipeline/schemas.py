@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 from typing import Any
@@ -10,27 +9,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pipeline import __version__
+
 # The run folder's output format: bumped when a table's schema or meaning, or what a stage's
 # fingerprint holds, changes. run.json and every Parquet file of a run record it; a run folder
 # of another format is refused before any work (`pipeline.run_folder.RunFolder.check_format`).
 FORMAT_VERSION = 2
 
 
-@functools.lru_cache(maxsize=1)
-def _code_version() -> str:
-    from importlib import metadata
-
-    try:
-        version = metadata.version("pipeline")
-    except metadata.PackageNotFoundError:  # run from a source tree that is not installed
-        version = "unknown"
-    return version
-
-
 def file_metadata() -> dict[bytes, bytes]:
     """The key-value metadata every Parquet file of a run carries: the output format and the
     version of the code that wrote it."""
-    return {b"ace3d.format": str(FORMAT_VERSION).encode(), b"ace3d.version": _code_version().encode()}
+    return {b"ace3d.format": str(FORMAT_VERSION).encode(), b"ace3d.version": __version__.encode()}
 
 
 # Status of a video in videos.parquet.

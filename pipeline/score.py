@@ -158,4 +158,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from pipeline.commands.cli import run_module
+
+    sys.exit(run_module("score", sys.argv[1:]))

@@ -262,4 +262,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from pipeline.commands.cli import run_module
+
+    sys.exit(run_module("train", sys.argv[1:]))

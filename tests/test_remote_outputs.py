@@ -25,7 +25,7 @@ def test_the_job_writes_and_reads_a_run_on_a_filesystem_uri(segmented_run):
     from pipeline import schemas
     from tests.conftest import ROOT
 
-    assert stored["format_version"] == schemas.FORMAT_VERSION and stored["versions"]["pipeline"]
+    assert stored["format_version"] == schemas.FORMAT_VERSION and stored["versions"]["ace3d"]
     if os.path.isdir(os.path.join(ROOT, ".git")):  # run from this project's checkout: its commit
         head = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
         assert stored["git_commit"] == head.stdout.strip()

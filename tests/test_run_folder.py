@@ -51,7 +51,7 @@ def test_every_parquet_file_says_its_output_format_and_the_code_version_that_wro
     for path in files:
         meta = pq.read_schema(path).metadata
         assert meta[b"ace3d.format"] == str(schemas.FORMAT_VERSION).encode()
-        assert meta[b"ace3d.version"].decode() == metadata.version("pipeline")
+        assert meta[b"ace3d.version"].decode() == metadata.version("ace3d")  # the distribution's: __version__
     assert pq.read_schema(tmp_path / "table.parquet").metadata[b"concepts"] == b"d"  # its own kept
 
 

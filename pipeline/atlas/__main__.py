@@ -2,7 +2,7 @@
 
 import sys
 
-from pipeline.commands.atlas import main
+from pipeline.commands.cli import run_module
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(run_module("atlas", sys.argv[1:]))

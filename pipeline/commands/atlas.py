@@ -1,7 +1,8 @@
-"""`python -m pipeline.atlas query run_dir=<run folder> <what> [layer=...] [k=10] [nprobe=...]`:
-the supervoxels of a finished run nearest a supervoxel (video_id=... supervoxel_id=...), a
-global concept (global_concept=7) or a concept of concepts.parquet (concept=<name>), one per
-line, nearest first (format=json: one JSON object per line)."""
+"""`ace3d atlas query run_dir=<run folder> <what> [layer=...] [k=10] [nprobe=...]` (or
+`python -m pipeline.atlas query ...`): the supervoxels of a finished run nearest a supervoxel
+(video_id=... supervoxel_id=...), a global concept (global_concept=7) or a concept of
+concepts.parquet (concept=<name>), one per line, nearest first (format=json: one JSON object
+per line)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ import sys
 from typing import Any
 
 from pipeline import io
+from pipeline.commands.cli import COMMANDS
 from pipeline.run_folder import RunFolder
 
-USAGE = ("python -m pipeline.atlas query run_dir=<run folder> (video_id=<id> supervoxel_id=<id> | global_concept=<n> "
-         "| concept=<name>) [layer=<layer>] [k=10] [nprobe=<lists>] [format=table|json]")
+USAGE = COMMANDS["atlas"].usage
 KEYS = ("run_dir", "video_id", "supervoxel_id", "global_concept", "concept", "layer", "k", "nprobe", "format")
 
 

@@ -1,5 +1,5 @@
-"""`python -m pipeline.report run_dir=<run folder> [report.<key>=<value> ...]`: remake a run's
-report with other settings, without running anything else."""
+"""`ace3d report run_dir=<run folder> [report.<key>=<value> ...]` (or `python -m pipeline.report`):
+remake a run's report with other settings, without running anything else."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ import sys
 from typing import Any
 
 from pipeline import io
+from pipeline.commands.cli import COMMANDS
 from pipeline.config import ConfigError, ReportConfig, check_group
 from pipeline.lease import Lease, LeaseError, new_run_id
 from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError
 from pipeline.stages.report import build_report
 
-USAGE = "python -m pipeline.report run_dir=<run folder> [report.exemplars=3 ...]"
+USAGE = COMMANDS["report"].usage
 
 
 def report_settings(*layers: Any) -> dict[str, Any]:
