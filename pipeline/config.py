@@ -1,13 +1,11 @@
 """The configuration schema: one dataclass per config group, each with its checks.
 
-Hydra composes `conf/` on top of these dataclasses, so an unknown key or a value of the wrong
-type fails at composition time with a message naming the key. `validate` adds what a type
-cannot express (ranges, choices, files that must exist) and runs in the driver before any work.
+Hydra composes `conf/` on these dataclasses: an unknown key or a wrongly typed value fails at
+composition, naming the key; `validate` checks the rest (ranges, choices, files) before any work.
 
-The groups that are parameter sets of the method are the algorithm's own dataclasses (`clip`:
-`ClipSpec`, `segment`: `SegmentParams` plus its scheduling settings, `concepts`: `ConceptParams`,
-...): each field, unit and default is defined once, beside the code that uses it. Their checks
-raise `ParameterError` in their own terms; this module names the config key.
+The method's parameter sets are the algorithm's own dataclasses (`clip`: `ClipSpec`, `segment`:
+`SegmentParams` plus scheduling, ...): each field, unit and default is defined once, beside the
+code that uses it; their checks raise `ParameterError`, and this module names the config key.
 """
 
 from __future__ import annotations
@@ -299,6 +297,7 @@ class TrainConfig:
     holdout_fraction: float = 0.25  # of each class, never trained on: the accuracy printed last
     val_fraction: float = 0.1  # of each class's training clips, to choose the epoch kept
     patience: int = 8  # epochs without a better validation accuracy before stopping (0: never)
+    min_epochs: int = 10  # the epochs before patience counts: a late learner is not stopped early
     seed: int = 0
     num_threads: int = 0  # torch threads (0: torch's default)
 
@@ -309,6 +308,7 @@ class TrainConfig:
         require(0 < self.holdout_fraction < 1, "holdout_fraction", self.holdout_fraction, "must be in (0, 1)")
         require(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "must be in [0, 1)")
         require(self.patience >= 0, "patience", self.patience, "must be >= 0 (0: never stop early)")
+        require(self.min_epochs >= 0, "min_epochs", self.min_epochs, "must be >= 0")
 
 
 @dataclass

@@ -9,7 +9,8 @@ split of the corpus (`train.holdout_fraction` of each class held out, `train.val
 the rest set aside for validation) and evaluated on the held-out part. Every epoch prints its
 loss and its train, validation and held-out accuracy; the weights of the epoch with the best
 validation accuracy (lowest validation loss on a tie) are kept, and training stops after
-`train.patience` epochs without a higher validation accuracy. `train.output` receives a project
+`train.patience` epochs without a higher validation accuracy, counted from epoch
+`train.min_epochs` on. `train.output` receives a project
 checkpoint with that history (load it with `model=checkpoint model.path=...`). With
 `train.epochs=0` the configured model is loaded as it is and evaluated on every clip of the
 corpus.
@@ -127,11 +128,14 @@ def _evaluate(model: nn.Module, split: tuple[np.ndarray, np.ndarray], mean, std)
 def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epochs: int, batch_size: int,
         lr: float, weight_decay: float, seed: int,
         monitor: Optional[dict[str, tuple[np.ndarray, np.ndarray]]] = None,
-        select: Optional[str] = None, patience: int = 0) -> list[dict[str, float]]:
+        select: Optional[str] = None, patience: int = 0,
+        min_epochs: int = 0) -> list[dict[str, float]]:
     """AdamW under a one-cycle schedule; after every epoch the accuracy on each `monitor` split
     is logged. With `select` (one of the monitor splits) the weights of the epoch with the best
     accuracy there are kept (the lower loss there on a tie), and training stops after `patience`
-    epochs without a higher accuracy (0: runs every epoch). Returns one row per epoch run."""
+    epochs without a higher accuracy (0: runs every epoch), counted from epoch `min_epochs` on: a
+    model that learns late is not stopped on its first epochs' plateau. Returns one row per epoch
+    run."""
     monitor = monitor or {}
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -171,7 +175,7 @@ def fit(model: nn.Module, clips: np.ndarray, labels: np.ndarray, mean, std, epoc
             kept = row["epoch"]
         if higher:
             since_best = 0
-        else:
+        elif row["epoch"] > min_epochs:
             since_best += 1
             if patience and since_best >= patience:
                 log.info("stopping early: no higher %s accuracy for %d epochs", select, patience)
@@ -191,7 +195,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     if tc["num_threads"]:
         torch.set_num_threads(tc["num_threads"])
     corpus = resolve_corpus(c["dataset"])
-    rows = [r for r in corpus.rows]
+    rows = list(corpus.rows)
     if tc["epochs"] > 0:
         name = c["model"]["name"]
         if name not in REGISTRY or REGISTRY[name].builder is None:
@@ -220,13 +224,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
         fit_idx, val_idx = validation_split(train_idx, labels, tc["val_fraction"], tc["seed"] + 2)
         monitor = {"validation": (clips[val_idx], labels[val_idx])} if len(val_idx) else {}
         monitor["held-out"] = (clips[held_idx], labels[held_idx])
-        stopping = f"early stopping, patience {tc['patience']}" if len(val_idx) else "every epoch runs"
+        stopping = f"patience {tc['patience']} after epoch {tc['min_epochs']}" if len(val_idx) else "every epoch runs"
         log.info("training on %d clips, %d for validation (%s), %d held out", len(fit_idx), len(val_idx), stopping,
                  len(held_idx))
         t0 = time.time()
         history = fit(loaded.module, clips[fit_idx], labels[fit_idx], spec.mean, spec.std, tc["epochs"],
                       tc["batch_size"], tc["lr"], tc["weight_decay"], tc["seed"], monitor=monitor,
-                      select="validation" if len(val_idx) else None, patience=tc["patience"])
+                      select="validation" if len(val_idx) else None, patience=tc["patience"],
+                      min_epochs=tc["min_epochs"])
         train_seconds = time.time() - t0
     else:
         held_idx = np.arange(len(clips))
@@ -241,8 +246,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                         extra={"accuracy": acc, "shuffled_accuracy": shuffled_acc,
                                "train_seconds": train_seconds, "train_videos": int(len(fit_idx)),
                                "validation_videos": int(len(val_idx)), "epochs_run": len(history),
-                               "history": history,
-                               "dataset": str(c["dataset"]["name"]),
+                               "history": history, "dataset": str(c["dataset"]["name"]),
                                "dataset_seed": int(c["dataset"]["synthetic"]["seed"])})
         log.info("checkpoint written to %s", tc["output"])
     print(f"accuracy={acc:.4f} shuffled_accuracy={shuffled_acc:.4f}", flush=True)

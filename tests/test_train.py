@@ -71,6 +71,45 @@ def test_the_default_network_learns_the_motion_of_a_small_actor_among_distractor
         assert max(r["validation"] for r in last) <= max(r["validation"] for r in before)
 
 
+def test_patience_counts_from_min_epochs_so_a_late_learner_on_noisy_labels_is_not_cut_off():
+    """Clips with 40% of their labels redrawn at random (31% wrong, train and validation alike):
+    the validation accuracy plateaus at once and noisily. Counted from the first epoch, a
+    patience of 2 ends training at epoch 5 (train accuracy 0.64); counted from `min_epochs`, the
+    same training (same seed, the same epochs up to there) runs on to epoch 10 (0.89), and stops
+    `patience` epochs after the later of its best epoch and `min_epochs`."""
+    import numpy as np
+    import torch
+
+    from pipeline.data.synthetic import CLASSES, SyntheticParams, render_video
+    from pipeline.models.registry import REGISTRY
+    from pipeline.train import fit
+
+    rng = np.random.default_rng(3)
+    params = SyntheticParams(size=48, num_frames=8)
+    labels = np.arange(48) % 3
+    clips = np.stack([render_video(params, CLASSES[y], rng).frames for y in labels])
+    noisy = np.where(rng.random(len(labels)) < 0.4, rng.integers(0, 3, len(labels)), labels)
+    spec = REGISTRY["demo"]
+    epochs, patience, min_epochs = 16, 2, 8
+
+    def train(min_epochs: int) -> list[dict]:
+        torch.manual_seed(0)
+        model = spec.builder(num_classes=3)
+        return fit(model, clips[:36], noisy[:36], spec.mean, spec.std, epochs, 6, 3e-3, 1e-4, 0,
+                   monitor={"validation": (clips[36:], noisy[36:])}, select="validation",
+                   patience=patience, min_epochs=min_epochs)
+
+    def first_best(history: list[dict]) -> int:
+        best = max(r["validation"] for r in history)
+        return next(r["epoch"] for r in history if r["validation"] == best)
+
+    early, late = train(0), train(min_epochs)
+    assert len(early) < min_epochs  # the plateau ended it before the model had its epochs
+    assert len(early) == first_best(early) + patience
+    assert [r["loss"] for r in late[:len(early)]] == [r["loss"] for r in early]  # the same training
+    assert len(late) == min(epochs, max(first_best(late), min_epochs) + patience)
+
+
 def test_a_bad_train_setting_fails_before_any_work_naming_the_key(tmp_path):
     res = call_main("train.val_fraction=1.5", f"dataset.root={tmp_path / 'never'}", module="pipeline.train")
     assert res.returncode == 2
