@@ -56,6 +56,14 @@ weights of the best validation epoch in train.output (load them with model=check
 model.path=...) and prints the held-out accuracy, and the accuracy on the same clips shuffled
 in time (a model that uses motion falls to chance there)."""
 
+PLAN_ABOUT = """\
+Takes the overrides `ace3d run` would take and says, before any work, what that run will cost:
+the corpus (videos, classes, failed files), which labels the model knows, and from a few
+sampled videos decoded and segmented here with the run's settings, supervoxels and model
+windows per clip, storage, CPU core-hours for segmentation, GPU-hours for activation and
+evaluation at stated rates, the driver's memory. Printed as a table and written to
+<run.output_dir>/plan.json (output=<file> elsewhere)."""
+
 COMMANDS = {c.name: c for c in (
     Command("run", "pipeline", "the main job: supervoxels, activations, concepts, TCAV, "
             "evaluation, report", "ace3d run [group=option ...] [key=value ...]", RUN_ABOUT),
@@ -70,6 +78,9 @@ COMMANDS = {c.name: c for c in (
             "or a concept", "ace3d atlas query run_dir=<run folder> (video_id=<id> "
             "supervoxel_id=<id> | global_concept=<n> | concept=<name>) [layer=<layer>] [k=10] "
             "[nprobe=<lists>] [format=table|json]", ATLAS_ABOUT),
+    Command("plan", "pipeline.commands.plan", "what a run will cost, before it runs (from a few "
+            "sampled videos)", "ace3d plan [the run's group=option and key=value ...] [sample=6] "
+            "[output=<file>]", PLAN_ABOUT),
     Command("train", "pipeline.train", "train a video classifier on a corpus, or evaluate one "
             "(train.epochs=0)", "ace3d train [group=option ...] [key=value ...]", TRAIN_ABOUT),
 )}
@@ -132,7 +143,9 @@ def command_help(command: Command) -> str:
     if command.name == "score":
         lines += ["run_dir=<run folder>    the finished run (required)",
                   "trust_run=false         load a run's checkpoint this machine did not write", ""]
-    if command.name in ("run", "train", "score"):
+    if command.name == "plan":
+        lines += ["sample=6                the videos decoded and segmented to measure", ""]
+    if command.name in ("run", "train", "score", "plan"):
         config = "train" if command.name == "train" else "config"
         lines += ["presets (group=option):"]
         lines += [f"  {group:<10} {', '.join(names)}" for group, names in presets(config).items()]
@@ -203,4 +216,5 @@ def _argv_main(module: str) -> Callable[[list[str]], int]:
 # The modules are imported when their command runs: `ace3d --help` loads no torch or Ray.
 _MAINS = {"run": _hydra_main("pipeline.job"), "train": _hydra_main("pipeline.train"),
           "score": _argv_main("pipeline.score"), "report": _argv_main("pipeline.commands.report"),
-          "atlas": _argv_main("pipeline.commands.atlas")}
+          "atlas": _argv_main("pipeline.commands.atlas"),
+          "plan": _argv_main("pipeline.commands.plan")}
