@@ -146,7 +146,10 @@ def plan_run(c: dict[str, Any], sample: int = 6) -> dict[str, Any]:
     failed = len(corpus.rows) - n
     return {"corpus": {"videos": len(corpus.rows), "ok": n, "failed_in_manifest": failed,
                        "classes": per_class, "classes_the_model_knows": known,
-                       "classes_the_model_does_not_know": sorted(set(per_class) - set(known))},
+                       "classes_the_model_does_not_know": sorted(set(per_class) - set(known)),
+                       # the run's own check (ingest.check_corpus): concepts need two known classes
+                       "the_run_starts": len(known) >= 2 or "concepts" not in c["run"]["stages"]
+                       or not model["class_names"]},
             "model": model, "per_video": {k: sig(v) for k, v in per.items()}, "totals": totals,
             "sample": {"videos": len(measured), "measured": good,
                        "failed": [m for m in measured if m["error"]]},
@@ -184,7 +187,8 @@ def plan_table(plan: dict[str, Any]) -> str:
         known += f"; not: {', '.join(unknown[:8])}{' ...' if len(unknown) > 8 else ''}"
     rows = [("videos", f"{corpus['ok']} ({corpus['failed_in_manifest']} failed in the manifest), "
                        f"{classes} classes"),
-            ("classes the model knows", known),
+            ("classes the model knows", known if corpus["the_run_starts"] else
+             f"{known}: the run would stop before any work (concepts need two; model.class_names)"),
             ("model", f"{model['name']}, {model['gflops_per_window']:g} GFLOP per "
                       f"{'x'.join(map(str, model['input']))} window; layers {layers}"),
             ("sample", f"{plan['sample']['videos']} videos decoded and segmented here, "

@@ -81,3 +81,15 @@ def test_a_degenerate_corpus_is_refused_before_any_work_naming_the_key(tmp_path,
     check_corpus(rows("walk"), c(stages=("ingest", "segment")))  # no concepts: one class will do
     check_corpus(rows("walk", "walk", "run"), c())
     assert "class 'run' has 1 video: concepts skip it" in caplog.text
+    # the model's classes: two of the corpus's at least, for concepts
+    demo = ["advance", "jitter", "retreat"]
+    with pytest.raises(ConfigError, match=r"'model.class_names' = None: the model knows 1 of the "
+                                          r"corpus's classes.*\(advance, jitter, retreat\): "
+                                          r"surfing, walk\. Name"):
+        check_corpus(rows("advance", "advance", "surfing", "walk"), c(), demo)
+    few = rows("advance", "advance", "surfing", "walk")
+    check_corpus(few, c(stages=("ingest", "segment")), demo)  # no concepts: not checked
+    check_corpus(rows("advance", "jitter", "jitter", "surfing"), c(), demo)
+    assert ("the model does not know 1 of the corpus's classes (surfing): their videos serve "
+            "only in the random sets") in caplog.text
+    check_corpus(rows("walk", "run"), c(), [])  # a model whose outputs alone name its classes

@@ -22,6 +22,7 @@ def test_the_plan_of_the_default_job_is_within_a_quarter_of_the_finished_run(sma
     segment, activate = record["stages"]["segment"], record["stages"]["activate"]
     assert plan["corpus"]["ok"] == segment["videos_segmented"] == 36
     assert plan["corpus"]["classes_the_model_knows"] == ["advance", "jitter", "retreat"]
+    assert plan["corpus"]["the_run_starts"] is True
     assert plan["sample"]["videos"] == 6 and not plan["sample"]["failed"]
     sampled = {m["video_id"].split("/")[0] for m in plan["sample"]["measured"]}
     assert sampled == {"advance", "jitter", "retreat"}  # each class in turn
@@ -58,7 +59,9 @@ def test_the_command_prints_the_plan_writes_plan_json_and_names_classes_the_mode
     (failed,) = plan["sample"]["failed"]
     assert failed["video_id"] == "surfing/broken" and failed["error"]
     assert plan["per_video"]["supervoxels"] > 0  # the two that decode
-    assert "classes the model knows  1 of 2; not: surfing" in printed.out
+    assert plan["corpus"]["the_run_starts"] is False  # as the job's own check would say
+    assert "classes the model knows  1 of 2; not: surfing: the run would stop before any work" \
+        in printed.out
     assert "3 videos decoded and segmented here, 1 failed" in printed.out
     assert f"plan: {out / 'plan.json'}" in printed.out
     assert not (out / "videos.parquet").exists()  # nothing of the run itself

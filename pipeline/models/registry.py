@@ -1,15 +1,12 @@
 """The model registry: a name maps to a builder, a checkpoint source, the input geometry,
 the normalisation, the class names and the layers worth explaining.
 
-Like PyTorchVideo's hub, it is a thin table on top of builders. Pretrained weights load
-through torch's own hub cache (`torch.hub.load_state_dict_from_url`, `$TORCH_HOME/hub/
-checkpoints`), always with `weights_only=True`; a file already in the cache is never
-fetched again, so a placed checkpoint works offline.
-
-Besides the table, four kinds of model come from files or code:
-`checkpoint` (a project checkpoint written by `pipeline.train`), `torchscript`,
-`factory` (`package.module:function` returning an `nn.Module`) and `demo` (the shipped
-project checkpoint).
+Like PyTorchVideo's hub, a thin table on top of builders. Pretrained weights load through
+torch's hub cache (`torch.hub.load_state_dict_from_url`, `$TORCH_HOME/hub/checkpoints`), always
+with `weights_only=True`; a file already in the cache is never fetched again (offline works).
+Besides the table, four kinds of model come from files or code: `checkpoint` (a project
+checkpoint written by `pipeline.train`), `torchscript`, `factory` (`package.module:function`
+returning an `nn.Module`) and `demo` (the shipped project checkpoint).
 """
 
 from __future__ import annotations
@@ -290,14 +287,27 @@ def model_window(model_cfg: dict[str, Any]) -> int:
         return int(model_cfg["window"])
     name = model_cfg["name"]
     if name in ("demo", "checkpoint"):
-        path = model_cfg.get("path") or DEMO_CHECKPOINT
-        try:
-            return int(torch.load(path, map_location="cpu", weights_only=True)["window"])
-        except Exception as e:
-            raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
-    if name in REGISTRY:
-        return REGISTRY[name].window
-    return 16
+        return int(_checkpoint(model_cfg)["window"])
+    return REGISTRY[name].window if name in REGISTRY else 16
+
+
+def model_class_names(model_cfg: dict[str, Any]) -> list[str]:
+    """The model's class names without building it; [] where only its outputs could say (a
+    TorchScript file, a factory or a module without `class_names`)."""
+    if model_cfg.get("class_names"):
+        return list(model_cfg["class_names"])
+    name = model_cfg["name"]
+    if name in ("demo", "checkpoint"):
+        return list(_checkpoint(model_cfg)["class_names"])
+    return [*kinetics400_classes()] if getattr(REGISTRY.get(name), "num_classes", 0) == 400 else []
+
+
+def _checkpoint(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    path = model_cfg.get("path") or DEMO_CHECKPOINT
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
 
 
 def load_model(model_cfg: dict[str, Any], module: Optional[nn.Module] = None) -> LoadedModel:

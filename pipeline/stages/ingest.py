@@ -7,7 +7,7 @@ inputs and the clip settings are unchanged."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.data.corpus import resolve_corpus
 from pipeline.data.ingest import ingest_video, stat_identity, video_row
 from pipeline.data.video import ClipSpec, DecodeLimits
+from pipeline.models.registry import model_class_names
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
 from pipeline.params import ParameterError
@@ -37,7 +38,7 @@ def run(job: Job) -> None:
         corpus = resolve_corpus(job.c["dataset"])
     except ParameterError as e:
         raise ConfigError.from_parameter("dataset", e) from None
-    check_corpus(corpus.rows, cfg)
+    check_corpus(corpus.rows, cfg, model_class_names(job.c["model"]))
     spec, limits = cfg.clip, cfg.decode
     fingerprint = job.fingerprints["ingest"]
     mode, retry_failed = cfg.dataset.identity, cfg.run.retry_failed
@@ -84,11 +85,18 @@ def run(job: Job) -> None:
     _count(job, summary, reused=False, retried=folder.redone["ingest"]["videos_retried"])
 
 
-def check_corpus(rows: list[dict[str, Any]], cfg: Config) -> None:
+def _some(names: Sequence[str], n: int = 6) -> str:
+    return ", ".join(list(names)[:n]) + (", ..." if len(names) > n else "")
+
+
+def check_corpus(rows: list[dict[str, Any]], cfg: Config,
+                 model_classes: Sequence[str] = ()) -> None:
     """Before any work: a corpus with no video, or, for a job that explains classes (the
     concepts stage), fewer than two classes with a video (the random sets are drawn from the
-    other classes) stops with the config key to change; a class with one video is warned of
-    (the concepts stage skips it: it needs one video to discover with and one to score)."""
+    other classes), or fewer than two that the model knows (`model_classes`, when known: a
+    class it does not know has no logit to explain) stops with the config key to change; a
+    class with one video, and classes the model does not know (their videos serve only in
+    the random sets), are warned of."""
     d = cfg.dataset
     key = {"csv": "csv", "list": "videos"}.get(d.kind, "root")
     filters = ", ".join(f"dataset.{k}={getattr(d, k)}" for k in ("classes", "splits") if getattr(d, k))
@@ -105,6 +113,17 @@ def check_corpus(rows: list[dict[str, Any]], cfg: Config) -> None:
         raise ConfigError("dataset.classes", f"concepts need videos of at least two classes (a class's random sets "
                                              f"are the other classes' videos); the corpus has {per_class}",
                           d.classes)
+    unknown = sorted(set(per_class) - set(model_classes)) if model_classes else []
+    if len(per_class) - len(unknown) < 2:
+        known = len(per_class) - len(unknown)
+        raise ConfigError("model.class_names", f"the model knows {known} of "
+                          f"the corpus's classes, and concepts need two it knows; not among its "
+                          f"classes ({_some(model_classes)}): {_some(unknown)}. Name the model's "
+                          "outputs (model.class_names) or explain a model trained on these classes",
+                          cfg.model.class_names)
+    if unknown:
+        log.warning("ingest: the model does not know %d of the corpus's classes (%s): their videos "
+                    "serve only in the random sets", len(unknown), _some(unknown))
     for k, n in sorted(per_class.items()):
         if n < 2:
             log.warning("ingest: class %r has %d video: concepts skip it (they need one to discover with and one to "
