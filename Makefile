@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast browser demo-model bench clean-outputs
+.PHONY: demo test test-fast browser demo-model docs bench clean-outputs
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ browser:
 	command -v apt-get >/dev/null || { echo "make test needs /usr/bin/chromium and /usr/bin/chromedriver (Debian: apt-get install chromium chromium-driver)" >&2; exit 1; }; \
 	echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
 	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+
+## rewrite docs/reference/ (the configuration and output-schema references) from the code
+docs: $(STAMP)
+	$(BIN)/python -m pipeline.reference_docs
 
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)

@@ -63,6 +63,7 @@ def nested(prefix: str, check: Any) -> None:
 class DatasetConfig:
     """Where the videos come from.
 
+    path_template: a csv row's file under `root`, from its columns.
     kind: `synthetic` (generated on first use under `root`), `folder` (`root/<class>/<video>.<ext>`),
     `csv` (Kinetics-style annotations: the `csv` file with columns
     label,youtube_id,time_start,time_end,split; each row's file is `root/<path_template>`) or
@@ -71,10 +72,10 @@ class DatasetConfig:
     identity: what tells a rerun a video changed: `stat` (size, modification time) or `sha256`.
     """
 
-    name: str = MISSING
+    name: str = MISSING  # the corpus's name (in the default run.output_dir)
     kind: str = MISSING
-    root: Optional[str] = None
-    csv: Optional[str] = None
+    root: Optional[str] = None  # the corpus's folder (synthetic: where it is generated)
+    csv: Optional[str] = None  # kind=csv: the annotation file
     path_template: str = "{split}/{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
     identity: str = "stat"
     classes: Optional[list[str]] = None
@@ -167,7 +168,7 @@ class ModelConfig:
     pretrained: load the registry's published weights through the framework's cache.
     layers: layers to explain (module names); empty: the registry's recommended layers.
     class_names: overrides the class names the model carries.
-    window: model input frames T; height/width its input size (0: the registry's).
+    window: model input frames T; height/width: its input size (0: the registry's).
     mean/std: input normalisation on the 0-1 scale (empty: the registry's).
     layout: how the explained layers lay out their outputs, `channels_first` ([B, C, T, H, W]),
         `channels_last` ([B, T, H, W, C], as Swin3D's stages) or `tokens` ([B, N, C]); empty: the
@@ -223,10 +224,10 @@ class RayConfig:
     (labels, GPUs, counts); None: `~/ray_bootstrap_config.yaml`, `ray up`'s copy on the head.
     """
 
-    address: Optional[str] = None
-    num_cpus: Optional[int] = None
-    object_store_memory: Optional[int] = None
-    include_dashboard: bool = False
+    address: Optional[str] = None  # a cluster's address (or RAY_ADDRESS); None: an embedded one
+    num_cpus: Optional[int] = None  # the embedded cluster's CPUs (None: the machine's)
+    object_store_memory: Optional[int] = None  # the embedded cluster's object store, bytes
+    include_dashboard: bool = False  # the embedded cluster's dashboard
     cpu_label_selector: list[str] = field(default_factory=list)
     autoscaler_config: Optional[str] = None
 
@@ -273,7 +274,6 @@ class RunConfig:
     """
 
     output_dir: str = "outputs/${dataset.name}-${model.name}"
-    seed: int = 0
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     log_level: str = "INFO"
     retry_failed: bool = False
