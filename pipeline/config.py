@@ -35,8 +35,7 @@ MODULE = "module"  # model.name of an nn.Module handed to the Python API
 
 
 class ConfigError(ValueError):
-    """A config key holds a value the pipeline cannot run with; `key` names it (dotted, from the
-    config's root) and the message says why."""
+    """A config key (`key`, dotted from the root) holds a value the pipeline cannot run with."""
 
     _UNSET = object()
 
@@ -364,11 +363,9 @@ def check_group(group: str, section: Any) -> None:
 
 
 def validate(cfg: DictConfig, module: Any = None) -> int:
-    """Check what the schema's types cannot: every group's own checks, then the model (built on
-    torch's meta device, or `module` when the Python API was handed one) against the clip.
-
-    Returns the model's input frames (its window). Raises ConfigError naming the first bad key.
-    """
+    """Check what the schema's types cannot: every group's own checks, then the model (on the
+    meta device, or `module` handed to the API) against the clip (a default clip.num_frames below
+    its window becomes the window). Returns the window; raises ConfigError naming a bad key."""
     from omegaconf.errors import MissingMandatoryValue
 
     try:
@@ -389,6 +386,8 @@ def validate(cfg: DictConfig, module: Any = None) -> int:
         window = model_window(model_dict)
     except ParameterError as e:
         raise ConfigError.from_parameter("model", e) from None
+    if obj.clip.num_frames == ClipSpec.num_frames < window:  # at its default: the window
+        cfg.clip.num_frames = obj.clip.num_frames = window
     if "activate" in obj.run.stages and obj.clip.num_frames < window:
         raise ConfigError("clip.num_frames", f"shorter than the model's window of {window} frames: no clip or "
                                              "supervoxel could be activated", obj.clip.num_frames)

@@ -140,6 +140,21 @@ def test_bad_config_fails_before_any_work_naming_the_key(tmp_path, override, exp
     assert "ingest:" not in res.stdout + res.stderr
 
 
+def test_the_clip_takes_the_models_window_unless_it_is_set():
+    """swin3d_t's window is 32 frames: the clip left at its default (16) follows it; a clip set
+    shorter than the window is refused, naming the key."""
+    from pipeline.config import ConfigError, validate
+    from tests.conftest import compose
+
+    cfg = compose("model=swin3d_t", "dataset.root=/tmp/never")
+    assert validate(cfg) == 32 and cfg.clip.num_frames == 32
+    cfg = compose("model=swin3d_t", "dataset.root=/tmp/never", "clip.num_frames=24")
+    with pytest.raises(ConfigError, match=r"'clip.num_frames' = 24: shorter than the model"):
+        validate(cfg)
+    cfg = compose("dataset.root=/tmp/never", "clip.num_frames=40")  # past the demo's 16: kept
+    assert validate(cfg) == 16 and cfg.clip.num_frames == 40
+
+
 @pytest.mark.parametrize("stage, needs", [("evaluate", "run the concepts stage first"),
                                          ("concepts", "run the activate stage first")])
 def test_a_stage_run_before_its_inputs_exist_says_what_is_missing(tmp_path, stage, needs):
