@@ -9,8 +9,8 @@
 (c) the reference-style path: each patch built on the host with numpy/PIL, one forward call
     per supervoxel's windows.
 (a) and (b) run the model as the actors do (`prepare_model`: batch norms folded into the
-convolutions before them, `--no-fuse` leaves them; weights and batches in channels_last_3d on a
-GPU, or with --channels-last), (c) the model as loaded.
+convolutions before them, `--no-fuse` leaves them; weights and batches in channels_last_3d, or
+in the plain layout with --plain-layout), (c) the model as loaded.
 
 Clips: synthetic, the model's input size, segmented at n_segments=[15,50,80]. The last line is
 `activate_vs_forward=<b/a time ratio> speedup_vs_reference=<c/b>` (without --no-reference).
@@ -149,13 +149,13 @@ def main() -> None:
     ap.add_argument("--flops", action="store_true")
     ap.add_argument("--no-fuse", action="store_true", help="(a), (b) without folding batch norms into convolutions")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--channels-last", action="store_true", help="(a), (b) in channels_last_3d on a CPU too "
-                    "(activate.channels_last=true); on a GPU it is the default")
+    ap.add_argument("--plain-layout", action="store_true", help="(a), (b) with weights and batches in the "
+                    "plain layout (activate.channels_last=false) instead of channels_last_3d")
     args = ap.parse_args()
 
     device = pick_device(args.device)
     model = prepare_model(load_model({"name": args.model}), device, fuse=not args.no_fuse,
-                          channels_last=True if args.channels_last else None)
+                          channels_last=False if args.plain_layout else None)
     # for (c): the model as loaded (no folded batch norms, the default memory layout)
     plain = prepare_model(load_model({"name": args.model}), device, fuse=False, channels_last=False)
     s = model.spec

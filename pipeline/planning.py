@@ -30,8 +30,8 @@ from pipeline.segmentation.video import SegmentedVideo
 
 # Throughputs the totals use (docs/benchmarks.md, "Scale model").
 # The demo model's activate stage on 2 CPU cores, the path whole (decode, patches, forward):
-# 190 windows/s of 0.37 GFLOP (measured); another model is taken to run at the same FLOP rate.
-CPU_ACTOR_GFLOPS = 190 * 0.37
+# 319 windows/s of 0.37 GFLOP (measured); another model is taken to run at the same FLOP rate.
+CPU_ACTOR_GFLOPS = 319 * 0.37
 GPU_TFLOPS = (5.0, 20.0)  # effective bf16 per GPU (assumed, until bench/gpu_check.sh measures one)
 EVALUATE_FACTOR = 1.65  # evaluate's model windows against activation's (the Kinetics job's)
 DRIVER_MB, DRIVER_KB_PER_VIDEO = 800.0, 5.0  # the driver's peak RSS (bench/scale.py)

@@ -141,13 +141,14 @@ def test_folding_batch_norms_keeps_the_model_and_its_hooked_layers():
 
 
 def test_channels_last_gives_the_same_vectors_and_the_batches_follow_the_weights():
-    """activate.channels_last=true: weights in channels_last_3d on the CPU, every batch given
-    in the same layout, and the supervoxel vectors equal the default layout's to rounding."""
+    """activate.channels_last (null: on every device, the CPU included): weights in
+    channels_last_3d, every batch given in the same layout, and the supervoxel vectors equal
+    the plain layout's (activate.channels_last=false) to rounding."""
     from pipeline.activations.extract import _memory_format, channels_last
     from pipeline.activations.video import prepare_model
 
-    default = prepare_model(load_model({"name": "demo"}), torch.device("cpu"))
-    last = prepare_model(load_model({"name": "demo"}), torch.device("cpu"), channels_last=True)
+    default = prepare_model(load_model({"name": "demo"}), torch.device("cpu"), channels_last=False)
+    last = prepare_model(load_model({"name": "demo"}), torch.device("cpu"))
     assert not channels_last(default.module) and channels_last(last.module)
     x = torch.randn(2, 3, 16, 112, 112)
     assert _memory_format(x, last.module).is_contiguous(memory_format=torch.channels_last_3d)

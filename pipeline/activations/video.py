@@ -93,17 +93,17 @@ def pick_device(requested: str) -> torch.device:
 def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True,
                   channels_last: Optional[bool] = None) -> LoadedModel:
     """Move the model to the device, eval mode, no weight grads; (with `fuse`) each batch norm
-    folded into the convolution before it (`fuse_conv_bn`); weights in channels_last_3d where
-    `channels_last` says (None: on a GPU only, where cuDNN prefers it), and the batches then
-    follow (`extract._memory_format`). On a CPU the layout change of every batch can cost more
-    than its convolutions gain (`bench/activate.py --channels-last` measures it)."""
+    folded into the convolution before it (`fuse_conv_bn`); weights in channels_last_3d unless
+    `channels_last` is False (None: on every device: cuDNN and oneDNN both prefer it), and the
+    batches then follow (`extract._memory_format`). `bench/activate.py --channels-last`
+    measures it against the default layout."""
     module = model.module.to(device)
     for p in module.parameters():
         p.requires_grad_(False)
     module.eval()
     if fuse:
         fuse_conv_bn(module, keep=model.layers)
-    if channels_last if channels_last is not None else device.type == "cuda":
+    if channels_last is not False:
         try:
             module = module.to(memory_format=torch.channels_last_3d)
         except RuntimeError:  # a weight that is not 5-D (a 2D patch embedding, say): keep the layout

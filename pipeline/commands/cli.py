@@ -4,6 +4,7 @@
     ace3d score  ...   explain new videos with a finished run (`python -m pipeline.score`)
     ace3d report ...   remake a run's report with other settings (`python -m pipeline.report`)
     ace3d atlas  ...   nearest supervoxels in a finished run's atlas (`python -m pipeline.atlas`)
+    ace3d plan   ...   what a run will cost, before it runs (`python -m pipeline.commands.plan`)
     ace3d train  ...   train or evaluate a video classifier (`python -m pipeline.train`)
 
 Every command takes `key=value` overrides (Hydra's grammar; `group=option` picks a preset) and
@@ -69,8 +70,7 @@ COMMANDS = {c.name: c for c in (
             "evaluation, report", "ace3d run [group=option ...] [key=value ...]", RUN_ABOUT),
     Command("score", "pipeline.score", "explain new videos with a finished run, no rediscovery",
             "ace3d score run_dir=<run folder> run.output_dir=<new folder> "
-            "[dataset=... key=value ...]",
-            SCORE_ABOUT),
+            "[dataset=... key=value ...]", SCORE_ABOUT),
     Command("report", "pipeline.report", "remake a finished run's report with other settings",
             "ace3d report run_dir=<run folder> [report.<key>=<value> ...]",
             "Rewrites report/ of a finished run with other report settings; nothing else runs."),
@@ -102,9 +102,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     command = COMMANDS.get(argv[0])
     if command is None:
-        return fail(
-            f"unknown command {argv[0]!r}; the commands: {', '.join(COMMANDS)} (ace3d --help)"
-        )
+        return fail(f"unknown command {argv[0]!r}; the commands: {', '.join(COMMANDS)} "
+                    "(ace3d --help)")
     return run_module(command.name, argv[1:])
 
 
