@@ -23,7 +23,7 @@ import tokenize
 import typing
 from typing import Any
 
-from pipeline.config import CONF_DIR, Config
+from pipeline.config import Config
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
                     "reference")
@@ -118,15 +118,11 @@ def _rows(cls: type, prefix: str, defaults: dict[str, Any]) -> list[str]:
 
 def configuration_reference() -> str:
     """docs/reference/configuration.md."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipeline.commands.cli import presets
-    from pipeline.config import register_configs
+    from pipeline.commands.cli import composed, presets
 
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        composed = OmegaConf.to_container(compose("config"), resolve=False)
+    defaults = OmegaConf.to_container(composed("config"), resolve=False)
     lines = [GENERATED, "", "# Configuration reference", "",
              "Every key of `ace3d run` (`python -m pipeline`), with the default the command",
              "composes (`conf/config.yaml` on the config dataclasses of `pipeline/config.py`) and",
@@ -140,7 +136,7 @@ def configuration_reference() -> str:
         doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
         lines += ["", f"## `{f.name}`", "", f"{doc} (`{cls.__module__}.{cls.__qualname__}`)", "",
                   "| key | default | what |", "|---|---|---|",
-                  *_rows(cls, f.name, composed[f.name])]
+                  *_rows(cls, f.name, defaults[f.name])]
     return "\n".join(lines) + "\n"
 
 

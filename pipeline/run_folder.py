@@ -315,7 +315,8 @@ class RunFolder(RunReaders):
             return
         made = old.get("format_version")
         if made is not None and made != schemas.FORMAT_VERSION:
-            by = (old.get("versions") or {}).get("pipeline", "another version")
+            versions = old.get("versions") or {}  # "pipeline" before the distribution was ace3d
+            by = versions.get("ace3d") or versions.get("pipeline") or "another version"
             raise RunFolderError(f"{self.root} holds outputs of format {made} (written by {by}); "
                                  f"this code writes format {schemas.FORMAT_VERSION}: write to a new "
                                  "run.output_dir, or finish this folder with the code that made it")

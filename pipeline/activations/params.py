@@ -28,7 +28,7 @@ class ActivateParams:
         always / never.
     gradients: class-logit gradients of whole clips (TCAV needs them).
     channels_last: weights and batches in channels_last_3d (None: on every device; False: the
-        default layout). On a 2-core Xeon CPU it made the demo's activate stage 1.47x faster.
+        plain layout). On a 2-core Xeon CPU it made the demo's activate stage 1.47x faster.
     """
 
     batch_size: int = 0

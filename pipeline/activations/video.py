@@ -95,8 +95,8 @@ def prepare_model(model: LoadedModel, device: torch.device, fuse: bool = True,
     """Move the model to the device, eval mode, no weight grads; (with `fuse`) each batch norm
     folded into the convolution before it (`fuse_conv_bn`); weights in channels_last_3d unless
     `channels_last` is False (None: on every device: cuDNN and oneDNN both prefer it), and the
-    batches then follow (`extract._memory_format`). `bench/activate.py --channels-last`
-    measures it against the default layout."""
+    batches then follow (`extract._memory_format`). `bench/activate.py` measures it against
+    the plain layout (`--plain-layout`)."""
     module = model.module.to(device)
     for p in module.parameters():
         p.requires_grad_(False)

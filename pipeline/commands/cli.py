@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 
 @dataclass(frozen=True)
@@ -173,17 +173,22 @@ def presets(config: str) -> dict[str, list[str]]:
     return out
 
 
-def config_keys(config: str) -> list[tuple[str, str]]:
-    """Every key of the composed default config `config` with its default (unresolved)."""
+def composed(config: str = "config", overrides: Sequence[str] = ()) -> Any:
+    """conf/'s config `config` with Hydra overrides, as the commands compose it."""
     from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
 
     from pipeline.config import CONF_DIR, register_configs
 
     register_configs()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config)
-    return flatten(OmegaConf.to_container(cfg, resolve=False), "")
+        return compose(config, overrides=list(overrides))
+
+
+def config_keys(config: str) -> list[tuple[str, str]]:
+    """Every key of the composed default config `config` with its default (unresolved)."""
+    from omegaconf import OmegaConf
+
+    return flatten(OmegaConf.to_container(composed(config), resolve=False), "")
 
 
 def flatten(node: Any, prefix: str) -> list[tuple[str, str]]:

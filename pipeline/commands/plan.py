@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import posixpath
 import sys
 
 from pipeline import io
@@ -16,10 +15,10 @@ OWN_KEYS = ("sample=", "output=")
 
 
 def main(argv: list[str]) -> int:
-    from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from pipeline.config import CONF_DIR, register_configs, to_plain, validate
+    from pipeline.commands.cli import composed
+    from pipeline.config import to_plain, validate
     from pipeline.job import absolutise
     from pipeline.planning import plan_run, plan_table
 
@@ -33,9 +32,7 @@ def main(argv: list[str]) -> int:
             raise ConfigError("sample", "must be an integer", own["sample"]) from None
         if sample < 1:
             raise ConfigError("sample", "must be >= 1", sample)
-        register_configs()
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
+        cfg = composed("config", overrides)
         validate(cfg)
         absolutise(cfg)
         c = to_plain(cfg)
@@ -45,8 +42,7 @@ def main(argv: list[str]) -> int:
         return 2
     out = own.get("output") or io.join(c["run"]["output_dir"], "plan.json")
     out = out if io.is_uri(out) else os.path.abspath(out)
-    io.makedirs(posixpath.dirname(out) if io.is_uri(out) else os.path.dirname(out))
-    io.write_json(plan, out)
+    io.write_json(plan, out)  # its folder made as needed
     print(plan_table(plan))
     print(f"plan: {out}")
     return 0

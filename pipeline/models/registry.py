@@ -305,7 +305,7 @@ def model_class_names(model_cfg: dict[str, Any]) -> list[str]:
 def _checkpoint(model_cfg: dict[str, Any]) -> dict[str, Any]:
     path = model_cfg.get("path") or DEMO_CHECKPOINT
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # weights unread
     except Exception as e:
         raise ModelConfigError("path", path, f"cannot read the checkpoint: {e}") from None
 
