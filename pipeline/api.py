@@ -213,6 +213,13 @@ def argument_for(key: str, overrides: dict[str, Any]) -> str:
     return group + "".join(f"[{p}]" if p.isdigit() else f"[{p!r}]" for p in parts)
 
 
+def _table_of(name: str, what: str) -> Any:
+    """A `Run` attribute reading one dataset once (`Run.table(name)`)."""
+    prop = cached_property(lambda self: self.table(name))
+    prop.__doc__ = f"`table({name!r})`: {what}, as a DataFrame (read when first used)."
+    return prop
+
+
 def open_run(path: Union[str, os.PathLike]) -> "Run":
     """A finished (or partly finished) run, from its folder: a path or a filesystem URI."""
     root = str(path) if io.is_uri(str(path)) else os.path.abspath(os.path.expanduser(str(path)))
@@ -254,9 +261,9 @@ class Run:
             raise FileNotFoundError(f"{self.path} has no {datasets[name]} (its stage has not run)")
         return self.folder.read(datasets[name], columns=columns).to_pandas()
 
-    videos = cached_property(lambda self: self.table("videos"))
-    supervoxels = cached_property(lambda self: self.table("supervoxels"))
-    predictions = cached_property(lambda self: self.table("predictions"))
+    videos = _table_of("videos", "one row per input video: its label, status and the reason of a failure")
+    supervoxels = _table_of("supervoxels", "one row per supervoxel: its video, box, size and share")
+    predictions = _table_of("predictions", "the model's prediction on each video's clip")
 
     @cached_property
     def concepts(self) -> Any:
@@ -267,9 +274,9 @@ class Run:
             raise FileNotFoundError(f"{self.path} has no {CONCEPTS} (its stage has not run)")
         return self.folder.concept_view().to_pandas()
 
-    concept_members = cached_property(lambda self: self.table(CONCEPT_MEMBERS))
-    tcav = cached_property(lambda self: self.table(TCAV))
-    evaluation = cached_property(lambda self: self.table(EVALUATION))
+    concept_members = _table_of(CONCEPT_MEMBERS, "one row per member supervoxel of each concept")
+    tcav = _table_of(TCAV, "the TCAV scores of every concept against every random set")
+    evaluation = _table_of(EVALUATION, "the deletion and insertion curves and their areas")
 
     def activations(self, layer: Optional[str] = None, target_class: Optional[str] = None,
                     clips: bool = False) -> Any:

@@ -24,6 +24,7 @@ from pipeline.data.synthetic import SyntheticParams
 from pipeline.data.video import ClipSpec, DecodeLimits
 from pipeline.evaluation.deletion import EvaluateParams
 from pipeline.params import SCHEDULING, ParameterError, require
+from pipeline.report.params import ReportParams
 from pipeline.segmentation.supervoxels import SegmentParams
 
 _HERE = os.path.dirname(os.path.abspath(__file__))  # Hydra's configs: in the package in a wheel, else beside it
@@ -237,33 +238,6 @@ class RayConfig:
 
 
 @dataclass
-class ReportConfig:
-    """report/index.html (the `report` stage, or `python -m pipeline.report run_dir=...`).
-
-    exemplars: looping clips per concept card (the members nearest the centroid);
-    max_concepts: cards per (class, layer), in rank order; heatmap_videos: scoring videos per
-    class shown with their voxel-importance maps; format: webp | gif (the animations);
-    frame_ms: how long each frame shows; rank_by: the order of a layer's concept cards, `tcav`
-    (the paper's), `causal` (causal importance) or `auto` (causal where at least half the
-    concepts tie at a TCAV score of 0 or 1, which the section then says first).
-    """
-
-    exemplars: int = 3
-    max_concepts: int = 12
-    heatmap_videos: int = 2
-    format: str = "webp"
-    frame_ms: int = 125
-    rank_by: str = "auto"
-
-    def check(self) -> None:
-        for name in ("exemplars", "max_concepts", "heatmap_videos"):
-            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
-        require(self.format in ("webp", "gif"), "format", self.format, "must be webp or gif")
-        require(self.frame_ms >= 10, "frame_ms", self.frame_ms, "must be >= 10 (milliseconds per frame)")
-        require(self.rank_by in ("auto", "tcav", "causal"), "rank_by", self.rank_by, "must be auto, tcav or causal")
-
-
-@dataclass
 class RunConfig:
     """Where the outputs go and what the job does.
 
@@ -320,7 +294,7 @@ class Config:
     concepts: ConceptParams = field(default_factory=ConceptParams)
     atlas: AtlasParams = field(default_factory=AtlasParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    report: ReportParams = field(default_factory=ReportParams)
     model: ModelConfig = field(default_factory=ModelConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -1,18 +1,21 @@
-"""The two reference pages made from the code, so they cannot drift from it:
+"""The reference pages made from the code, so they cannot drift from it:
 `docs/reference/configuration.md` from the config dataclasses (`pipeline.config.Config`, each
 field with the default the CLI composes and the words its class gives it, in its docstring's
 `name: ...` entries or its line's comment) and `docs/reference/outputs.md` from
-`pipeline.schemas` (each schema's columns and types, and the comments beside them).
+`pipeline.schemas` (each schema's columns and types, and the comments beside them), and
+`docs/reference/api.md` from `pipeline.api` (the exported functions' and `Run`'s signatures and
+docstrings).
 
-    python -m pipeline.reference_docs      # rewrite both (make docs)
+    python -m pipeline.reference_docs      # rewrite them (make docs)
 
-`tests/test_reference_docs.py` fails when either file differs from what this makes.
+`tests/test_reference_docs.py` fails when a page differs from what this makes.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import io
 import json
@@ -188,7 +191,83 @@ def outputs_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-PAGES = {"configuration.md": configuration_reference, "outputs.md": outputs_reference}
+def _signature(obj: Any, name: str) -> str:
+    """`name(a, b: int = 1, *, c=None)` with the annotations as written in the source."""
+    params, sig = [], inspect.signature(obj)
+    for p in sig.parameters.values():
+        if p.name == "self":
+            continue
+        stars = {p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}.get(p.kind, "")
+        text = stars + p.name
+        if p.annotation is not p.empty:
+            text += f": {str(p.annotation).replace(chr(39), '')}"
+        if p.default is not p.empty:
+            text += f" = {p.default!r}"
+        if p.kind == p.KEYWORD_ONLY and not any(x.startswith("*") for x in params):
+            params.append("*")
+        params.append(text)
+    returns = ("" if sig.return_annotation is sig.empty
+               else f" -> {str(sig.return_annotation).replace(chr(39), '')}")
+    return f"{name}({', '.join(params)}){returns}"
+
+
+ENTRY = re.compile(r"^([a-z_]\w*(?:, [a-z_]\w*)*(?: \([^)]*\))?): (.*)$")
+
+
+def _docstring_markdown(doc: str) -> list[str]:
+    """A docstring as Markdown: its paragraphs, a paragraph of `name: words` entries (their
+    continuation lines indented) as a list."""
+    out: list[str] = []
+    if not doc.strip():
+        return out
+    for para in re.split(r"\n\s*\n", doc.strip()):
+        lines = para.splitlines()
+        if ENTRY.match(lines[0]):
+            for line in lines:
+                m = ENTRY.match(line)
+                if m and not line.startswith(" "):
+                    out.append(f"- `{m.group(1)}`: {m.group(2)}")
+                else:
+                    out[-1] += " " + line.strip()
+        else:
+            out.append(" ".join(line.strip() for line in lines))
+        out.append("")
+    return out
+
+
+def api_reference() -> str:
+    """docs/reference/api.md: `pipeline`'s exported functions and the `Run` class."""
+    import pipeline
+    from pipeline import api
+
+    lines = [GENERATED, "", "# Python API", "",
+             "`from pipeline import explain, open_run, score_videos, Run`: the job, a finished",
+             "run read back, new videos scored with a finished run. Each function's signature",
+             "and docstring, as `pipeline/api.py` has them. The keys the overrides take:",
+             "[configuration.md](configuration.md); the tables a `Run` reads:",
+             "[outputs.md](outputs.md)."]
+    for name in pipeline.__all__:
+        obj = getattr(api, name)
+        if not inspect.isclass(obj):
+            lines += ["", f"## `{_signature(obj, name)}`", ""]
+            lines += _docstring_markdown(inspect.getdoc(obj))
+            continue
+        lines += ["", f"## `{name}`", ""] + _docstring_markdown(inspect.getdoc(obj))
+        for attr, member in vars(obj).items():
+            if attr.startswith("_"):
+                continue
+            if isinstance(member, (property, functools.cached_property)):
+                title, doc = f"{name}.{attr}", inspect.getdoc(member)
+            elif inspect.isfunction(member):
+                title, doc = f"{name}.{_signature(member, attr)}", inspect.getdoc(member)
+            else:
+                continue
+            lines += [f"### `{title}`", ""] + _docstring_markdown(doc or "")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+PAGES = {"configuration.md": configuration_reference, "outputs.md": outputs_reference,
+         "api.md": api_reference}
 
 
 def main() -> int:

@@ -20,6 +20,7 @@ TCAV = "tcav_scores"
 VOXEL_IMPORTANCE = "voxel_importance"
 EVALUATION = "evaluation"
 REPORT, REPORT_INDEX, REPORT_ATLAS = "report", "report/index.html", "report/atlas.html"
+REPORT_CLASSES = "report/classes"  # a page per class, when the run has many
 CONCEPT_PRESENCE = "concept_presence"  # a scored run's (pipeline.score): <class>/<layer>/ parts
 RUN_JSON = "run.json"
 LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)

@@ -12,7 +12,9 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Iterator
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -31,9 +33,9 @@ def have_browser() -> bool:
     return os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
 
 
-def open_page(path: str, width: int = 1400, height: int = 1000, timeout: float = 60.0) -> PageCheck:
-    """Load `path` (a file on disk) with no server and no network; wait until every image has
-    loaded or failed (lazy ones included)."""
+@contextmanager
+def chromium(width: int = 1400, height: int = 1000) -> Iterator[Any]:
+    """A headless Chromium (Selenium's driver) with no network, its profile removed after."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -47,6 +49,26 @@ def open_page(path: str, width: int = 1400, height: int = 1000, timeout: float =
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def load_seconds(path: str) -> float:
+    """Seconds from asking for `path` (a file on disk) to its load event (lazy images not waited
+    for): how fast a page opens."""
+    with chromium() as driver:
+        driver.get("about:blank")
+        t0 = time.perf_counter()
+        driver.get("file://" + os.path.abspath(path))
+        return time.perf_counter() - t0
+
+
+def open_page(path: str, width: int = 1400, height: int = 1000, timeout: float = 60.0) -> PageCheck:
+    """Load `path` (a file on disk) with no server and no network; wait until every image has
+    loaded or failed (lazy ones included)."""
+    with chromium(width, height) as driver:
         driver.get("file://" + os.path.abspath(path))
         driver.execute_script("document.querySelectorAll('img').forEach(i => i.loading = 'eager')")
         deadline = time.monotonic() + timeout
@@ -66,9 +88,6 @@ def open_page(path: str, width: int = 1400, height: int = 1000, timeout: float =
         shot = driver.get_screenshot_as_png()
         errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         return PageCheck(driver.title, errors, images, broken, shot)
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -122,12 +122,12 @@ def test_the_run_folder_names_are_written_in_one_module():
 # Functions past FUNCTION_LINES when the limit came (their length then): each may only shrink.
 FUNCTION_LINES = 60
 LONG_FUNCTIONS = {
-    "pipeline.report.render.render_class": 172, "pipeline.stages.concepts.run": 88,
+    "pipeline.stages.concepts.run": 88,
     "pipeline.report.atlas_page.atlas_unit": 88, "pipeline.scoring.cav_batch.fit_cavs_batched": 83,
     "pipeline.stages.atlas.run": 79, "pipeline.evaluation.summary.summarise": 75,
     "pipeline.orchestration.fanout.map_tasks": 74, "pipeline.segmentation.supervoxels.segment_clip": 72,
     "pipeline.report.scored_page.render_scored": 65, "pipeline.train.run": 64, "pipeline.stages.score.score_unit": 63,
-    "pipeline.stages.concepts.explain_pair": 61, "pipeline.report.page.index_html": 61,
+    "pipeline.stages.concepts.explain_pair": 61,
 }
 
 

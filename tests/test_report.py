@@ -37,12 +37,12 @@ def page_sources(path: str) -> _Sources:
     return parser
 
 
-def check_in_browser(index: str) -> None:
+def check_in_browser(index: str, images: bool = True) -> None:
     if not have_browser():
         pytest.fail("the report test needs Debian's chromium and chromium-driver: `make test` installs them")
     page = open_page(index)
     assert page.console_errors == []
-    assert page.images > 0 and page.broken_images == []
+    assert (page.images > 0) == images and page.broken_images == []
     assert page.title.startswith("3D ACE report")
     from PIL import Image
 
@@ -78,6 +78,16 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
     clip = small_run["record"]["config"]["clip"]
     assert anim.n_frames == clip["num_frames"] and anim.size == (clip["width"], clip["height"])
     assert "significant" in text and "causal importance" in text
+    # each class leads with its answer: per layer with concepts, the ranking that holds and its
+    # concepts that matter, before that class's diagnostics; the overview's headers are short
+    for k, group in concepts.groupby("target_class"):
+        section = text.split(f">{k}</h2>", 1)[1].split('<section class="class"', 1)[0]
+        leads = re.findall(r'<div class="lead[^"]*"><h3>Layer <code>([^<]+)</code>', section)
+        assert leads == list(dict.fromkeys(group.layer)) and section.index("lead") < section.index("diagnostics")
+        assert all(("Ranked by" in p or "Neither ranking" in p) for p in re.findall(r"</h3><p>([^<]+)", section))
+    headers = re.findall(r"<th>([^<]+)</th>", text.split('<table class="overview">', 1)[1].split("</table>")[0])
+    assert len(headers) >= 10 and max(map(len, headers)) <= 20
+    assert all(f"<dt>{h}</dt>" in text for h in headers)  # the legend explains each
     record = small_run["record"]
     from pipeline.report.render import fmt
 
@@ -119,16 +129,25 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     json.dump({**manifest, **digest}, open(os.path.join(out, "atlas", "atlas.json"), "w"))
     kept = filtered.to_pandas()
     res = call_main(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
-                    "report.heatmap_videos=1", module="pipeline.report")
+                    "report.heatmap_videos=1", "report.class_pages=0", module="pipeline.report")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report/index.html" in res.stdout
     index = os.path.join(out, "report", "index.html")
-    parsed = page_sources(index)
-    assert parsed.sources and all(s.endswith((".gif", ".png")) for s in parsed.sources)
+    # a page per class (report.class_pages=0): the index links each, each links back
+    links = [a for a in page_sources(index).links if a.startswith("classes/")]
+    assert len(links) == 3 + 3 * 2  # the nav and the overview's rows (3 classes, 2 layers)
+    pages = sorted(set(links))
+    assert len(pages) == 3 and sorted(os.listdir(os.path.join(out, "report", "classes"))) == [
+        p.split("/")[1] for p in pages]
+    paths = [os.path.join(out, "report", p) for p in pages]
+    parsed = [page_sources(p) for p in paths]
+    assert all("../index.html" in p.links for p in parsed)
+    sources = {os.path.normpath(os.path.join("classes", s)) for p in parsed for s in p.sources}
+    assert sources and all(s.endswith((".gif", ".png")) for s in sources)
     on_disk = {os.path.relpath(os.path.join(d, f), os.path.join(out, "report"))
                for d, _, fs in os.walk(os.path.join(out, "report", "assets")) for f in fs}
-    assert on_disk == set(parsed.sources)  # the WebP files of the first report are gone
-    text = open(index, encoding="utf-8").read()
+    assert on_disk == sources  # the WebP files of the first report are gone
+    text = "".join(open(p, encoding="utf-8").read() for p in [index, *paths])
     assert text.count('<article class="card') == sum(min(len(g), 2) for _, g in kept.groupby(["target_class", "layer"]))
     assert ">retreat</h2>" in text and "no concept was accepted for this class" in text
     assert text.count("model accuracy on the class's scoring videos") == 3
@@ -141,7 +160,11 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     assert "Where each class's actor concept falls" in atlas
     assert all(f"<td>{a['actor_concept'].rsplit('/', 1)[-1]}</td>" in atlas
                for layers in actors.values() for a in layers.values())
-    check_in_browser(index)
+    check_in_browser(index, images=False)
+    check_in_browser(paths[0])
+    # the same report on one page again: the class pages go
+    res = call_main(f"run_dir={out}", "report.exemplars=0", "report.heatmap_videos=0", module="pipeline.report")
+    assert res.returncode == 0 and os.listdir(os.path.join(out, "report", "classes")) == []
 
 
 @pytest.mark.parametrize("args, key", [
@@ -169,6 +192,32 @@ def test_a_saturated_layer_orders_its_cards_by_causal_importance():
     graded = [dict(r, tcav_mean=v) for r, v in zip(rows, (0.9, 0.8, 0.7, 0.4))]
     assert saturated_tcav(graded) == 0 and card_order(graded, by_causal, "auto", 0) == (graded, "tcav")
     assert card_order(rows, by_causal[:2], "causal", 3) == (rows, "tcav")  # no causal importance for all yet
+
+
+def test_a_layer_leads_with_the_ranking_that_holds_under_deletion():
+    from pipeline.report.lead import GAP, lead
+
+    rows = [{"concept": f"k/l/concept{i}", "rank": i + 1, "significant": sig, "causal_importance": ci}
+            for i, (sig, ci) in enumerate([(True, 0.01), (True, 0.3), (False, 0.2), (True, -0.1)])]
+    causal_holds = {GAP: -0.3, f"{GAP}_ci95.0": -0.4, f"{GAP}_ci95.1": -0.2,
+                    "tcav_deletion_prob_auc_top": 0.7, "tcav_deletion_prob_auc_bottom": 0.6}
+    first = lead(rows, causal_holds, "auto", False)
+    assert (first.ranking, first.holds) == ("causal", True) and "−0.30 [−0.40, −0.20]" in first.sentence
+    assert [r["concept"] for r in first.concepts] == ["k/l/concept1", "k/l/concept2", "k/l/concept0"]
+    tcav_holds = {**causal_holds, f"{GAP}_ci95.1": 0.05, "tcav_deletion_prob_auc_top": 0.5}
+    second = lead(rows, tcav_holds, "auto", False)  # the causal interval reaches zero; TCAV's areas hold
+    assert (second.ranking, second.holds) == ("tcav", True) and "not below zero" in second.sentence
+    assert [r["rank"] for r in second.concepts] == [1, 2, 4]  # the significant ones in TCAV's order
+    neither = lead(rows, {**tcav_holds, "tcav_deletion_prob_auc_top": 0.7}, "auto", False)
+    assert (neither.ranking, neither.holds) == ("tcav", False) and neither.sentence.startswith("Neither")
+    saturated = lead(rows, {**tcav_holds, "tcav_deletion_prob_auc_top": 0.7}, "auto", True)
+    assert saturated.ranking == "causal" and "ties at 0 or 1" in saturated.sentence
+    asked = lead(rows, causal_holds, "tcav", False)
+    assert (asked.ranking, asked.holds) == ("tcav", False) and "report.rank_by" in asked.sentence
+    untested = lead(rows, {}, "auto", False)
+    assert (untested.ranking, untested.holds) == ("tcav", None) and "has not run" in untested.sentence
+    none = lead([dict(r, significant=False) for r in rows], {}, "auto", False)
+    assert none.concepts == [] and "none of its 4 concepts is significant" in none.empty
 
 
 def test_names_that_are_math_or_alike_once_slugged_are_drawn_as_written_and_never_share_a_file():

@@ -153,10 +153,10 @@ def command_help(command: Command) -> str:
     elif command.name == "report":
         import dataclasses
 
-        from pipeline.config import ReportConfig
+        from pipeline.report.params import ReportParams
 
         lines += ["keys (the default shown):", "  run_dir = <run folder>  (required)"]
-        report = flatten(dataclasses.asdict(ReportConfig()), "report")
+        report = flatten(dataclasses.asdict(ReportParams()), "report")
         lines += [f"  {key} = {value}" for key, value in report]
     return "\n".join(lines).rstrip()
 

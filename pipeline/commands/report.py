@@ -10,7 +10,8 @@ from typing import Any
 
 from pipeline import io
 from pipeline.commands.cli import COMMANDS
-from pipeline.config import ConfigError, ReportConfig, check_group
+from pipeline.config import ConfigError, check_group
+from pipeline.report.params import ReportParams
 from pipeline.lease import Lease, LeaseError, new_run_id
 from pipeline.run_folder import RUN_JSON, RunFolder, RunFolderError
 from pipeline.stages.report import build_report
@@ -19,12 +20,12 @@ USAGE = COMMANDS["report"].usage
 
 
 def report_settings(*layers: Any) -> dict[str, Any]:
-    """ReportConfig's defaults with `layers` merged on top, checked (a bad key fails naming it)."""
+    """ReportParams's defaults with `layers` merged on top, checked (a bad key fails naming it)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ReportConfig), *layers)
+        merged = OmegaConf.merge(OmegaConf.structured(ReportParams), *layers)
     except OmegaConfBaseException as e:
         if getattr(e, "key", None):
             raise ConfigError(f"report.{e.key}", e.msg.splitlines()[0]) from None

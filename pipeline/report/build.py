@@ -1,16 +1,18 @@
 """The run's report a person reads: `report/index.html` under the run folder.
 
-Made by the job's `report` stage and by `python -m pipeline.report run_dir=<run folder>
-[report.exemplars=3 ...]`. Per class, the concepts of every explained layer in rank order as
-cards (TCAV mean +- std, p-value, significance, causal importance, and a few looping exemplar
+Made by the job's `report` stage and by `ace3d report run_dir=<run folder>
+[report.exemplars=3 ...]`. Per class and layer, first the ranking of the concepts that holds
+under deletion and the concepts that matter by it, with their clips; then every concept as a
+card (TCAV mean +- std, p-value, significance, causal importance, and a few looping exemplar
 clips with the supervoxel outlined on its source clip), the deletion/insertion curves, and the
 voxel-importance heat maps of a few scoring videos. Static HTML and image files with relative
 links: it opens from disk, with no server, no script and no network.
 
-Rendering is a pure function per class (`render_class`); `render_unit` reads a class's
-partitions, renders it and writes its images and its section (in its marker); the report stage
+Rendering is a pure function per class (`pipeline.report.section.render_class`); `render_unit`
+reads a class's partitions, renders it and writes its images and its section (in its marker),
+or, past `report.class_pages` classes, its own page; the report stage
 (`pipeline.stages.report.build_report`) fans the classes out over Ray tasks and writes
-index.html from the sections.
+index.html.
 """
 
 from __future__ import annotations
@@ -20,20 +22,43 @@ import json
 from typing import Any
 
 from pipeline import io
-from pipeline.report.render import ClassJob, render_class
-from pipeline.run_folder import (CONCEPT_MEMBERS, EVALUATION, REPORT, VOXEL_IMPORTANCE, RunFolder,
-                                 partition, unit_key)
+from pipeline.report.render import ClassJob
+from pipeline.report.section import render_class
+from pipeline.report.page import class_file, class_page
+from pipeline.run_folder import (
+    CONCEPT_MEMBERS,
+    EVALUATION,
+    REPORT,
+    REPORT_CLASSES,
+    VOXEL_IMPORTANCE,
+    RunFolder,
+    partition,
+    unit_key,
+)
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
-def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any], info: dict[str, Any],
-              evaluated: dict[str, Any], concepts: list[dict[str, Any]]) -> ClassJob:
+
+def class_job(
+    folder: RunFolder,
+    index: int,
+    target_class: str,
+    settings: dict[str, Any],
+    info: dict[str, Any],
+    evaluated: dict[str, Any],
+    concepts: list[dict[str, Any]],
+) -> ClassJob:
     """Everything one class's section needs, read from the class's own partitions (its members,
     its scoring videos' voxel importance, its curves) and one row group per video it shows."""
     rep = settings["report"]
     members = _class_rows(folder, CONCEPT_MEMBERS, target_class)
     most = int(rep["max_concepts"])
-    shown = [r["concept"] for layer in dict.fromkeys(r["layer"] for r in concepts)
-             for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[:most]]
+    shown = [
+        r["concept"]
+        for layer in dict.fromkeys(r["layer"] for r in concepts)
+        for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[
+            :most
+        ]
+    ]
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
@@ -43,13 +68,28 @@ def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[s
     heatmaps = [r for r in vi if r["video_id"] in heat_vids]
     wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
     volumes = folder.label_volumes(wanted)
-    masks = {(m["video_id"], int(m["supervoxel_id"])): supervoxel_mask(volumes[m["video_id"]], m["supervoxel_id"])
-             for ms in exemplars.values() for m in ms if m["video_id"] in volumes}
-    return ClassJob(index=index, target_class=target_class, settings=settings, info=info, evaluated=evaluated,
-                    concepts=concepts, exemplars=exemplars, masks=masks, heatmaps=heatmaps,
-                    volumes={v: volumes[v] for v in heat_vids if v in volumes},
-                    curves=_class_rows(folder, EVALUATION, target_class) if evaluated else [],
-                    videos={r["video_id"]: r for r in folder.video_rows(wanted)})
+    masks = {
+        (m["video_id"], int(m["supervoxel_id"])): supervoxel_mask(
+            volumes[m["video_id"]], m["supervoxel_id"]
+        )
+        for ms in exemplars.values()
+        for m in ms
+        if m["video_id"] in volumes
+    }
+    return ClassJob(
+        index=index,
+        target_class=target_class,
+        settings=settings,
+        info=info,
+        evaluated=evaluated,
+        concepts=concepts,
+        exemplars=exemplars,
+        masks=masks,
+        heatmaps=heatmaps,
+        volumes={v: volumes[v] for v in heat_vids if v in volumes},
+        curves=_class_rows(folder, EVALUATION, target_class) if evaluated else [],
+        videos={r["video_id"]: r for r in folder.video_rows(wanted)},
+    )
 
 
 def _class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict[str, Any]]:
@@ -58,15 +98,37 @@ def _class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict
     return io.read_files(files).to_pylist() if files else []
 
 
-def render_unit(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any], info: dict[str, Any],
-                evaluated: dict[str, Any], concepts: list[dict[str, Any]], fingerprint: str) -> dict[str, Any]:
+def render_unit(
+    folder: RunFolder,
+    index: int,
+    target_class: str,
+    settings: dict[str, Any],
+    info: dict[str, Any],
+    evaluated: dict[str, Any],
+    concepts: list[dict[str, Any]],
+    fingerprint: str,
+) -> dict[str, Any]:
     """One class of the report (in a Ray task): read its rows, render it, write its images and
     its marker (holding the section's HTML); returns the section's record."""
-    section = render_class(class_job(folder, index, target_class, settings, info, evaluated, concepts))
+    section = render_class(
+        class_job(folder, index, target_class, settings, info, evaluated, concepts)
+    )
     for rel, data in section.files.items():
         folder.write_bytes(f"{REPORT}/{rel}", data)
-    record = {"class": target_class, "index": index, "html": section.html, "summary": section.summary,
-              "files": len(section.files)}
+    html = section.html
+    if settings["pages"]:  # its own page; the index links it
+        page = class_page(
+            html, target_class, settings["dataset_name"], settings["model_name"], settings["atlas"]
+        )
+        folder.write_bytes(f"{REPORT_CLASSES}/{class_file(index, target_class)}", page.encode())
+        html = ""
+    record = {
+        "class": target_class,
+        "index": index,
+        "html": html,
+        "summary": section.summary,
+        "files": len(section.files),
+    }
     folder.write_unit("report", unit_key(target_class), [], [{"record": record}], fingerprint)
     return record
 
@@ -84,9 +146,17 @@ def pick_exemplars(members: list[dict[str, Any]], n: int) -> list[dict[str, Any]
     return chosen
 
 
-def report_fingerprint(settings: dict[str, Any], concepts: list[dict[str, Any]], class_info: dict[str, Any],
-                       evaluated: dict[str, Any], classes: list[str]) -> str:
+def report_fingerprint(
+    settings: dict[str, Any],
+    concepts: list[dict[str, Any]],
+    class_info: dict[str, Any],
+    evaluated: dict[str, Any],
+    classes: list[str],
+) -> str:
     """What the report's sections depend on: its settings and the run's results."""
-    digest = hashlib.sha256(json.dumps([settings, concepts, class_info, evaluated, classes], sort_keys=True,
-                                       default=str).encode()).hexdigest()
+    digest = hashlib.sha256(
+        json.dumps(
+            [settings, concepts, class_info, evaluated, classes], sort_keys=True, default=str
+        ).encode()
+    ).hexdigest()
     return digest[:32]

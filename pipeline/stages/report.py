@@ -21,7 +21,7 @@ from pipeline.report.page import FAILED_SHOWN, index_html
 from pipeline.report.render import ClassSection
 from pipeline.report.scored_page import MAX_VIDEOS, render_scored
 from pipeline.run_folder import (ATLAS_MANIFEST, CONCEPT_METRICS, CONCEPTS, EVALUATE_METRICS, REPORT,
-                                 REPORT_ATLAS, REPORT_INDEX, RunFolder, RunFolderError)
+                                 REPORT_ATLAS, REPORT_CLASSES, REPORT_INDEX, RunFolder, RunFolderError)
 from pipeline.stages.base import Job, driver_peak_rss_mb
 
 log = logging.getLogger("pipeline")
@@ -51,13 +51,16 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -
     by_class: dict[str, list[dict[str, Any]]] = {}
     for r in concepts:
         by_class.setdefault(r["target_class"], []).append(r)
+    pages = len(classes) > int(c["report"]["class_pages"])  # a page per class behind the index
     settings = {"report": c["report"], "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
-                "dataset_root": c["dataset"]["root"]}
+                "dataset_root": c["dataset"]["root"], "dataset_name": c["dataset"]["name"],
+                "model_name": c["model"]["name"], "pages": pages, "atlas": folder.exists(ATLAS_MANIFEST)}
     fingerprint = report_fingerprint(settings, concepts, class_info, evaluated, classes)
     done = folder.done_units("report", [], fingerprint, "report", stale="discard")
     sections = {r["class"]: r for r in map(json.loads, done.column("record").to_pylist())}
-    if not sections:  # images of an earlier report (other settings, other concepts) go
+    if not sections:  # images and pages of an earlier report (other settings, other concepts) go
         folder.clear(f"{REPORT}/assets")
+        folder.clear(REPORT_CLASSES)
     todo = [(i, k) for i, k in enumerate(classes) if k not in sections]
     items = ((k, (folder, i, k, settings, class_info.get(k, {}), evaluated.get(k, {}), by_class.get(k, []),
                   fingerprint)) for i, k in todo)
@@ -74,11 +77,12 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -
     videos = folder.read_videos(["video_id", "status", "failed_stage", "error"])
     failed = videos.filter(pc.equal(videos.column("status"), schemas.FAILED))
     page = index_html(folder.root, c, record, shown, failed.slice(0, FAILED_SHOWN).to_pylist(), videos.num_rows,
-                      atlas=atlas is not None, n_failed=failed.num_rows)
+                      atlas=atlas is not None, n_failed=failed.num_rows, pages=pages)
     folder.write_bytes(REPORT_INDEX, page.encode())
     return {"wall_s": round(time.monotonic() - t0, 3), "classes": len(shown),
             "classes_skipped_done": len(classes) - len(todo), "assets": sum(r["files"] for r in sections.values()),
-            "path": folder.path(REPORT_INDEX), **({"atlas_page": folder.path(REPORT_ATLAS)} if atlas else {})}
+            "class_pages": pages, "path": folder.path(REPORT_INDEX),
+            **({"atlas_page": folder.path(REPORT_ATLAS)} if atlas else {})}
 
 
 def build_scored_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any], source_root: str
