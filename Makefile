@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-fast browser demo-model docs bench clean-outputs
+.PHONY: demo test test-fast browser demo-model docs demo-results bench clean-outputs
 
 $(STAMP): pyproject.toml setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,13 @@ browser:
 	echo "installing chromium and chromium-driver (Debian packages) for the report's browser test"; \
 	$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 
-## rewrite docs/reference/ (the configuration and output-schema references) from the code
+## rewrite docs/reference/ (the configuration, output-schema and Python API references) from the code
 docs: $(STAMP)
 	$(BIN)/python -m pipeline.reference_docs
+
+## rewrite docs/demo-results.md from the demo's run folder (make demo first)
+demo-results: $(STAMP)
+	$(BIN)/python -m pipeline.results_page outputs/synthetic-demo docs/demo-results.md
 
 ## retrain the shipped demo model (pipeline/models/weights/demo.pt) from scratch
 demo-model: $(STAMP)

@@ -324,3 +324,41 @@ class Run:
     def report_path(self) -> Optional[str]:
         """report/index.html, when the report stage has run."""
         return self.folder.path(REPORT_INDEX) if self.folder.exists(REPORT_INDEX) else None
+
+    def concept_clips(self, concept: str, k: int = 3) -> list[Any]:
+        """The `k` exemplars of a concept (its name in `concepts`), nearest the centroid first,
+        as the report shows them: `ConceptClip`s with `frames` (the clip as the run read it,
+        uint8 [T, H, W, 3]), `mask` (the supervoxel, bool [T, H, W]), `video_id`,
+        `supervoxel_id`, `distance`, and `outlined()` (the supervoxel outlined, the rest dimmed)."""
+        from pipeline.concept_clips import concept_clips
+
+        return concept_clips(self.folder, self.record["config"]["clip"], concept, k)
+
+    def export_concept(self, concept: str, path: str, k: int = 3) -> str:
+        """Write a concept's `k` exemplars, outlined and side by side, as `path`: .mp4 (H.264
+        4:4:4), .gif or .webp (looping); returns `path`."""
+        from pipeline.concept_clips import export_concept
+
+        frame_ms = int(self.record["config"].get("report", {}).get("frame_ms", 125))
+        return export_concept(self.concept_clips(concept, k), path, frame_ms)
+
+    def show(self, target_class: str) -> Any:
+        """A class's concepts inline in a notebook: per layer, the ranking that holds under
+        deletion (as the report's lead) and the concepts that matter by it with their clips."""
+        from pipeline.concept_clips import ClassView
+
+        return ClassView(self.folder, self.record["config"]["clip"], target_class,
+                         self.concepts.to_dict("records"))
+
+    def _repr_html_(self) -> str:
+        """The run in a notebook: its classes with their concept counts, and its report."""
+        from pipeline.report.render import esc
+
+        rows = "".join(f"<tr><td>{esc(k)}</td><td>{len(g)}</td>"
+                       f"<td>{int(g.significant.sum())}</td></tr>"
+                       for k, g in self.concepts.groupby("target_class"))
+        report = f'<p>report: <a href="{esc(self.report_path)}">{esc(self.report_path)}</a></p>' \
+            if self.report_path else ""
+        return (f"<p><b>{esc(repr(self))}</b></p><table><tr><th>class</th><th>concepts</th>"
+                f"<th>significant</th></tr>{rows}</table>{report}<p>run.show(class) shows a "
+                "class's concepts with their clips</p>")

@@ -37,6 +37,44 @@ def test_the_readme_example_runs_and_its_run_reads_back(tiny_run):
     assert (clips.supervoxel_id == -1).all() and len(clips) == len(run.predictions)
 
 
+def test_a_concepts_clips_come_out_as_arrays_as_files_and_inline(tiny_run, tmp_path):
+    import av
+    from PIL import Image
+
+    from pipeline.report.images import side_by_side
+
+    run = tiny_run[0]["run"]
+    concept = run.concepts.sort_values(["rank", "concept"]).concept.iloc[0]
+    clips = run.concept_clips(concept, k=2)
+    members = run.concept_members[run.concept_members.concept == concept].sort_values("distance")
+    clip = run.record["config"]["clip"]
+    # the report's exemplars: nearest the centroid, one per video while there are videos to spare
+    firsts = members.drop_duplicates("video_id")
+    rest = members[~members.index.isin(firsts.index)]
+    expected = [*firsts.supervoxel_id[:2], *rest.supervoxel_id]
+    assert [c.supervoxel_id for c in clips] == expected[:2]
+    sv = run.supervoxels.set_index(["video_id", "supervoxel_id"]).volume
+    for c in clips:
+        assert c.frames.shape == (clip["num_frames"], clip["height"], clip["width"], 3)
+        assert np.array_equal(c.mask, run.supervoxel_mask(c.video_id, c.supervoxel_id))
+        assert c.mask.sum() == sv[(c.video_id, c.supervoxel_id)]
+    drawn = side_by_side([c.outlined() for c in clips])
+    with av.open(run.export_concept(concept, str(tmp_path / "c.mp4"), k=2)) as f:
+        decoded = np.stack([frame.to_ndarray(format="rgb24") for frame in f.decode(video=0)])
+    width = 2 * clip["width"] + 4  # two clips, 4 px apart
+    assert decoded.shape == drawn.shape == (clip["num_frames"], clip["height"], width, 3)
+    assert np.abs(decoded.astype(int) - drawn).max() <= 2  # lossless but for YCbCr's rounding
+    gif = run.export_concept(concept, str(tmp_path / "c.gif"), k=2)
+    assert Image.open(gif).n_frames == clip["num_frames"]
+    with pytest.raises(ValueError, match="mp4, .gif or .webp"):
+        run.export_concept(concept, str(tmp_path / "c.avi"))
+    with pytest.raises(KeyError, match="no concept 'advance/nowhere'"):
+        run.concept_clips("advance/nowhere")
+    view = run.show("advance")._repr_html_()
+    assert view.count("data:image/webp;base64,") >= 1 and ("Ranked by" in view or "Neither" in view)
+    assert all(f"<td>{k}</td>" in run._repr_html_() for k in run.concepts.target_class.unique())
+
+
 def test_an_nn_module_gives_the_named_models_explanation(tiny_run):
     """The demo network handed over as a module, explained at layer2: the same vectors as the
     named model's, so the same concepts and scores."""

@@ -83,9 +83,12 @@ def test_the_default_job_writes_a_report_that_opens_in_a_browser(small_run):
     for k, group in concepts.groupby("target_class"):
         section = text.split(f">{k}</h2>", 1)[1].split('<section class="class"', 1)[0]
         leads = re.findall(r'<div class="lead[^"]*"><h3>Layer <code>([^<]+)</code>', section)
-        assert leads == list(dict.fromkeys(group.layer)) and section.index("lead") < section.index("diagnostics")
-        assert all(("Ranked by" in p or "Neither ranking" in p) for p in re.findall(r"</h3><p>([^<]+)", section))
-    headers = re.findall(r"<th>([^<]+)</th>", text.split('<table class="overview">', 1)[1].split("</table>")[0])
+        assert leads == list(dict.fromkeys(group.layer))
+        assert section.index("lead") < section.index("diagnostics")
+        sentences = re.findall(r"</h3><p>([^<]+)", section)
+        assert sentences and all(("Ranked by" in p or "Neither ranking" in p) for p in sentences)
+    table = text.split('<table class="overview">', 1)[1].split("</table>")[0]
+    headers = re.findall(r"<th>([^<]+)</th>", table)
     assert len(headers) >= 10 and max(map(len, headers)) <= 20
     assert all(f"<dt>{h}</dt>" in text for h in headers)  # the legend explains each
     record = small_run["record"]
@@ -129,7 +132,8 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     json.dump({**manifest, **digest}, open(os.path.join(out, "atlas", "atlas.json"), "w"))
     kept = filtered.to_pandas()
     res = call_main(f"run_dir={out}", "report.format=gif", "report.exemplars=1", "report.max_concepts=2",
-                    "report.heatmap_videos=1", "report.class_pages=0", module="pipeline.report")
+                    "report.heatmap_videos=1", "report.class_pages=0", "report.concept_videos=true",
+                    module="pipeline.report")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "report/index.html" in res.stdout
     index = os.path.join(out, "report", "index.html")
@@ -144,11 +148,23 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     assert all("../index.html" in p.links for p in parsed)
     sources = {os.path.normpath(os.path.join("classes", s)) for p in parsed for s in p.sources}
     assert sources and all(s.endswith((".gif", ".png")) for s in sources)
+    # report.concept_videos: each significant concept's card links its clips as an MP4
+    videos = {os.path.normpath(os.path.join("classes", a)) for p in parsed for a in p.links
+              if a.endswith(".mp4")}
+    import av
+
+    frames = small_run["record"]["config"]["clip"]["num_frames"]
+    with av.open(os.path.join(out, "report", sorted(videos)[0])) as f:
+        assert sum(1 for _ in f.decode(video=0)) == frames
+    sources |= videos
     on_disk = {os.path.relpath(os.path.join(d, f), os.path.join(out, "report"))
                for d, _, fs in os.walk(os.path.join(out, "report", "assets")) for f in fs}
     assert on_disk == sources  # the WebP files of the first report are gone
     text = "".join(open(p, encoding="utf-8").read() for p in [index, *paths])
     assert text.count('<article class="card') == sum(min(len(g), 2) for _, g in kept.groupby(["target_class", "layer"]))
+    cards = text.split('<article class="card')[1:]
+    assert len(videos) == sum(c.startswith(' sig"') for c in cards) > 0
+    assert all((".mp4" in c) == c.startswith(' sig"') for c in cards)  # the significant ones
     assert ">retreat</h2>" in text and "no concept was accepted for this class" in text
     assert text.count("model accuracy on the class's scoring videos") == 3
     for layers in small_run["record"]["stages"]["evaluate"]["classes"].values():
@@ -165,6 +181,28 @@ def test_the_report_command_remakes_it_with_other_settings(small_run, tmp_path):
     # the same report on one page again: the class pages go
     res = call_main(f"run_dir={out}", "report.exemplars=0", "report.heatmap_videos=0", module="pipeline.report")
     assert res.returncode == 0 and os.listdir(os.path.join(out, "report", "classes")) == []
+
+
+def test_the_results_page_gives_each_class_and_layer_what_the_report_leads_with(small_run,
+                                                                                 tmp_path):
+    """docs/demo-results.md's maker on a finished run: a row per (class, layer) with the run's
+    counts and the ranking the report's overview shows."""
+    from pipeline.results_page import main
+
+    out = tmp_path / "results.md"
+    assert main([small_run["out"], str(out)]) == 0
+    page = out.read_text()
+    concepts = pq.read_table(os.path.join(small_run["out"], "concepts.parquet")).to_pandas()
+    index = open(os.path.join(small_run["out"], "report", "index.html"), encoding="utf-8").read()
+    stages = [n for n, s in small_run["record"]["stages"].items() if "wall_s" in s]
+    assert all(f"| {n} | " in page for n in stages)
+    for (k, layer), group in concepts.groupby(["target_class", "layer"]):
+        row = next(line for line in page.splitlines() if line.startswith(f"| {k} | {layer} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[3:5] == [str(len(group)), str(int(group.significant.sum()))]
+        cell = rf">{re.escape(k)}</a></td><td>{re.escape(layer)}</td><td>([^<]+)</td>"
+        ranking = re.search(cell, index)
+        assert ranking and ranking.group(1) == cells[5]  # as the report's overview says
 
 
 @pytest.mark.parametrize("args, key", [

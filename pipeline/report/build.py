@@ -50,20 +50,22 @@ def class_job(
     """Everything one class's section needs, read from the class's own partitions (its members,
     its scoring videos' voxel importance, its curves) and one row group per video it shows."""
     rep = settings["report"]
-    members = _class_rows(folder, CONCEPT_MEMBERS, target_class)
+    members = class_rows(folder, CONCEPT_MEMBERS, target_class)
     most = int(rep["max_concepts"])
-    shown = [
-        r["concept"]
-        for layer in dict.fromkeys(r["layer"] for r in concepts)
-        for r in sorted((x for x in concepts if x["layer"] == layer), key=lambda x: x["rank"])[
-            :most
-        ]
-    ]
+    by_layer: dict[str, list[dict[str, Any]]] = {}
+    for r in concepts:
+        by_layer.setdefault(r["layer"], []).append(r)
+    shown = set()  # the cards' concepts in either order, and the lead's (pipeline.report.lead)
+    for rows in by_layer.values():
+        by_rank = sorted(rows, key=lambda x: x["rank"])
+        by_causal = sorted(rows, key=lambda x: -(x.get("causal_importance") or 0.0))
+        shown |= {r["concept"] for r in by_rank[:most] + by_causal[:most]}
+        shown |= {r["concept"] for r in by_rank if r["significant"]}
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)
     exemplars = {cn: pick_exemplars(by_concept.get(cn, []), int(rep["exemplars"])) for cn in shown}
-    vi = _class_rows(folder, VOXEL_IMPORTANCE, target_class)  # the class's own scoring videos
+    vi = class_rows(folder, VOXEL_IMPORTANCE, target_class)  # the class's own scoring videos
     heat_vids = sorted({r["video_id"] for r in vi})[: int(rep["heatmap_videos"])]
     heatmaps = [r for r in vi if r["video_id"] in heat_vids]
     wanted = sorted({m["video_id"] for ms in exemplars.values() for m in ms} | set(heat_vids))
@@ -87,12 +89,12 @@ def class_job(
         masks=masks,
         heatmaps=heatmaps,
         volumes={v: volumes[v] for v in heat_vids if v in volumes},
-        curves=_class_rows(folder, EVALUATION, target_class) if evaluated else [],
+        curves=class_rows(folder, EVALUATION, target_class) if evaluated else [],
         videos={r["video_id"]: r for r in folder.video_rows(wanted)},
     )
 
 
-def _class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict[str, Any]]:
+def class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict[str, Any]]:
     """A dataset's rows of one class (its class=<k> partition; none when it has no partition)."""
     files = io.part_files(folder.path(dataset, partition(target_class=target_class)))
     return io.read_files(files).to_pylist() if files else []

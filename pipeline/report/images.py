@@ -4,6 +4,7 @@ importance heat map over a clip, looping animations, and the deletion/insertion 
 from __future__ import annotations
 
 import io as _io
+import os
 from typing import Any, Optional
 
 import numpy as np
@@ -61,6 +62,31 @@ def encode_animation(frames: np.ndarray, image_format: str, frame_ms: int) -> by
     else:
         images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
     return buf.getvalue()
+
+
+def side_by_side(clips: list[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Clips uint8 [T, H, W, 3] of one size in a row, `gap` black pixels between them."""
+    if not clips:
+        raise ValueError("no clip to show")
+    t, h, w, _ = clips[0].shape
+    row = np.zeros((t, h, len(clips) * (w + gap) - gap, 3), np.uint8)
+    for i, frames in enumerate(clips):
+        row[:, :, i * (w + gap): i * (w + gap) + w] = frames
+    return row
+
+
+def mp4_bytes(frames: np.ndarray, frame_ms: int) -> bytes:
+    """Frames uint8 [T, H, W, 3] as an MP4 (H.264 4:4:4, `pipeline.data.video.write_video`:
+    lossless but for the colour conversion, within 2 levels)."""
+    import tempfile
+
+    from pipeline.data.video import write_video
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "clip.mp4")
+        write_video(path, frames, fps=max(1, round(1000 / frame_ms)))
+        with open(path, "rb") as f:
+            return f.read()
 
 
 def _pyplot() -> Any:

@@ -21,6 +21,8 @@ class ReportParams:
         the concepts tie at a TCAV score of 0 or 1, which the section then says first).
     class_pages: each class gets its own page (report/classes/) behind the index when the run
         has more classes than this; 0: always.
+    concept_videos: also write each significant concept's exemplars, side by side, as an MP4
+        (H.264 4:4:4) linked from its card.
     """
 
     exemplars: int = 3
@@ -30,6 +32,7 @@ class ReportParams:
     frame_ms: int = 125
     rank_by: str = "auto"
     class_pages: int = 8
+    concept_videos: bool = False
 
     def check(self) -> None:
         for name in ("exemplars", "max_concepts", "heatmap_videos", "class_pages"):

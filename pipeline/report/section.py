@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from pipeline.report.images import curves_png, encode_animation, exemplar_frames, heat_frames
+from pipeline.report.images import (curves_png, encode_animation, exemplar_frames, heat_frames,
+                                    mp4_bytes, side_by_side)
 from pipeline.report.lead import Lead, lead
 from pipeline.report.render import (
     MISSING_CLIP,
@@ -42,9 +43,8 @@ class _Section:
         self.files: dict[str, bytes] = {}
         self.video_index: dict[str, int] = {}  # file names by index: two ids may slug alike
         self.causal = {r["concept"]: r.get("causal_importance") for r in job.concepts}
-        self.tubes: dict[
-            str, Optional[np.ndarray]
-        ] = {}  # the ground-truth actor, read once per video
+        self.tubes: dict[str, Optional[np.ndarray]] = {}  # the ground-truth actor, once per video
+        self.outlined: dict[str, dict[tuple[str, int], np.ndarray]] = {}  # a concept's clips drawn
 
     def vname(self, vid: str) -> str:
         return f"v{self.video_index.setdefault(vid, len(self.video_index)):03d}-{slug(vid)[-40:]}"
@@ -68,9 +68,9 @@ class _Section:
                 figs.append(MISSING_CLIP.format(esc(vid)))
                 continue
             mask = self.job.masks[(vid, sid)]
-            src = self.save(
-                exemplar_frames(frames, mask), f"{lslug}/{slug(cname)}-{self.vname(vid)}-{sid}"
-            )
+            outlined = exemplar_frames(frames, mask)
+            self.outlined.setdefault(concept, {})[(vid, sid)] = outlined
+            src = self.save(outlined, f"{lslug}/{slug(cname)}-{self.vname(vid)}-{sid}")
             span = np.flatnonzero(mask.any(axis=(1, 2)))
             figs.append(
                 f'<figure><img src="{src}" alt="{esc(cname)} in {esc(vid)}" loading="lazy">'
@@ -123,11 +123,17 @@ class _Section:
             ("randomised", None if rnd is None else fmt(rnd)),
         ]
         badge = " <span class=badge>significant</span>" if r["significant"] else ""
+        figs = self.exemplars(r["concept"], lslug)
+        if self.rep.get("concept_videos") and r["significant"] and self.outlined.get(r["concept"]):
+            rel = f"{self.base}/{lslug}/{slug(r['concept'].rsplit('/', 1)[-1])}.mp4"
+            clips = side_by_side(list(self.outlined[r["concept"]].values()))
+            self.files[rel] = mp4_bytes(clips, int(self.rep["frame_ms"]))
+            rows.append(("video", f'<a href="{esc(self.prefix + rel)}">its clips as MP4</a>'))
         return (
             f'<article class="card{" sig" if r["significant"] else ""}"><header><span class="rank">'
             f"#{r['rank']}</span> <b>{esc(r['concept'].rsplit('/', 1)[-1])}</b>{badge}</header><dl>"
             + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in rows if v is not None)
-            + f"</dl>{self.exemplars(r['concept'], lslug)}</article>"
+            + f"</dl>{figs}</article>"
         )
 
     def curves(
