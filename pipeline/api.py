@@ -325,6 +325,21 @@ class Run:
         """report/index.html, when the report stage has run."""
         return self.folder.path(REPORT_INDEX) if self.folder.exists(REPORT_INDEX) else None
 
+    def cavs(self, target_class: Optional[str] = None, layer: Optional[str] = None) -> Any:
+        """The run's CAVs, one row per (class, layer, concept, random set) as tcav_scores/ keeps
+        them: `direction` (unit vector float32 [C], toward the concept), `cav_accuracy` (held
+        out), `trainer`, and the TCAV score it gave; the random baseline's as concept
+        "random". `target_class`, `layer`: only those (only that class's partition is read)."""
+        import pyarrow.compute as pc
+
+        from pipeline.run_names import partition
+
+        if target_class is not None:
+            keys = {"target_class": target_class, **({"layer": layer} if layer else {})}
+            return self.folder.read(f"{TCAV}/{partition(**keys)}").to_pandas()
+        where = None if layer is None else pc.field("layer") == layer
+        return self.folder.read(TCAV, filter=where).to_pandas()
+
     def concept_clips(self, concept: str, k: int = 3) -> list[Any]:
         """The `k` exemplars of a concept (its name in `concepts`), nearest the centroid first,
         as the report shows them: `ConceptClip`s with `frames` (the clip as the run read it,

@@ -14,7 +14,7 @@ from pipeline import __version__
 # The run folder's output format: bumped when a table's schema or meaning, or what a stage's
 # fingerprint holds, changes. run.json and every Parquet file of a run record it; a run folder
 # of another format is refused before any work (`pipeline.run_folder.RunFolder.check_format`).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: tcav_scores/ keeps each CAV (direction, trainer)
 
 
 def file_metadata() -> dict[bytes, bytes]:
@@ -192,8 +192,13 @@ TCAV = pa.schema(
     [
         pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
         pa.field("concept", pa.string()),  # "random" for the random-vs-random baseline
-        pa.field("random_set", pa.int32()), pa.field("cav_accuracy", pa.float64()),
+        pa.field("random_set", pa.int32()), pa.field("cav_accuracy", pa.float64()),  # held out
         pa.field("tcav_score", pa.float64()), pa.field("tcav_magnitude", pa.float64()),
+        # the CAV: the unit normal of the concept-vs-random-set classifier, toward the concept,
+        # in the layer's pooled channel space (Run.cavs; TCAV is the share of the scoring
+        # videos' class-logit gradients with a positive dot product with it)
+        pa.field("direction", pa.list_(pa.float32())),
+        pa.field("trainer", pa.string()),  # the concepts.cav_model that fitted it
     ]
 )
 

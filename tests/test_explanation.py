@@ -231,3 +231,30 @@ def test_a_reader_of_one_video_reads_one_row_group(small_run, monkeypatch):
               .column("supervoxel_id")[0].as_py())
     assert folder.supervoxel_mask(vid, sid).any()
     assert sum(read) < 2 * (its_group + meta.serialized_size) + 128 * 1024  # and its supervoxel rows
+
+
+def test_the_saved_cavs_give_back_the_runs_tcav_scores(small_run):
+    """tcav_scores/ keeps every CAV (Run.cavs): recomputed from the saved directions on the
+    scoring videos' class-logit gradients, the TCAV scores are the run's, every one."""
+    from pipeline import open_run
+    from pipeline.concepts.explain import split_videos
+    from pipeline.scoring.tcav import tcav_scores
+
+    run = open_run(small_run["out"])
+    params = small_run["record"]["config"]["concepts"]
+    cavs = run.cavs()
+    assert set(cavs.trainer) == {params["cav_model"]} and "random" in set(cavs.concept)
+    clips = run.activations(clips=True)
+    pred = run.predictions
+    for (k, layer), group in cavs.groupby(["target_class", "layer"]):
+        videos = sorted(pred.video_id[pred.label == k])
+        _, scoring = split_videos(videos, params["discovery_fraction"], params["seed"])
+        grads = np.stack(clips[(clips.layer == layer) & clips.video_id.isin(scoring)].gradient)
+        directions = np.stack(group.direction)
+        assert directions.shape == (len(group), grads.shape[1])
+        assert np.allclose(np.linalg.norm(directions, axis=1), 1, atol=1e-5)
+        np.testing.assert_array_equal(tcav_scores(grads, directions), group.tcav_score)
+    one = run.cavs("advance", "layer2")
+    mine = cavs[(cavs.target_class == "advance") & (cavs.layer == "layer2")]
+    assert len(one) == len(mine) > 0
+    assert len(run.cavs(layer="layer2")) == (cavs.layer == "layer2").sum()

@@ -86,8 +86,8 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
         members += [{"target_class": target_class, "layer": layer, "concept": name,
                      "video_id": discovery.video_ids[m], "supervoxel_id": int(discovery.ids[m]), "distance": float(d)}
                     for m, d in zip(c.members, c.distances)]
-        tcav += _tcav_rows(target_class, layer, name, s)
-    tcav += _tcav_rows(target_class, layer, "random", base)
+        tcav += _tcav_rows(target_class, layer, name, s, params.cav_model)
+    tcav += _tcav_rows(target_class, layer, "random", base, params.cav_model)
     return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": found.k,
             "ties": ties_broken(means, [s.magnitudes.mean() for s in scored]),
             "random_mean": float(base.scores.mean()),
@@ -102,11 +102,15 @@ def _corrected(p_values: Sequence[float], params: ConceptParams) -> np.ndarray:
     return holm(p) if params.correction == "holm" and len(p) else p
 
 
-def _tcav_rows(target_class: str, layer: str, name: str, s: ConceptScores) -> list[dict[str, Any]]:
-    """tcav_scores/ rows of a concept (or of the random baseline, `name` "random"): one per random set."""
+def _tcav_rows(target_class: str, layer: str, name: str, s: ConceptScores,
+               trainer: str) -> list[dict[str, Any]]:
+    """tcav_scores/ rows of a concept (or of the random baseline, `name` "random"): one per
+    random set, each with its CAV."""
     return [{"target_class": target_class, "layer": layer, "concept": name, "random_set": r,
-             "cav_accuracy": float(acc), "tcav_score": float(score), "tcav_magnitude": float(mag)}
-            for r, (score, acc, mag) in enumerate(zip(s.scores, s.cav_accuracies, s.magnitudes))]
+             "cav_accuracy": float(acc), "tcav_score": float(score), "tcav_magnitude": float(mag),
+             "direction": np.asarray(direction, np.float32), "trainer": trainer}
+            for r, (score, acc, mag, direction) in enumerate(zip(s.scores, s.cav_accuracies,
+                                                                s.magnitudes, s.directions))]
 
 
 def _supervoxel_scores(found: Sequence[Any], names: Sequence[str], means: np.ndarray,
