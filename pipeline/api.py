@@ -32,7 +32,8 @@ Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
 
 def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str] = None, *,
             layers: Optional[Sequence[str]] = None, stages: Optional[Sequence[str]] = None,
-            model_options: Optional[dict[str, Any]] = None, **overrides: Any) -> "Run":
+            model_options: Optional[dict[str, Any]] = None, cav_trainer: Any = None,
+            **overrides: Any) -> "Run":
     """Run 3D ACE on `videos` with `model`; returns the finished `Run`.
 
     videos: None (the embedded synthetic corpus), a folder of class folders
@@ -48,6 +49,10 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
     stages: the stages to run (default: all).
     model_options: the model's other settings (`{"class_names": [...], "window": 8,
         "pretrained": False, "device": "cpu"}`: the keys of `pipeline.config.ModelConfig`).
+    cav_trainer: a CAV trainer of one's own instead of `concepts.cav_model`'s: an object with a
+        `name` and `fit(positives, negatives, seeds) -> (directions, accuracies)`
+        (`pipeline.scoring.trainers.CavTrainer`; the built-in ones are there too). It runs in
+        the concepts stage's Ray tasks, so it must pickle; the run records `user:<name>`.
     overrides: the other config groups, each a preset name (`segment="reference"`,
         `ray="cluster"`) or a dict of its keys (`clip={"num_frames": 32}`, `concepts={"k": 10}`):
         the README and `pipeline.config` list them with their defaults.
@@ -66,6 +71,8 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         if not isinstance(model_options, dict):
             raise ValueError(f"model_options = {model_options!r}: must be a dict of model settings")
         overrides = {**overrides, "model": dict(model_options)}
+    if cav_trainer is not None:
+        overrides = _with_trainer(overrides, cav_trainer)
     module = model if isinstance(model, torch.nn.Module) else None
     if module is None and not isinstance(model, str):
         raise ValueError(f"model = {model!r}: must be a registry name or a torch.nn.Module")
@@ -74,10 +81,21 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         from pipeline.job import run_job
 
         show_progress()
-        record = run_job(cfg, module)
+        record = run_job(cfg, module, cav_trainer=cav_trainer)
     except ConfigError as e:
         raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
     return Run(record["run_dir"])
+
+
+def _with_trainer(overrides: dict[str, Any], trainer: Any) -> dict[str, Any]:
+    """The overrides with `concepts.cav_model` naming a user's trainer (`user:<name>`)."""
+    from pipeline.scoring.trainers import USER, checked
+
+    name = checked(trainer).name
+    concepts = overrides.get("concepts") or {}
+    if not isinstance(concepts, dict):
+        raise ValueError(f"concepts = {concepts!r}: a dict of concept settings")
+    return {**overrides, "concepts": {**concepts, "cav_model": f"{USER}{name}"}}
 
 
 def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, trust_run: bool = False,

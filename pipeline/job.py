@@ -79,14 +79,17 @@ def absolutise(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))))
 
 
-def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], None]] = ()) -> dict[str, Any]:
+def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], None]] = (),
+            cav_trainer: Any = None) -> dict[str, Any]:
     """Validate, then run the configured stages; returns the run record (run.json). `module`:
     the nn.Module to explain when `model.name` is `module` (the Python API); `then`: steps
-    after the stages, under the same lease (`pipeline.score`'s)."""
+    after the stages, under the same lease (`pipeline.score`'s); `cav_trainer`: the CAV trainer
+    when `concepts.cav_model` is `user:<its name>` (the Python API)."""
     from pipeline.orchestration.actors import check_actor_resources
     from pipeline.orchestration.runtime import check_label_selector, cluster_nodes, init_ray, label_selector, share
 
     window = validate(cfg, module)
+    check_trainer(cfg.concepts.cav_model, cav_trainer)
     driver_memory_pool()
     absolutise(cfg)
     c, settings = to_plain(cfg), OmegaConf.to_object(cfg)
@@ -116,7 +119,7 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
         check_actor_resources(settings)
         digest = model_digest(module) if module is not None else None
         job = Job(settings, c, folder, record, window, fingerprints(c, window, digest),
-                  module=share(module) if module is not None else None)
+                  module=share(module) if module is not None else None, cav_trainer=cav_trainer)
         t0 = time.monotonic()
         for step in [stage(name) for name in settings.run.stages] + list(then):
             step(job)
@@ -137,6 +140,16 @@ def driver_memory_pool() -> None:
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
+
+
+def check_trainer(cav_model: str, trainer: Any) -> None:
+    """A `user:<name>` CAV model comes with its trainer (from Python), of that name."""
+    from pipeline.concepts.params import USER
+
+    if cav_model.startswith(USER) and getattr(trainer, "name", None) != cav_model[len(USER):]:
+        raise ConfigError("concepts.cav_model", "a trainer of one's own is handed over from Python: "
+                          "pipeline.explain(..., cav_trainer=<an object with name and fit>)",
+                          cav_model)
 
 
 def model_digest(module: Any) -> str:

@@ -75,6 +75,42 @@ def test_a_concepts_clips_come_out_as_arrays_as_files_and_inline(tiny_run, tmp_p
     assert all(f"<td>{k}</td>" in run._repr_html_() for k in run.concepts.target_class.unique())
 
 
+def test_a_cav_trainer_of_ones_own_fits_the_cavs(tiny_run, tmp_path):
+    """A trainer handed to explain(): here the built-in one with its directions turned around,
+    so every TCAV score becomes 1 minus the built-in's (the concepts, found before the CAVs, are
+    the same). Only the concepts stage runs again, on a copy of the README's run."""
+    import shutil
+
+    from pipeline.scoring.trainers import BatchedSGD
+    from tests.conftest import call_main
+
+    class Flipped:  # defined here: Ray's tasks get it by value
+        name = "flipped"
+
+        def fit(self, positives, negatives, seeds):
+            directions, accuracies = BatchedSGD(0.01).fit(positives, negatives, seeds)
+            return -directions, accuracies
+
+    ns, cwd = tiny_run
+    run, out = ns["run"], tmp_path / "flipped"
+    shutil.copytree(run.path, out)
+    mine = explain(videos=str(cwd / "data" / "tiny"), model="demo", output_dir=str(out),
+                   segment="reference", concepts={"num_random_exp": 5}, stages=["concepts"],
+                   cav_trainer=Flipped())
+    assert mine.record["config"]["concepts"]["cav_model"] == "user:flipped"
+    key = ["target_class", "layer", "concept", "random_set"]
+    theirs, ours = (r.cavs().sort_values(key).reset_index(drop=True) for r in (run, mine))
+    assert set(ours.trainer) == {"user:flipped"} and len(ours) == len(theirs) > 0
+    np.testing.assert_array_equal(np.stack(ours.direction), -np.stack(theirs.direction))
+    np.testing.assert_allclose(ours.tcav_score, 1 - theirs.tcav_score, rtol=0, atol=1e-12)
+    np.testing.assert_array_equal(ours.cav_accuracy, theirs.cav_accuracy)
+    with pytest.raises(TypeError, match="needs a `name`"):
+        explain(output_dir=str(tmp_path / "never"), cav_trainer=object())
+    res = call_main("concepts.cav_model=user:flipped", f"run.output_dir={tmp_path / 'never'}",
+                    module="pipeline")  # on the command line no trainer can come with it
+    assert res.returncode == 2 and "concepts.cav_model" in res.stderr and "cav_trainer=" in res.stderr
+
+
 def test_an_nn_module_gives_the_named_models_explanation(tiny_run):
     """The demo network handed over as a module, explained at layer2: the same vectors as the
     named model's, so the same concepts and scores."""

@@ -42,14 +42,16 @@ class Supervoxels:
 def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, num_discovery_videos: int,
                         gradients: np.ndarray, random: RandomSets[np.ndarray], params: ConceptParams,
                         scoring: Optional[Supervoxels] = None,
-                        randomised_gradients: Optional[np.ndarray] = None) -> dict[str, Any]:
+                        randomised_gradients: Optional[np.ndarray] = None,
+                        trainer: Any = None) -> dict[str, Any]:
     """Concepts of one class at one layer with their TCAV scores, and the supervoxel scores of
     the scoring videos that voxel importance maps are made of.
 
     discovery: the discovery videos' supervoxels; gradients [V, C]: class-logit gradients of
     the scoring videos; random: whole-clip vectors of random other videos, the CAVs' negatives
     and the baseline; scoring: the scoring videos' supervoxels; randomised_gradients [V, C]: the
-    gradients again from the model re-initialised after the layer (the randomisation check).
+    gradients again from the model re-initialised after the layer (the randomisation check);
+    trainer: the CAV trainer of `params.cav_model` when it is a user's (`user:<name>`).
     Returns rows for concepts, members, tcav and supervoxel scores, and notes.
     """
     notes: list[str] = []
@@ -62,7 +64,8 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
         notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
                      "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
     scored, base = score_concepts([discovery.vectors[c.members] for c in found.concepts], random, gradients,
-                                  seed=params.seed, model=params.cav_model, alpha=params.cav_alpha)
+                                  seed=params.seed, model=trainer or params.cav_model,
+                                  alpha=params.cav_alpha)
     p_values = _corrected([s.p_value for s in scored], params)
     magnitude_p = _corrected([s.magnitude_p_value for s in scored], params)
     means = np.array([s.mean for s in scored])

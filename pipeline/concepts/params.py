@@ -8,6 +8,7 @@ from pipeline.params import require
 
 RULES = ("3dace", "ace")
 CAV_MODELS = ("torch", "fastcav", "sgd", "logistic")
+USER = "user:"  # a trainer handed over from Python (pipeline.scoring.trainers)
 CORRECTIONS = ("none", "holm")
 
 
@@ -41,7 +42,8 @@ class ConceptParams:
     cav_model: torch (the reference SGDClassifier's algorithm, run for all of a class's CAVs at
         once in torch) | fastcav (closed form: the concept's mean minus the pair's mean, no
         training) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic; cav_alpha: the L2
-        penalty (torch and sgd).
+        penalty (torch and sgd). `user:<name>`: a trainer of one's own, handed to
+        `pipeline.explain(cav_trainer=...)` (`pipeline.scoring.trainers.CavTrainer`).
     p_threshold, correction (none | holm): when a concept is significant.
     randomisation_check: score the same CAVs again on gradients from the model with every
         weight after the layer re-initialised, and report how much the ranking moves.
@@ -79,7 +81,9 @@ class ConceptParams:
                 "must be >= 2 (the t-test pairs the random sets)")
         require(self.min_videos >= 0, "min_videos", self.min_videos, "must be >= 0")
         require(self.rules in RULES, "rules", self.rules, "must be 3dace or ace")
-        require(self.cav_model in CAV_MODELS, "cav_model", self.cav_model, "must be torch, fastcav, sgd or logistic")
+        require(self.cav_model in CAV_MODELS or self.cav_model.startswith(USER), "cav_model",
+                self.cav_model, f"must be torch, fastcav, sgd, logistic or {USER}<name> (a trainer "
+                "handed to pipeline.explain(cav_trainer=...))")
         require(self.correction in CORRECTIONS, "correction", self.correction, "must be none or holm")
         require(0 < self.p_threshold < 1, "p_threshold", self.p_threshold, "must be in (0, 1)")
         self.stability.check()

@@ -11,98 +11,29 @@ differ from the random-vs-random baseline's (two-sided paired t-test, p <= 0.01 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Generic, Optional, Sequence, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 import numpy as np
 
-
-@dataclass
-class CAV:
-    direction: np.ndarray  # unit vector [C], toward the concept
-    accuracy: float  # hold-out accuracy of the classifier
-
-
-def fit_cav(concept: np.ndarray, random: np.ndarray, *, seed: int, alpha: float, model: str = "sgd",
-            test_size: float = 0.33) -> CAV:
-    """The reference CAV: `SGDClassifier(alpha=0.01, max_iter=1000, tol=1e-3)` (or logistic
-    regression) on the concept's vectors (label 1) against the random set's (label 0), with a
-    33% stratified hold-out for its accuracy."""
-    from sklearn.linear_model import LogisticRegression, SGDClassifier
-
-    from pipeline.scoring.cav_batch import split_pair
-
-    x = np.concatenate([concept, random]).astype(np.float64)
-    y = np.r_[np.ones(len(concept)), np.zeros(len(random))]
-    train, test = split_pair(len(concept), len(random), seed, test_size)  # the same split as the batched trainer
-    x_train, x_test, y_train, y_test = x[train], x[test], y[train], y[test]
-    if model == "sgd":
-        clf = SGDClassifier(alpha=alpha, max_iter=1000, tol=1e-3, random_state=seed)
-    elif model == "logistic":
-        clf = LogisticRegression(max_iter=1000)
-    else:
-        raise ValueError(f"CAV model must be 'sgd' or 'logistic', got {model!r}")
-    clf.fit(x_train, y_train)
-    accuracy = float((clf.predict(x_test) == y_test).mean())
-    w = clf.coef_[0]
-    return CAV(direction=(w / max(np.linalg.norm(w), 1e-12)).astype(np.float32), accuracy=accuracy)
+from pipeline.scoring.trainers import (  # noqa: F401 (CAV, fit_cav, ... re-exported)
+    CAV, builtin, fit_cav, fit_cavs_fast, stratified_split)
 
 
 def fit_cavs(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], seeds: Sequence[int],
-             *, model: str, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+             *, model: Any, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     """CAVs of many (concept, random set) pairs: (unit directions [P, C], hold-out accuracies [P]).
 
-    `torch` runs the reference SGDClassifier's algorithm for all pairs at once in torch
+    `model`: a trainer (`pipeline.scoring.trainers.CavTrainer`: a user's own) or a built-in's
+    name: `torch` runs the reference SGDClassifier's algorithm for all pairs at once in torch
     (pipeline.scoring.cav_batch); `fastcav` is the closed form (`fit_cavs_fast`); `sgd` and
     `logistic` fit one sklearn classifier per pair."""
-    if model == "torch":
-        from pipeline.scoring.cav_batch import fit_cavs_batched
-
-        return fit_cavs_batched(positives, negatives, seeds, alpha=alpha)
-    if model == "fastcav":
-        return fit_cavs_fast(positives, negatives, seeds)
-    cavs = [fit_cav(p, n, seed=s, model=model, alpha=alpha) for p, n, s in zip(positives, negatives, seeds)]
-    if not cavs:
-        return np.zeros((0, 0), np.float32), np.zeros(0)
-    return np.stack([c.direction for c in cavs]), np.array([c.accuracy for c in cavs])
-
-
-def fit_cavs_fast(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], seeds: Sequence[int],
-                  test_size: float = 0.33) -> tuple[np.ndarray, np.ndarray]:
-    """FastCAV (Schmalwasser et al., arXiv 2505.17883): the CAV in closed form, the mean of the
-    concept's training vectors minus the mean of all training vectors of the pair (concept and
-    random set together), normalised. No iterations: one pass over the vectors.
-
-    Each pair is split 67/33 within each side (`stratified_split`, seeded like the trained
-    CAVs, though not sklearn's draw: that alone costs more than this fit). The hold-out
-    accuracy is that of the classifier the direction defines, sign((x - m) . v), m the midpoint
-    of the two training means (the threshold of equal priors: the pair's own mean leans toward
-    the larger side). Returns (directions float32 [P, C], accuracies [P])."""
-    if not len(positives):
-        return np.zeros((0, 0), np.float32), np.zeros(0)
-    directions, accuracies = [], []
-    for p, n, seed in zip(positives, negatives, seeds):
-        (p_train, p_test), (n_train, n_test) = stratified_split(len(p), len(n), seed, test_size)
-        mean_p, mean_n = p[p_train].mean(0, dtype=np.float64), n[n_train].mean(0, dtype=np.float64)
-        v = mean_p - (len(p_train) * mean_p + len(n_train) * mean_n) / (len(p_train) + len(n_train))
-        v /= max(np.linalg.norm(v), 1e-12)
-        middle = (mean_p + mean_n) / 2
-        right = ((p[p_test] - middle) @ v > 0).sum() + ((n[n_test] - middle) @ v <= 0).sum()
-        directions.append(v.astype(np.float32))
-        accuracies.append(float(right / max(1, len(p_test) + len(n_test))))
-    return np.stack(directions), np.asarray(accuracies)
-
-
-def stratified_split(n_pos: int, n_neg: int, seed: int,
-                     test_size: float = 0.33) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """A seeded hold-out of `test_size` of each side (at least one row each where a side has
-    two or more): ((positive train, test), (negative train, test)) row indices."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for n in (n_pos, n_neg):
-        order = rng.permutation(n)
-        k = min(n - 1, max(1, int(round(test_size * n)))) if n >= 2 else 0
-        out.append((order[k:], order[:k]))
-    return out[0], out[1]
+    trainer = builtin(model, alpha) if isinstance(model, str) else model
+    directions, accuracies = trainer.fit(positives, negatives, seeds)
+    directions, accuracies = np.asarray(directions, np.float32), np.asarray(accuracies, float)
+    if len(positives) and directions.shape[0] != len(positives):
+        raise ValueError(f"CAV trainer {getattr(trainer, 'name', trainer)!r} returned "
+                         f"{directions.shape[0]} directions for {len(positives)} pairs")
+    return directions, accuracies
 
 
 def tcav_scores(gradients: np.ndarray, directions: np.ndarray) -> np.ndarray:

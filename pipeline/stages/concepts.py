@@ -49,8 +49,7 @@ OUTPUTS = (PAIR_CONCEPTS, CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE)
 
 def run(job: Job) -> None:
     job.begin("concepts")
-    cfg, folder = job.cfg, job.folder
-    params = cfg.concepts
+    cfg, folder, params = job.cfg, job.folder, job.cfg.concepts
     pred = folder.read(PREDICTIONS, columns=["video_id", "label", "label_index", "correct"]).sort_by("video_id")
     layers = activated_layers(folder)
     num_model_classes = len(io.read_row_groups(io.part_files(folder.path(PREDICTIONS))[0], [0],
@@ -115,7 +114,8 @@ def run(job: Job) -> None:
                                                   "class_recognised": class_info[k]["recognised"]},
                                 {v: clips[v] for v in shown},
                                 {v: where[v] for v in split.discovery + split.scoring if v in where})
-                yield (k, layer), (folder, work, pools[layer], params, truth, fingerprint)
+                yield (k, layer), (folder, work, pools[layer], params, truth, fingerprint,
+                                   job.cav_trainer)
 
         for out in map_tasks(explain_pair, tasks(), progress=Progress("concepts", len(todo),
                                                                       unit="(class, layer) pairs"),
@@ -198,7 +198,7 @@ class PairWork:
 
 
 def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.ndarray], params: ConceptParams,
-                 truth_root: Optional[str], fingerprint: str) -> dict[str, Any]:
+                 truth_root: Optional[str], fingerprint: str, trainer: Any = None) -> dict[str, Any]:
     """One (class, layer), in a Ray task: read its partition, explain it
     (`explain_class_layer`), write its parts and marker; returns its small record. `pool`: the
     layer's whole-clip vectors (video ids sorted, vectors) the random sets are drawn from."""
@@ -223,7 +223,7 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
         by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
     res = explain_class_layer(k, layer, _supervoxels(disc), len(discovery), gradients, sets, params,
-                              _supervoxels(sc) if sc.num_rows else None, randomised)
+                              _supervoxels(sc) if sc.num_rows else None, randomised, trainer)
     for row in res["concepts"]:
         row.update(work.class_columns)
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
