@@ -351,6 +351,21 @@ def metric_figures(table: pa.Table) -> dict[str, dict[str | None, dict[str, Any]
     return out
 
 
+# comparison.parquet (`ace3d compare`, pipeline.compare): two runs' concepts matched one-to-one
+# per class by their members' Jaccard index; a row per matched pair, and one per concept left
+# unmatched (the other side's columns null).
+COMPARISON = pa.schema(
+    [
+        pa.field("target_class", pa.string()),
+        pa.field("jaccard", pa.float64()),  # of the two member sets; null: unmatched
+        pa.field("status", pa.string()),  # shared | a only | b only | neither (significance)
+        *(pa.field(f"{name}_{side}", kind) for side in ("a", "b") for name, kind in (
+            ("concept", pa.string()), ("layer", pa.string()), ("tcav", pa.float64()),
+            ("significant", pa.bool_()), ("causal", pa.float64()))),
+    ]
+)
+
+
 # _done/<stage>/: the markers of a stage's finished units of work, written last by whoever did
 # the unit (see pipeline.run_folder). One row per video of a per-video unit (its status, and
 # where its rows are: `part` and `row_group` of the unit's parts), or one row per unit of a

@@ -61,7 +61,8 @@ class Result:
 # `python -m <module>`'s main, per module: Hydra's (reads sys.argv) or one taking argv.
 MAINS = {"pipeline": ("pipeline.job", False), "pipeline.train": ("pipeline.train", False),
          "pipeline.score": ("pipeline.score", True), "pipeline.report": ("pipeline.commands.report", True),
-         "pipeline.atlas": ("pipeline.commands.atlas", True)}
+         "pipeline.atlas": ("pipeline.commands.atlas", True),
+         "pipeline.compare": ("pipeline.compare", True)}
 
 
 def call_main(*args: str, module: str = "pipeline") -> Result:

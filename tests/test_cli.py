@@ -23,14 +23,14 @@ def ace3d(capsys, *argv: str) -> tuple[int, str, str]:
 def test_the_overview_lists_every_command_and_a_bare_call_is_an_error(capsys):
     code, out, _ = ace3d(capsys, "--help")
     assert code == 0 and out.startswith("usage: ace3d <command>")
-    for name in ("run", "score", "report", "atlas", "plan", "train"):
+    for name in ("run", "score", "report", "atlas", "plan", "compare", "train"):
         assert f"\n  {name} " in out
     code, out, err = ace3d(capsys)
     assert code == 2 and "usage: ace3d <command>" in err and not out
     code, _, err = ace3d(capsys, "explain")
     assert code == 2
     assert err == ("error: unknown command 'explain'; the commands: run, score, report, atlas, "
-                   "plan, train (ace3d --help)\n")
+                   "plan, compare, train (ace3d --help)\n")
     code, out, _ = ace3d(capsys, "--version")
     assert code == 0 and out == f"ace3d {metadata.version('ace3d')}\n"
 
@@ -42,6 +42,7 @@ HELP_KEYS = {
     "report": ["run_dir = <run folder>", "report.exemplars = 3", "report.rank_by = auto"],
     "atlas": ["video_id=<id> supervoxel_id=<id>", "global_concept=<n>", "format=table|json"],
     "plan": ["sample=6", "segment.n_segments = [15, 50, 80, 150, 300]", "model.name = demo"],
+    "compare": ["run_a=<run folder>", "run_b=<run folder>", "min_jaccard=0.1"],
 }
 
 

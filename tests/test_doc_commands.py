@@ -92,7 +92,7 @@ def check_overrides(config: str, args: list[str]) -> None:
 def check_command(argv: list[str], tmp: str) -> None:
     head, rest = argv[0], argv[1:]
     modules = {"pipeline": "run", "pipeline.score": "score", "pipeline.report": "report",
-               "pipeline.atlas": "atlas", "pipeline.train": "train",
+               "pipeline.atlas": "atlas", "pipeline.train": "train", "pipeline.compare": "compare",
                "pipeline.commands.plan": "plan"}
     if head == "python" and argv[2] not in modules:  # python -m <a module of the project>
         import importlib.util
@@ -116,6 +116,10 @@ def check_command(argv: list[str], tmp: str) -> None:
             dotlist = OmegaConf.from_dotlist([a for a in args if not a.startswith("run_dir=")])
             assert set(dotlist) <= {"report"}, f"report takes run_dir and report.* keys: {args}"
             report_settings(dotlist.get("report") or {})
+        elif command == "compare":
+            from pipeline.compare import parse as parse_compare
+
+            parse_compare(args)
         elif command == "atlas":
             from pipeline.commands.atlas import parse
 

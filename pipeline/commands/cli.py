@@ -5,6 +5,7 @@
     ace3d report ...   remake a run's report with other settings (`python -m pipeline.report`)
     ace3d atlas  ...   nearest supervoxels in a finished run's atlas (`python -m pipeline.atlas`)
     ace3d plan   ...   what a run will cost, before it runs (`python -m pipeline.commands.plan`)
+    ace3d compare ...  the concepts two runs share (`python -m pipeline.compare`)
     ace3d train  ...   train or evaluate a video classifier (`python -m pipeline.train`)
 
 Every command takes `key=value` overrides (Hydra's grammar; `group=option` picks a preset) and
@@ -65,6 +66,12 @@ windows per clip, storage, CPU core-hours for segmentation, GPU-hours for activa
 evaluation at stated rates, the driver's memory. Printed as a table and written to
 <run.output_dir>/plan.json (output=<file> elsewhere)."""
 
+COMPARE_ABOUT = """\
+Matches the concepts of two runs over the same videos and segmentation (another model, another
+checkpoint, a randomised control) one-to-one per class by the Jaccard index of their member
+supervoxels, and says which are significant in both (shared) and in one only. Writes
+comparison.parquet, comparison.json and index.html to output (default <run_a>/comparison)."""
+
 COMMANDS = {c.name: c for c in (
     Command("run", "pipeline", "the main job: supervoxels, activations, concepts, TCAV, "
             "evaluation, report", "ace3d run [group=option ...] [key=value ...]", RUN_ABOUT),
@@ -81,6 +88,9 @@ COMMANDS = {c.name: c for c in (
     Command("plan", "pipeline.commands.plan", "what a run will cost, before it runs (from a few "
             "sampled videos)", "ace3d plan [the run's group=option and key=value ...] [sample=6] "
             "[output=<file>]", PLAN_ABOUT),
+    Command("compare", "pipeline.compare", "the concepts two runs over the same videos share "
+            "(matched by their members)", "ace3d compare run_a=<run folder> run_b=<run folder> "
+            "[output=<folder>] [min_jaccard=0.1]", COMPARE_ABOUT),
     Command("train", "pipeline.train", "train a video classifier on a corpus, or evaluate one "
             "(train.epochs=0)", "ace3d train [group=option ...] [key=value ...]", TRAIN_ABOUT),
 )}
@@ -221,4 +231,4 @@ def _argv_main(module: str) -> Callable[[list[str]], int]:
 _MAINS = {"run": _hydra_main("pipeline.job"), "train": _hydra_main("pipeline.train"),
           "score": _argv_main("pipeline.score"), "report": _argv_main("pipeline.commands.report"),
           "atlas": _argv_main("pipeline.commands.atlas"),
-          "plan": _argv_main("pipeline.commands.plan")}
+          "plan": _argv_main("pipeline.commands.plan"), "compare": _argv_main("pipeline.compare")}
