@@ -72,7 +72,8 @@ def main() -> None:
         print(f"{name}: " + " ".join(f"{k}={v}" for k, v in summary.items()
                                      if k not in ("run_a", "run_b")))
     ratio = shares["twin"] / shares["control"] if shares["control"] else float("inf")
-    print(f"twin_share={shares['twin']:.3f} control_share={shares['control']:.3f} ratio={ratio:.2f}")
+    twin, ctrl = shares["twin"], shares["control"]
+    print(f"twin_share={twin:.3f} control_share={ctrl:.3f} ratio={ratio:.2f}")
 
 
 if __name__ == "__main__":
