@@ -38,15 +38,9 @@ from pipeline.run_folder import (
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
 
-def class_job(
-    folder: RunFolder,
-    index: int,
-    target_class: str,
-    settings: dict[str, Any],
-    info: dict[str, Any],
-    evaluated: dict[str, Any],
-    concepts: list[dict[str, Any]],
-) -> ClassJob:
+def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any],
+              info: dict[str, Any], evaluated: dict[str, Any],
+              concepts: list[dict[str, Any]]) -> ClassJob:
     """Everything one class's section needs, read from the class's own partitions (its members,
     its scoring videos' voxel importance, its curves) and one row group per video it shows."""
     rep = settings["report"]
@@ -100,16 +94,9 @@ def class_rows(folder: RunFolder, dataset: str, target_class: str) -> list[dict[
     return io.read_files(files).to_pylist() if files else []
 
 
-def render_unit(
-    folder: RunFolder,
-    index: int,
-    target_class: str,
-    settings: dict[str, Any],
-    info: dict[str, Any],
-    evaluated: dict[str, Any],
-    concepts: list[dict[str, Any]],
-    fingerprint: str,
-) -> dict[str, Any]:
+def render_unit(folder: RunFolder, index: int, target_class: str, settings: dict[str, Any],
+                info: dict[str, Any], evaluated: dict[str, Any], concepts: list[dict[str, Any]],
+                fingerprint: str) -> dict[str, Any]:
     """One class of the report (in a Ray task): read its rows, render it, write its images and
     its marker (holding the section's HTML); returns the section's record."""
     section = render_class(
