@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from pipeline import io
+from pipeline import io, schemas
 from pipeline.console import show_progress
 from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
@@ -52,7 +52,7 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
     cav_trainer: a CAV trainer of one's own instead of `concepts.cav_model`'s: an object with a
         `name` and `fit(positives, negatives, seeds) -> (directions, accuracies)`
         (`pipeline.scoring.trainers.CavTrainer`; the built-in ones are there too). It runs in
-        the concepts stage's Ray tasks, so it must pickle; the run records `user:<name>`.
+        the concepts stage's Ray tasks, so it must pickle; the run records `user:<name>@<digest>`.
     overrides: the other config groups, each a preset name (`segment="reference"`,
         `ray="cluster"`) or a dict of its keys (`clip={"num_frames": 32}`, `concepts={"k": 10}`):
         the README and `pipeline.config` list them with their defaults.
@@ -88,14 +88,14 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
 
 
 def _with_trainer(overrides: dict[str, Any], trainer: Any) -> dict[str, Any]:
-    """The overrides with `concepts.cav_model` naming a user's trainer (`user:<name>`)."""
-    from pipeline.scoring.trainers import USER, checked
+    """The overrides with `concepts.cav_model` naming a user's trainer (`user:<name>@<digest>`:
+    the digest of the pickled trainer, its code and settings, goes into the fingerprint)."""
+    from pipeline.job import user_model
 
-    name = checked(trainer).name
     concepts = overrides.get("concepts") or {}
     if not isinstance(concepts, dict):
         raise ValueError(f"concepts = {concepts!r}: a dict of concept settings")
-    return {**overrides, "concepts": {**concepts, "cav_model": f"{USER}{name}"}}
+    return {**overrides, "concepts": {**concepts, "cav_model": user_model(trainer)}}
 
 
 def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, trust_run: bool = False,
@@ -293,7 +293,10 @@ class Run:
         return self.folder.concept_view().to_pandas()
 
     concept_members = _table_of(CONCEPT_MEMBERS, "one row per member supervoxel of each concept")
-    tcav = _table_of(TCAV, "the TCAV scores of every concept against every random set")
+    tcav = cached_property(lambda self: self.table(
+        TCAV, [n for n in schemas.TCAV.names if n != "direction"]))
+    tcav.__doc__ = ("`table('tcav_scores')` without the CAVs' directions (`cavs()` has them): the "
+                    "TCAV scores of every concept against every random set, as a DataFrame.")
     evaluation = _table_of(EVALUATION, "the deletion and insertion curves and their areas")
 
     def activations(self, layer: Optional[str] = None, target_class: Optional[str] = None,
@@ -380,16 +383,16 @@ class Run:
         deletion (as the report's lead) and the concepts that matter by it with their clips."""
         from pipeline.concept_clips import ClassView
 
-        return ClassView(self.folder, self.record["config"]["clip"], target_class,
-                         self.concepts.to_dict("records"))
+        return ClassView(self.folder, self.record["config"], target_class)
 
     def _repr_html_(self) -> str:
         """The run in a notebook: its classes with their concept counts, and its report."""
         from pipeline.report.render import esc
 
-        rows = "".join(f"<tr><td>{esc(k)}</td><td>{len(g)}</td>"
-                       f"<td>{int(g.significant.sum())}</td></tr>"
-                       for k, g in self.concepts.groupby("target_class"))
+        concepts = self.table("concepts") if self.folder.exists(CONCEPTS) else None
+        rows = "" if concepts is None else "".join(
+            f"<tr><td>{esc(k)}</td><td>{len(g)}</td><td>{int(g.significant.sum())}</td></tr>"
+            for k, g in concepts.groupby("target_class"))
         report = f'<p>report: <a href="{esc(self.report_path)}">{esc(self.report_path)}</a></p>' \
             if self.report_path else ""
         return (f"<p><b>{esc(repr(self))}</b></p><table><tr><th>class</th><th>concepts</th>"

@@ -19,7 +19,6 @@ significant one) and index.html (the shared pairs' clips side by side).
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 from collections import defaultdict
@@ -29,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import io, schemas
-from pipeline.report.images import encode_animation
 from pipeline.run_folder import CONCEPT_MEMBERS, RUN_JSON, VIDEOS, RunFolder, RunFolderError
 
 USAGE = "ace3d compare run_a=<run folder> run_b=<run folder> [output=<folder>] [min_jaccard=0.1]"
@@ -43,11 +41,18 @@ def _same_inputs(a: RunFolder, b: RunFolder) -> None:
     if ids[0] != ids[1]:
         raise RunFolderError(f"{a.root} and {b.root} hold other videos ({len(ids[0])} and "
                              f"{len(ids[1])}): concepts match only over the same videos")
+    from pipeline.params import output_settings
+    from pipeline.segmentation.supervoxels import SegmentParams
+
     configs = [io.read_json(f.path(RUN_JSON))["config"] for f in (a, b)]
-    for group in ("clip", "segment"):
-        if configs[0][group] != configs[1][group]:
-            raise RunFolderError(f"{a.root} and {b.root} differ in their {group} settings: "
-                                 "concepts match only over the same supervoxels")
+    decide = {"clip": lambda c: c["clip"],
+              "segment": lambda c: output_settings(SegmentParams, c["segment"]),
+              "concepts.seed and discovery_fraction": lambda c: [
+                  c["concepts"][k] for k in ("seed", "discovery_fraction")]}
+    for what, of in decide.items():
+        if of(configs[0]) != of(configs[1]):
+            raise RunFolderError(f"{a.root} and {b.root} differ in their {what} settings: concepts "
+                                 "match only over the same supervoxels of the same videos")
 
 
 def _concepts(folder: RunFolder) -> tuple[list[dict[str, Any]], dict[str, set]]:
@@ -73,7 +78,8 @@ def match_class(a_rows: list[dict[str, Any]], b_rows: list[dict[str, Any]],
 
     sim = np.array([[jaccard(a_members[x["concept"]], b_members[y["concept"]]) for y in b_rows]
                     for x in a_rows]).reshape(len(a_rows), len(b_rows))
-    pairs = [(i, j) for i, j in zip(*linear_sum_assignment(-sim)) if sim[i, j] >= min_jaccard]
+    pairs = [(i, j) for i, j in zip(*linear_sum_assignment(-sim))
+             if sim[i, j] >= min_jaccard and sim[i, j] > 0]
     out = [_row(a_rows[i], b_rows[j], float(sim[i, j])) for i, j in pairs]
     out += [_row(x, None, None) for i, x in enumerate(a_rows) if i not in {p[0] for p in pairs}]
     out += [_row(None, y, None) for j, y in enumerate(b_rows) if j not in {p[1] for p in pairs}]
@@ -115,15 +121,14 @@ def compare_runs(a: RunFolder, b: RunFolder, min_jaccard: float = 0.1) -> tuple[
 
 def page(a: RunFolder, b: RunFolder, rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     """The shared pairs, their clips side by side (inline: the page is one file)."""
-    from pipeline.concept_clips import concept_clips
+    from pipeline.concept_clips import concept_clips, inline_clip
     from pipeline.report.page import head
     from pipeline.report.render import esc, fmt
 
     clip = [io.read_json(f.path(RUN_JSON))["config"]["clip"] for f in (a, b)]
 
     def clips(folder: RunFolder, settings: dict[str, Any], concept: str) -> str:
-        return "".join(f'<img alt="{esc(c.video_id)}" src="data:image/webp;base64,'
-                       f'{base64.b64encode(encode_animation(c.outlined(), "webp", 125)).decode()}">'
+        return "".join(inline_clip(c.outlined(), c.video_id)
                        for c in concept_clips(folder, settings, concept, 2))
 
     shared = sorted((r for r in rows if r["status"] == "shared"), key=lambda r: -r["jaccard"])

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline import schemas
 from pipeline.report.build import class_rows, pick_exemplars
 from pipeline.report.images import encode_animation, exemplar_frames, mp4_bytes, side_by_side
 from pipeline.report.lead import lead
-from pipeline.report.render import clip_reader, esc, fmt, saturated_tcav
+from pipeline.report.render import clip_reader, esc, fmt
 from pipeline.run_folder import CONCEPT_MEMBERS, EVALUATE_METRICS, RunFolder
 from pipeline.segmentation.supervoxels import supervoxel_mask
 
@@ -92,7 +93,8 @@ def export_concept(clips: list[ConceptClip], path: str, frame_ms: int = 125) -> 
     return path
 
 
-def _inline(frames: np.ndarray, alt: str) -> str:
+def inline_clip(frames: np.ndarray, alt: str) -> str:
+    """An animation as an <img> holding its own data (a notebook's or a one-file page's)."""
     data = base64.b64encode(encode_animation(frames, "webp", 125)).decode()
     return f'<img src="data:image/webp;base64,{data}" alt="{esc(alt)}" style="margin:2px">'
 
@@ -101,10 +103,14 @@ class ClassView:
     """A class's concepts for a notebook: per layer, the ranking that holds under deletion,
     said in one sentence, and the concepts that matter by it with two clips each, inline."""
 
-    def __init__(self, folder: RunFolder, clip_settings: dict[str, Any], target_class: str,
-                 concepts: list[dict[str, Any]]) -> None:
-        self.folder, self.clip_settings, self.target_class = folder, clip_settings, target_class
-        self.concepts = [r for r in concepts if r["target_class"] == target_class]
+    def __init__(self, folder: RunFolder, config: dict[str, Any], target_class: str) -> None:
+        """`config`: the run's (run.json's); the concepts are read with the evaluate stage's
+        causal importance joined (None where it has none)."""
+        self.folder, self.clip_settings, self.target_class = folder, config["clip"], target_class
+        self.rank_by = config.get("report", {}).get("rank_by", "auto")
+        self.concepts = [r for r in folder.concept_view([n for n in schemas.CONCEPT_VIEW.names
+                                                         if n != "centroid"]).to_pylist()
+                         if r["target_class"] == target_class]
         if not self.concepts:
             raise KeyError(f"no concept of class {target_class!r} in {folder.root}")
 
@@ -114,13 +120,13 @@ class ClassView:
         for layer in dict.fromkeys(r["layer"] for r in self.concepts):
             rows = sorted((r for r in self.concepts if r["layer"] == layer),
                           key=lambda r: r["rank"])
-            the_lead = lead(rows, evaluated.get(layer, {}), "auto", bool(saturated_tcav(rows)))
+            the_lead = lead(rows, evaluated.get(layer, {}), self.rank_by)
             parts.append(f"<h4>layer {esc(layer)}</h4><p>{esc(the_lead.sentence)}</p>")
             if not the_lead.concepts:
                 parts.append(f"<p>{esc(the_lead.empty)}</p>")
             for r in the_lead.concepts:
                 clips = concept_clips(self.folder, self.clip_settings, r["concept"], 2)
-                figs = "".join(_inline(c.outlined(), c.video_id) for c in clips)
+                figs = "".join(inline_clip(c.outlined(), c.video_id) for c in clips)
                 parts.append(f'<div><b>{esc(r["concept"].rsplit("/", 1)[-1])}</b>: TCAV '
                              f'{fmt(r["tcav_mean"])}, causal {fmt(r.get("causal_importance"), 3)}'
                              f"<br>{figs}</div>")

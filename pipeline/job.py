@@ -142,14 +142,26 @@ def driver_memory_pool() -> None:
     pa.set_memory_pool(pa.system_memory_pool())
 
 
+def user_model(trainer: object) -> str:
+    """`concepts.cav_model` of a user's trainer: `user:<name>@<digest>`."""
+    from pipeline.concepts.params import USER
+    from pipeline.orchestration.runtime import pickled_digest
+    from pipeline.scoring.trainers import checked
+
+    return f"{USER}{checked(trainer).name}@{pickled_digest(trainer)}"
+
+
 def check_trainer(cav_model: str, trainer: Any) -> None:
-    """A `user:<name>` CAV model comes with its trainer (from Python), of that name."""
+    """A `user:<name>@<digest>` CAV model comes with that trainer (from Python), and a trainer
+    only with its own `concepts.cav_model`."""
     from pipeline.concepts.params import USER
 
-    if cav_model.startswith(USER) and getattr(trainer, "name", None) != cav_model[len(USER):]:
-        raise ConfigError("concepts.cav_model", "a trainer of one's own is handed over from Python: "
-                          "pipeline.explain(..., cav_trainer=<an object with name and fit>)",
-                          cav_model)
+    if trainer is not None and user_model(trainer) == cav_model:
+        return
+    if cav_model.startswith(USER) or trainer is not None:
+        raise ConfigError("concepts.cav_model", "a trainer of one's own is handed over from Python "
+                          "with its model: pipeline.explain(..., cav_trainer=<an object with name "
+                          "and fit>)", cav_model)
 
 
 def model_digest(module: Any) -> str:

@@ -235,26 +235,37 @@ def test_a_saturated_layer_orders_its_cards_by_causal_importance():
 def test_a_layer_leads_with_the_ranking_that_holds_under_deletion():
     from pipeline.report.lead import GAP, lead
 
-    rows = [{"concept": f"k/l/concept{i}", "rank": i + 1, "significant": sig, "causal_importance": ci}
-            for i, (sig, ci) in enumerate([(True, 0.01), (True, 0.3), (False, 0.2), (True, -0.1)])]
+    rows = [{"concept": f"k/l/concept{i}", "rank": i + 1, "significant": sig,
+             "causal_importance": ci, "tcav_mean": t} for i, (sig, ci, t) in enumerate(
+                 [(True, 0.01, 0.9), (True, 0.3, 0.8), (False, 0.2, 0.5), (True, -0.1, 0.3)])]
+    tied = [dict(r, tcav_mean=1.0) if r["rank"] < 4 else r for r in rows]  # TCAV saturated
     causal_holds = {GAP: -0.3, f"{GAP}_ci95.0": -0.4, f"{GAP}_ci95.1": -0.2,
                     "tcav_deletion_prob_auc_top": 0.7, "tcav_deletion_prob_auc_bottom": 0.6}
-    first = lead(rows, causal_holds, "auto", False)
-    assert (first.ranking, first.holds) == ("causal", True) and "−0.30 [−0.40, −0.20]" in first.sentence
-    assert [r["concept"] for r in first.concepts] == ["k/l/concept1", "k/l/concept2", "k/l/concept0"]
+    first = lead(rows, causal_holds, "auto")
+    assert (first.ranking, first.holds) == ("causal", True)
+    assert "−0.30 [−0.40, −0.20]" in first.sentence
+    assert [r["rank"] for r in first.concepts] == [2, 3, 1]  # by causal importance, positive
     tcav_holds = {**causal_holds, f"{GAP}_ci95.1": 0.05, "tcav_deletion_prob_auc_top": 0.5}
-    second = lead(rows, tcav_holds, "auto", False)  # the causal interval reaches zero; TCAV's areas hold
+    second = lead(rows, tcav_holds, "auto")  # the causal interval reaches zero; TCAV's areas hold
     assert (second.ranking, second.holds) == ("tcav", True) and "not below zero" in second.sentence
     assert [r["rank"] for r in second.concepts] == [1, 2, 4]  # the significant ones in TCAV's order
-    neither = lead(rows, {**tcav_holds, "tcav_deletion_prob_auc_top": 0.7}, "auto", False)
-    assert (neither.ranking, neither.holds) == ("tcav", False) and neither.sentence.startswith("Neither")
-    saturated = lead(rows, {**tcav_holds, "tcav_deletion_prob_auc_top": 0.7}, "auto", True)
-    assert saturated.ranking == "causal" and "ties at 0 or 1" in saturated.sentence
-    asked = lead(rows, causal_holds, "tcav", False)
+    neither = lead(rows, {**tcav_holds, "tcav_deletion_prob_auc_top": 0.7}, "auto")
+    assert (neither.ranking, neither.holds) == ("tcav", False)
+    assert neither.sentence.startswith("Neither")
+    saturated = lead(tied, tcav_holds, "auto")  # TCAV's areas hold, but its ties' order is arbitrary
+    assert (saturated.ranking, saturated.holds) == ("causal", False)
+    assert "arbitrary" in saturated.sentence
+    unscored = lead([dict(r, causal_importance=float("nan")) for r in rows], causal_holds, "auto")
+    assert unscored.ranking == "tcav"
+    assert "not every concept has a causal importance" in unscored.sentence
+    asked = lead(rows, causal_holds, "tcav")
     assert (asked.ranking, asked.holds) == ("tcav", False) and "report.rank_by" in asked.sentence
-    untested = lead(rows, {}, "auto", False)
-    assert (untested.ranking, untested.holds) == ("tcav", None) and "has not run" in untested.sentence
-    none = lead([dict(r, significant=False) for r in rows], {}, "auto", False)
+    unmeasured = lead(rows, {k: v for k, v in causal_holds.items() if "tcav" not in k}, "tcav")
+    assert unmeasured.holds is None and "no deletion test checked it" in unmeasured.sentence
+    untested = lead(rows, {}, "auto")
+    assert (untested.ranking, untested.holds) == ("tcav", None)
+    assert "has not run" in untested.sentence
+    none = lead([dict(r, significant=False) for r in rows], {}, "auto")
     assert none.concepts == [] and "none of its 4 concepts is significant" in none.empty
 
 

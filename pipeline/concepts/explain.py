@@ -51,7 +51,7 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
     the scoring videos; random: whole-clip vectors of random other videos, the CAVs' negatives
     and the baseline; scoring: the scoring videos' supervoxels; randomised_gradients [V, C]: the
     gradients again from the model re-initialised after the layer (the randomisation check);
-    trainer: the CAV trainer of `params.cav_model` when it is a user's (`user:<name>`).
+    trainer: the CAV trainer of `params.cav_model` when it is a user's (`user:<name>@<digest>`).
     Returns rows for concepts, members, tcav and supervoxel scores, and notes.
     """
     notes: list[str] = []

@@ -41,9 +41,10 @@ class ConceptParams:
         plus one extra set for the random-vs-random baseline.
     cav_model: torch (the reference SGDClassifier's algorithm, run for all of a class's CAVs at
         once in torch) | fastcav (closed form: the concept's mean minus the pair's mean, no
-        training) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic; cav_alpha: the L2
-        penalty (torch and sgd). `user:<name>`: a trainer of one's own, handed to
-        `pipeline.explain(cav_trainer=...)` (`pipeline.scoring.trainers.CavTrainer`).
+        training) | sgd (sklearn's SGDClassifier, one fit per CAV) | logistic |
+        user:<name>@<digest> (a trainer of one's own, handed to
+        `pipeline.explain(cav_trainer=...)`: `pipeline.scoring.trainers.CavTrainer`).
+    cav_alpha: the L2 penalty (torch and sgd).
     p_threshold, correction (none | holm): when a concept is significant.
     randomisation_check: score the same CAVs again on gradients from the model with every
         weight after the layer re-initialised, and report how much the ranking moves.

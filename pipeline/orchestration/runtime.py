@@ -210,3 +210,13 @@ class Progress:
     @property
     def elapsed(self) -> float:
         return time.monotonic() - self.start
+
+
+def pickled_digest(obj: object) -> str:
+    """What an object handed to the tasks is, for a fingerprint: a digest of it as Ray pickles
+    it (by value where cloudpickle does so: a class of a notebook with its code)."""
+    import hashlib
+
+    from ray import cloudpickle
+
+    return hashlib.sha256(cloudpickle.dumps(obj)).hexdigest()[:12]

@@ -23,7 +23,8 @@ from typing import Any
 
 from pipeline import io
 from pipeline.report.render import ClassJob
-from pipeline.report.section import render_class
+from pipeline.report.lead import lead
+from pipeline.report.section import layer_cards, render_class
 from pipeline.report.page import class_file, class_page
 from pipeline.run_folder import (
     CONCEPT_MEMBERS,
@@ -49,12 +50,11 @@ def class_job(folder: RunFolder, index: int, target_class: str, settings: dict[s
     by_layer: dict[str, list[dict[str, Any]]] = {}
     for r in concepts:
         by_layer.setdefault(r["layer"], []).append(r)
-    shown = set()  # the cards' concepts in either order, and the lead's (pipeline.report.lead)
-    for rows in by_layer.values():
-        by_rank = sorted(rows, key=lambda x: x["rank"])
-        by_causal = sorted(rows, key=lambda x: -(x.get("causal_importance") or 0.0))
-        shown |= {r["concept"] for r in by_rank[:most] + by_causal[:most]}
-        shown |= {r["concept"] for r in by_rank if r["significant"]}
+    rank_by = rep.get("rank_by", "auto")
+    shown = set()  # the concepts of the cards shown and of the lead
+    for layer, rows in by_layer.items():
+        the_lead = lead(rows, evaluated.get(layer, {}), rank_by)
+        shown |= {r["concept"] for r in layer_cards(rows, rank_by)[0][:most] + the_lead.concepts}
     by_concept: dict[str, list[dict[str, Any]]] = {}
     for m in sorted(members, key=lambda m: m["distance"]):
         by_concept.setdefault(m["concept"], []).append(m)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from pipeline.report.lead import HOLDS
 from pipeline.report.render import ClassSection, esc, fmt, slug
 
 CSS = """
@@ -39,7 +40,6 @@ caption{caption-side:bottom;font-size:12px;color:#566573;text-align:left;padding
 code{font-size:13px}dl.legend{font-size:12px;max-width:1100px}summary{color:#566573;cursor:pointer}
 """
 FAILED_SHOWN = 500  # failed videos listed on the page (a corpus of junk files would make it huge)
-HOLDS = {True: "held", False: "did not hold", None: "not tested"}
 # The overview's short headers and what each means (the legend under the table)
 COLUMNS = [
     ("class", "the class; its link opens its section"),

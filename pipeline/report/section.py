@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.report.images import (curves_png, encode_animation, exemplar_frames, heat_frames,
                                     mp4_bytes, side_by_side)
-from pipeline.report.lead import Lead, lead
+from pipeline.report.lead import Lead, lead, missing
 from pipeline.report.render import (
     MISSING_CLIP,
     ClassJob,
@@ -286,13 +286,22 @@ def layer_notes(rows: list[dict[str, Any]], summary: dict[str, Any], ev: dict[st
     return "".join(parts)
 
 
-def diagnostics(sec: _Section, layer: str, rows: list[dict[str, Any]],
-                by_causal: list[dict[str, Any]], summary: dict[str, Any], ev: dict[str, Any],
-                aucs: dict, curve_rows: list) -> str:
+def layer_cards(rows: list[dict[str, Any]], rank_by: str) -> tuple[list, str, list, int]:
+    """A layer's cards in the order they are shown, what orders them (`tcav` or `causal`), the
+    concepts by causal importance (those that have one), and how many tie at a saturated TCAV."""
+    rows = sorted(rows, key=lambda r: r["rank"])
+    by_causal = sorted((r for r in rows if not missing(r.get("causal_importance"))),
+                       key=lambda r: -r["causal_importance"])
+    saturated = saturated_tcav(rows)
+    cards, by = card_order(rows, by_causal, rank_by, saturated)
+    return cards, by, by_causal, saturated
+
+
+def diagnostics(sec: _Section, layer: str, rows: list[dict[str, Any]], summary: dict[str, Any],
+                ev: dict[str, Any], aucs: dict, curve_rows: list) -> str:
     """A layer's diagnostics: its figures, every concept's card, the curves, the heat maps."""
     job, rep, lslug = sec.job, sec.rep, slug(layer)
-    saturated = saturated_tcav(rows)
-    cards, by = card_order(rows, by_causal, rep.get("rank_by", "auto"), saturated)
+    cards, by, by_causal, saturated = layer_cards(rows, rep.get("rank_by", "auto"))
     causal_rank = {r["concept"]: i + 1 for i, r in enumerate(by_causal)}
     most = int(rep["max_concepts"])
     more = (f'<p class="meta">{len(rows) - most} more concepts in concepts.parquet '
@@ -333,19 +342,14 @@ def render_class(job: ClassJob) -> ClassSection:
     summary, leads, details = [], [], []
     for layer in layers:
         rows = sorted((r for r in job.concepts if r["layer"] == layer), key=lambda r: r["rank"])
-        by_causal = sorted(
-            (r for r in rows if r.get("causal_importance") is not None),
-            key=lambda r: -r["causal_importance"],
-        )
+        by_causal = layer_cards(rows, "auto")[2]
         curve_rows = [r for r in job.curves if r["layer"] == layer]
         aucs = {(r["ranking"], r["mode"], r["order"]): r for r in curve_rows if r["kind"] == "auc"}
         ev = job.evaluated.get(layer, {})
-        the_lead = lead(
-            rows, ev, job.settings["report"].get("rank_by", "auto"), bool(saturated_tcav(rows))
-        )
+        the_lead = lead(rows, ev, job.settings["report"].get("rank_by", "auto"))
         summary.append(layer_summary(layer, rows, by_causal, ev, aucs, the_lead))
         if rows:
             leads.append(sec.answer(layer, the_lead, len(rows)))
-        details.append(diagnostics(sec, layer, rows, by_causal, summary[-1], ev, aucs, curve_rows))
+        details.append(diagnostics(sec, layer, rows, summary[-1], ev, aucs, curve_rows))
     parts += leads + details + ["</section>"]
     return ClassSection(job.index, job.target_class, "\n".join(parts), sec.files, summary)

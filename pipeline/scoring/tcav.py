@@ -30,9 +30,14 @@ def fit_cavs(positives: Sequence[np.ndarray], negatives: Sequence[np.ndarray], s
     trainer = builtin(model, alpha) if isinstance(model, str) else model
     directions, accuracies = trainer.fit(positives, negatives, seeds)
     directions, accuracies = np.asarray(directions, np.float32), np.asarray(accuracies, float)
-    if len(positives) and directions.shape[0] != len(positives):
+    if len(positives) and (len(directions) != len(positives) or len(accuracies) != len(positives)
+                           or not np.isfinite(directions).all()):
         raise ValueError(f"CAV trainer {getattr(trainer, 'name', trainer)!r} returned "
-                         f"{directions.shape[0]} directions for {len(positives)} pairs")
+                         f"{len(directions)} directions and {len(accuracies)} accuracies for "
+                         f"{len(positives)} pairs, or a direction that is not finite")
+    if len(directions) and not isinstance(model, str):  # a user's: unit length, as stored
+        norms = np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+        directions = (directions / norms).astype(np.float32)
     return directions, accuracies
 
 

@@ -3,9 +3,10 @@ random set) pairs at once, each as two sets of vectors and a seed, and returns a
 per pair (toward the concept) and its hold-out accuracy. The four built-in ones implement it;
 a user's own (any object with a `name` and this `fit`) is handed to `pipeline.explain(...,
 cav_trainer=...)` and runs in the concepts stage's Ray tasks (so it must pickle: a class
-defined in a notebook or a function travels by value). Its `name` stands for it in the run's
-config (`concepts.cav_model=user:<name>`) and so in the concepts stage's fingerprint: a rerun
-with a changed trainer under the same name reuses the earlier CAVs, so give it a new name.
+defined in a notebook or a function travels by value). Its `name` and a digest of it pickled stand
+for it in the run's config (`concepts.cav_model=user:<name>@<digest>`) and so in the concepts
+stage's fingerprint: a rerun with another trainer, or the same with other settings, fits the
+CAVs again.
 
     class MeanDifference:
         name = "mean-difference"

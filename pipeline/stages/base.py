@@ -43,7 +43,7 @@ class Job:
     window: int
     fingerprints: dict[str, str]
     module: Any = None
-    cav_trainer: Any = None  # a user's CAV trainer (concepts.cav_model user:<name>), from the API
+    cav_trainer: Any = None  # a user's CAV trainer (concepts.cav_model user:<name>@<digest>)
     started: dict[str, float] = field(default_factory=dict)
 
     @property

@@ -52,7 +52,8 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -
     for r in concepts:
         by_class.setdefault(r["target_class"], []).append(r)
     pages = len(classes) > int(c["report"]["class_pages"])  # a page per class behind the index
-    settings = {"report": c["report"], "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
+    report = {k: v for k, v in c["report"].items() if k != "class_pages"}  # `pages` says it
+    settings = {"report": report, "clip": c["clip"], "dataset_kind": c["dataset"]["kind"],
                 "dataset_root": c["dataset"]["root"], "dataset_name": c["dataset"]["name"],
                 "model_name": c["model"]["name"], "pages": pages, "atlas": folder.exists(ATLAS_MANIFEST)}
     fingerprint = report_fingerprint(settings, concepts, class_info, evaluated, classes)
