@@ -101,11 +101,13 @@ def compare_runs(a: RunFolder, b: RunFolder, min_jaccard: float = 0.1) -> tuple[
     """(rows of `schemas.COMPARISON`, summary) of two runs over the same videos."""
     _same_inputs(a, b)
     (a_rows, a_members), (b_rows, b_members) = _concepts(a), _concepts(b)
+    by_class: dict[str, tuple[list, list]] = defaultdict(lambda: ([], []))
+    for side, side_rows in enumerate((a_rows, b_rows)):
+        for r in side_rows:
+            by_class[r["target_class"]][side].append(r)
     rows = []
-    for k in sorted({r["target_class"] for r in a_rows + b_rows}):
-        rows += match_class([r for r in a_rows if r["target_class"] == k],
-                            [r for r in b_rows if r["target_class"] == k], a_members, b_members,
-                            min_jaccard)
+    for k in sorted(by_class):
+        rows += match_class(*by_class[k], a_members, b_members, min_jaccard)
     summary: dict[str, Any] = {"run_a": a.root, "run_b": b.root, "min_jaccard": min_jaccard,
                                "pairs": sum(r["jaccard"] is not None for r in rows),
                                "shared": sum(r["status"] == "shared" for r in rows)}
@@ -127,16 +129,17 @@ def page(a: RunFolder, b: RunFolder, rows: list[dict[str, Any]], summary: dict[s
 
     clip = [io.read_json(f.path(RUN_JSON))["config"]["clip"] for f in (a, b)]
 
-    def clips(folder: RunFolder, settings: dict[str, Any], concept: str) -> str:
+    def clips(folder: RunFolder, settings: dict[str, Any], concept: str, k: str) -> str:
         return "".join(inline_clip(c.outlined(), c.video_id)
-                       for c in concept_clips(folder, settings, concept, 2))
+                       for c in concept_clips(folder, settings, concept, 2, k))
 
     shared = sorted((r for r in rows if r["status"] == "shared"), key=lambda r: -r["jaccard"])
     body = "".join(f"<tr><td>{esc(r['target_class'])}</td><td>{fmt(r['jaccard'])}</td>"
                    f"<td>{esc(r['concept_a'])} (TCAV {fmt(r['tcav_a'])})<br>"
-                   f"{clips(a, clip[0], r['concept_a'])}</td>"
+                   f"{clips(a, clip[0], r['concept_a'], r['target_class'])}</td>"
                    f"<td>{esc(r['concept_b'])} (TCAV {fmt(r['tcav_b'])})<br>"
-                   f"{clips(b, clip[1], r['concept_b'])}</td></tr>" for r in shared[:PAGE_PAIRS])
+                   f"{clips(b, clip[1], r['concept_b'], r['target_class'])}</td></tr>"
+                   for r in shared[:PAGE_PAIRS])
     facts = ", ".join(f"{esc(k)} {esc(v)}" for k, v in summary.items())
     return (head("3D ACE report: concepts two runs share")
             + f"<body><main><h1>Concepts two runs share</h1><p class=meta>{facts}</p>"

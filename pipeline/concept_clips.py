@@ -10,10 +10,9 @@ it (the run's clip settings), its supervoxel's voxels from the run's label volum
 from __future__ import annotations
 
 import base64
-import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -24,9 +23,6 @@ from pipeline.report.lead import lead
 from pipeline.report.render import clip_reader, esc, fmt
 from pipeline.run_folder import CONCEPT_MEMBERS, EVALUATE_METRICS, RunFolder
 from pipeline.segmentation.supervoxels import supervoxel_mask
-
-log = logging.getLogger("pipeline")
-
 
 @dataclass(frozen=True)
 class ConceptClip:
@@ -45,10 +41,8 @@ class ConceptClip:
 
 
 def concept_row(folder: RunFolder, concept: str) -> dict[str, Any]:
-    """The concept's concepts.parquet row (with the evaluate stage's columns)."""
-    rows = [r for r in folder.concept_view([
-        "target_class", "layer", "concept", "rank", "significant", "tcav_mean", "p_value",
-        "causal_importance", "num_videos", "size"]).to_pylist()]
+    """The concept's concepts.parquet row: its class and layer."""
+    rows = folder.concept_view(["target_class", "layer", "concept"]).to_pylist()
     for r in rows:
         if r["concept"] == concept:
             return r
@@ -57,11 +51,13 @@ def concept_row(folder: RunFolder, concept: str) -> dict[str, Any]:
 
 
 def concept_clips(folder: RunFolder, clip_settings: dict[str, Any], concept: str,
-                  k: int = 3) -> list[ConceptClip]:
+                  k: int = 3, target_class: Optional[str] = None) -> list[ConceptClip]:
     """The `k` exemplars of `concept` (its name in concepts.parquet), nearest the centroid
-    first. A source video that moved or changed since the run is left out, with a warning."""
-    row = concept_row(folder, concept)
-    members = sorted((m for m in class_rows(folder, CONCEPT_MEMBERS, row["target_class"])
+    first. A source video that moved or changed since the run is left out, with a warning.
+    `target_class`: the concept's class, when the caller knows it (else looked up)."""
+    if target_class is None:
+        target_class = concept_row(folder, concept)["target_class"]
+    members = sorted((m for m in class_rows(folder, CONCEPT_MEMBERS, target_class)
                       if m["concept"] == concept), key=lambda m: m["distance"])
     chosen = pick_exemplars(members, k)
     ids = sorted({m["video_id"] for m in chosen})
@@ -125,7 +121,8 @@ class ClassView:
             if not the_lead.concepts:
                 parts.append(f"<p>{esc(the_lead.empty)}</p>")
             for r in the_lead.concepts:
-                clips = concept_clips(self.folder, self.clip_settings, r["concept"], 2)
+                clips = concept_clips(self.folder, self.clip_settings, r["concept"], 2,
+                                      self.target_class)
                 figs = "".join(inline_clip(c.outlined(), c.video_id) for c in clips)
                 parts.append(f'<div><b>{esc(r["concept"].rsplit("/", 1)[-1])}</b>: TCAV '
                              f'{fmt(r["tcav_mean"])}, causal {fmt(r.get("causal_importance"), 3)}'

@@ -29,11 +29,11 @@ def layer_rows(folder: RunFolder, rank_by: str = "auto") -> list[list[str]]:
                                                 "num_videos")]).to_pylist()
     evaluated = folder.metrics(EVALUATE_METRICS)
     info = folder.metrics(CONCEPT_METRICS)
-    pairs = dict.fromkeys((r["target_class"], r["layer"]) for r in concepts)
+    pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in concepts:
+        pairs.setdefault((r["target_class"], r["layer"]), []).append(r)
     rows = []
-    for k, layer in sorted(pairs):
-        mine = sorted((r for r in concepts if (r["target_class"], r["layer"]) == (k, layer)),
-                      key=lambda r: r["rank"])
+    for (k, layer), mine in sorted(pairs.items()):
         ev = evaluated.get(k, {}).get(layer, {})
         the_lead = lead(mine, ev, rank_by)
         held = HOLDS[the_lead.holds]

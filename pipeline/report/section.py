@@ -69,7 +69,8 @@ class _Section:
                 continue
             mask = self.job.masks[(vid, sid)]
             outlined = exemplar_frames(frames, mask)
-            self.outlined.setdefault(concept, {})[(vid, sid)] = outlined
+            if self.rep.get("concept_videos"):  # kept for the concept's MP4 (`card`)
+                self.outlined.setdefault(concept, {})[(vid, sid)] = outlined
             src = self.save(outlined, f"{lslug}/{slug(cname)}-{self.vname(vid)}-{sid}")
             span = np.flatnonzero(mask.any(axis=(1, 2)))
             figs.append(
@@ -297,11 +298,12 @@ def layer_cards(rows: list[dict[str, Any]], rank_by: str) -> tuple[list, str, li
     return cards, by, by_causal, saturated
 
 
-def diagnostics(sec: _Section, layer: str, rows: list[dict[str, Any]], summary: dict[str, Any],
-                ev: dict[str, Any], aucs: dict, curve_rows: list) -> str:
-    """A layer's diagnostics: its figures, every concept's card, the curves, the heat maps."""
+def diagnostics(sec: _Section, layer: str, rows: list[dict[str, Any]], ordered: tuple,
+                summary: dict[str, Any], ev: dict[str, Any], aucs: dict, curve_rows: list) -> str:
+    """A layer's diagnostics: its figures, every concept's card, the curves, the heat maps.
+    `ordered`: `layer_cards(rows, report.rank_by)`."""
     job, rep, lslug = sec.job, sec.rep, slug(layer)
-    cards, by, by_causal, saturated = layer_cards(rows, rep.get("rank_by", "auto"))
+    cards, by, by_causal, saturated = ordered
     causal_rank = {r["concept"]: i + 1 for i, r in enumerate(by_causal)}
     most = int(rep["max_concepts"])
     more = (f'<p class="meta">{len(rows) - most} more concepts in concepts.parquet '
@@ -342,7 +344,8 @@ def render_class(job: ClassJob) -> ClassSection:
     summary, leads, details = [], [], []
     for layer in layers:
         rows = sorted((r for r in job.concepts if r["layer"] == layer), key=lambda r: r["rank"])
-        by_causal = layer_cards(rows, "auto")[2]
+        ordered = layer_cards(rows, job.settings["report"].get("rank_by", "auto"))
+        by_causal = ordered[2]
         curve_rows = [r for r in job.curves if r["layer"] == layer]
         aucs = {(r["ranking"], r["mode"], r["order"]): r for r in curve_rows if r["kind"] == "auc"}
         ev = job.evaluated.get(layer, {})
@@ -350,6 +353,6 @@ def render_class(job: ClassJob) -> ClassSection:
         summary.append(layer_summary(layer, rows, by_causal, ev, aucs, the_lead))
         if rows:
             leads.append(sec.answer(layer, the_lead, len(rows)))
-        details.append(diagnostics(sec, layer, rows, summary[-1], ev, aucs, curve_rows))
+        details.append(diagnostics(sec, layer, rows, ordered, summary[-1], ev, aucs, curve_rows))
     parts += leads + details + ["</section>"]
     return ClassSection(job.index, job.target_class, "\n".join(parts), sec.files, summary)

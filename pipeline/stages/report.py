@@ -71,7 +71,7 @@ def build_report(folder: RunFolder, c: dict[str, Any], record: dict[str, Any]) -
     shown = [ClassSection(index=r["index"], target_class=r["class"], html=r["html"], files={}, summary=r["summary"])
              for r in sorted(sections.values(), key=lambda r: r["index"])]
     atlas = None
-    if folder.exists(ATLAS_MANIFEST):  # the atlas page: one task, remade with the report
+    if settings["atlas"]:  # the atlas page: one task, remade with the report
         for out in map_tasks(atlas_unit, [("atlas page", (folder, settings))], progress=None,
                              on_error="report: the"):
             atlas = out.value
