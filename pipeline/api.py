@@ -20,20 +20,20 @@ import numpy as np
 
 from pipeline import io, schemas
 from pipeline.console import show_progress
-from pipeline.config import CONF_DIR, GROUPS, MODULE, ConfigError, register_configs
+from pipeline.api_config import (Videos, argument_for, compose_config, named_keys, shown,
+                                 with_group_key)
+from pipeline.concepts.user import table_file
+from pipeline.config import GROUPS, MODULE, ConfigError
 from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
                                  CLIP_ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPTS,
                                  EVALUATION, PREDICTIONS, REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS,
                                  VOXEL_IMPORTANCE, RunFolder, partition)
 
 
-Videos = Union[None, str, os.PathLike, Sequence[Union[str, os.PathLike]]]
-
-
 def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str] = None, *,
             layers: Optional[Sequence[str]] = None, stages: Optional[Sequence[str]] = None,
             model_options: Optional[dict[str, Any]] = None, cav_trainer: Any = None,
-            **overrides: Any) -> "Run":
+            user_concepts: Any = None, **overrides: Any) -> "Run":
     """Run 3D ACE on `videos` with `model`; returns the finished `Run`.
 
     videos: None (the embedded synthetic corpus), a folder of class folders
@@ -53,6 +53,11 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         `name` and `fit(positives, negatives, seeds) -> (directions, accuracies)`
         (`pipeline.scoring.trainers.CavTrainer`; the built-in ones are there too). It runs in
         the concepts stage's Ray tasks, so it must pickle; the run records `user:<name>@<digest>`.
+    user_concepts: concepts of one's own, explained beside the discovered ones
+        (`concepts.user`): a Parquet or CSV file, a pandas DataFrame or a pyarrow Table with
+        columns concept, video_id, supervoxel_id (kept supervoxels of the run: its
+        supervoxels/) and optionally target_class. A table is written to a file named by its
+        digest in the temporary folder; the run keeps a copy (user_concepts.parquet).
     overrides: the other config groups, each a preset name (`segment="reference"`,
         `ray="cluster"`) or a dict of its keys (`clip={"num_frames": 32}`, `concepts={"k": 10}`):
         the README and `pipeline.config` list them with their defaults.
@@ -71,31 +76,32 @@ def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str
         if not isinstance(model_options, dict):
             raise ValueError(f"model_options = {model_options!r}: must be a dict of model settings")
         overrides = {**overrides, "model": dict(model_options)}
-    if cav_trainer is not None:
-        overrides = _with_trainer(overrides, cav_trainer)
+    overrides = _with_own(overrides, cav_trainer, user_concepts)
     module = model if isinstance(model, torch.nn.Module) else None
     if module is None and not isinstance(model, str):
         raise ValueError(f"model = {model!r}: must be a registry name or a torch.nn.Module")
     try:
-        cfg = _compose(videos, model if module is None else MODULE, output_dir, layers, stages, overrides)
+        cfg = compose_config(videos, model if module is None else MODULE, output_dir, layers, stages, overrides)
         from pipeline.job import run_job
 
         show_progress()
         record = run_job(cfg, module, cav_trainer=cav_trainer)
     except ConfigError as e:
-        raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
+        raise ValueError(f"{argument_for(e.key, overrides)}{shown(e)}: {e.why}") from None
     return Run(record["run_dir"])
 
 
-def _with_trainer(overrides: dict[str, Any], trainer: Any) -> dict[str, Any]:
+def _with_own(overrides: dict[str, Any], trainer: Any, user_concepts: Any) -> dict[str, Any]:
     """The overrides with `concepts.cav_model` naming a user's trainer (`user:<name>@<digest>`:
-    the digest of the pickled trainer, its code and settings, goes into the fingerprint)."""
+    the digest of the pickled trainer, its code and settings, goes into the fingerprint) and
+    `concepts.user` the file of the user's concepts."""
     from pipeline.job import user_model
 
-    concepts = overrides.get("concepts") or {}
-    if not isinstance(concepts, dict):
-        raise ValueError(f"concepts = {concepts!r}: a dict of concept settings")
-    return {**overrides, "concepts": {**concepts, "cav_model": user_model(trainer)}}
+    if trainer is not None:
+        overrides = with_group_key(overrides, "concepts", "cav_model", user_model(trainer))
+    if user_concepts is not None:
+        overrides = with_group_key(overrides, "concepts", "user", table_file(user_concepts))
+    return overrides
 
 
 def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir: str, trust_run: bool = False,
@@ -109,126 +115,14 @@ def score_videos(run: Union[str, os.PathLike, "Run"], videos: Videos, output_dir
 
     try:
         source, c = source_run(run.path if isinstance(run, Run) else str(run), trust_run)
-        cfg = _compose(videos, c["model"]["name"], output_dir, None, None, overrides)
-        default = _compose(videos, c["model"]["name"], output_dir, None, None, {})
-        cfg = pin_to_run(cfg, default, c, _named_keys(overrides))
+        cfg = compose_config(videos, c["model"]["name"], output_dir, None, None, overrides)
+        default = compose_config(videos, c["model"]["name"], output_dir, None, None, {})
+        cfg = pin_to_run(cfg, default, c, named_keys(overrides))
         show_progress()
         record = score_job(cfg, source)
     except ConfigError as e:
-        raise ValueError(f"{argument_for(e.key, overrides)}{_shown(e)}: {e.why}") from None
+        raise ValueError(f"{argument_for(e.key, overrides)}{shown(e)}: {e.why}") from None
     return Run(record["run_dir"])
-
-
-def _named_keys(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """The config keys an explain()/score_videos() call names: a preset names its group, a dict
-    its leaves (`activate={"num_actors": 1}` names activate.num_actors only)."""
-    out = []
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        out.extend(_named_keys(value, name + ".") if isinstance(value, dict) else [name])
-    return out
-
-
-def _shown(e: ConfigError) -> str:
-    return "" if e.value is ConfigError._UNSET else f" = {e.value!r}"
-
-
-def _compose(videos: Videos, model_name: str, output_dir: Optional[str], layers: Optional[Sequence[str]],
-             stages: Optional[Sequence[str]], overrides: dict[str, Any]) -> Any:
-    """The job's config: conf/ with the presets chosen, then every dict merged on top."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf, open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    register_configs()
-    dataset, dataset_keys = _dataset(videos)
-    presets = [f"dataset={dataset}"] + ([] if model_name == MODULE else [f"model={model_name}"])
-    presets += [f"{group}={value}" for group, value in overrides.items() if isinstance(value, str)]
-    for preset in presets:
-        _check_preset(*preset.split("=", 1))
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=presets)
-    for group, value in overrides.items():
-        if not isinstance(value, (str, dict)):
-            raise ValueError(f"{group} = {value!r}: must be a preset name or a dict of {group} keys")
-    layers_ = {"model": {"layers": list(layers)}} if layers is not None else {}
-    updates = [{"dataset": dataset_keys}, layers_,
-               {"run": {"output_dir": str(output_dir)}} if output_dir is not None else {},
-               {"run": {"stages": list(stages)}} if stages is not None else {},
-               *({group: value} for group, value in overrides.items() if isinstance(value, dict))]
-    if model_name == MODULE:
-        with open_dict(cfg):
-            cfg.model.name = MODULE
-    for update in updates:
-        _check_keys(cfg, update)
-        try:
-            cfg = OmegaConf.merge(cfg, update)
-        except OmegaConfBaseException as e:
-            key = str(getattr(e, "full_key", "") or "")
-            raise ConfigError(key or "?", str(e).splitlines()[0]) from None
-    return cfg
-
-
-def _check_preset(group: str, name: str) -> None:
-    """A preset is a file conf/<group>/<name>.yaml; another name fails with the close matches."""
-    import difflib
-
-    known = sorted(f[:-5] for f in os.listdir(os.path.join(CONF_DIR, group)) if f.endswith(".yaml"))
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        raise ConfigError(group if group != "model" else "model.name",
-                          f"unknown preset; close matches: {close or 'none'}; known: {known}", name)
-
-
-def _check_keys(node: Any, update: dict[str, Any], prefix: str = "") -> None:
-    """An unknown key in an override fails naming it, with the close matches."""
-    import difflib
-
-    from omegaconf import DictConfig
-
-    for key, value in update.items():
-        if key not in node:
-            known = [str(k) for k in node.keys()]
-            close = difflib.get_close_matches(str(key), known, n=3)
-            raise ConfigError(prefix + str(key), f"unknown key; close matches: {close or 'none'}; known: {known}")
-        if isinstance(value, dict) and isinstance(node[key], DictConfig):
-            _check_keys(node[key], value, f"{prefix}{key}.")
-
-
-def _dataset(videos: Videos) -> tuple[str, dict[str, Any]]:
-    """The dataset preset and keys for the `videos` argument."""
-    if videos is None:
-        return "synthetic", {}
-    if isinstance(videos, (str, os.PathLike)):
-        path = os.path.abspath(os.path.expanduser(str(videos)))
-        if os.path.isfile(path) and path.lower().endswith(".csv"):
-            return "csv", {"csv": path, "root": os.path.dirname(path)}
-        if os.path.isdir(path):
-            return "folder", {"root": path}
-        raise ValueError(f"videos = {str(videos)!r}: no such folder or CSV file")
-    paths = [os.path.abspath(os.path.expanduser(str(p))) for p in videos]
-    return "list", {"videos": paths}
-
-
-def argument_for(key: str, overrides: dict[str, Any]) -> str:
-    """The explain() argument that holds a config key's value."""
-    group, _, rest = key.partition(".")
-    if group == "dataset" and rest.split(".")[0] in ("root", "csv", "videos", "kind"):
-        return "videos"
-    if key == "model.name":
-        return "model"
-    if key.startswith("model.layers") and "layers" not in (overrides.get("model") or {}):
-        return "layers"
-    if group == "model":
-        group = "model_options"
-    if key == "run.output_dir":
-        return "output_dir"
-    if key.startswith("run.stages"):
-        return "stages" + key[len("run.stages"):]
-    if not rest:
-        return group
-    parts = rest.replace("]", "").replace("[", ".").split(".")
-    return group + "".join(f"[{p}]" if p.isdigit() else f"[{p!r}]" for p in parts)
 
 
 def _table_of(name: str, what: str) -> Any:

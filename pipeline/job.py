@@ -73,7 +73,7 @@ def git_commit() -> Optional[str]:
 def absolutise(cfg: DictConfig) -> None:
     """Relative paths in the config are taken from the current directory, once, in the driver:
     tasks and actors may run anywhere."""
-    for key in ("run.output_dir", "dataset.root", "dataset.csv", "model.path"):
+    for key in ("run.output_dir", "dataset.root", "dataset.csv", "model.path", "concepts.user"):
         value = OmegaConf.select(cfg, key)
         if value and not io.is_uri(str(value)):  # a URI (s3://...) is absolute already
             OmegaConf.update(cfg, key, os.path.abspath(os.path.expanduser(str(value))))
@@ -92,6 +92,7 @@ def run_job(cfg: DictConfig, module: Any = None, then: Sequence[Callable[[Job], 
     check_trainer(cfg.concepts.cav_model, cav_trainer)
     driver_memory_pool()
     absolutise(cfg)
+    check_user_concepts(cfg)
     c, settings = to_plain(cfg), OmegaConf.to_object(cfg)
     run_id = new_run_id()
     folder = RunFolder(settings.run.output_dir, run_id)
@@ -149,6 +150,18 @@ def user_model(trainer: object) -> str:
     from pipeline.scoring.trainers import checked
 
     return f"{USER}{checked(trainer).name}@{pickled_digest(trainer)}"
+
+
+def check_user_concepts(cfg: DictConfig) -> None:
+    """`concepts.user`'s table reads and has the columns it needs, before any work (its videos
+    and supervoxels are checked against the run's in the concepts stage)."""
+    from pipeline.concepts.user import UserConceptError, read
+
+    if cfg.concepts.user and "concepts" in cfg.run.stages:
+        try:
+            read(str(cfg.concepts.user))
+        except UserConceptError as e:
+            raise ConfigError("concepts.user", str(e)) from None
 
 
 def check_trainer(cav_model: str, trainer: Any) -> None:

@@ -16,6 +16,7 @@ CONCEPTS = "concepts.parquet"
 CONCEPT_IMPORTANCE = "concept_importance.parquet"  # the evaluate stage's, one row per concept
 CONCEPT_METRICS, EVALUATE_METRICS = "metrics/concepts.parquet", "metrics/evaluate.parquet"  # figures per class
 CONCEPT_MEMBERS = "concept_members"
+USER_CONCEPTS = "user_concepts.parquet"  # the user's own concepts, as the concepts stage read them
 TCAV = "tcav_scores"
 VOXEL_IMPORTANCE = "voxel_importance"
 EVALUATION = "evaluation"

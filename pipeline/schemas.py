@@ -135,10 +135,10 @@ CONCEPTS = pa.schema(
         pa.field("tcav_magnitude_mean", pa.float64()), pa.field("tcav_magnitude_std", pa.float64()),
         pa.field("magnitude_p_value", pa.float64()), pa.field("magnitude_significant", pa.bool_()),
         # the share of bootstrap resamples of the discovery videos in which it reappears
-        # (concepts.stability; null when off)
+        # (concepts.stability; null when off, and for a user's concept)
         pa.field("stability", pa.float64()),
         pa.field("radius", pa.float64()),  # largest member distance to the centroid
-        pa.field("rule", pa.string()),  # the acceptance rule that held
+        pa.field("rule", pa.string()),  # the acceptance rule that held ("user concept": a user's)
         pa.field("centroid", pa.list_(pa.float32())),
         pa.field("class_accuracy", pa.float64()),  # the model's accuracy on the class's scoring videos
         pa.field("class_recognised", pa.bool_()),  # that accuracy is significantly above chance
@@ -186,6 +186,11 @@ CONCEPT_MEMBERS = pa.schema(
         pa.field("video_id", pa.string()), pa.field("supervoxel_id", pa.int64()), pa.field("distance", pa.float64()),
     ]
 )
+
+# user_concepts.parquet: the user's concepts the run explained (concepts.user's table, as read),
+# a row per member; target_class null: the concept joins every class's explanation.
+USER_CONCEPTS = pa.schema([pa.field("concept", pa.string()), pa.field("video_id", pa.string()),
+                           pa.field("supervoxel_id", pa.int64()), pa.field("target_class", pa.string())])
 
 # tcav_scores/<class>/<layer>/: one row per (concept or the random baseline, random set).
 TCAV = pa.schema(

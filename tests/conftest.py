@@ -140,14 +140,38 @@ def run_job_here(*overrides: str) -> tuple[dict[str, Any], str]:
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
     """The default job (segment=fine, the demo model, every stage up to the report) on 12
-    synthetic videos per class, with the randomisation check; shared by the explanation,
-    report, atlas and score tests."""
+    synthetic videos per class, with the randomisation check and the user's concepts planted
+    from the truth (actor, background, random: `planted_table`, made once the run is
+    activated); shared by the explanation, report, atlas and score tests."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.evaluation.ground_truth import planted_table
+    from pipeline.run_folder import RunFolder
+
     base = tmp_path_factory.mktemp("explain")
-    out = base / "run"
-    args = [f"dataset.root={base / 'corpus'}", "dataset.synthetic.videos_per_class=12", "dataset.synthetic.seed=7",
-            "concepts.randomisation_check=true"]
+    out, planted = base / "run", base / "planted.parquet"
+    args = [
+        f"dataset.root={base / 'corpus'}",
+        "dataset.synthetic.videos_per_class=12",
+        "dataset.synthetic.seed=7",
+        "concepts.randomisation_check=true",
+    ]
+    first, _ = run_job_here(f"run.output_dir={out}", *args, "run.stages=[ingest,segment,activate]")
+    pq.write_table(
+        pa.Table.from_pylist(planted_table(RunFolder(str(out), "planting"), str(base / "corpus"))),
+        planted,
+    )
+    args.append(f"concepts.user={planted}")
     _, printed = run_job_here(f"run.output_dir={out}", *args)
-    return {"out": str(out), "args": args, "stdout": printed, "record": json.load(open(out / "run.json"))}
+    return {
+        "out": str(out),
+        "args": args,
+        "stdout": printed,
+        "record": json.load(open(out / "run.json")),
+        "planted": str(planted),
+        "activated": first,
+    }  # activated: the record of the run up to activation
 
 
 @pytest.fixture(scope="session")

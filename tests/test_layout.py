@@ -127,7 +127,6 @@ LONG_FUNCTIONS = {
     "pipeline.stages.atlas.run": 79, "pipeline.evaluation.summary.summarise": 75,
     "pipeline.orchestration.fanout.map_tasks": 74, "pipeline.segmentation.supervoxels.segment_clip": 72,
     "pipeline.report.scored_page.render_scored": 65, "pipeline.train.run": 64, "pipeline.stages.score.score_unit": 63,
-    "pipeline.stages.concepts.explain_pair": 61,
 }
 
 
@@ -157,7 +156,7 @@ def test_no_stage_or_report_reads_run_json_back():
 
 # Lines past 100 columns in pipeline/, tests/, bench/ and jobs/ when the count came (ruff holds
 # every line to 120): the count may only fall, to none, when ruff's line-length becomes 100.
-LINES_PAST_100 = 1415
+LINES_PAST_100 = 1412
 
 
 def test_ruff_finds_nothing_and_the_lines_past_100_columns_only_get_fewer():

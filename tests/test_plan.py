@@ -17,7 +17,7 @@ def folder_size(path: str) -> int:
 def test_the_plan_of_the_default_job_is_within_a_quarter_of_the_finished_run(small_run):
     """The plan of small_run's config, from 6 of its 36 videos, against what the run did and
     wrote: supervoxels, model windows and the storage of the tables it estimates."""
-    record, out = small_run["record"], small_run["out"]
+    record, out = small_run["activated"], small_run["out"]  # the run that segmented and activated
     plan = plan_run(record["config"], sample=6)
     segment, activate = record["stages"]["segment"], record["stages"]["activate"]
     assert plan["corpus"]["ok"] == segment["videos_segmented"] == 36

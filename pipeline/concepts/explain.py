@@ -12,9 +12,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from pipeline.concepts.discovery import discover_concepts
+from pipeline.concepts.discovery import Concept, discover_concepts
 from pipeline.concepts.params import ConceptParams
 from pipeline.concepts.stability import concept_stability
+from pipeline.concepts.user import PREFIX, UserConcept, as_concept
 from pipeline.scoring.tcav import (ConceptScores, RandomSets, gradients_are_constant, holm, rank_change, rescore,
                                    score_concepts, ties_broken)
 from pipeline.scoring.voxel_importance import assign_to_concepts
@@ -27,6 +28,18 @@ def split_videos(video_ids: Sequence[str], discovery_fraction: float, seed: int)
     n_discovery = int(round(discovery_fraction * len(ids)))
     n_discovery = min(max(n_discovery, 1), len(ids) - 1) if len(ids) > 1 else len(ids)
     return [ids[i] for i in order[:n_discovery]], [ids[i] for i in order[n_discovery:]]
+
+
+@dataclass
+class _Entry:
+    """A concept of the (class, layer) on its way to the tables: a discovered one or a user's."""
+
+    name: str
+    concept: Concept
+    vectors: np.ndarray  # its members' vectors, nearest the centre first
+    video_ids: list[str]
+    ids: list[int]
+    stability: float  # nan: not measured (a user concept, or stability off)
 
 
 @dataclass
@@ -43,7 +56,7 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
                         gradients: np.ndarray, random: RandomSets[np.ndarray], params: ConceptParams,
                         scoring: Optional[Supervoxels] = None,
                         randomised_gradients: Optional[np.ndarray] = None,
-                        trainer: Any = None) -> dict[str, Any]:
+                        trainer: Any = None, user: Sequence[UserConcept] = ()) -> dict[str, Any]:
     """Concepts of one class at one layer with their TCAV scores, and the supervoxel scores of
     the scoring videos that voxel importance maps are made of.
 
@@ -51,7 +64,9 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
     the scoring videos; random: whole-clip vectors of random other videos, the CAVs' negatives
     and the baseline; scoring: the scoring videos' supervoxels; randomised_gradients [V, C]: the
     gradients again from the model re-initialised after the layer (the randomisation check);
-    trainer: the CAV trainer of `params.cav_model` when it is a user's (`user:<name>@<digest>`).
+    trainer: the CAV trainer of `params.cav_model` when it is a user's (`user:<name>@<digest>`);
+    user: the user's concepts at this layer (`pipeline.concepts.user`), scored, tested and ranked
+    with the discovered ones.
     Returns rows for concepts, members, tcav and supervoxel scores, and notes.
     """
     notes: list[str] = []
@@ -63,7 +78,14 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
     if gradients_are_constant(gradients):
         notes.append(f"layer {layer!r}: the class-logit gradient is the same for every video (the layer feeds the "
                      "classifier through global pooling), so every TCAV score is 0 or 1; explain an earlier layer")
-    scored, base = score_concepts([discovery.vectors[c.members] for c in found.concepts], random, gradients,
+    prefix = f"{target_class}/{layer}/"
+    entries = [_entry(f"{prefix}concept{i}", c, discovery, stability[i])
+               for i, c in enumerate(found.concepts)]
+    for u in user:
+        c = as_concept(u, params.max_videos)
+        mine = Supervoxels(u.vectors, u.video_ids, u.ids)
+        entries.append(_entry(f"{prefix}{PREFIX}{u.name}", c, mine, np.nan))
+    scored, base = score_concepts([e.vectors for e in entries], random, gradients,
                                   seed=params.seed, model=trainer or params.cav_model,
                                   alpha=params.cav_alpha)
     p_values = _corrected([s.p_value for s in scored], params)
@@ -73,30 +95,58 @@ def explain_class_layer(target_class: str, layer: str, discovery: Supervoxels, n
     ranks[np.lexsort((np.arange(len(scored)), -means))] = np.arange(1, len(scored) + 1)  # by mean TCAV score
 
     concepts, members, tcav = [], [], []
-    for i, (c, s) in enumerate(zip(found.concepts, scored)):
-        name = f"{target_class}/{layer}/concept{i}"
-        concepts.append({
-            "target_class": target_class, "layer": layer, "concept": name, "rank": int(ranks[i]),
-            "size": len(c.members), "num_videos": c.num_videos, "tcav_mean": s.mean, "tcav_std": s.std,
-            "p_value": float(p_values[i]), "significant": bool(p_values[i] <= params.p_threshold),
-            "cav_accuracy": float(s.cav_accuracies.mean()), "radius": c.radius, "rule": c.rule,
-            "tcav_magnitude_mean": float(s.magnitudes.mean()), "tcav_magnitude_std": float(s.magnitudes.std()),
-            "magnitude_p_value": float(magnitude_p[i]),
-            "magnitude_significant": bool(magnitude_p[i] <= params.p_threshold),
-            "stability": None if np.isnan(stability[i]) else float(stability[i]),
-            "centroid": c.centroid.astype(np.float32),
-        })
-        members += [{"target_class": target_class, "layer": layer, "concept": name,
-                     "video_id": discovery.video_ids[m], "supervoxel_id": int(discovery.ids[m]), "distance": float(d)}
-                    for m, d in zip(c.members, c.distances)]
-        tcav += _tcav_rows(target_class, layer, name, s, params.cav_model)
+    for i, (e, s) in enumerate(zip(entries, scored)):
+        concepts.append({"target_class": target_class, "layer": layer, "concept": e.name,
+                         "rank": int(ranks[i]), **_figures(e, s, float(p_values[i]),
+                                                           float(magnitude_p[i]), params.p_threshold)})
+        members += [{"target_class": target_class, "layer": layer, "concept": e.name, "video_id": vid,
+                     "supervoxel_id": sid, "distance": float(d)}
+                    for vid, sid, d in zip(e.video_ids, e.ids, e.concept.distances)]
+        tcav += _tcav_rows(target_class, layer, e.name, s, params.cav_model)
     tcav += _tcav_rows(target_class, layer, "random", base, params.cav_model)
     return {"concepts": concepts, "members": members, "tcav": tcav, "notes": notes, "k": found.k,
             "ties": ties_broken(means, [s.magnitudes.mean() for s in scored]),
             "random_mean": float(base.scores.mean()),
-            "supervoxel_scores": _supervoxel_scores(found.concepts, [c["concept"] for c in concepts], means, scoring),
+            "supervoxel_scores": _supervoxel_scores([e.concept for e in entries], [e.name for e in entries],
+                                                    means, scoring),
             "randomisation": None if randomised_gradients is None else
             _randomisation(scored, means, base, randomised_gradients, p_values, params)}
+
+
+def _entry(name: str, c: Concept, source: Supervoxels, stability: float) -> _Entry:
+    """A concept with its members' vectors and ids (`c.members` index `source`)."""
+    return _Entry(
+        name,
+        c,
+        source.vectors[c.members],
+        [source.video_ids[m] for m in c.members],
+        [int(source.ids[m]) for m in c.members],
+        stability,
+    )
+
+
+def _figures(
+    e: _Entry, s: ConceptScores, p: float, magnitude_p: float, threshold: float
+) -> dict[str, Any]:
+    """A concepts.parquet row's figures (all but its key and rank)."""
+    c = e.concept
+    return {
+        "size": len(c.members),
+        "num_videos": c.num_videos,
+        "tcav_mean": s.mean,
+        "tcav_std": s.std,
+        "p_value": p,
+        "significant": bool(p <= threshold),
+        "cav_accuracy": float(s.cav_accuracies.mean()),
+        "radius": c.radius,
+        "rule": c.rule,
+        "tcav_magnitude_mean": float(s.magnitudes.mean()),
+        "tcav_magnitude_std": float(s.magnitudes.std()),
+        "magnitude_p_value": magnitude_p,
+        "magnitude_significant": bool(magnitude_p <= threshold),
+        "stability": None if np.isnan(e.stability) else float(e.stability),
+        "centroid": c.centroid.astype(np.float32),
+    }
 
 
 def _corrected(p_values: Sequence[float], params: ConceptParams) -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 from pipeline.params import require
 
@@ -50,6 +51,9 @@ class ConceptParams:
         weight after the layer re-initialised, and report how much the ranking moves.
     seed: the seed of the split, the random sets, k-means and the CAV fits (and the resamples).
     stability: concept stability across bootstrap resamples (`StabilityParams`).
+    user: a table of the user's own concepts (Parquet or CSV: concept, video_id, supervoxel_id,
+        optionally target_class), explained beside the discovered ones (`pipeline.concepts.user`);
+        empty: none.
     """
 
     discovery_fraction: float = 0.5
@@ -68,6 +72,7 @@ class ConceptParams:
     randomisation_check: bool = False
     seed: int = 0
     stability: StabilityParams = field(default_factory=StabilityParams)
+    user: Optional[str] = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stability, dict):  # from a plain config section

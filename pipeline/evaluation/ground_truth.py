@@ -186,3 +186,88 @@ def localisation_report(rows: Sequence[dict[str, Any]], causal: dict[str, float]
                 if not np.isnan(value):
                     out.setdefault(f"{metric}_{name}", []).append(value)
     return {kl: {name: round(float(np.mean(v)), 3) for name, v in by.items()} for kl, by in found.items()}
+
+
+# --- concepts planted from the truth (user concepts with a known answer) --------------------
+
+def planted_concepts(
+    volumes: dict[str, np.ndarray],
+    tube: Callable[[str], np.ndarray],
+    supervoxels: dict[str, Sequence[int]],
+    target_class: str,
+    actor_at_least: float = 0.5,
+) -> list[dict[str, Any]]:
+    """Rows of a user concept table (`pipeline.concepts.user`) for one class from its videos'
+    truth: "actor", the supervoxels with at least `actor_at_least` of their voxels in the actor
+    tube, and "background", those with none. `supervoxels[vid]`: the video's kept supervoxel ids."""
+    from pipeline.segmentation.supervoxels import supervoxel_mask
+
+    rows = []
+    for vid, ids in supervoxels.items():
+        inside = tube(vid)
+        for sid in ids:
+            share = inside_fraction(supervoxel_mask(volumes[vid], int(sid)), inside)
+            name = "actor" if share >= actor_at_least else "background" if share == 0 else None
+            if name:
+                rows.append(
+                    {
+                        "concept": name,
+                        "video_id": vid,
+                        "supervoxel_id": int(sid),
+                        "target_class": target_class,
+                    }
+                )
+    return rows
+
+
+def planted_table(
+    folder: Any, truth_root: str, per_class: int = 4, random_members: int = 40, seed: int = 0
+) -> list[dict[str, Any]]:
+    """A user concept table planted from a finished synthetic run's truth: per class, "actor"
+    and "background" (`planted_concepts`) from its first `per_class` videos (by id), and one
+    "random" concept of every class, `random_members` kept supervoxels drawn (seeded) from all
+    videos. `folder`: the run's RunFolder."""
+    import pyarrow.compute as pc
+
+    from pipeline.run_names import PREDICTIONS, SUPERVOXELS
+
+    pred = folder.read(PREDICTIONS, columns=["video_id", "label"]).to_pylist()
+    clips = {
+        r["video_id"]: r
+        for r in folder.read_videos(
+            ["video_id", "clip_frame_indices", "clip_height", "clip_width"]
+        ).to_pylist()
+    }
+    kept = folder.read(
+        SUPERVOXELS, columns=["video_id", "supervoxel_id"], filter=pc.field("status") == "kept"
+    )
+    ids: dict[str, list[int]] = {}
+    for vid, sid in zip(
+        kept.column("video_id").to_pylist(), kept.column("supervoxel_id").to_pylist()
+    ):
+        ids.setdefault(vid, []).append(int(sid))
+    rows: list[dict[str, Any]] = []
+    for k in sorted({r["label"] for r in pred if r["label"] is not None}):
+        videos = sorted(r["video_id"] for r in pred if r["label"] == k and r["video_id"] in ids)[
+            :per_class
+        ]
+        volumes = folder.label_volumes(videos)
+        rows += planted_concepts(
+            volumes,
+            lambda v: video_actor_tube(truth_root, clips[v], 3),
+            {v: ids[v] for v in videos},
+            k,
+        )
+    pool = [(v, s) for v in sorted(ids) for s in ids[v]]
+    for i in np.random.default_rng(seed).choice(
+        len(pool), min(random_members, len(pool)), replace=False
+    ):
+        rows.append(
+            {
+                "concept": "random",
+                "video_id": pool[i][0],
+                "supervoxel_id": pool[i][1],
+                "target_class": None,
+            }
+        )
+    return rows

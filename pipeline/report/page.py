@@ -24,6 +24,7 @@ h2{border-bottom:2px solid #1c2833;padding-bottom:4px;margin-top:32px}h3{margin:
 .tile{border:1px solid #d5d8dc;border-radius:6px;padding:6px 10px;width:290px}
 .card.sig{border-left:5px solid #1e8449}.rank{color:#566573}
 .badge{background:#1e8449;color:#fff;border-radius:3px;padding:0 5px;font-size:11px;margin-left:6px}
+.badge.user{background:#6c3483}
 dl{display:grid;grid-template-columns:auto 1fr;gap:1px 10px;margin:8px 0}
 dt{color:#566573}dd{margin:0}
 .exemplars,.heatrow{display:flex;gap:8px;flex-wrap:wrap}figure{margin:0;text-align:center}
@@ -90,7 +91,8 @@ CARD_LEGEND = (  # under "What the cards say" (a <details>, closed: the answer c
     "random masking; <b>stability</b> the share of resamples it reappears in; <b>CAV acc.</b> the "
     "hold-out accuracy of its CAVs; <b>randomised</b> its TCAV with the weights after the layer "
     "randomised (a check: it should fall). The clips are the members nearest the centroid, the "
-    "supervoxel outlined in yellow, everything else dimmed."
+    "supervoxel outlined in yellow, everything else dimmed. <b>your concept</b>: one of "
+    "<code>concepts.user</code>'s, scored and tested as the discovered ones are."
 )
 
 

@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from pipeline.concepts.user import USER_RULE
 from pipeline.report.images import (curves_png, encode_animation, exemplar_frames, heat_frames,
                                     mp4_bytes, side_by_side)
 from pipeline.report.lead import Lead, lead, missing
@@ -124,6 +125,8 @@ class _Section:
             ("randomised", None if rnd is None else fmt(rnd)),
         ]
         badge = " <span class=badge>significant</span>" if r["significant"] else ""
+        if r.get("rule") == USER_RULE:
+            badge += ' <span class="badge user">your concept</span>'
         figs = self.exemplars(r["concept"], lslug)
         if self.rep.get("concept_videos") and r["significant"] and self.outlined.get(r["concept"]):
             rel = f"{self.base}/{lslug}/{slug(r['concept'].rsplit('/', 1)[-1])}.mp4"
@@ -239,11 +242,7 @@ def layer_summary(
         "lead": [r["concept"] for r in the_lead.concepts],
         "top_tcav": rows[0]["concept"] if rows else None,
         "top_causal": by_causal[0]["concept"] if by_causal else None,
-        "stability": (
-            float(np.mean([r["stability"] for r in rows]))
-            if rows and rows[0].get("stability") is not None
-            else None
-        ),
+        "stability": mean_of([r.get("stability") for r in rows]),  # the discovered concepts' (a user's has none)
         "crossfit_top1": ev.get("crossfit_causal_top1_deletion_accuracy_drop_vs_random"),
         "crossfit_gap": gap,
         "top1": (
@@ -314,6 +313,12 @@ def diagnostics(sec: _Section, layer: str, rows: list[dict[str, Any]], ordered: 
             + '<div class="cards">'
             + "".join(sec.card(r, lslug, causal_rank) for r in cards[:most]) + more + "</div>"
             + sec.curves(layer, curve_rows, aucs, bool(rows)) + sec.heatmaps(layer) + "</section>")
+
+
+def mean_of(values: list[Optional[float]]) -> Optional[float]:
+    """The mean of the values that are there (None when none is)."""
+    there = [v for v in values if v is not None]
+    return float(np.mean(there)) if there else None
 
 
 def render_class(job: ClassJob) -> ClassSection:

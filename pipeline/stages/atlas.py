@@ -266,14 +266,10 @@ def link_pair(folder: RunFolder, target_class: str, layer: str, fingerprint: str
     members = folder.read(f"{CONCEPT_MEMBERS}/{partition(target_class=target_class, layer=layer)}",
                           columns=["target_class", "layer", "concept", "video_id", "supervoxel_id"]).to_pylist()
     vids = sorted({m["video_id"] for m in members})
-    try:
-        a = folder.read(f"{ASSIGNMENTS}/{partition(layer=layer, target_class=target_class)}",
-                        columns=["video_id", "supervoxel_id", "global_concept"],
-                        filter=pc.is_in(pc.field("video_id"), pa.array(vids, pa.string())))
-        global_of = dict(zip(zip(a.column("video_id").to_pylist(), a.column("supervoxel_id").to_pylist()),
-                             a.column("global_concept").to_pylist()))
-    except FileNotFoundError:
-        global_of = {}
+    global_of = _assigned(folder, partition(layer=layer, target_class=target_class), vids)
+    others = sorted({m["video_id"] for m in members if (m["video_id"], m["supervoxel_id"]) not in global_of})
+    if others:  # a user's concept may hold other classes' videos: the layer's assignments
+        global_of.update(_assigned(folder, partition(layer=layer), others))
     rows = build.concept_links(members, global_of)
     record = {"class": target_class, "layer": layer, "links": len(rows)}
     where = f"{LINKS}/{partition(layer=layer, target_class=target_class)}"
@@ -281,6 +277,25 @@ def link_pair(folder: RunFolder, target_class: str, layer: str, fingerprint: str
                       [(where, pa.Table.from_pylist(rows, schema=schemas.ATLAS_LINKS))],
                       [{"record": record}], fingerprint)
     return record
+
+
+def _assigned(folder: RunFolder, where: str, video_ids: list[str]) -> dict[tuple[str, int], int]:
+    """(video_id, supervoxel_id) -> global concept, for some videos' supervoxels assigned under
+    `where` (a partition of atlas/assignments/)."""
+    try:
+        a = folder.read(
+            f"{ASSIGNMENTS}/{where}",
+            columns=["video_id", "supervoxel_id", "global_concept"],
+            filter=pc.is_in(pc.field("video_id"), pa.array(video_ids, pa.string())),
+        )
+    except FileNotFoundError:
+        return {}
+    return dict(
+        zip(
+            zip(a.column("video_id").to_pylist(), a.column("supervoxel_id").to_pylist()),
+            a.column("global_concept").to_pylist(),
+        )
+    )
 
 
 @ray.remote(num_cpus=1, max_retries=2)

@@ -28,6 +28,7 @@ from pipeline import console, io, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.concepts.explain import Supervoxels, explain_class_layer, split_videos
 from pipeline.concepts.params import ConceptParams
+from pipeline.concepts.user import USER_RULE, digest, for_class, is_user
 from pipeline.evaluation.summary import class_recognition
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
@@ -40,6 +41,7 @@ from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_MEMBERS,
                                  reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job, ground_truth_root
+from pipeline.stages.user_concepts import user_concepts, user_supervoxels
 
 log = logging.getLogger("pipeline")
 
@@ -67,9 +69,8 @@ def run(job: Job) -> None:
     if len({*all_labels[known].tolist()}) < 2:
         raise RunFolderError(f"concepts need activated videos of at least two classes (a class's random sets are the "
                              f"other classes' videos); {folder.root} has {counts}")
-    fingerprint = reduction_fingerprint(job.fingerprints["activate"],
-                                        {"concepts": job.c["concepts"], "ground_truth": ground_truth_root(cfg)},
-                                        list(zip(all_ids.tolist(), all_labels.tolist())))
+    user = user_concepts(folder, params.user, all_ids)
+    fingerprint = pairs_fingerprint(job, user, list(zip(all_ids.tolist(), all_labels.tolist())))
     done = folder.done_units("concepts", OUTPUTS, fingerprint, "concepts", stale="discard")
     records = {(r["class"], r["layer"]): r for r in map(json.loads, done.column("record").to_pylist())}
 
@@ -113,7 +114,8 @@ def run(job: Job) -> None:
                 work = PairWork(k, layer, split, {"class_accuracy": class_info[k]["scoring_accuracy"],
                                                   "class_recognised": class_info[k]["recognised"]},
                                 {v: clips[v] for v in shown},
-                                {v: where[v] for v in split.discovery + split.scoring if v in where})
+                                {v: where[v] for v in split.discovery + split.scoring if v in where},
+                                for_class(user, k) if user is not None else {})
                 yield (k, layer), (folder, work, pools[layer], params, truth, fingerprint,
                                    job.cav_trainer)
 
@@ -135,6 +137,17 @@ def run(job: Job) -> None:
     job.finish("concepts", pairs=len(pairs), pairs_skipped_done=len(pairs) - len(todo), classes=class_info)
     job.counts.update(concepts_found=len(rows), concepts_significant=sum(r["significant"] for r in rows))
     job.record["concept_table"] = console.concept_table(rows, class_info)
+
+
+def pairs_fingerprint(job: Job, user: Optional[pa.Table], videos: list[tuple[str, str]]) -> str:
+    """The (class, layer) pairs' fingerprint: the activations', the concept settings (the user's
+    concepts by their rows, not their file's path), the ground truth, the videos and labels."""
+    settings = {**job.c["concepts"], "user": None if user is None else digest(user)}
+    return reduction_fingerprint(
+        job.fingerprints["activate"],
+        {"concepts": settings, "ground_truth": ground_truth_root(job.cfg)},
+        videos,
+    )
 
 
 def _supervoxels(t: pa.Table) -> Supervoxels:
@@ -187,7 +200,8 @@ class ClassSplit:
 class PairWork:
     """One (class, layer) to explain: its class's split, the columns its concept rows take
     from the class (class_accuracy, class_recognised), the videos.parquet clip columns of its
-    scoring videos (and discovery videos, for the ground truth) and where their label volumes are."""
+    scoring videos (and discovery videos, for the ground truth), where their label volumes are,
+    and the user's concepts for the class."""
 
     target_class: str
     layer: str
@@ -195,6 +209,7 @@ class PairWork:
     class_columns: dict[str, Any]
     clips: dict[str, dict[str, Any]]
     where: dict[str, tuple[str, int]]
+    user: dict[str, list[tuple[str, int]]]  # the user concepts that join the class: their members
 
 
 def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.ndarray], params: ConceptParams,
@@ -202,7 +217,7 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
     """One (class, layer), in a Ray task: read its partition, explain it
     (`explain_class_layer`), write its parts and marker; returns its small record. `pool`: the
     layer's whole-clip vectors (video ids sorted, vectors) the random sets are drawn from."""
-    k, layer, split, clips, where = work.target_class, work.layer, work.split, work.clips, work.where
+    k, layer, split, clips = work.target_class, work.layer, work.split, work.clips
     discovery, scoring = split.discovery, split.scoring
     sv = folder.read(f"{ACTIVATIONS}/{partition(layer=layer, target_class=k)}",
                      columns=["video_id", "supervoxel_id", "vector"]).sort_by([("video_id", "ascending"),
@@ -223,15 +238,15 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
         by_video = dict(zip(rg.column("video_id").to_pylist(), rg.column("gradient").to_pylist()))
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
     res = explain_class_layer(k, layer, _supervoxels(disc), len(discovery), gradients, sets, params,
-                              _supervoxels(sc) if sc.num_rows else None, randomised, trainer)
+                              _supervoxels(sc) if sc.num_rows else None, randomised, trainer,
+                              user_supervoxels(folder, layer, work.user))
     for row in res["concepts"]:
         row.update(work.class_columns)
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
             "significant": sum(r["significant"] for r in res["concepts"]), "notes": res["notes"],
             "magnitude_significant": sum(r["magnitude_significant"] for r in res["concepts"]),
-            "tcav_ties": res["ties"],
-            "mean_stability": (round(float(np.mean([r["stability"] for r in res["concepts"]])), 3)
-                               if res["concepts"] and res["concepts"][0]["stability"] is not None else None)}
+            "tcav_ties": res["ties"], "user_concepts": len(work.user),
+            "mean_stability": _mean([r["stability"] for r in res["concepts"] if r["stability"] is not None])}
     if res["randomisation"] is not None:
         check = dict(res["randomisation"])
         for row, after in zip(res["concepts"], check.pop("tcav_mean_after")):
@@ -240,12 +255,7 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
     shapes = {v: [len(r["clip_frame_indices"]), r["clip_height"], r["clip_width"]] for v, r in clips.items()}
     importance = importance_rows(k, layer, res["supervoxel_scores"], shapes)
     if truth_root:
-        from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
-
-        volumes = folder.label_volumes(sorted(where), where)
-        report = actor_concept_report(res["concepts"], res["members"], importance, [(k, layer)], volumes,
-                                      lambda v: video_actor_tube(truth_root, clips[v], 3), 3)
-        info["ground_truth"] = report[(k, layer)]
+        info["ground_truth"] = _ground_truth(folder, res, importance, work, truth_root)
     part = partition(target_class=k, layer=layer)
     outputs = [(f"{PAIR_CONCEPTS}/{part}", pa.Table.from_pylist(res["concepts"], schema=schemas.CONCEPTS)),
                (f"{CONCEPT_MEMBERS}/{part}", pa.Table.from_pylist(res["members"], schema=schemas.CONCEPT_MEMBERS)),
@@ -258,6 +268,37 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
     record = {"class": k, "layer": layer, "part": folder.part_name(unit), "info": info}
     folder.write_unit("concepts", unit, outputs, [{"record": record}], fingerprint)
     return record
+
+
+def _ground_truth(
+    folder: RunFolder,
+    res: dict[str, Any],
+    importance: list[dict[str, Any]],
+    work: PairWork,
+    truth_root: str,
+) -> dict[str, Any]:
+    """A synthetic run's check of the pair's discovered concepts against the actor's voxels."""
+    from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
+
+    volumes = folder.label_volumes(sorted(work.where), work.where)
+    found = [
+        r for r in res["concepts"] if r["rule"] != USER_RULE
+    ]  # the actor concept is found, not given
+    members = [m for m in res["members"] if not is_user(m["concept"])]
+    pair = (work.target_class, work.layer)
+    return actor_concept_report(
+        found,
+        members,
+        importance,
+        [pair],
+        volumes,
+        lambda v: video_actor_tube(truth_root, work.clips[v], 3),
+        3,
+    )[pair]
+
+
+def _mean(values: list[float]) -> Optional[float]:
+    return round(float(np.mean(values)), 3) if values else None
 
 
 def importance_rows(target_class: str, layer: str, supervoxel_scores: list[dict[str, Any]],
