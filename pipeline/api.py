@@ -24,10 +24,11 @@ from pipeline.api_config import (Videos, argument_for, compose_config, named_key
                                  with_group_key)
 from pipeline.concepts.user import table_file
 from pipeline.config import GROUPS, MODULE, ConfigError
-from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS, ATLAS_CONCEPTS, ATLAS_LINKS,
-                                 CLIP_ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPTS,
-                                 EVALUATION, PREDICTIONS, REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV, VIDEOS,
-                                 VOXEL_IMPORTANCE, RunFolder, partition)
+from pipeline.run_folder import (ACTIVATIONS, ATLAS_ASSIGNMENTS, ATLAS_CLASS_CONCEPTS,
+                                 ATLAS_CONCEPTS, ATLAS_LINKS, CLIP_ACTIVATIONS, CONCEPT_IMPORTANCE,
+                                 CONCEPT_MEMBERS, CONCEPT_PRESENCE, CONCEPT_SENSITIVITY, CONCEPTS,
+                                 EVALUATION, PREDICTIONS, REPORT_INDEX, RUN_JSON, SUPERVOXELS, TCAV,
+                                 VIDEOS, VOXEL_IMPORTANCE, RunFolder, partition)
 
 
 def explain(videos: Videos = None, model: Any = "demo", output_dir: Optional[str] = None, *,
@@ -164,7 +165,7 @@ class Run:
         datasets = {n.removesuffix(".parquet"): n for n in (VIDEOS, SUPERVOXELS, ACTIVATIONS, CLIP_ACTIVATIONS,
                                                              PREDICTIONS, CONCEPTS, CONCEPT_IMPORTANCE,
                                                              CONCEPT_MEMBERS, TCAV, VOXEL_IMPORTANCE, EVALUATION,
-                                                             CONCEPT_PRESENCE)}
+                                                             CONCEPT_PRESENCE, CONCEPT_SENSITIVITY)}
         datasets.update({n.removesuffix(".parquet").replace("/", "_"): n for n in (
             ATLAS_CONCEPTS, ATLAS_CLASS_CONCEPTS, ATLAS_ASSIGNMENTS, ATLAS_LINKS)})
         if name not in datasets:
@@ -192,6 +193,8 @@ class Run:
     tcav.__doc__ = ("`table('tcav_scores')` without the CAVs' directions (`cavs()` has them): the "
                     "TCAV scores of every concept against every random set, as a DataFrame.")
     evaluation = _table_of(EVALUATION, "the deletion and insertion curves and their areas")
+    concept_sensitivity = _table_of(CONCEPT_SENSITIVITY, "a scored run's: each video's sensitivity to the "
+                                    "concepts of its predicted class, along the run's saved CAVs")
 
     def activations(self, layer: Optional[str] = None, target_class: Optional[str] = None,
                     clips: bool = False) -> Any:

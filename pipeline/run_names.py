@@ -23,6 +23,7 @@ EVALUATION = "evaluation"
 REPORT, REPORT_INDEX, REPORT_ATLAS = "report", "report/index.html", "report/atlas.html"
 REPORT_CLASSES = "report/classes"  # a page per class, when the run has many
 CONCEPT_PRESENCE = "concept_presence"  # a scored run's (pipeline.score): <class>/<layer>/ parts
+CONCEPT_SENSITIVITY = "concept_sensitivity"  # a scored run's: each video against the saved CAVs
 RUN_JSON = "run.json"
 LEASE = "lease.json"  # the driver holding the folder (pipeline.lease)
 CLIP_ACTIVATIONS = "clip_activations"

@@ -180,17 +180,15 @@ def concepts_digest(concepts: pa.Table) -> str:
     return hashlib.sha256(json.dumps(sorted(rows)).encode()).hexdigest()
 
 # concept_members/<class>/<layer>/: one row per member supervoxel of a concept.
-CONCEPT_MEMBERS = pa.schema(
-    [
-        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
-        pa.field("video_id", pa.string()), pa.field("supervoxel_id", pa.int64()), pa.field("distance", pa.float64()),
-    ]
-)
+CONCEPT_MEMBERS = pa.schema([
+    pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+    pa.field("video_id", pa.string()), pa.field("supervoxel_id", pa.int64()), pa.field("distance", pa.float64())])
 
 # user_concepts.parquet: the user's concepts the run explained (concepts.user's table, as read),
 # a row per member; target_class null: the concept joins every class's explanation.
-USER_CONCEPTS = pa.schema([pa.field("concept", pa.string()), pa.field("video_id", pa.string()),
-                           pa.field("supervoxel_id", pa.int64()), pa.field("target_class", pa.string())])
+USER_CONCEPTS = pa.schema([
+    pa.field("concept", pa.string()), pa.field("video_id", pa.string()),
+    pa.field("supervoxel_id", pa.int64()), pa.field("target_class", pa.string())])
 
 # tcav_scores/<class>/<layer>/: one row per (concept or the random baseline, random set).
 TCAV = pa.schema(
@@ -254,17 +252,22 @@ ATLAS_ASSIGNMENTS = pa.schema(
     ]
 )
 
+# A scored run's: each video's sensitivity to its predicted class's concepts, per concept (and
+# "random", the baseline): over the run's saved CAVs, the share with gradient . CAV > 0 and the mean.
+CONCEPT_SENSITIVITY = pa.schema([
+    pa.field("video_id", pa.string()), pa.field("target_class", pa.string()),
+    pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+    pa.field("share_positive", pa.float64()), pa.field("derivative_mean", pa.float64()),
+    pa.field("cavs", pa.int32())])
+
 # A scored run's (pipeline.score): the concepts of the explaining run present in each video.
-CONCEPT_PRESENCE = pa.schema(
-    [
-        pa.field("video_id", pa.string()), pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
-        pa.field("concept", pa.string()),
-        pa.field("supervoxel_ids", pa.list_(pa.int64())),  # the video's supervoxels assigned to it
-        pa.field("voxels", pa.int64()), pa.field("share", pa.float64()),  # voxels they cover, share of the clip
-        pa.field("t0", pa.int32()), pa.field("t1", pa.int32()),  # the frames they span (half-open)
-        pa.field("tcav_mean", pa.float64()), pa.field("causal_importance", pa.float64()),
-    ]
-)
+CONCEPT_PRESENCE = pa.schema([
+    pa.field("video_id", pa.string()), pa.field("target_class", pa.string()), pa.field("layer", pa.string()),
+    pa.field("concept", pa.string()),
+    pa.field("supervoxel_ids", pa.list_(pa.int64())),  # the video's supervoxels assigned to it
+    pa.field("voxels", pa.int64()), pa.field("share", pa.float64()),  # voxels they cover, share of the clip
+    pa.field("t0", pa.int32()), pa.field("t1", pa.int32()),  # the frames they span (half-open)
+    pa.field("tcav_mean", pa.float64()), pa.field("causal_importance", pa.float64())])
 
 # atlas/concepts.parquet: one row per global concept of a layer.
 ATLAS_CONCEPTS = pa.schema(
@@ -293,21 +296,15 @@ ATLAS_CLASS_CONCEPTS = pa.schema(
 )
 
 # atlas/_counts/<layer>/<class>/: one partition's cells of that matrix (what the summary adds up).
-ATLAS_COUNTS = pa.schema(
-    [
-        pa.field("layer", pa.string()), pa.field("target_class", pa.string()), pa.field("global_concept", pa.int32()),
-        pa.field("members", pa.int64()), pa.field("videos", pa.int64()), *_EXEMPLARS,
-    ]
-)
+ATLAS_COUNTS = pa.schema([
+    pa.field("layer", pa.string()), pa.field("target_class", pa.string()), pa.field("global_concept", pa.int32()),
+    pa.field("members", pa.int64()), pa.field("videos", pa.int64()), *_EXEMPLARS])
 
 # atlas/concept_links/<layer>/<class>/: per concept of concepts.parquet, the global concepts its
 # members fall into.
-ATLAS_LINKS = pa.schema(
-    [
-        pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
-        pa.field("global_concept", pa.int32()), pa.field("members", pa.int64()), pa.field("share", pa.float64()),
-    ]
-)
+ATLAS_LINKS = pa.schema([
+    pa.field("target_class", pa.string()), pa.field("layer", pa.string()), pa.field("concept", pa.string()),
+    pa.field("global_concept", pa.int32()), pa.field("members", pa.int64()), pa.field("share", pa.float64())])
 
 # atlas/_train/<layer>/: the layer's trained, empty search index (FAISS's own serialisation),
 # whose coarse quantizer holds the global concepts' centroids.

@@ -126,7 +126,7 @@ LONG_FUNCTIONS = {
     "pipeline.report.atlas_page.atlas_unit": 88, "pipeline.scoring.cav_batch.fit_cavs_batched": 83,
     "pipeline.stages.atlas.run": 79, "pipeline.evaluation.summary.summarise": 75,
     "pipeline.orchestration.fanout.map_tasks": 74, "pipeline.segmentation.supervoxels.segment_clip": 72,
-    "pipeline.report.scored_page.render_scored": 65, "pipeline.train.run": 64, "pipeline.stages.score.score_unit": 63,
+    "pipeline.train.run": 64, "pipeline.stages.score.score_unit": 63,
 }
 
 
@@ -156,7 +156,7 @@ def test_no_stage_or_report_reads_run_json_back():
 
 # Lines past 100 columns in pipeline/, tests/, bench/ and jobs/ when the count came (ruff holds
 # every line to 120): the count may only fall, to none, when ruff's line-length becomes 100.
-LINES_PAST_100 = 1412
+LINES_PAST_100 = 1409
 
 
 def test_ruff_finds_nothing_and_the_lines_past_100_columns_only_get_fewer():

@@ -48,6 +48,41 @@ def test_a_runs_own_scoring_videos_get_the_runs_voxel_maps(scored):
     assert set(record["stages"]) == {"ingest", "segment", "activate", "score", "report"}  # no rediscovery
 
 
+def test_each_videos_sensitivity_to_its_predicted_classs_concepts_is_the_runs_cavs_on_its_gradient(
+    scored,
+):
+    """concept_sensitivity/: for a video predicted as its label, the share of the run's CAVs of
+    each concept of the class with a positive derivative is exactly what the run's own gradient
+    of that video (clip_activations/) gives with the saved CAVs: the scored folder's gradient is
+    the run's, and averaged over a class's scoring videos these shares are its TCAV scores."""
+    from pipeline.scoring.tcav import directional_derivatives
+
+    run, new = scored["run"], open_run(scored["out"])
+    sens = new.concept_sensitivity
+    predicted = new.predictions.set_index("video_id").predicted_class
+    assert set(sens.video_id) == {
+        v for v in scored["picked"] if predicted[v] in set(run.concepts.target_class)
+    }
+    assert (
+        sens.target_class == sens.video_id.map(predicted)
+    ).all()  # the predicted class's concepts
+    grads = run.activations(clips=True).set_index(["video_id", "layer"])
+    checked = 0
+    for (vid, k, layer), rows in sens.groupby(["video_id", "target_class", "layer"]):
+        cavs = run.cavs(k, layer)
+        assert set(rows.concept) == set(cavs.concept)  # every concept of the pair, and "random"
+        if k != vid.split("/")[0]:
+            continue  # predicted as another class: the run has no gradient of that class for it
+        g = np.asarray(grads.loc[(vid, layer)].gradient, dtype=np.float32)
+        for r in rows.itertuples():
+            d = cavs[cavs.concept == r.concept].sort_values("random_set")
+            s = directional_derivatives(g[None], np.stack(d.direction))[0]
+            assert r.cavs == len(d) and r.share_positive == (s > 0).mean(), (vid, layer, r.concept)
+            assert r.derivative_mean == pytest.approx(s.mean(), rel=1e-9, abs=1e-12)
+            checked += 1
+    assert checked > 0
+
+
 def test_concept_presence_says_which_concepts_are_where(scored):
     from pipeline.segmentation.supervoxels import split_supervoxel_id
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.report.render import clip_reader, esc, fmt, slug
-from pipeline.run_folder import CONCEPT_PRESENCE, PREDICTIONS, RunFolder, partition
+from pipeline.run_folder import CONCEPT_PRESENCE, CONCEPT_SENSITIVITY, PREDICTIONS, RunFolder, partition
 
 MAX_VIDEOS = 60  # on the page, whatever the corpus
 
@@ -52,19 +52,9 @@ def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple
         importance = folder.voxel_importance_rows(vid, k)  # every layer's, read once per video
         for layer in layers:
             rows = [r for r in importance if r["layer"] == layer]
-            present = folder.read(f"{CONCEPT_PRESENCE}/{partition(target_class=k, layer=layer)}",
-                                  filter=pc.field("video_id") == vid).to_pylist() if folder.exists(
-                f"{CONCEPT_PRESENCE}/{partition(target_class=k, layer=layer)}") else []
             parts.append(f'<h3>layer <code>{esc(layer)}</code></h3>')
-            if present:
-                parts.append("<table><tr><th>concept</th><th>supervoxels</th><th>share of the clip</th><th>frames</th>"
-                             "<th>TCAV</th><th>causal importance</th></tr>" + "".join(
-                                 f'<tr><td>{esc(r["concept"])}</td><td>{len(r["supervoxel_ids"])}</td>'
-                                 f'<td>{fmt(r["share"])}</td><td>{r["t0"]}–{r["t1"] - 1}</td>'
-                                 f'<td>{fmt(r["tcav_mean"])}</td><td>{fmt(r["causal_importance"], 3)}</td></tr>'
-                                 for r in present) + "</table>")
-            else:
-                parts.append('<p class="meta">no supervoxel of this video falls within a concept of the class</p>')
+            parts.append(presence_table(folder, vid, k, layer))
+            parts.append(sensitivity_table(folder, vid, k, layer))
             if not rows or frames is None or vid not in volumes:
                 continue
             row = rows[0]
@@ -86,6 +76,57 @@ def render_scored(folder: RunFolder, settings: dict[str, Any], picks: list[tuple
     return page(source_root, stage, sections), files
 
 
+def presence_table(folder: RunFolder, video_id: str, target_class: str, layer: str) -> str:
+    """The concepts of the class present in the video at a layer (concept_presence/)."""
+    name = f"{CONCEPT_PRESENCE}/{partition(target_class=target_class, layer=layer)}"
+    present = (
+        folder.read(name, filter=pc.field("video_id") == video_id).to_pylist()
+        if folder.exists(name)
+        else []
+    )
+    if not present:
+        return '<p class="meta">no supervoxel of this video falls within a concept of the class</p>'
+    return (
+        "<table><tr><th>concept</th><th>supervoxels</th><th>share of the clip</th><th>frames</th>"
+        "<th>TCAV</th><th>causal importance</th></tr>"
+        + "".join(
+            f"<tr><td>{esc(r['concept'])}</td><td>{len(r['supervoxel_ids'])}</td>"
+            f"<td>{fmt(r['share'])}</td><td>{r['t0']}–{r['t1'] - 1}</td>"
+            f"<td>{fmt(r['tcav_mean'])}</td><td>{fmt(r['causal_importance'], 3)}</td></tr>"
+            for r in present
+        )
+        + "</table>"
+    )
+
+
+def sensitivity_table(
+    folder: RunFolder, video_id: str, target_class: str, layer: str, shown: int = 5
+) -> str:
+    """The video's most sensitive concepts of its predicted class at a layer (concept_sensitivity/),
+    with the random baseline; empty when the class is not the one it is predicted as."""
+    name = f"{CONCEPT_SENSITIVITY}/{partition(target_class=target_class, layer=layer)}"
+    if not folder.exists(name):
+        return ""
+    rows = folder.read(name, filter=pc.field("video_id") == video_id).to_pylist()
+    if not rows:
+        return ""
+    base = next((r for r in rows if r["concept"] == "random"), None)
+    top = sorted(
+        (r for r in rows if r["concept"] != "random"), key=lambda r: -r["derivative_mean"]
+    )[:shown]
+    said = "" if base is None else f" (random baseline: {fmt(base['share_positive'])})"
+    return (
+        f"<p class=\"meta\">the decision's sensitivity to the concepts, along the run's CAVs{said}</p>"
+        "<table><tr><th>concept</th><th>share of CAVs positive</th><th>mean derivative</th></tr>"
+        + "".join(
+            f"<tr><td>{esc(r['concept'])}</td><td>{fmt(r['share_positive'])}</td>"
+            f"<td>{r['derivative_mean']:.3g}</td></tr>"
+            for r in top
+        )
+        + "</table>"
+    )
+
+
 def page(source_root: str, stage: dict[str, Any], sections: list[str]) -> str:
     from pipeline.report.page import CSS
 
@@ -97,7 +138,9 @@ def page(source_root: str, stage: dict[str, Any], sections: list[str]) -> str:
 <p class="meta">Each supervoxel of a video goes to the nearest concept of the class (the predicted one, and the label
 when it is another class of the run), within the concept's radius, and takes its mean TCAV score (or its causal
 importance); a voxel takes the mean over the supervoxels covering it: red positive, blue negative. Every video is in
-voxel_importance/ and concept_presence/; this page shows a few of each class.</p>
+voxel_importance/ and concept_presence/; this page shows a few of each class. Under each layer, where the class is
+the predicted one, the concepts the decision is most sensitive to: the predicted class's gradient along each of the
+run's saved CAVs of the concept (concept_sensitivity/).</p>
 {"".join(sections) or '<p class="meta">no video was explained</p>'}
 </main></body></html>
 """

@@ -5,7 +5,10 @@ activate stages ran with the finished run's settings and model (`pipeline.score`
 One Ray task per unit (at most activate.videos_per_part videos of one class partition of the new
 folder) reads their supervoxel vectors, predictions and label volumes, and the finished run's
 concepts of the classes that explain them (`pipeline.scoring.apply`), and writes
-voxel_importance/ (as a run's, for every video) and concept_presence/. The finished run's
+voxel_importance/ (as a run's, for every video) and concept_presence/; then one unit per the
+same videos on the model actors takes each video's gradient of its predicted class and writes
+its sensitivity to that class's concepts along the run's saved CAVs (concept_sensitivity/,
+`pipeline.scoring.sensitivity`). The finished run's
 concepts.parquet and concept_importance.parquet are copied beside them: the concepts the videos
 were scored with, so the scored
 folder reads like a run (`open_run(...).voxel_importance`, the causal maps). A rerun over the
@@ -25,8 +28,9 @@ import pyarrow.compute as pc
 from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.run_folder import (ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPT_PRESENCE, CONCEPTS,
-                                 PREDICTIONS, VOXEL_IMPORTANCE, RunFolder, partition, reduction_fingerprint, unit_key)
+from pipeline.run_folder import (ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPT_PRESENCE,
+                                 CONCEPT_SENSITIVITY, CONCEPTS, PREDICTIONS, TCAV, VOXEL_IMPORTANCE, RunFolder,
+                                 partition, reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -75,6 +79,7 @@ def run(job: Job, source: RunFolder) -> None:
         records[out.key[1]] = out.value
     for _ in map_tasks(copy_concepts, [(CONCEPTS, (source, folder))], progress=None, on_error="score: copying"):
         pass
+    sensed = sensitivity(job, source, {u: vids for u, (_, vids) in units.items()}, layers, fingerprint)
     totals = {key: sum(r[key] for r in records.values()) for key in ("videos", "explained", "maps", "present")}
     if totals["videos"] > totals["explained"]:
         log.warning("score: %d of %d videos have no class of the run to explain them (neither their predicted class "
@@ -86,7 +91,7 @@ def run(job: Job, source: RunFolder) -> None:
             examples.setdefault(k, []).extend(vids)
     job.finish("score", source_run=source.root, layers=layers, units=len(units),
                units_skipped_done=len(units) - len(todo), **totals, unexplained=totals["videos"] - totals["explained"],
-               examples={k: v[:EXAMPLES] for k, v in sorted(examples.items())})
+               examples={k: v[:EXAMPLES] for k, v in sorted(examples.items())}, sensitivity=sensed)
 
 
 def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids: list[str], layers: list[str],
@@ -152,6 +157,110 @@ def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids:
               "examples": examples}
     folder.write_unit("score", unit, outputs, [{"record": record}], fingerprint)
     return record
+
+
+def sensitivity(
+    job: Job, source: RunFolder, units: dict[str, list[str]], layers: list[str], fingerprint: str
+) -> dict[str, int]:
+    """Each video's sensitivity to the concepts of its predicted class, on the model actors: the
+    predicted class's gradients against the run's saved CAVs (`pipeline.scoring.sensitivity`),
+    written to concept_sensitivity/<class>/<layer>/ per unit of videos, with its marker."""
+    from pipeline.activations.params import ActivateParams
+    from pipeline.orchestration.actors import ModelActors
+    from pipeline.params import from_section
+
+    folder = job.folder
+    done = folder.done_units(
+        "sensitivity", [CONCEPT_SENSITIVITY], fingerprint, "sensitivity", stale="discard"
+    )
+    records = {r["unit"]: r for r in map(json.loads, done.column("record").to_pylist())}
+    todo = [u for u in units if u not in records]
+    if todo:
+        params = from_section(ActivateParams, job.cfg.activate, gradients=True, measure_batch=False)
+        progress = Progress("concept sensitivity", sum(len(units[u]) for u in todo), unit="videos")
+        with ModelActors(
+            job.cfg, params, job.module, stage="concept sensitivity", work=len(todo)
+        ) as pool:
+            items = ((u, (folder, source, u, units[u], layers, fingerprint)) for u in todo)
+            for res in pool.map_units(sensitivity_unit, items):
+                if not res.ok:
+                    raise RuntimeError(
+                        f"score: concept sensitivity of {len(units[res.key])} videos: {res.error}"
+                    )
+                progress.update(len(units[res.key]))
+                records[res.key] = res.value
+    return {
+        "videos": sum(r["videos"] for r in records.values()),
+        "units_skipped_done": len(units) - len(todo),
+    }
+
+
+def sensitivity_unit(
+    actor: Any,
+    folder: RunFolder,
+    source: RunFolder,
+    unit: str,
+    vids: list[str],
+    layers: list[str],
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Some videos' concept sensitivities on a model actor (see `sensitivity`)."""
+    from pipeline.scoring.sensitivity import class_gradients, sensitivity_rows
+
+    wanted = pa.array(sorted(vids), type=pa.string())
+    pred = {
+        r["video_id"]: r
+        for r in folder.read(
+            PREDICTIONS,
+            columns=["video_id", "predicted_index", "predicted_class"],
+            filter=pc.is_in(pc.field("video_id"), wanted),
+        ).to_pylist()
+    }
+    cavs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in folder.video_rows(sorted(vids)):
+        p = pred.get(row["video_id"])
+        if p is None or p["predicted_class"] is None:
+            continue
+        k = p["predicted_class"]
+        for layer in layers:
+            if (k, layer) not in cavs:
+                cavs[(k, layer)] = saved_cavs(source, k, layer)
+        mine = [layer for layer in layers if cavs[(k, layer)]]
+        if not mine:  # the run did not explain the predicted class
+            continue
+        grads = class_gradients(actor, row, mine, int(p["predicted_index"]))
+        for layer in mine:
+            rows.setdefault((k, layer), []).extend(
+                sensitivity_rows(row["video_id"], k, layer, grads[layer], cavs[(k, layer)])
+            )
+    outputs = [
+        (
+            f"{CONCEPT_SENSITIVITY}/{partition(target_class=k, layer=layer)}",
+            pa.Table.from_pylist(r, schema=schemas.CONCEPT_SENSITIVITY),
+        )
+        for (k, layer), r in sorted(rows.items())
+    ]
+    record = {"unit": unit, "videos": len({r["video_id"] for rs in rows.values() for r in rs})}
+    folder.write_unit("sensitivity", unit, outputs, [{"record": record}], fingerprint)
+    return record
+
+
+def saved_cavs(source: RunFolder, target_class: str, layer: str) -> dict[str, np.ndarray]:
+    """A run's CAVs of one (class, layer), {concept or "random": directions [R, C]} by random
+    set (none when the run did not explain the pair)."""
+    name = f"{TCAV}/{partition(target_class=target_class, layer=layer)}"
+    if not source.exists(name):
+        return {}
+    t = source.read(name, columns=["concept", "random_set", "direction"]).sort_by(
+        [("concept", "ascending"), ("random_set", "ascending")]
+    )
+    out: dict[str, list] = {}
+    for concept, direction in zip(
+        t.column("concept").to_pylist(), t.column("direction").to_pylist()
+    ):
+        out.setdefault(concept, []).append(direction)
+    return {c: np.asarray(d, dtype=np.float32) for c, d in out.items()}
 
 
 def copy_concepts(source: RunFolder, folder: RunFolder) -> None:
