@@ -4,15 +4,16 @@ where they land.
 
     python bench/planted_concepts.py outputs/synthetic-demo [--per-class 4]
 
-Per class, "actor" is the kept supervoxels of its first `--per-class` videos with at least half
-their voxels on the actor (dilated 3 px), "background" those with none, and "random" 40 kept
-supervoxels of any video (`pipeline.evaluation.ground_truth.planted_table`). The run is resumed
-in place with `concepts.user` (the concepts, atlas, evaluate and report stages run again; the
-supervoxels and activations are reused). Prints, per (class, layer), each planted concept's
-mean TCAV score, whether it is significant, its rank by TCAV and by causal importance among the
-pair's concepts, and its causal importance; the last line counts the pairs in which the actor
-concept's causal importance is above both others' and those in which TCAV's significance tells
-the actor from the random concept."""
+Per class, "actor" is the kept supervoxels of its first `--per-class` discovery videos (the
+concepts stage's split) with at least half their voxels on the actor (dilated 3 px),
+"background" those with none, and "random" 40 kept supervoxels of any video
+(`pipeline.evaluation.ground_truth.planted_table`). The run is resumed in place with
+`concepts.user` (the concepts, atlas, evaluate and report stages run again; the supervoxels and
+activations are reused). Prints, per (class, layer), each planted concept's mean TCAV score,
+whether it is significant, its rank by TCAV and by causal importance among the pair's concepts,
+and its causal importance; the last line counts the pairs in which the actor concept's causal
+importance is above both others' and those in which TCAV's significance tells the actor from
+the random concept."""
 
 from __future__ import annotations
 

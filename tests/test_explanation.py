@@ -263,14 +263,14 @@ def test_the_saved_cavs_give_back_the_runs_tcav_scores(small_run):
 
 def test_the_users_concepts_are_explained_beside_the_discovered_ones(small_run):
     """The planted concepts (`concepts.user`: per class "actor" and "background" from the truth
-    of its first four videos, and one "random" concept of 40 supervoxels for every class) go
-    through every step a discovered concept does, in the same tables: each (class, layer) has
-    the three, marked as the user's, with their members, CAVs on every random set, a rank among
-    all, a causal importance; the run keeps the table it explained. And deletion finds what the
-    truth says in every (class, layer): removing the actor concept's voxels costs the class more
-    than removing the background's or the random one's. (TCAV's significance does not tell them
-    apart here, as docs/method.md measures: the background and random concepts are
-    significant in most pairs too.)"""
+    of its first four discovery videos, and one "random" concept of 40 supervoxels for every
+    class) go through every step a discovered concept does, in the same tables: each (class,
+    layer) has the three, marked as the user's, with their members, CAVs on every random set, a
+    rank among all, a causal importance; the run keeps the table it explained. And deletion
+    finds what the truth says in every (class, layer): removing the actor concept's voxels costs
+    the class more than removing the background's or the random one's. (TCAV's significance
+    does not tell them apart here, as docs/method.md measures: the background and random
+    concepts are significant in most pairs too.)"""
     from pipeline.api import open_run
     from pipeline.concepts.user import USER_RULE, read
 
@@ -315,13 +315,44 @@ def test_the_users_concepts_are_explained_beside_the_discovered_ones(small_run):
     )
 
 
-def test_a_user_concepts_member_the_run_did_not_keep_is_named(small_run):
-    """A member that is not a kept supervoxel of the run stops the pair with the concept named."""
+def test_a_user_concept_the_run_cannot_explain_is_named(small_run, tmp_path):
+    """Before any pair: a video the run did not activate, a target_class it does not explain, or
+    a concept with one member in a class it joins (a CAV needs two) stops the stage naming it; in
+    a pair, a member that is not a kept supervoxel of the run does."""
+    import pyarrow as pa
+
     from pipeline.run_folder import RunFolder, RunFolderError
-    from pipeline.stages.user_concepts import user_supervoxels
+    from pipeline.stages.user_concepts import user_concepts, user_supervoxels
 
     folder = RunFolder(small_run["out"], "reader")
-    vid = sorted(pd.read_parquet(small_run["planted"]).video_id)[0]
+    planted = pd.read_parquet(small_run["planted"])
+    activated = np.asarray(
+        sorted(folder.read("predictions", columns=["video_id"]).column("video_id").to_pylist()),
+        dtype=object,
+    )
+    one = (
+        planted[planted.concept == "actor"]
+        .head(3)
+        .assign(concept=["a", "a", "b"], target_class=None)
+    )
+    for rows, says in [
+        (one, r"concept 'b' has 1 member for class 'advance'; a concept needs at least 2"),
+        (
+            one.assign(video_id="nowhere/v1"),
+            r"1 video\(s\) are not activated videos of the "
+            r"run \(failed, or not in it\): \['nowhere/v1'\]",
+        ),
+        (
+            one.assign(target_class="surfing"),
+            r"target_class 'surfing' is not a class the run "
+            r"explains",
+        ),
+    ]:
+        path = str(tmp_path / "u.parquet")
+        pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), path)
+        with pytest.raises(RunFolderError, match=says):
+            user_concepts(folder, path, activated, ["advance", "jitter", "retreat"])
+    vid = sorted(planted.video_id)[0]
     with pytest.raises(
         RunFolderError,
         match=r"concept 'mine': 1 of its 1 \(video_id, supervoxel_id\) members are "

@@ -156,7 +156,7 @@ def test_no_stage_or_report_reads_run_json_back():
 
 # Lines past 100 columns in pipeline/, tests/, bench/ and jobs/ when the count came (ruff holds
 # every line to 120): the count may only fall, to none, when ruff's line-length becomes 100.
-LINES_PAST_100 = 1409
+LINES_PAST_100 = 1407
 
 
 def test_ruff_finds_nothing_and_the_lines_past_100_columns_only_get_fewer():

@@ -49,6 +49,8 @@ def test_a_csv_and_a_parquet_table_read_alike_and_repeated_rows_count_once(tmp_p
             "unknown column 'colour'",
         ),
         ({"concept": ["a/b"], "video_id": ["v"], "supervoxel_id": [1]}, "concept name 'a/b'"),
+        ({"concept": ["water ski"], "video_id": ["v"], "supervoxel_id": [1]},
+         "concept name 'water ski': a name is letters, digits"),
         ({"concept": [None], "video_id": ["v"], "supervoxel_id": [1]}, "concept is empty in 1 row"),
         ({"concept": ["a"], "video_id": ["v"], "supervoxel_id": ["x"]}, "supervoxel_id an integer"),
     ],
@@ -88,3 +90,31 @@ def test_a_user_concept_keeps_its_members_nearest_its_mean_as_discovery_does():
         c.members.tolist() == [1, 2, 0] and c.rule == USER_RULE
     )  # the outlier is beyond max_members
     assert c.radius == pytest.approx(float(np.linalg.norm(x[0] - x.mean(0)))) and c.num_videos == 2
+
+
+def test_the_pairs_fingerprint_follows_the_tables_rows_not_its_path_and_is_unchanged_without_one(
+    tmp_path,
+):
+    """A rerun with the same rows skips the finished pairs wherever the file is, other rows redo
+    them, and a run without user concepts keeps the fingerprint it had before they existed."""
+    from types import SimpleNamespace
+
+    from pipeline.fingerprints import reduction_fingerprint
+    from pipeline.stages.concepts import pairs_fingerprint
+
+    cfg = SimpleNamespace(dataset=SimpleNamespace(kind="synthetic", root="/data/synthetic"))
+    concepts = {"k": 25, "seed": 0, "user": None}
+    job = SimpleNamespace(c={"concepts": concepts}, fingerprints={"activate": "act"}, cfg=cfg)
+    videos = [("advance/v0", "advance"), ("jitter/v0", "jitter")]
+    before = reduction_fingerprint("act", {"concepts": {"k": 25, "seed": 0},
+                                           "ground_truth": "/data/synthetic"}, videos)
+    assert pairs_fingerprint(job, None, videos) == before
+    rows = {"concept": ["a", "a"], "video_id": ["advance/v0", "jitter/v0"], "supervoxel_id": [1, 2]}
+    for name in ("x.parquet", "y.parquet"):
+        pq.write_table(pa.table(rows), tmp_path / name)
+    x, y = read(str(tmp_path / "x.parquet")), read(str(tmp_path / "y.parquet"))
+    assert pairs_fingerprint(job, x, videos) == pairs_fingerprint(job, y, videos) != before
+    pq.write_table(pa.table({**rows, "supervoxel_id": [1, 3]}), tmp_path / "z.parquet")
+    assert pairs_fingerprint(job, read(str(tmp_path / "z.parquet")), videos) != pairs_fingerprint(
+        job, x, videos
+    )

@@ -32,7 +32,7 @@ USER_RULE = (
 )
 PREFIX = "user:"  # a user concept's name in the tables: <class>/<layer>/user:<name>
 COLUMNS = {f.name: f.type for f in schemas.USER_CONCEPTS}
-NAME = re.compile(r"[^/\s][^/]*")
+NAME = re.compile(r"[A-Za-z0-9_.-]+")  # as the report names its files: two names never share one
 
 
 class UserConceptError(ValueError):
@@ -86,8 +86,7 @@ def checked(table: pa.Table, source: str) -> pa.Table:
     bad = [n for n in pc.unique(table.column("concept")).to_pylist() if not NAME.fullmatch(n)]
     if bad:
         raise UserConceptError(
-            f"{source}: concept name {bad[0]!r}: a name must not be empty, start with a space "
-            "or hold '/'"
+            f"{source}: concept name {bad[0]!r}: a name is letters, digits, '_', '.' and '-'"
         )
     if table.num_rows == 0:
         raise UserConceptError(f"{source}: no rows")

@@ -224,14 +224,18 @@ def planted_table(
     folder: Any, truth_root: str, per_class: int = 4, random_members: int = 40, seed: int = 0
 ) -> list[dict[str, Any]]:
     """A user concept table planted from a finished synthetic run's truth: per class, "actor"
-    and "background" (`planted_concepts`) from its first `per_class` videos (by id), and one
-    "random" concept of every class, `random_members` kept supervoxels drawn (seeded) from all
-    videos. `folder`: the run's RunFolder."""
+    and "background" (`planted_concepts`) from its first `per_class` discovery videos (by id;
+    the concepts stage's split, so deletion measures them on videos they were not drawn from),
+    and one "random" concept of every class, `random_members` kept supervoxels drawn (seeded)
+    from all videos. `folder`: the run's RunFolder (activated, with its run.json)."""
     import pyarrow.compute as pc
 
-    from pipeline.run_names import PREDICTIONS, SUPERVOXELS
+    from pipeline import io
+    from pipeline.concepts.explain import split_videos
+    from pipeline.run_names import PREDICTIONS, RUN_JSON, SUPERVOXELS
 
-    pred = folder.read(PREDICTIONS, columns=["video_id", "label"]).to_pylist()
+    split = io.read_json(folder.path(RUN_JSON))["config"]["concepts"]
+    pred = folder.read(PREDICTIONS, columns=["video_id", "label", "label_index"]).to_pylist()
     clips = {
         r["video_id"]: r
         for r in folder.read_videos(
@@ -248,9 +252,9 @@ def planted_table(
         ids.setdefault(vid, []).append(int(sid))
     rows: list[dict[str, Any]] = []
     for k in sorted({r["label"] for r in pred if r["label"] is not None}):
-        videos = sorted(r["video_id"] for r in pred if r["label"] == k and r["video_id"] in ids)[
-            :per_class
-        ]
+        mine = [r["video_id"] for r in pred if r["label"] == k and r["label_index"] >= 0]
+        discovery, _ = split_videos(mine, split["discovery_fraction"], split["seed"])
+        videos = sorted(v for v in discovery if v in ids)[:per_class]
         volumes = folder.label_volumes(videos)
         rows += planted_concepts(
             volumes,

@@ -6,7 +6,8 @@ For a video v predicted as class k and a concept c of k at layer L, with the run
 (one per random set r, `tcav_scores/`'s `direction`) and g_v the gradient of k's logit at L
 (averaged over the clip's windows, time and space, as the run's own): s_r = g_v . d_r. The
 video's `share_positive` is the share of random sets with s_r > 0, and `derivative_mean` the mean
-of s_r. Averaged over a class's scoring videos, `share_positive` is the concept's TCAV score.
+of s_r. Averaged over a class's scoring videos, when each is predicted as its label (the run takes
+its label's gradient), `share_positive` is the concept's TCAV score.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ def class_gradients(
 ) -> dict[str, np.ndarray]:
     """One video's gradient of the logit of `class_index` at each layer, {layer: [C]}, on a
     model actor (`host`, pipeline.orchestration.actors.ModelActor) as the activate stage
-    computes a run's (same windows, batch and precision)."""
+    computes a run's: the same windows and precision, with the actor's batch size (the run's,
+    unless it measured one: then the sums may differ in the last bits)."""
     from pipeline.activations.extract import clip_outputs
     from pipeline.activations.video import to_device
     from pipeline.data.ingest import read_ingested_clip

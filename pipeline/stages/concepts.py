@@ -69,7 +69,7 @@ def run(job: Job) -> None:
     if len({*all_labels[known].tolist()}) < 2:
         raise RunFolderError(f"concepts need activated videos of at least two classes (a class's random sets are the "
                              f"other classes' videos); {folder.root} has {counts}")
-    user = user_concepts(folder, params.user, all_ids)
+    user = user_concepts(folder, params.user, all_ids, classes)
     fingerprint = pairs_fingerprint(job, user, list(zip(all_ids.tolist(), all_labels.tolist())))
     done = folder.done_units("concepts", OUTPUTS, fingerprint, "concepts", stale="discard")
     records = {(r["class"], r["layer"]): r for r in map(json.loads, done.column("record").to_pylist())}
@@ -142,7 +142,9 @@ def run(job: Job) -> None:
 def pairs_fingerprint(job: Job, user: Optional[pa.Table], videos: list[tuple[str, str]]) -> str:
     """The (class, layer) pairs' fingerprint: the activations', the concept settings (the user's
     concepts by their rows, not their file's path), the ground truth, the videos and labels."""
-    settings = {**job.c["concepts"], "user": None if user is None else digest(user)}
+    settings = {n: v for n, v in job.c["concepts"].items() if n != "user"}  # as before, without one
+    if user is not None:
+        settings["user"] = digest(user)
     return reduction_fingerprint(
         job.fingerprints["activate"],
         {"concepts": settings, "ground_truth": ground_truth_root(job.cfg)},

@@ -11,16 +11,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import schemas
-from pipeline.concepts.user import UserConcept, UserConceptError, missing_members, read
+from pipeline.concepts.user import UserConcept, UserConceptError, for_class, missing_members, read
 from pipeline.run_folder import ACTIVATIONS, USER_CONCEPTS, RunFolder, RunFolderError, partition
+
+MIN_MEMBERS = 2  # a CAV's hold-out split keeps one member of each side
 
 
 def user_concepts(
-    folder: RunFolder, path: Optional[str], activated: np.ndarray
+    folder: RunFolder, path: Optional[str], activated: np.ndarray, classes: list[str]
 ) -> Optional[pa.Table]:
-    """The concepts stage's: `concepts.user`'s table, checked against the run (every member's video activated) and
-    kept in the run folder (user_concepts.parquet): what the run explained, whatever becomes of
-    the file. None without one."""
+    """The concepts stage's: `concepts.user`'s table, checked against the run (every member's
+    video activated, at least 2 members in each explained class a concept joins: a CAV's hold-out
+    split keeps one of each side) and kept in the run folder (user_concepts.parquet): what the
+    run explained, whatever becomes of the file. None without one."""
     if not path:
         if folder.exists(USER_CONCEPTS):
             folder.remove(USER_CONCEPTS)
@@ -36,6 +39,20 @@ def user_concepts(
             f"concepts.user: {path}: {len(absent)} video(s) are not activated videos of the run "
             f"(failed, or not in it): {absent[:3]}"
         )
+    named = set(table.column("target_class").drop_null().to_pylist())
+    if named - set(classes):
+        raise RunFolderError(
+            f"concepts.user: {path}: target_class {sorted(named - set(classes))[0]!r} is not "
+            f"a class the run explains ({classes})"
+        )
+    for k in classes:
+        for name, members in for_class(table, k).items():
+            if len(members) < MIN_MEMBERS:
+                raise RunFolderError(
+                    f"concepts.user: {path}: concept {name!r} has {len(members)} member for "
+                    f"class {k!r}; a concept needs at least {MIN_MEMBERS} (its CAVs are fitted "
+                    "and tested on them)"
+                )
     folder.write_table(USER_CONCEPTS, table)
     return table
 
@@ -43,8 +60,8 @@ def user_concepts(
 def user_supervoxels(
     folder: RunFolder, layer: str, wanted: dict[str, list[tuple[str, int]]]
 ) -> list[UserConcept]:
-    """The concepts stage's: the user concepts of a (class, layer) with their members' vectors at the layer (read from
-    activations/<layer>/, whatever class the members' videos have)."""
+    """The concepts stage's: the user concepts of a (class, layer) with their members' vectors at
+    the layer (read from activations/<layer>/, whatever class the members' videos have)."""
     if not wanted:
         return []
     videos = sorted({v for members in wanted.values() for v, _ in members})
