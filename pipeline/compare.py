@@ -81,8 +81,9 @@ def match_class(a_rows: list[dict[str, Any]], b_rows: list[dict[str, Any]],
     pairs = [(i, j) for i, j in zip(*linear_sum_assignment(-sim))
              if sim[i, j] >= min_jaccard and sim[i, j] > 0]
     out = [_row(a_rows[i], b_rows[j], float(sim[i, j])) for i, j in pairs]
-    out += [_row(x, None, None) for i, x in enumerate(a_rows) if i not in {p[0] for p in pairs}]
-    out += [_row(None, y, None) for j, y in enumerate(b_rows) if j not in {p[1] for p in pairs}]
+    in_a, in_b = {i for i, _ in pairs}, {j for _, j in pairs}
+    out += [_row(x, None, None) for i, x in enumerate(a_rows) if i not in in_a]
+    out += [_row(None, y, None) for j, y in enumerate(b_rows) if j not in in_b]
     return out
 
 

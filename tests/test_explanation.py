@@ -358,4 +358,4 @@ def test_a_user_concept_the_run_cannot_explain_is_named(small_run, tmp_path):
         match=r"concept 'mine': 1 of its 1 \(video_id, supervoxel_id\) members are "
         rf"not in the run: \('{vid}', 999999\)",
     ):
-        user_supervoxels(folder, "layer2", {"mine": [(vid, 999999)]})
+        user_supervoxels(folder, "layer2", {"mine": [(vid, 999999)]}, {vid: vid.split("/")[0]})

@@ -28,7 +28,7 @@ from pipeline import console, io, schemas
 from pipeline.activations.params import ActivateParams
 from pipeline.concepts.explain import Supervoxels, explain_class_layer, split_videos
 from pipeline.concepts.params import ConceptParams
-from pipeline.concepts.user import USER_RULE, digest, for_class, is_user
+from pipeline.concepts.user import digest, for_class, is_user
 from pipeline.evaluation.summary import class_recognition
 from pipeline.orchestration.actors import ModelActors
 from pipeline.orchestration.fanout import map_tasks
@@ -115,7 +115,7 @@ def run(job: Job) -> None:
                                                   "class_recognised": class_info[k]["recognised"]},
                                 {v: clips[v] for v in shown},
                                 {v: where[v] for v in split.discovery + split.scoring if v in where},
-                                for_class(user, k) if user is not None else {})
+                                *user_work(user, k, all_ids, all_labels))
                 yield (k, layer), (folder, work, pools[layer], params, truth, fingerprint,
                                    job.cav_trainer)
 
@@ -137,6 +137,17 @@ def run(job: Job) -> None:
     job.finish("concepts", pairs=len(pairs), pairs_skipped_done=len(pairs) - len(todo), classes=class_info)
     job.counts.update(concepts_found=len(rows), concepts_significant=sum(r["significant"] for r in rows))
     job.record["concept_table"] = console.concept_table(rows, class_info)
+
+
+def user_work(user: Optional[pa.Table], target_class: str, ids: np.ndarray, labels: np.ndarray
+              ) -> tuple[dict[str, list[tuple[str, int]]], dict[str, Optional[str]]]:
+    """The user concepts that join a class (their members) and their videos' labels."""
+    if user is None:
+        return {}, {}
+    mine = for_class(user, target_class)
+    videos = {v for members in mine.values() for v, _ in members}
+    at = np.searchsorted(ids, np.asarray(sorted(videos), dtype=object))  # `ids` sorted
+    return mine, dict(zip(sorted(videos), labels[at].tolist()))
 
 
 def pairs_fingerprint(job: Job, user: Optional[pa.Table], videos: list[tuple[str, str]]) -> str:
@@ -212,6 +223,7 @@ class PairWork:
     clips: dict[str, dict[str, Any]]
     where: dict[str, tuple[str, int]]
     user: dict[str, list[tuple[str, int]]]  # the user concepts that join the class: their members
+    user_labels: dict[str, Optional[str]]  # their videos' labels (activations/' class partitions)
 
 
 def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.ndarray], params: ConceptParams,
@@ -241,7 +253,7 @@ def explain_pair(folder: RunFolder, work: PairWork, pool: tuple[np.ndarray, np.n
         randomised = np.asarray([by_video[v] for v in scoring], dtype=np.float32)
     res = explain_class_layer(k, layer, _supervoxels(disc), len(discovery), gradients, sets, params,
                               _supervoxels(sc) if sc.num_rows else None, randomised, trainer,
-                              user_supervoxels(folder, layer, work.user))
+                              user_supervoxels(folder, layer, work.user, work.user_labels))
     for row in res["concepts"]:
         row.update(work.class_columns)
     info = {"k": res["k"], "concepts": len(res["concepts"]), "random_baseline_mean": res["random_mean"],
@@ -283,9 +295,7 @@ def _ground_truth(
     from pipeline.evaluation.ground_truth import actor_concept_report, video_actor_tube
 
     volumes = folder.label_volumes(sorted(work.where), work.where)
-    found = [
-        r for r in res["concepts"] if r["rule"] != USER_RULE
-    ]  # the actor concept is found, not given
+    found = [r for r in res["concepts"] if not is_user(r["concept"])]  # found, not given
     members = [m for m in res["members"] if not is_user(m["concept"])]
     pair = (work.target_class, work.layer)
     return actor_concept_report(

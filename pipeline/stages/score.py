@@ -6,8 +6,9 @@ One Ray task per unit (at most activate.videos_per_part videos of one class part
 folder) reads their supervoxel vectors, predictions and label volumes, and the finished run's
 concepts of the classes that explain them (`pipeline.scoring.apply`), and writes
 voxel_importance/ (as a run's, for every video) and concept_presence/; then one unit per the
-same videos on the model actors takes each video's gradient of its predicted class and writes
-its sensitivity to that class's concepts along the run's saved CAVs (concept_sensitivity/,
+same videos on the model actors takes each video's gradient of its predicted class (the one
+the activate stage kept, where the label is the predicted class) and writes its sensitivity to
+that class's concepts along the run's saved CAVs (concept_sensitivity/,
 `pipeline.scoring.sensitivity`). The finished run's
 concepts.parquet and concept_importance.parquet are copied beside them: the concepts the videos
 were scored with, so the scored
@@ -28,9 +29,10 @@ import pyarrow.compute as pc
 from pipeline import io, schemas
 from pipeline.orchestration.fanout import map_tasks
 from pipeline.orchestration.runtime import Progress
-from pipeline.run_folder import (ACTIVATIONS, CONCEPT_IMPORTANCE, CONCEPT_METRICS, CONCEPT_PRESENCE,
-                                 CONCEPT_SENSITIVITY, CONCEPTS, PREDICTIONS, TCAV, VOXEL_IMPORTANCE, RunFolder,
-                                 partition, reduction_fingerprint, unit_key)
+from pipeline.run_folder import (ACTIVATIONS, CLIP_ACTIVATIONS, CONCEPT_IMPORTANCE,
+                                 CONCEPT_METRICS, CONCEPT_PRESENCE, CONCEPT_SENSITIVITY, CONCEPTS,
+                                 PREDICTIONS, TCAV, VOXEL_IMPORTANCE, RunFolder, partition,
+                                 reduction_fingerprint, unit_key)
 from pipeline.stages.activate import activated_layers
 from pipeline.stages.base import Job
 
@@ -79,7 +81,7 @@ def run(job: Job, source: RunFolder) -> None:
         records[out.key[1]] = out.value
     for _ in map_tasks(copy_concepts, [(CONCEPTS, (source, folder))], progress=None, on_error="score: copying"):
         pass
-    sensed = sensitivity(job, source, {u: vids for u, (_, vids) in units.items()}, layers, fingerprint)
+    sensed = sensitivity(job, source, units, layers, fingerprint)
     totals = {key: sum(r[key] for r in records.values()) for key in ("videos", "explained", "maps", "present")}
     if totals["videos"] > totals["explained"]:
         log.warning("score: %d of %d videos have no class of the run to explain them (neither their predicted class "
@@ -160,11 +162,16 @@ def score_unit(folder: RunFolder, source: RunFolder, unit: str, part: str, vids:
 
 
 def sensitivity(
-    job: Job, source: RunFolder, units: dict[str, list[str]], layers: list[str], fingerprint: str
+    job: Job,
+    source: RunFolder,
+    units: dict[str, tuple[Optional[str], list[str]]],
+    layers: list[str],
+    fingerprint: str,
 ) -> dict[str, int]:
     """Each video's sensitivity to the concepts of its predicted class, on the model actors: the
     predicted class's gradients against the run's saved CAVs (`pipeline.scoring.sensitivity`),
-    written to concept_sensitivity/<class>/<layer>/ per unit of videos, with its marker."""
+    written to concept_sensitivity/<class>/<layer>/ per unit of videos (`units`: its class
+    partition and videos), with its marker."""
     from pipeline.activations.params import ActivateParams
     from pipeline.orchestration.actors import ModelActors
     from pipeline.params import from_section
@@ -177,17 +184,19 @@ def sensitivity(
     todo = [u for u in units if u not in records]
     if todo:
         params = from_section(ActivateParams, job.cfg.activate, gradients=True, measure_batch=False)
-        progress = Progress("concept sensitivity", sum(len(units[u]) for u in todo), unit="videos")
+        videos = sum(len(units[u][1]) for u in todo)
+        progress = Progress("concept sensitivity", videos, unit="videos")
         with ModelActors(
             job.cfg, params, job.module, stage="concept sensitivity", work=len(todo)
         ) as pool:
-            items = ((u, (folder, source, u, units[u], layers, fingerprint)) for u in todo)
+            items = ((u, (folder, source, u, *units[u], layers, fingerprint)) for u in todo)
             for res in pool.map_units(sensitivity_unit, items):
                 if not res.ok:
                     raise RuntimeError(
-                        f"score: concept sensitivity of {len(units[res.key])} videos: {res.error}"
+                        f"score: concept sensitivity of {len(units[res.key][1])} videos: "
+                        f"{res.error}"
                     )
-                progress.update(len(units[res.key]))
+                progress.update(len(units[res.key][1]))
                 records[res.key] = res.value
     return {
         "videos": sum(r["videos"] for r in records.values()),
@@ -200,11 +209,14 @@ def sensitivity_unit(
     folder: RunFolder,
     source: RunFolder,
     unit: str,
+    part: Optional[str],
     vids: list[str],
     layers: list[str],
     fingerprint: str,
 ) -> dict[str, Any]:
-    """Some videos' concept sensitivities on a model actor (see `sensitivity`)."""
+    """Some videos' concept sensitivities on a model actor (see `sensitivity`). A gradient the
+    activate stage kept (clip_activations/, of the video's label) is used where it is of the
+    predicted class; the actor computes the others."""
     from pipeline.scoring.sensitivity import class_gradients, sensitivity_rows
 
     wanted = pa.array(sorted(vids), type=pa.string())
@@ -216,6 +228,7 @@ def sensitivity_unit(
             filter=pc.is_in(pc.field("video_id"), wanted),
         ).to_pylist()
     }
+    stored = stored_gradients(folder, part, wanted, layers)
     cavs: dict[tuple[str, str], dict[str, np.ndarray]] = {}
     rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in folder.video_rows(sorted(vids)):
@@ -229,7 +242,12 @@ def sensitivity_unit(
         mine = [layer for layer in layers if cavs[(k, layer)]]
         if not mine:  # the run did not explain the predicted class
             continue
-        grads = class_gradients(actor, row, mine, int(p["predicted_index"]))
+        index = int(p["predicted_index"])
+        grads = {lay: stored[(row["video_id"], lay)][1] for lay in mine
+                 if stored.get((row["video_id"], lay), (None,))[0] == index}
+        missing = [lay for lay in mine if lay not in grads]
+        if missing:
+            grads.update(class_gradients(actor, row, missing, index))
         for layer in mine:
             rows.setdefault((k, layer), []).extend(
                 sensitivity_rows(row["video_id"], k, layer, grads[layer], cavs[(k, layer)])
@@ -244,6 +262,23 @@ def sensitivity_unit(
     record = {"unit": unit, "videos": len({r["video_id"] for rs in rows.values() for r in rs})}
     folder.write_unit("sensitivity", unit, outputs, [{"record": record}], fingerprint)
     return record
+
+
+def stored_gradients(folder: RunFolder, part: Optional[str], wanted: pa.Array, layers: list[str]
+                     ) -> dict[tuple[str, str], tuple[int, np.ndarray]]:
+    """The whole-clip gradients the activate stage kept for some videos of a class partition:
+    (video_id, layer) -> (gradient_class, gradient)."""
+    out: dict[tuple[str, str], tuple[int, np.ndarray]] = {}
+    for layer in layers:
+        name = f"{CLIP_ACTIVATIONS}/{partition(layer=layer, target_class=part)}"
+        if not folder.exists(name):
+            continue
+        t = folder.read(name, columns=["video_id", "gradient", "gradient_class"],
+                        filter=pc.is_in(pc.field("video_id"), wanted))
+        for vid, grad, k in zip(*(t.column(n).to_pylist() for n in t.column_names)):
+            if grad is not None:
+                out[(vid, layer)] = (k, np.asarray(grad, dtype=np.float32))
+    return out
 
 
 def saved_cavs(source: RunFolder, target_class: str, layer: str) -> dict[str, np.ndarray]:

@@ -58,18 +58,23 @@ def user_concepts(
 
 
 def user_supervoxels(
-    folder: RunFolder, layer: str, wanted: dict[str, list[tuple[str, int]]]
+    folder: RunFolder,
+    layer: str,
+    wanted: dict[str, list[tuple[str, int]]],
+    labels: dict[str, Optional[str]],
 ) -> list[UserConcept]:
     """The concepts stage's: the user concepts of a (class, layer) with their members' vectors at
-    the layer (read from activations/<layer>/, whatever class the members' videos have)."""
+    the layer, read from the class partitions of activations/<layer>/ that hold their videos
+    (`labels`: each member video's label)."""
     if not wanted:
         return []
     videos = sorted({v for members in wanted.values() for v, _ in members})
-    t = folder.read(
-        f"{ACTIVATIONS}/{partition(layer=layer)}",
+    parts = sorted({labels[v] for v in videos}, key=str)
+    t = pa.concat_tables([folder.read(
+        f"{ACTIVATIONS}/{partition(layer=layer, target_class=p)}",
         columns=["video_id", "supervoxel_id", "vector"],
         filter=pc.field("video_id").isin(videos),
-    )
+    ) for p in parts])
     row = {
         key: i
         for i, key in enumerate(
